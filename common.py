@@ -1,0 +1,294 @@
+"""What every method needs from CLIP: loading, tokenising, and the ViT written out in small pieces.
+
+Every method in this repository starts from an open_clip CLIP model and changes what happens *inside* its
+vision transformer (X-CLIP adds a message token, Open-VCLIP widens the attention to neighbour frames,
+OmniCLIP adds adapters and prompts). So instead of calling `clip.encode_image` as a black box we write the
+ViT out here as four pieces, each using only the stable parameter names that OpenAI CLIP, open_clip and
+the official checkpoints share (DESIGN.md):
+
+    patch_embed(visual, x)   conv1 -> class token -> positional embedding -> ln_pre     (B', N+1, D)
+    attention(attn, x, kv)   multi-head attention from a block's own in_proj/out_proj via SDPA
+    block(blk, x)            x + attn(ln_1 x);  x + mlp(ln_2 x)
+    frame_head(visual, x)    ln_post(x[:, 0]) @ proj                                   (B', E)
+
+`encode_frames` and `encode_text` put them together and equal open_clip's own encoders (a test checks it).
+A method copies the loop it needs and changes one line of it.
+
+Shapes: B videos, T frames, N patches, D width, E joint embedding, C classes, L text tokens.
+"""
+import json
+import math
+import os
+import pickle
+import socket
+import tempfile
+import urllib.parse
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading CLIP
+# ---------------------------------------------------------------------------------------------------------
+
+# Small CLIPs that run on a laptop CPU in seconds, for tests and the embedded demo. The same architecture as
+# ViT-B/16 (pre-LN blocks, class token, causal text tower), only narrower, shallower and on 32-pixel frames.
+# The text side keeps the real 49,408-word BPE vocabulary so the real tokenizer works unchanged.
+TINY_CONFIGS = {
+    "tiny": dict(
+        embed_dim=64,
+        vision_cfg=dict(image_size=32, patch_size=4, width=128, layers=3, head_width=32),
+        text_cfg=dict(context_length=32, vocab_size=49408, width=64, heads=2, layers=2),
+    ),
+    "tiny-64": dict(
+        embed_dim=128,
+        vision_cfg=dict(image_size=64, patch_size=8, width=192, layers=4, head_width=32),
+        text_cfg=dict(context_length=32, vocab_size=49408, width=128, heads=4, layers=3),
+    ),
+}
+
+
+def register_tiny_configs():
+    """Add TINY_CONFIGS to open_clip's model registry through its public add_model_config (the registry
+    reads the files at once, so a temporary folder is enough and open_clip's own files stay untouched)."""
+    if all(name in open_clip.list_models() for name in TINY_CONFIGS):
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        for name, cfg in TINY_CONFIGS.items():
+            with open(os.path.join(folder, f"{name}.json"), "w") as f:
+                json.dump(cfg, f)
+        open_clip.add_model_config(folder)
+
+
+def _hosts_of(cfg):
+    """The hosts open_clip would download a pretrained tag from."""
+    hosts = []
+    if cfg.get("hf_hub"):
+        hosts.append(urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname)
+    if cfg.get("url"):
+        hosts.append(urllib.parse.urlparse(cfg["url"]).hostname)
+    return hosts
+
+
+def _cached_file(cfg, cache_dir=None):
+    """The local path of a pretrained tag's weights if an earlier download left them in a cache, else None."""
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+        # "org/model/" names a repository (default file names), "org/model/file.bin" one file in it.
+        repo, filename = os.path.split(cfg["hf_hub"])
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        for name in names:
+            path = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
+            if isinstance(path, str) and os.path.isfile(path):
+                return path
+    if cfg.get("url"):
+        path = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(cfg["url"]))
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _reachable(host, timeout=3.0):
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_clip(name="tiny", pretrained=None, quick_gelu=None, cache_dir=None):
+    """Build an open_clip CLIP model.
+
+    name        any open_clip architecture ("ViT-B-16", "ViT-L-14-336", ...) or one of TINY_CONFIGS.
+    pretrained  None / "" / "none": random initialisation; a tag open_clip knows ("openai", "laion2b_s34b_b88k");
+                or a local file (open_clip checkpoint, or OpenAI's original ViT-B-16.pt).
+    quick_gelu  OpenAI's weights were trained with QuickGELU (x * sigmoid(1.702 x)) and every official video
+                repository keeps it; open_clip's plain "ViT-B-16" config uses exact GELU. None chooses
+                automatically: on for the "openai" tag and for files whose name says openai.
+
+    The tokenizer is attached as `clip.tokenizer`. Offline, a tag that is not already cached fails within
+    seconds with a message saying how to pass a local file, instead of open_clip's minute of retries.
+    """
+    register_tiny_configs()
+    if name not in open_clip.list_models():
+        raise ValueError(f"unknown CLIP architecture {name!r}; choose one of {', '.join(open_clip.list_models())}")
+    pretrained = None if pretrained in (None, "", "none") else pretrained
+    if pretrained is not None and not os.path.isfile(pretrained):
+        cfg = open_clip.get_pretrained_cfg(name, pretrained)
+        if not cfg:
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            raise ValueError(f"--pretrained {pretrained!r} is neither a file nor a tag of {name}; "
+                             f"known tags: {', '.join(tags) or 'none'}")
+        if quick_gelu is None:
+            quick_gelu = cfg.get("quick_gelu", False)
+        local = _cached_file(cfg, cache_dir)
+        if local is not None:
+            pretrained = local
+        elif not any(_reachable(h) for h in _hosts_of(cfg)):
+            raise RuntimeError(
+                f"cannot download the {pretrained!r} weights of {name}: no network ({' and '.join(_hosts_of(cfg))} "
+                f"unreachable). Download them where you have a network "
+                f"({'https://huggingface.co/' + cfg['hf_hub'] if cfg.get('hf_hub') else cfg.get('url')}) "
+                f"and pass the file: --pretrained /path/to/weights"
+                f"{' (OpenAI weights: add --quick-gelu)' if cfg.get('quick_gelu') else ''}")
+    if quick_gelu is None:
+        quick_gelu = pretrained is not None and "openai" in os.path.basename(pretrained).lower()
+    clip = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=bool(quick_gelu),
+                                  cache_dir=cache_dir)
+    clip.tokenizer = open_clip.get_tokenizer(name)
+    return clip
+
+
+def tokenize(clip, texts):
+    """list of C strings -> LongTensor (C, L) on the model's device."""
+    return clip.tokenizer(list(texts)).to(clip.logit_scale.device)
+
+
+def load_state_dict(path):
+    """Read a state dict from any checkpoint an official repository released.
+
+    Official checkpoints are {"model": state_dict, "optimizer": ..., "config": <yacs CfgNode>, ...} with a
+    "module." prefix from DistributedDataParallel. Unpickling the config would need yacs (and the whole official
+    code base) installed, so classes outside torch/numpy/collections load as empty stand-ins: we only want
+    the tensors. Returns the state dict with "module." stripped.
+    """
+    class Stub(dict):   # a dict, because yacs' CfgNode is one and is pickled with its items
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __setstate__(self, state):
+            pass
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if module.split(".")[0] in ("torch", "numpy", "collections", "builtins", "_codecs"):
+                return super().find_class(module, name)
+            return Stub
+
+    pickle_module = type(pickle)("stub_pickle")
+    pickle_module.__dict__.update(vars(pickle), Unpickler=Unpickler)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=pickle_module)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as e:
+        raise RuntimeError(f"{path}: not a readable PyTorch checkpoint ({e}). Check the download.") from e
+    for key in ("model", "state_dict", "model_state"):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+            ckpt = ckpt[key]
+            break
+    return {k.removeprefix("module."): v for k, v in ckpt.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The vision transformer in pieces
+# ---------------------------------------------------------------------------------------------------------
+
+def patch_embed(visual, x):
+    """(B', 3, S, S) frames -> (B', N+1, D) tokens: patches, class token first, positional embedding, ln_pre."""
+    size = visual.conv1.kernel_size[0] * int(math.isqrt(visual.positional_embedding.shape[0] - 1))
+    if x.shape[-1] != size or x.shape[-2] != size:
+        raise ValueError(f"frames are {tuple(x.shape[-2:])} but this CLIP was trained on {size}x{size}; "
+                         f"pass --size {size}")
+    x = visual.conv1(x)                                            # (B', D, g, g)
+    x = x.flatten(2).transpose(1, 2)                               # (B', N, D), N = g*g
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1)                                 # (B', N+1, D)
+    x = x + visual.positional_embedding.to(x.dtype)
+    return visual.ln_pre(x)
+
+
+def attention(attn, x, kv=None, causal=False):
+    """Multi-head attention with the weights of an nn.MultiheadAttention `attn`, through SDPA.
+
+    x (B', Lq, D) are the queries; kv (B', Lk, D) the tokens keys and values are made from (default x).
+    Methods that let a frame attend to other tokens (a message token, neighbour frames, prompts) pass them
+    in kv. Only in_proj_weight/in_proj_bias/out_proj are used, so this survives changes to open_clip's
+    attention module and matches the official checkpoints' names.
+    """
+    kv = x if kv is None else kv
+    H = attn.num_heads
+    w_q, w_kv = attn.in_proj_weight.split([x.shape[-1], 2 * x.shape[-1]])
+    b_q, b_kv = attn.in_proj_bias.split([x.shape[-1], 2 * x.shape[-1]])
+    q = F.linear(x, w_q, b_q)                                      # (B', Lq, D)
+    k, v = F.linear(kv, w_kv, b_kv).chunk(2, dim=-1)               # 2 x (B', Lk, D)
+    q, k, v = (t.unflatten(-1, (H, -1)).transpose(1, 2) for t in (q, k, v))   # (B', H, L, D/H)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)          # (B', H, Lq, D/H)
+    out = out.transpose(1, 2).flatten(2)                           # (B', Lq, D)
+    return attn.out_proj(out)
+
+
+def block(blk, x, causal=False):
+    """One pre-LN residual block of CLIP: x + attn(ln_1 x), then x + mlp(ln_2 x).
+    ls_1/ls_2 (LayerScale) are Identity for CLIP weights; kept so other open_clip models stay correct."""
+    x = x + blk.ls_1(attention(blk.attn, blk.ln_1(x), causal=causal))
+    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+
+
+def frame_head(visual, x):
+    """(B', N+1, D) tokens -> (B', E): the class token after ln_post, projected to the joint space."""
+    return visual.ln_post(x[:, 0]) @ visual.proj
+
+
+def encode_frames(visual, x):
+    """(B', 3, S, S) -> (B', E): the plain CLIP image encoder, frame by frame (B' = B*T)."""
+    x = patch_embed(visual, x)
+    for blk in visual.transformer.resblocks:
+        x = block(blk, x)
+    return frame_head(visual, x)
+
+
+def encode_text(clip, tokens, embeds=None):
+    """(C, L) token ids -> (C, E) text embeddings: the causal text transformer, read at the end-of-text token
+    (the highest id in CLIP's vocabulary, hence argmax). `embeds` (C, L, W) replaces the token embeddings,
+    for methods that learn some of them (prompt learning)."""
+    x = clip.token_embedding(tokens) if embeds is None else embeds      # (C, L, W)
+    x = x + clip.positional_embedding.to(x.dtype)
+    for blk in clip.transformer.resblocks:
+        x = block(blk, x, causal=True)
+    x = clip.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]   # (C, W)
+    return x @ clip.text_projection
+
+
+def cosine_logits(video, text, logit_scale):
+    """video (B, E), text (C, E) or (B, C, E) -> (B, C) = exp(s) * cos(video, text)."""
+    video = F.normalize(video, dim=-1)
+    text = F.normalize(text, dim=-1)
+    if text.dim() == 3:
+        return logit_scale.exp() * torch.einsum("be,bce->bc", video, text)
+    return logit_scale.exp() * video @ text.t()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prompts, freezing, counting
+# ---------------------------------------------------------------------------------------------------------
+
+PHOTO_TEMPLATE = "a photo of a {}."   # CLIP's own; ViFi-CLIP fine-tunes with it
+BARE_TEMPLATE = "{}"                  # the raw class name: X-CLIP, and vanilla zero-shot CLIP in ViFi-CLIP's tables
+
+
+def freeze(*modules_or_params, frozen=True):
+    """Set requires_grad = not frozen on every parameter of the given modules or parameters."""
+    for m in modules_or_params:
+        for p in (m.parameters() if isinstance(m, nn.Module) else [m]):
+            p.requires_grad_(not frozen)
+
+
+def count_params(module, trainable=False):
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+
+def param_groups(model, lr, weight_decay, no_decay=lambda name, p: False, lr_scale=lambda name: 1.0):
+    """Split the trainable parameters into AdamW groups by (weight decay on/off, lr multiplier).
+    no_decay(name, param) -> bool and lr_scale(name) -> float carry a method's rules."""
+    groups = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        wd = 0.0 if no_decay(name, p) else weight_decay
+        scale = lr_scale(name)
+        g = groups.setdefault((wd, scale), dict(params=[], names=[], weight_decay=wd, lr=lr * scale, lr_scale=scale))
+        g["params"].append(p)
+        g["names"].append(name)
+    return list(groups.values())

@@ -1,0 +1,437 @@
+"""
+Video data: decoding, frame sampling, augmentation, the dataset, and a synthetic video set that tests and
+demos generate in seconds. Nothing here knows about models.
+
+    list line "videos/a.mp4 3" --read_list--> (path, label)
+    video_length(path) = n --sample_indices(n, T)--> T frame indices
+    read_frames(path, indices) -> uint8 (T,H,W,3) --TrainTransform--> float (T,3,S,S)
+    DataLoader -> video (B,T,3,S,S), label (B,)
+
+At test time VideoDataset returns V = num_clips * crops views per video, (V,T,3,S,S), for the caller to fuse.
+Two samplers cover the four methods: "segment" (TSN; X-CLIP, ViFi-CLIP, OmniCLIP) takes one frame from each of
+T equal segments, so a clip spans the whole video; "dense" (PySlowFast; Open-VCLIP) takes T frames at a fixed
+stride, so a clip covers a fixed stretch of time (8 frames at stride 16: ~3.7 s at 30 fps).
+read_frames is the only function that touches a decoder. A video that cannot be decoded raises VideoError
+naming the file; it never becomes a tensor of zeros, which would quietly train the model on blank clips.
+
+The synthetic set: 3 shapes x 4 motions = 12 classes of 24-frame 64x64 clips of one coloured shape on a dark
+textured background. The motions come in temporal twins: "moving left" is "moving right" played backwards,
+"growing" is "shrinking" played backwards, and positions and sizes are drawn so that the *set* of frames has
+the same distribution for both twins. A model that averages per-frame features (CLIP with mean pooling) can
+learn the shape and the kind of motion but is at chance (50%) between twins; only temporal modelling beats
+that, so accuracy between twins measures what a video method adds to CLIP.
+"""
+
+import json
+import os
+import random
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import av
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# -----------------------------------------------------------------------------
+# decoding
+
+SEEK_GAP = 32  # frames; to skip a longer gap, seek to the keyframe before the next wanted frame
+_FIX = ("check that the file plays (ffprobe FILE), re-encode it (ffmpeg -i FILE -c:v libx264 OUT.mp4), "
+        "or remove its line from the list file")
+
+
+class VideoError(RuntimeError):
+    """A video that cannot be opened or decoded. The message always starts with the video's path."""
+
+
+def _open(path):
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError) as e:
+        raise VideoError(f"{path}: cannot be opened ({e}); {_FIX}") from e
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path}: has no video stream; {_FIX}")
+    return container
+
+
+def video_length(path) -> int:
+    """Number of frames of the video at `path`, from the container's count or, if it has none, by demuxing."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        try:  # webm, avi and raw streams often store no count (0): count packets then, which needs no decoding
+            n = stream.frames or sum(1 for packet in container.demux(stream) if packet.size > 0)
+        except av.FFmpegError as e:
+            raise VideoError(f"{path}: cannot be read ({e}); {_FIX}") from e
+    if n <= 0:
+        raise VideoError(f"{path}: holds no video frames; {_FIX}")
+    return n
+
+
+class _BadTimestamps(Exception):
+    """A video's timestamps cannot place its frames: missing, not increasing, a seek that overshoots."""
+
+
+def _decode(path, wanted, by_timestamp):
+    """Decode the sorted frame numbers `wanted` -> {number: uint8 (H,W,3)}. by_timestamp: a frame's number
+    comes from its timestamp, which stays right after a seek, so long gaps are skipped by seeking. Otherwise
+    frames are counted from the start, which is always right but decodes every frame up to the last one wanted."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame- and slice-threaded decoding
+        if by_timestamp and not (stream.average_rate and stream.time_base):
+            raise _BadTimestamps
+        start = stream.start_time or 0
+        ticks = 1 / (stream.time_base * stream.average_rate) if by_timestamp else None  # timestamp ticks per frame
+        arrays, frames, current, seeking, seeked_from = {}, container.decode(stream), -1, by_timestamp, None
+        for k in wanted:
+            if seeking and k - current > SEEK_GAP:
+                container.seek(start + int(k * ticks), stream=stream)  # to the keyframe at or before frame k
+                frames, seeked_from = container.decode(stream), current
+            while current < k or seeked_from is not None:  # take the first frame numbered k or more
+                frame = next(frames, None)
+                if frame is None and by_timestamp:  # fewer timestamps than frames (variable frame rate)
+                    raise _BadTimestamps
+                if frame is None:
+                    raise VideoError(f"{path}: frame {k} was asked for but only frames 0..{current} decode, "
+                                     f"although the container reports {stream.frames}; {_FIX}")
+                if by_timestamp and frame.pts is None:
+                    raise _BadTimestamps
+                number = round((frame.pts - start) / ticks) if by_timestamp else current + 1
+                if seeked_from is not None:  # the first frame after a seek: the keyframe we landed on
+                    if number > k:
+                        raise _BadTimestamps
+                    # Landing at or before where we already were means keyframes are further apart than our
+                    # gaps (x264 puts one every 250 frames): more seeks would only decode the same frames again.
+                    seeking, seeked_from = number > seeked_from, None
+                elif number <= current:  # out of order: H.264 with B-frames in AVI, variable frame rate
+                    raise _BadTimestamps
+                current = number
+            arrays[k] = frame.to_ndarray(format="rgb24")  # (H,W,3)
+    return arrays
+
+
+def read_frames(path, indices) -> torch.Tensor:
+    """Decode the frames `indices` (any order, repeats allowed) -> uint8 (len(indices), H, W, 3) RGB, in that order."""
+    indices = [int(i) for i in indices]
+    if not indices or min(indices) < 0:
+        raise ValueError(f"read_frames({path}): indices must be a non-empty list of frame numbers >= 0, got {indices}")
+    try:
+        try:
+            arrays = _decode(path, sorted(set(indices)), by_timestamp=True)
+        except _BadTimestamps:  # count frames from the start instead: slower, but needs no timestamps
+            arrays = _decode(path, sorted(set(indices)), by_timestamp=False)
+    except av.FFmpegError as e:
+        raise VideoError(f"{path}: decoding failed ({e}); {_FIX}") from e
+    return torch.from_numpy(np.stack([arrays[i] for i in indices]))  # (len(indices),H,W,3)
+
+# -----------------------------------------------------------------------------
+# which frames
+
+
+def sample_indices(num_frames, T, mode="segment", stride=1, train=False, clip=0, num_clips=1, rng=None):
+    """T sorted frame indices in [0, num_frames): random when train (from `rng`, default the `random` module),
+    else deterministic, clip k of num_clips giving view k.
+    segment: T equal segments; train takes a random frame of each, test the point (k + 0.5) / num_clips of the
+      way through each (the midpoint for one clip). The official ViFi-CLIP and X-CLIP code draws multi-clip test
+      views with the random training sampler; we keep test deterministic.
+    dense: T frames `stride` apart; train starts anywhere, test spreads the num_clips starts evenly from the
+      first possible start to the last (the middle one for one clip), as PySlowFast does.
+    Short videos: segment mode with num_frames < T repeats frames in order, floor((i + 0.5) * num_frames / T) at
+      test, sorted random frames in training (as the official code). Dense mode whose span (T-1)*stride+1
+      exceeds the video shrinks the stride to fit; under T frames it falls back to segment mode."""
+    rng = random if rng is None else rng
+    if num_frames < 1 or T < 1 or not 0 <= clip < num_clips or mode not in ("segment", "dense"):
+        raise ValueError(f"sample_indices: need num_frames >= 1, T >= 1, 0 <= clip < num_clips and mode 'segment' "
+                         f"or 'dense'; got {num_frames}, {T}, {clip}, {num_clips}, {mode!r}")
+    if mode == "dense":
+        if (T - 1) * stride + 1 > num_frames:
+            stride = max(1, (num_frames - 1) // (T - 1))  # T > 1 here
+        last_start = num_frames - ((T - 1) * stride + 1)
+        if last_start >= 0:
+            spread = last_start // 2 if num_clips == 1 else round(clip * last_start / (num_clips - 1))
+            begin = rng.randint(0, last_start) if train else spread
+            return [begin + i * stride for i in range(T)]
+        # fewer than T frames: no stride fits, so fall through to the segment sampler
+    if train and num_frames < T:
+        return sorted(rng.randrange(num_frames) for _ in range(T))
+    if train:  # segment i is [i*n//T, (i+1)*n//T), never empty since n >= T
+        return [rng.randrange(i * num_frames // T, (i + 1) * num_frames // T) for i in range(T)]
+    offset = (clip + 0.5) / num_clips
+    return [int((i + offset) * num_frames / T) for i in range(T)]
+
+# -----------------------------------------------------------------------------
+# transforms: uint8 (T,H,W,3) -> normalised float, the same random draw for every frame of a video
+
+
+def _color_jitter(x, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1):
+    """torchvision's ColorJitter (factors drawn once, applied in random order) on a whole (T,3,H,W) clip.
+    The official ViFi-CLIP/X-CLIP code draws the factors per frame; one draw per clip keeps the frames
+    consistent, so the flicker does not look like motion to the temporal modules."""
+    ops = [(F.adjust_brightness, random.uniform(1 - brightness, 1 + brightness)),
+           (F.adjust_contrast, random.uniform(1 - contrast, 1 + contrast)),
+           (F.adjust_saturation, random.uniform(1 - saturation, 1 + saturation)),
+           (F.adjust_hue, random.uniform(-hue, hue))]
+    random.shuffle(ops)
+    for op, factor in ops:
+        x = op(x, factor)
+    return x
+
+
+class TrainTransform:
+    """The ViFi-CLIP / X-CLIP training augmentation (specs/vificlip.md section 4): resize the short side to
+    short_side, MultiScaleCrop, resize to size x size (aspect ratio not kept), flip, colour jitter, grayscale,
+    normalise. (T,H,W,3) uint8 -> (T,3,size,size) float."""
+
+    def __init__(self, size, mean, std, scales=(1, .875, .75, .66), flip=True, color_jitter=0.8, grayscale=0.2,
+                 short_side=None):
+        self.size, self.mean, self.std = size, list(mean), list(std)
+        self.scales, self.flip, self.color_jitter, self.grayscale = scales, flip, color_jitter, grayscale
+        self.short_side = short_side or round(size * 256 / 224)  # 256 for 224 inputs, as the official code
+
+    def _crop_box(self, height, width):
+        """MultiScaleCrop (TSN): each side is one of scales * short side, the two scale indices at most one
+        apart, and the crop sits at one of 5 fixed places (4 corners, centre)."""
+        sides = [int(min(height, width) * s) for s in self.scales]
+        pairs = [(h, w) for i, h in enumerate(sides) for j, w in enumerate(sides) if abs(i - j) <= 1]
+        h, w = random.choice(pairs)
+        dy, dx = (height - h) // 4, (width - w) // 4
+        top, left = random.choice([(0, 0), (0, 4 * dx), (4 * dy, 0), (4 * dy, 4 * dx), (2 * dy, 2 * dx)])
+        return top, left, h, w
+
+    def __call__(self, frames):
+        x = F.resize(frames.permute(0, 3, 1, 2), [self.short_side], antialias=True)  # (T,3,H',W')
+        x = F.resized_crop(x, *self._crop_box(*x.shape[-2:]), [self.size, self.size], antialias=True)  # (T,3,S,S)
+        if self.flip and random.random() < 0.5:
+            x = F.horizontal_flip(x)
+        if random.random() < self.color_jitter:
+            x = _color_jitter(x)
+        if random.random() < self.grayscale:
+            x = F.rgb_to_grayscale(x, num_output_channels=3)
+        return F.normalize(x.float() / 255, self.mean, self.std)
+
+
+class TestTransform:
+    """Deterministic test views. crops=1: short side to short_side, centre crop. crops=3: short side to size
+    (as the official three-crop test), then crops at the start, middle and end of the long side.
+    (T,H,W,3) uint8 -> (crops,T,3,size,size) float."""
+
+    def __init__(self, size, mean, std, crops=1, short_side=None):
+        if crops not in (1, 3):
+            raise ValueError(f"TestTransform: crops must be 1 or 3, got {crops}")
+        self.size, self.mean, self.std, self.crops = size, list(mean), list(std), crops
+        self.short_side = short_side or round(size * 256 / 224)
+
+    def __call__(self, frames):
+        x = frames.permute(0, 3, 1, 2)  # (T,3,H,W)
+        if self.crops == 1:
+            views = [F.center_crop(F.resize(x, [self.short_side], antialias=True), [self.size])]
+        else:
+            x = F.resize(x, [self.size], antialias=True)  # (T,3,H',W'), short side = size
+            h, w = x.shape[-2:]
+            s, extra = self.size, max(h, w) - self.size
+            views = [x[..., o:o + s, :] if h > w else x[..., :, o:o + s] for o in (0, extra // 2, extra)]
+        x = torch.stack(views)  # (crops,T,3,S,S)
+        return F.normalize(x.float() / 255, self.mean, self.std)
+
+# -----------------------------------------------------------------------------
+# lists and datasets
+
+
+def read_list(list_file):
+    """Lines "path label" -> [(path, label)]. Paths may hold spaces; blank lines and '#' comments are skipped."""
+    samples = []
+    with open(list_file, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2 or not parts[1].isdecimal():
+                raise ValueError(f"{list_file}:{n}: expected 'relative/path.mp4 label' with label an integer "
+                                 f"class id >= 0, got {line!r}; fix or remove the line")
+            samples.append((parts[0], int(parts[1])))
+    return samples
+
+
+def load_classes(csv_file):
+    """An "id,name" CSV (optional header "id,name"; names may hold commas) -> names ordered by id 0..C-1."""
+    names = {}
+    with open(csv_file, encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or (n == 1 and line.replace(" ", "").lower() == "id,name"):
+                continue
+            id_, _, name = line.partition(",")
+            if not id_.strip().isdecimal() or not name.strip():
+                raise ValueError(f"{csv_file}:{n}: expected 'id,name' with id an integer >= 0, got {line!r}")
+            if int(id_) in names:
+                raise ValueError(f"{csv_file}:{n}: class id {int(id_)} appears a second time; ids must be unique")
+            names[int(id_)] = name.strip()
+    if not names or max(names) != len(names) - 1:
+        raise ValueError(f"{csv_file}: class ids must run 0..C-1 without gaps; found {len(names)} ids, the largest "
+                         f"{max(names, default=None)}")
+    return [names[i] for i in range(len(names))]
+
+
+class VideoDataset(torch.utils.data.Dataset):
+    """Videos listed in `list_file` (paths relative to `root`, or absolute).
+    train: (video (T,3,S,S), label), one random clip.
+    test:  (video (V,T,3,S,S), label) with V = num_clips * crops views, clip-major, always 5-D even if V = 1."""
+
+    def __init__(self, list_file, root, num_frames, transform, mode="segment", stride=1, train=False, num_clips=1):
+        self.samples = [(os.path.join(root, path), label) for path, label in read_list(list_file)]
+        self.labels = [label for _, label in self.samples]
+        if not self.samples:
+            raise ValueError(f"{list_file}: lists no videos; expected lines 'relative/path.mp4 label'")
+        missing = [path for path, _ in self.samples if not os.path.isfile(path)]
+        if missing:  # check up front: a wrong root should fail now, not hours into an epoch
+            raise FileNotFoundError(f"{list_file}: {len(missing)} of {len(self.samples)} videos are missing, "
+                                    f"e.g. {missing[0]}; check the root folder ({root}) or the list")
+        self.num_frames, self.transform, self.mode, self.stride = num_frames, transform, mode, stride
+        self.train, self.num_clips = train, num_clips
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        n, T = video_length(path), self.num_frames
+        if self.train:
+            indices = sample_indices(n, T, self.mode, self.stride, train=True)
+            return self.transform(read_frames(path, indices)), label
+        clips = [sample_indices(n, T, self.mode, self.stride, clip=k, num_clips=self.num_clips)
+                 for k in range(self.num_clips)]
+        frames = read_frames(path, [j for clip in clips for j in clip])  # one decoding pass: (num_clips*T,H,W,3)
+        views = [self.transform(frames[k * T:(k + 1) * T]) for k in range(self.num_clips)]
+        views = [v if v.dim() == 5 else v.unsqueeze(0) for v in views]  # a (T,3,S,S) transform gives one view
+        return torch.cat(views), label  # (num_clips*crops,T,3,S,S)
+
+# -----------------------------------------------------------------------------
+# the synthetic set (see the module docstring for why twins)
+
+SHAPES = ("circle", "square", "triangle")
+MOTIONS = ("moving left", "moving right", "growing", "shrinking")
+_REVERSED = dict(zip(MOTIONS, ("moving right", "moving left", "shrinking", "growing")))
+_PALETTE = np.array([(235, 40, 40), (40, 210, 60), (60, 100, 255), (240, 220, 40), (225, 50, 225),
+                     (40, 220, 230), (255, 140, 20), (240, 240, 240)], dtype=np.float32)
+_CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def synthetic_classes():
+    return [f"{shape} {motion}" for shape in SHAPES for motion in MOTIONS]
+
+
+def temporal_twins(names):
+    """For each name, the index of its time-reversed twin in `names` (same shape, opposite motion), else -1."""
+    position = {name: i for i, name in enumerate(names)}
+    twins = []
+    for name in names:
+        motion = next((m for m in MOTIONS if name.endswith(m)), None)
+        twins.append(position.get(name[:len(name) - len(motion)] + _REVERSED[motion], -1) if motion else -1)
+    return twins
+
+
+def render_clip(shape, motion, rng, T=24, size=64):
+    """One shape moving or changing size on a static dark textured background -> uint8 (T,size,size,3).
+    Reversing the frames of any clip gives a valid clip of its twin class, with the same probability."""
+    t = np.linspace(0, 1, T)[:, None, None]  # (T,1,1) time from 0 to 1
+    if motion in ("moving left", "moving right"):
+        radius = size * rng.uniform(0.13, 0.18)  # the shape spans 26-36% of the frame
+        travel = size * rng.uniform(0.4, 0.5)
+        x0 = rng.uniform(radius, size - radius - travel)  # the span [x0, x0+travel] is drawn alike for both ways
+        cx, cy = x0 + travel * (t if motion == "moving right" else 1 - t), rng.uniform(radius, size - radius)
+    elif motion in ("growing", "shrinking"):
+        small, big = size * rng.uniform(0.13, 0.17), size * rng.uniform(0.36, 0.40)
+        radius = small + (big - small) * (t if motion == "growing" else 1 - t)
+        cx, cy = rng.uniform(big, size - big, 2)
+    else:
+        raise ValueError(f"render_clip: motion must be one of {MOTIONS}, got {motion!r}")
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5  # pixel centres, (size,size) each
+    dx, dy = xx - cx, yy - cy  # each broadcasts with radius to (T,size,size)
+    if shape == "circle":
+        mask = dx ** 2 + dy ** 2 <= radius ** 2
+    elif shape == "square":
+        mask = np.maximum(abs(dx), abs(dy)) <= radius * np.sqrt(np.pi) / 2  # same area as the circle
+    elif shape == "triangle":  # apex up: symmetric left-right, so no frame hints at the direction
+        mask = (abs(dy) <= radius) & (abs(dx) <= (dy + radius) / 2)
+    else:
+        raise ValueError(f"render_clip: shape must be one of {SHAPES}, got {shape!r}")
+    background = rng.uniform(10, 60, 3) + rng.normal(0, 6, (size, size, 3))  # (size,size,3), same in every frame
+    colour = _PALETTE[rng.integers(len(_PALETTE))]
+    return np.where(mask[..., None], colour, background).clip(0, 255).astype(np.uint8)  # (T,size,size,3)
+
+
+def write_video(path, frames, fps=8):
+    """Encode uint8 (T,H,W,3) RGB frames (H and W even) to an mp4, H.264 if PyAV's ffmpeg has libx264."""
+    frames = np.asarray(frames, dtype=np.uint8)
+    height, width = frames.shape[1:3]
+    if height % 2 or width % 2:
+        raise ValueError(f"write_video({path}): frames are {width}x{height}; yuv420p needs even sides, crop or pad")
+    with av.open(str(path), "w") as container:
+        options = {"crf": "20", "preset": "veryfast"} if _CODEC == "libx264" else {}
+        stream = container.add_stream(_CODEC, rate=fps, options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = 8  # a keyframe every 8 frames, so read_frames can seek in short videos
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())  # flush the encoder
+
+
+def _done(root):
+    """The parameters a finished make_synthetic left in root/DONE, or None."""
+    if not os.path.isfile(os.path.join(root, "DONE")):
+        return None
+    with open(os.path.join(root, "DONE")) as f:
+        return json.load(f)
+
+
+def make_synthetic(root, seed=0, train_per_class=40, val_per_class=10, T=24, size=64, workers=None):
+    """Write the synthetic set: root/videos/<split>_<class>_<n>.mp4, root/{train,val}.txt, root/classes.csv.
+    Deterministic from the arguments, and cached: a finished set with the same arguments is reused.
+    workers: encoding threads (None: ThreadPoolExecutor's default)."""
+    root = os.path.abspath(root)
+    params = dict(seed=seed, train_per_class=train_per_class, val_per_class=val_per_class, T=T, size=size,
+                  codec=_CODEC, version=1)
+    paths = dict(root=root, train=os.path.join(root, "train.txt"), val=os.path.join(root, "val.txt"),
+                 classes=os.path.join(root, "classes.csv"))
+    if _done(root) == params:
+        return paths
+    if os.path.exists(root) and _done(root) is None and os.listdir(root):
+        raise FileExistsError(f"make_synthetic: {root} exists but was not written by make_synthetic (no DONE "
+                              f"file); remove it or choose another root")
+    # Build next to root and rename at the end, so an interrupted run never looks finished.
+    tmp = f"{root}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.join(tmp, "videos"))
+    names = synthetic_classes()
+    splits = {"train": train_per_class, "val": val_per_class}
+    jobs = [(split, c, n) for split in splits for c in range(len(names)) for n in range(splits[split])]
+
+    def make(job):
+        split, c, n = job
+        rng = np.random.default_rng([seed, list(splits).index(split), c, n])  # one stream per video: any order
+        shape, motion = names[c].split(" ", 1)
+        write_video(os.path.join(tmp, f"videos/{split}_{c}_{n}.mp4"), render_clip(shape, motion, rng, T, size))
+
+    with ThreadPoolExecutor(workers) as pool:  # the encoder releases the GIL
+        list(pool.map(make, jobs))
+    files = {f"{split}.txt": "".join(f"videos/{s}_{c}_{n}.mp4 {c}\n" for s, c, n in jobs if s == split)
+             for split in splits}
+    files["classes.csv"] = "id,name\n" + "".join(f"{i},{name}\n" for i, name in enumerate(names))
+    files["DONE"] = json.dumps(params)  # written last, though only the rename below makes the set visible
+    for name, text in files.items():
+        with open(os.path.join(tmp, name), "w") as f:
+            f.write(text)
+    if _done(root) == params:  # another process finished the same set meanwhile
+        shutil.rmtree(tmp)
+        return paths
+    shutil.rmtree(root, ignore_errors=True)  # an older synthetic set (it has a DONE file), or an empty folder
+    os.rename(tmp, root)
+    return paths

@@ -1,0 +1,310 @@
+"""Compact tests: every method on a tiny CLIP (no downloads), the shared pieces, the data, one CLI run.
+
+    python -m pytest -q
+"""
+import importlib
+import json
+import os
+import pickle
+import random
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+import torch
+
+import common
+import data
+import train
+
+METHODS = ["vificlip"]
+B, T, C = 2, 4, 5
+NAMES = [f"class number {i}" for i in range(C)]
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_state():
+    torch.manual_seed(0)
+    return common.load_clip("tiny").state_dict()
+
+
+def tiny_clip(state):
+    clip = common.load_clip("tiny")
+    clip.load_state_dict(state)
+    return clip
+
+
+def build(name, state, **kwargs):
+    method = importlib.import_module(name)
+    args, _ = train.get_args(["--method", name] + [f"--{k.replace('_', '-')}={v}" for k, v in kwargs.items()])
+    torch.manual_seed(0)
+    model = method.build(tiny_clip(state), args)
+    model.set_classes(NAMES)
+    return model
+
+
+def video(seed=0, batch=B, frames=T):
+    return torch.randn(batch, frames, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# common.py
+# ---------------------------------------------------------------------------------------------------------
+
+def test_pieces_equal_open_clip_encoders(tiny_clip_state):
+    clip = tiny_clip(tiny_clip_state).eval()
+    x = torch.randn(3, 3, 32, 32)
+    tokens = common.tokenize(clip, ["a photo of a circle moving left.", "square"])
+    with torch.no_grad():
+        torch.testing.assert_close(common.encode_frames(clip.visual, x), clip.encode_image(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(common.encode_text(clip, tokens), clip.encode_text(tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_with_separate_keys_matches_torch():
+    mha = torch.nn.MultiheadAttention(64, 4, batch_first=True)
+    q, kv = torch.randn(2, 7, 64), torch.randn(2, 11, 64)
+    torch.testing.assert_close(common.attention(mha, q, kv), mha(q, kv, kv, need_weights=False)[0])
+
+
+def test_offline_pretrained_fails_fast_with_the_fix(monkeypatch):
+    monkeypatch.setattr(common, "_reachable", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(common, "_cached_file", lambda cfg, cache_dir=None: None)
+    start = time.time()
+    with pytest.raises(RuntimeError, match="--pretrained /path/to/weights"):
+        common.load_clip("ViT-B-16", "openai")
+    assert time.time() - start < 5
+
+
+def test_unknown_pretrained_tag_lists_the_known_ones():
+    with pytest.raises(ValueError, match="openai"):
+        common.load_clip("ViT-B-16", "no-such-tag")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every method: shapes, gradient flow
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", METHODS)
+def test_forward_shape_and_finite(name, tiny_clip_state):
+    model = build(name, tiny_clip_state).eval()
+    with torch.no_grad():
+        logits = model(video())
+    assert logits.shape == (B, C)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_gradients_reach_exactly_the_trainable_parameters(name, tiny_clip_state):
+    model = build(name, tiny_clip_state).train()
+    logits = model(video())
+    torch.nn.functional.cross_entropy(logits, torch.tensor([1, 3])).backward()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"trainable {n} got no gradient"
+        else:
+            assert p.grad is None, f"frozen {n} got a gradient"
+    groups = model.param_groups(1e-3, 0.01)
+    in_groups = {id(p) for g in groups for p in g["params"]}
+    assert in_groups == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_set_classes_changes_the_class_count(name, tiny_clip_state):
+    model = build(name, tiny_clip_state).eval()
+    model.set_classes(["a", "b"])
+    with torch.no_grad():
+        assert model(video()).shape == (B, 2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ViFi-CLIP
+# ---------------------------------------------------------------------------------------------------------
+
+def test_vificlip_is_blind_to_frame_order(tiny_clip_state):
+    model = build("vificlip", tiny_clip_state).eval()
+    x = video()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x[:, torch.randperm(T)]), atol=1e-5, rtol=1e-5)
+
+
+def test_vificlip_is_clip_on_the_mean_frame_embedding(tiny_clip_state):
+    model = build("vificlip", tiny_clip_state).eval()
+    clip = model.clip
+    x = video()
+    with torch.no_grad():
+        v = clip.encode_image(x.flatten(0, 1)).view(B, T, -1).mean(1)
+        t = clip.encode_text(common.tokenize(clip, [f"a photo of a {n}." for n in NAMES]))
+        expected = clip.logit_scale.exp() * torch.nn.functional.normalize(v, dim=-1) @ \
+            torch.nn.functional.normalize(t, dim=-1).t()
+        torch.testing.assert_close(model(x), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tune,trained,frozen", [
+    ("both", ["clip.visual.", "clip.transformer.", "clip.logit_scale"], ["clip.token_embedding"]),
+    ("image", ["clip.visual."], ["clip.transformer.", "clip.logit_scale", "clip.token_embedding"]),
+    ("text", ["clip.transformer.", "clip.text_projection"], ["clip.visual.", "clip.logit_scale"]),
+])
+def test_vificlip_tune_switches(tiny_clip_state, tune, trained, frozen):
+    model = build("vificlip", tiny_clip_state, tune=tune)
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    for prefix in trained:
+        assert all(v for n, v in grads.items() if n.startswith(prefix)), prefix
+    for prefix in frozen:
+        assert not any(v for n, v in grads.items() if n.startswith(prefix)), prefix
+
+
+def test_vificlip_loads_an_official_checkpoint(tiny_clip_state, tmp_path, monkeypatch):
+    import vificlip
+    source = build("vificlip", tiny_clip_state)
+    torch.nn.init.normal_(source.clip.visual.proj)   # make it differ from the fresh model below
+    official = {}
+    for k, v in source.state_dict().items():
+        if k.startswith("clip.visual."):
+            official["module.image_encoder." + k.removeprefix("clip.visual.")] = v
+        elif k == "clip.logit_scale":
+            official["module.logit_scale"] = v
+        elif k != "clip.token_embedding.weight":
+            official["module.text_encoder." + k.removeprefix("clip.")] = v
+    official["module.prompt_learner.complete_text_embeddings"] = torch.zeros(C, 32, 64)
+    path = tmp_path / "vifi.pth"
+    # The real files also pickle a yacs CfgNode: save one from a stand-in module that is gone at load time.
+    yacs = types.ModuleType("yacs.config")
+    yacs.CfgNode = type("CfgNode", (dict,), {"__module__": "yacs.config"})
+    monkeypatch.setitem(sys.modules, "yacs", types.ModuleType("yacs"))
+    monkeypatch.setitem(sys.modules, "yacs.config", yacs)
+    torch.save(dict(model=official, config=yacs.CfgNode(TRAIN={"LR": 2.2e-5}), epoch=9), path)
+    monkeypatch.delitem(sys.modules, "yacs.config")
+    monkeypatch.delitem(sys.modules, "yacs")
+    model = build("vificlip", tiny_clip_state)
+    vificlip.load_official(model, str(path))
+    model.eval(), source.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(video()), source(video()))
+    del official["module.image_encoder.proj"]
+    torch.save(dict(model=official), path)
+    with pytest.raises(RuntimeError, match="missing"):
+        vificlip.load_official(model, str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data.py
+# ---------------------------------------------------------------------------------------------------------
+
+def test_written_video_decodes_with_the_shape_where_the_generator_put_it(tmp_path):
+    frames = data.render_clip("square", "moving right", np.random.default_rng(0), T=24, size=64)
+    path = str(tmp_path / "clip.mp4")
+    data.write_video(path, frames)
+    assert data.video_length(path) == 24
+    wanted = [20, 0, 5, 5, 23]
+    got = data.read_frames(path, wanted)
+    assert got.shape == (5, 64, 64, 3) and got.dtype == torch.uint8
+    assert np.abs(got.numpy().astype(float) - frames[wanted].astype(float)).mean() < 10
+    # The object's horizontal centre: where the frame differs most from its own median colour (the background).
+    def centre_x(f):
+        diff = np.abs(f.astype(float) - np.median(f.reshape(-1, 3), axis=0)).sum(-1)
+        cols = (diff > 100).sum(0)
+        return (cols * np.arange(64)).sum() / cols.sum()
+    xs = [centre_x(f) for f in got.numpy()]
+    assert xs[1] < xs[2] < xs[0] < xs[4]                      # moving right: x grows with the frame index
+    for f, i in zip(got.numpy(), wanted):
+        assert abs(centre_x(f) - centre_x(frames[i])) < 1.5
+
+
+def test_seeking_gives_the_frames_sequential_decoding_gives(tmp_path):
+    frames = data.render_clip("circle", "growing", np.random.default_rng(1), T=120, size=64)
+    path = str(tmp_path / "long.mp4")
+    data.write_video(path, frames)
+    sparse = data.read_frames(path, [3, 60, 110])              # gaps > SEEK_GAP: seeks
+    dense = data.read_frames(path, list(range(120)))            # one sequential pass
+    torch.testing.assert_close(sparse, dense[[3, 60, 110]])
+
+
+def test_segment_and_dense_sampling():
+    assert data.sample_indices(80, 8, "segment") == [5, 15, 25, 35, 45, 55, 65, 75]
+    rng = random.Random(0)
+    for _ in range(20):
+        idx = data.sample_indices(80, 8, "segment", train=True, rng=rng)
+        assert all(10 * i <= f < 10 * (i + 1) for i, f in enumerate(idx))
+    dense = data.sample_indices(300, 8, "dense", stride=16)
+    assert np.all(np.diff(dense) == 16) and dense[0] == (300 - 113) // 2
+    clips = [data.sample_indices(300, 8, "dense", stride=16, clip=k, num_clips=3) for k in range(3)]
+    assert clips[0][0] == 0 and clips[2][-1] == 299 and len({c[0] for c in clips}) == 3
+
+
+def test_short_videos_repeat_frames_in_order():
+    idx = data.sample_indices(5, 8, "segment")
+    assert len(idx) == 8 and idx == sorted(idx) and set(idx) == set(range(5))
+    idx = data.sample_indices(20, 8, "dense", stride=16)            # span 113 > 20: stride shrinks
+    assert len(idx) == 8 and max(idx) < 20 and idx == sorted(idx)
+    assert data.sample_indices(3, 8, "dense", stride=4) == sorted(data.sample_indices(3, 8, "dense", stride=4))
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    bad_list = tmp_path / "train.txt"
+    bad_list.write_text("a.mp4 0\nb.mp4 zero\n")
+    with pytest.raises(ValueError, match=r"train.txt:2"):
+        data.read_list(str(bad_list))
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"not a video at all" * 100)
+    with pytest.raises(data.VideoError, match="corrupt.mp4"):
+        data.read_frames(str(corrupt), [0])
+    with pytest.raises(data.VideoError, match="missing.mp4"):
+        data.read_frames(str(tmp_path / "missing.mp4"), [0])
+
+
+def test_temporal_twins_are_the_time_reversed_classes():
+    names = data.synthetic_classes()
+    twins = data.temporal_twins(names)
+    assert names[twins[names.index("circle moving left")]] == "circle moving right"
+    assert names[twins[names.index("triangle shrinking")]] == "triangle growing"
+    assert all(twins[t] == i for i, t in enumerate(twins))
+    assert data.temporal_twins(["dog", "circle growing"]) == [-1, -1]
+
+
+def test_transforms_shapes():
+    frames = torch.randint(0, 255, (6, 48, 64, 3), dtype=torch.uint8)
+    x = data.TrainTransform(32, data.IMAGENET_MEAN, data.IMAGENET_STD)(frames)
+    assert x.shape == (6, 3, 32, 32) and x.dtype == torch.float32
+    assert data.TestTransform(32, data.CLIP_MEAN, data.CLIP_STD, crops=3)(frames).shape == (3, 6, 3, 32, 32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# train.py
+# ---------------------------------------------------------------------------------------------------------
+
+def test_schedule_and_mixing():
+    assert train.lr_factor(0, 10, 100, 0.01) == 0 and train.lr_factor(5, 10, 100, 0.01) == 0.5
+    assert abs(train.lr_factor(100, 10, 100, 0.01) - 0.01) < 1e-9
+    target = train.soft_targets(torch.tensor([0, 2]), 4, 0.1)
+    torch.testing.assert_close(target.sum(1), torch.ones(2))
+    assert target[0, 0] == pytest.approx(0.925)
+    x, y = train.mix(torch.randn(4, 2, 3, 8, 8), train.soft_targets(torch.arange(4), 4, 0.0), 0.8, 1.0, 0.5)
+    torch.testing.assert_close(y.sum(1), torch.ones(4))
+
+
+def test_cli_train_resume_eval_predict(tmp_path, capsys):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    out = str(tmp_path / "run")
+    base = ["--method", "vificlip", "--train-list", paths["train"], "--val-list", paths["val"],
+            "--data-root", paths["root"], "--classes", paths["classes"], "--model", "tiny", "--frames", "4",
+            "--batch-size", "4", "--accum-steps", "1", "--workers", "0", "--steps-per-epoch", "2", "--lr", "1e-3",
+            "--out", out, "--test-clips", "2", "--test-crops", "1"]
+    train.main(base + ["--epochs", "1"])
+    first = torch.load(os.path.join(out, "last.pt"), weights_only=False)
+    assert first["epoch"] == 1 and not os.path.exists(os.path.join(out, "last.pt.tmp"))
+    train.main(base + ["--epochs", "2", "--resume"])
+    state = torch.load(os.path.join(out, "last.pt"), weights_only=False)
+    assert state["epoch"] == 2 and state["scheduler"]["last_epoch"] == 4
+    lines = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [line.get("epoch") for line in lines if "epoch" in line] == [1, 2]
+    assert lines[-1]["views"] == "2 clips x 1 crops" and "twins" in lines[-1]
+    result = train.main(base + ["--eval-only", "--weights", os.path.join(out, "last.pt")])
+    assert 0 <= result["top1"] <= 100
+    capsys.readouterr()
+    video_path = os.path.join(paths["root"], data.read_list(paths["val"])[0][0])
+    train.main(["--method", "vificlip", "--model", "tiny", "--weights", os.path.join(out, "last.pt"),
+                "--predict", video_path, "--frames", "4"])
+    printed = capsys.readouterr().out
+    assert printed.count("%") == 5 and any(w in printed for w in ("moving", "growing", "shrinking"))
