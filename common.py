@@ -39,7 +39,7 @@ from torch import nn
 TINY_CONFIGS = {
     "tiny": dict(
         embed_dim=64,
-        vision_cfg=dict(image_size=32, patch_size=4, width=128, layers=3, head_width=32),
+        vision_cfg=dict(image_size=32, patch_size=8, width=128, layers=3, head_width=32),
         text_cfg=dict(context_length=32, vocab_size=49408, width=64, heads=2, layers=2),
     ),
     "tiny-64": dict(
@@ -138,6 +138,7 @@ def load_clip(name="tiny", pretrained=None, quick_gelu=None, cache_dir=None):
     clip = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=bool(quick_gelu),
                                   cache_dir=cache_dir)
     clip.tokenizer = open_clip.get_tokenizer(name)
+    clip.quick_gelu = bool(quick_gelu)
     return clip
 
 

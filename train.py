@@ -15,6 +15,7 @@ and the EMBEDDED settings below, which scale the recipe down to a tiny CLIP on a
 """
 import argparse
 import contextlib
+import functools
 import importlib
 import json
 import math
@@ -36,7 +37,7 @@ METHODS = ("vificlip", "xclip", "openvclip", "omniclip")
 # (600 videos of 24 frames at 64 px) and of the tiny CLIP, so the default run finishes in minutes on a CPU.
 # No horizontal flip: it turns "moving left" into "moving right" (the official codes flip even SSv2, whose
 # classes have the same problem). A method may adjust these with an EMBEDDED dict of its own.
-EMBEDDED = dict(model="tiny", frames=8, epochs=12, batch_size=16, step_batch=16, lr=1e-3, warmup_epochs=1, weight_decay=0.05,
+EMBEDDED = dict(model="tiny", frames=8, epochs=40, batch_size=32, step_batch=32, lr=1e-3, warmup_epochs=1, weight_decay=0.05,
                 mixup=0.0, cutmix=0.0, smoothing=0.0, test_clips=2, test_crops=1, flip=False)
 
 # What a recipe key falls back to when a method's RECIPE does not mention it.
@@ -44,6 +45,9 @@ BASE = dict(frames=8, sampling="segment", stride=1, lr=1e-4, lr_min_ratio=0.01, 
             eps=1e-8, epochs=10, warmup_epochs=0, batch_size=32, step_batch=8, grad_clip=0.0, mean="clip", flip=True,
             color_jitter=0.0, grayscale=0.0, mixup=0.0, cutmix=0.0, mix_switch=0.5, smoothing=0.0,
             test_clips=1, test_crops=1, model="ViT-B-16")
+
+# What --weights carries over from the run that wrote the checkpoint, unless given again.
+INHERITED = ("model", "quick_gelu", "frames", "sampling", "stride", "size", "mean", "test_clips", "test_crops")
 
 STATS = {"imagenet": (data.IMAGENET_MEAN, data.IMAGENET_STD), "clip": (data.CLIP_MEAN, data.CLIP_STD)}
 
@@ -118,10 +122,13 @@ def get_args(argv=None):
     args = p.parse_args(argv)
 
     # Defaults: flag > EMBEDDED (embedded data only) > --recipe variant > RECIPE > BASE.
+    # With --weights from a run of ours, the model and the input it was trained on are read from the checkpoint.
     recipe = {**BASE, **method.RECIPE, **getattr(method, "VARIANTS", {}).get(args.recipe, {})}
     args.embedded = args.train_list is None and not (args.predict or args.benchmark)
     if args.embedded or (args.predict or args.benchmark) and args.model is None and args.weights is None:
         recipe.update(EMBEDDED, **getattr(method, "EMBEDDED", {}))
+    saved = (read_checkpoint(args.weights) or {}).get("args", {}) if args.weights else {}
+    recipe.update({k: saved[k] for k in INHERITED if saved.get(k) is not None})
     for key, value in recipe.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -258,10 +265,22 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@functools.lru_cache(maxsize=1)
+def read_checkpoint(path):
+    """A checkpoint written by this file, or None for any other file (an official release)."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"--weights: no file at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:   # an official checkpoint whose pickled config needs the official code base
+        return None
+    return ckpt if isinstance(ckpt, dict) and "model" in ckpt and "args" in ckpt else None
+
+
 def load_weights(model, method, path):
     """Our own checkpoints load strictly; anything else goes to the method's load_official."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(ckpt, dict) and "model" in ckpt and "args" in ckpt:
+    ckpt = read_checkpoint(path)
+    if ckpt is not None:
         if ckpt["args"].get("method") != method.__name__:
             raise ValueError(f"{path} was trained with --method {ckpt['args'].get('method')}, not {method.__name__}")
         model.load_state_dict(ckpt["model"])
@@ -364,6 +383,7 @@ def main(argv=None):
     autocast, dtype = amp_context(device, args.no_amp)
 
     clip = common.load_clip(args.model, args.pretrained, args.quick_gelu)
+    args.quick_gelu = clip.quick_gelu
     args.size = args.size or clip.visual.image_size[0]
     model = method.build(clip, args)
     ckpt = load_weights(model, method, args.weights) if args.weights else None
@@ -420,6 +440,7 @@ def main(argv=None):
     metrics_file = os.path.join(args.out, "metrics.jsonl")
     for epoch in range(start_epoch, 0 if args.eval_only else args.epochs):
         model.train()
+        optimizer.zero_grad(set_to_none=True)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", dynamic_ncols=True)
         tic, seen, loss_sum, micro = time.perf_counter(), 0, 0.0, 0
         for video, label in train_loader:
