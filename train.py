@@ -108,7 +108,8 @@ def get_args(argv=None):
     g.add_argument("--test-crops", type=int, choices=[1, 3], help="spatial crops per clip in the final test")
     g.add_argument("--eval-only", action="store_true", help="only run the final test (with --weights or --resume)")
     g.add_argument("--predict", metavar="VIDEO", help="print the most likely classes of one video and exit")
-    g.add_argument("--benchmark", action="store_true", help="time training steps on random input and exit")
+    g.add_argument("--benchmark", type=int, nargs="?", const=20, metavar="STEPS",
+                   help="time STEPS (default 20) training steps on random input, 400 classes, and exit")
 
     g = p.add_argument_group("run")
     g.add_argument("--out", help="output folder for checkpoints and metrics.jsonl (default runs/METHOD)")
@@ -124,8 +125,8 @@ def get_args(argv=None):
     # Defaults: flag > EMBEDDED (embedded data only) > --recipe variant > RECIPE > BASE.
     # With --weights from a run of ours, the model and the input it was trained on are read from the checkpoint.
     recipe = {**BASE, **method.RECIPE, **getattr(method, "VARIANTS", {}).get(args.recipe, {})}
-    args.embedded = args.train_list is None and not (args.predict or args.benchmark)
-    if args.embedded or (args.predict or args.benchmark) and args.model is None and args.weights is None:
+    args.embedded = args.train_list is None and not (args.predict or args.benchmark is not None)
+    if args.embedded or (args.predict or args.benchmark is not None) and args.model is None and args.weights is None:
         recipe.update(EMBEDDED, **getattr(method, "EMBEDDED", {}))
     saved = (read_checkpoint(args.weights) or {}).get("args", {}) if args.weights else {}
     recipe.update({k: saved[k] for k in INHERITED if saved.get(k) is not None})
@@ -324,7 +325,7 @@ def predict(args, model, method, device, autocast, ckpt):
         print(f"  {100 * p:5.1f}%  {names[c]}")
 
 
-def benchmark(args, model, device, autocast, dtype, steps=20, warmup=5):
+def benchmark(args, model, device, autocast, dtype, warmup=3):
     """Training steps on random input: clips/s and peak memory, data loading excluded."""
     model.set_classes([f"class {i}" for i in range(400)])
     model.to(device).train()
@@ -335,7 +336,8 @@ def benchmark(args, model, device, autocast, dtype, steps=20, warmup=5):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for i in range(warmup + steps):
+    steps = args.benchmark
+    for i in tqdm(range(warmup + steps), desc="benchmark", leave=False):
         if i == warmup:
             sync()
             start = time.perf_counter()
@@ -384,12 +386,14 @@ def main(argv=None):
 
     clip = common.load_clip(args.model, args.pretrained, args.quick_gelu)
     args.quick_gelu = clip.quick_gelu
+    if not args.pretrained and not args.weights and not args.model.startswith("tiny"):
+        print(f"note: {args.model} starts from random weights; the papers start from --pretrained openai")
     args.size = args.size or clip.visual.image_size[0]
     model = method.build(clip, args)
     ckpt = load_weights(model, method, args.weights) if args.weights else None
     if args.predict:
         return predict(args, model, method, device, autocast, ckpt)
-    if args.benchmark:
+    if args.benchmark is not None:
         return benchmark(args, model, device, autocast, dtype)
 
     train_loader, val_loader, test_loader = make_loaders(args, device)
@@ -397,13 +401,13 @@ def main(argv=None):
     twins = data.temporal_twins(names)
     model.set_classes(names)
     model.to(device)
+    if args.accum_steps is None:
+        args.accum_steps = max(1, args.batch_size // args.step_batch)
     print(f"{args.method}: {common.count_params(model, trainable=True) / 1e6:.2f}M trainable of "
           f"{common.count_params(model) / 1e6:.2f}M parameters, {len(names)} classes (chance "
           f"{100 / len(names):.1f}%), {len(train_loader.dataset)} train / {len(val_loader.dataset)} val videos, "
-          f"{args.frames} frames at {args.size}px, device {device}" + (f" ({dtype})" if dtype else ""))
-
-    if args.accum_steps is None:
-        args.accum_steps = max(1, args.batch_size // args.step_batch)
+          f"{args.frames} frames at {args.size}px, batch {args.step_batch} x {args.accum_steps} accumulation "
+          f"(recipe {args.batch_size}), device {device}" + (f" ({dtype})" if dtype else ""))
     steps_per_epoch = len(train_loader) // args.accum_steps
     if args.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, args.steps_per_epoch)
@@ -442,13 +446,13 @@ def main(argv=None):
         model.train()
         optimizer.zero_grad(set_to_none=True)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", dynamic_ncols=True)
-        tic, seen, loss_sum, micro = time.perf_counter(), 0, 0.0, 0
+        tic, seen, loss_sum, micro = time.perf_counter(), 0, torch.zeros((), device=device), 0
         for video, label in train_loader:
             video, label = video.to(device, non_blocking=True), label.to(device, non_blocking=True)
             target = soft_targets(label, len(names), args.smoothing)
             video, target = mix(video, target, args.mixup, args.cutmix, args.mix_switch)
             loss = step_fn(video, target, soft_cross_entropy, backward, autocast)
-            loss_sum, seen, micro = loss_sum + loss.item(), seen + video.shape[0], micro + 1
+            loss_sum, seen, micro = loss_sum + loss.float(), seen + video.shape[0], micro + 1   # no GPU sync
             if micro % accum:
                 continue
             if args.grad_clip:
@@ -459,7 +463,7 @@ def main(argv=None):
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             bar.update()
-            bar.set_postfix(loss=f"{loss_sum / micro:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+            bar.set_postfix(loss=f"{loss_sum.item() / micro:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
                             clips_s=f"{seen / (time.perf_counter() - tic):.1f}")
             if bar.n >= steps_per_epoch:
                 break
@@ -468,7 +472,7 @@ def main(argv=None):
             model.on_epoch_end(epoch, args.epochs)
         val = evaluate(model, val_loader, device, autocast, twins)
         best = max(best, val["top1"])
-        line = dict(epoch=epoch + 1, loss=loss_sum / max(micro, 1), lr=scheduler.get_last_lr()[0],
+        line = dict(epoch=epoch + 1, loss=loss_sum.item() / max(micro, 1), lr=scheduler.get_last_lr()[0],
                     seconds=time.perf_counter() - tic, **val)
         print(f"epoch {epoch + 1}/{args.epochs}  loss {line['loss']:.3f}  val {format_metrics(val)}  "
               f"({line['seconds']:.0f}s)")
