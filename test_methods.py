@@ -14,12 +14,14 @@ import types
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import common
 import data
+import omniclip
 import train
 
-METHODS = ["vificlip"]
+METHODS = ["vificlip", "omniclip"]
 B, T, C = 2, 4, 5
 NAMES = [f"class number {i}" for i in range(C)]
 
@@ -98,6 +100,10 @@ def test_forward_shape_and_finite(name, tiny_clip_state):
 @pytest.mark.parametrize("name", METHODS)
 def test_gradients_reach_exactly_the_trainable_parameters(name, tiny_clip_state):
     model = build(name, tiny_clip_state).train()
+    with torch.no_grad():   # a zero-initialised output layer (OmniCLIP's adapters) passes no gradient upstream
+        for p in model.parameters():   # at step 0: give such tensors the small values one step would
+            if p.requires_grad and not p.any():
+                p.normal_(0, 0.02)
     logits = model(video())
     torch.nn.functional.cross_entropy(logits, torch.tensor([1, 3])).backward()
     for n, p in model.named_parameters():
@@ -307,3 +313,233 @@ def test_cli_train_resume_eval_predict(tmp_path, capsys):
     train.main(["--method", "vificlip", "--weights", os.path.join(out, "last.pt"), "--predict", video_path])
     printed = capsys.readouterr().out
     assert printed.count("%") == 5 and any(w in printed for w in ("moving", "growing", "shrinking"))
+
+
+# =========================================================================================================
+# omniclip
+# =========================================================================================================
+
+def omniclip_omni(state, **kwargs):
+    return build("omniclip", state, **kwargs)
+
+
+def omniclip_wake_up(model, seed=1):
+    """Move every new parameter by N(0, 0.1^2), as training would. At initialisation the zero up-projections
+    silence the branches and stop the gradient to everything upstream of them, and the small attention
+    weights keep the temporal attention near uniform, which is blind to order to first order."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad and not n.startswith("clip."):
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def omniclip_reverse(x):
+    return x.flip(1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Zero-initialised branches
+# ---------------------------------------------------------------------------------------------------------
+
+
+
+def test_omniclip_zero_init_branches_pass_no_gradient_upstream_at_step_zero(tiny_clip_state):
+    """Why omniclip_wake_up exists: at initialisation only the up-projections and the scale embeddings learn."""
+    model = omniclip_omni(tiny_clip_state).train()
+    F.cross_entropy(model(video()), torch.tensor([1, 3])).backward()
+    assert model.pta["0"].up_proj.weight.grad.abs().sum() > 0
+    assert model.spg["0"].scale_embedding.grad.abs().sum() > 0
+    assert not model.pta["0"].down_proj.weight.grad.any()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What is trained
+# ---------------------------------------------------------------------------------------------------------
+
+def test_omniclip_only_new_modules_train_by_default(tiny_clip_state):
+    model = omniclip_omni(tiny_clip_state)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and not any(n.startswith("clip.") for n in trainable)
+    assert {n.split(".")[0] for n in trainable} == {"pta", "spg"}
+    assert len(model.pta) == len(model.spg) == len(model.clip.visual.transformer.resblocks)
+
+
+def test_omniclip_finetune_visual_trains_the_image_tower_only(tiny_clip_state):
+    assert omniclip.RECIPE["new_lr_scale"] == 10 and omniclip.EMBEDDED["new_lr_scale"] == 3
+    model = omniclip_omni(tiny_clip_state, finetune_visual="true", new_lr_scale=10)
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    assert all(v for n, v in grads.items() if n.startswith("clip.visual."))
+    assert not any(v for n, v in grads.items() if n.startswith("clip.") and not n.startswith("clip.visual."))
+    groups = model.param_groups(1e-3, 0.01)
+    lr = {n: g["lr"] for g in groups for n in g["names"]}
+    wd = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    assert lr["clip.visual.conv1.weight"] == pytest.approx(1e-3)
+    assert lr["pta.0.down_proj.weight"] == pytest.approx(1e-2)          # X-CLIP's 10x for new modules
+    assert wd["pta.0.down_proj.weight"] == 0.01 and wd["clip.visual.conv1.weight"] == 0.01
+    for name in ("pta.0.down_proj.bias", "pta.0.temporal_embedding", "spg.0.scale_embedding",
+                 "spg.0.norm.weight", "clip.visual.positional_embedding"):
+        assert wd[name] == 0.0, name
+
+
+def test_omniclip_training_changes_no_clip_weight(tiny_clip_state):
+    model = omniclip_omni(tiny_clip_state).train()
+    before = {k: v.clone() for k, v in model.clip.state_dict().items()}
+    opt = torch.optim.AdamW(model.param_groups(1e-2, 0.05))
+    for _ in range(2):
+        F.cross_entropy(model(video()), torch.tensor([1, 3])).backward()
+        opt.step()
+        opt.zero_grad()
+    assert all(torch.equal(before[k], v) for k, v in model.clip.state_dict().items())
+    assert model.pta["0"].down_proj.weight.abs().sum() > 0 and model.pta["0"].up_proj.weight.any()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Start at CLIP; become order-aware; never mix videos
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("position", ["parallel", "serial"])
+def test_omniclip_without_spg_the_initial_model_is_frame_averaged_clip_exactly(tiny_clip_state, position):
+    model = omniclip_omni(tiny_clip_state, use_spg="false", pta_position=position).eval()
+    clip, x = model.clip, video()
+    with torch.no_grad():
+        tokens = common.tokenize(clip, [f"a photo of a {n}." for n in NAMES])
+        v = common.encode_frames(clip.visual, x.flatten(0, 1)).view(B, T, -1).mean(1)
+        expected = common.cosine_logits(v, common.encode_text(clip, tokens), clip.logit_scale)
+        assert torch.equal(model(x), expected)                   # bit for bit: the PTA adds exact zeros
+        v = clip.encode_image(x.flatten(0, 1)).view(B, T, -1).mean(1)
+        torch.testing.assert_close(model(x), common.cosine_logits(v, clip.encode_text(tokens), clip.logit_scale),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_omniclip_spg_changes_the_start_only_a_little_and_not_the_order_blindness(tiny_clip_state):
+    plain = omniclip_omni(tiny_clip_state, use_spg="false").eval()
+    model = omniclip_omni(tiny_clip_state).eval()
+    x = video()
+    with torch.no_grad():
+        a, b = plain(x), model(x)
+        assert not torch.allclose(a, b)                          # extra keys change the softmax
+        assert (a - b).norm() < 0.2 * a.norm()
+        torch.testing.assert_close(model(omniclip_reverse(x)), b, atol=1e-5, rtol=1e-5)   # prompts are per frame
+
+
+@pytest.mark.parametrize("kwargs", [dict(use_spg="false"), dict(pta_position="serial")])
+def test_omniclip_adapters_make_the_model_see_frame_order(tiny_clip_state, kwargs):
+    model = omniclip_omni(tiny_clip_state, **kwargs).eval()
+    x = video()
+    with torch.no_grad():
+        torch.testing.assert_close(model(omniclip_reverse(x)), model(x), atol=1e-5, rtol=1e-5)
+        omniclip_wake_up(model)
+        assert (model(omniclip_reverse(x)) - model(x)).abs().max() > 1e-3
+
+
+def test_omniclip_only_the_pta_mixes_frames(tiny_clip_state):
+    x = video()
+    y = x.clone()
+    y[:, 2] += 1.0                                               # change frame 2 of every video
+    for use_pta, mixes in (("false", False), ("true", True)):
+        model = omniclip_wake_up(omniclip_omni(tiny_clip_state, use_pta=use_pta)).eval()
+        with torch.no_grad():
+            diff = (model.frame_features(x)[0] - model.frame_features(y)[0]).abs().amax(dim=(0, 2))   # (T,)
+        assert diff[2] > 1e-3
+        assert (diff[[0, 1, 3]] > 1e-4).all() if mixes else (diff[[0, 1, 3]] < 1e-5).all()
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(pta_position="serial", video_prompts="true")])
+def test_omniclip_the_videos_of_a_batch_never_mix(tiny_clip_state, kwargs):
+    model = omniclip_wake_up(omniclip_omni(tiny_clip_state, **kwargs)).eval()
+    x = video(batch=3)
+    y = x.clone()
+    y[1] = torch.randn_like(y[1])
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    torch.testing.assert_close(a[[0, 2]], b[[0, 2]], atol=1e-5, rtol=1e-5)
+    assert (a[1] - b[1]).abs().max() > 1e-3
+
+
+def test_omniclip_pta_attends_over_time_at_one_position_only():
+    torch.manual_seed(0)
+    pta = omniclip_wake_up(omniclip.TemporalAdapter(16, 8, frames=4))
+    z = torch.randn(2 * 4, 5, 16)                                # (B*T, K, D), B = 2, T = 4, K = 5
+    w = z.clone()
+    w[1 * 4 + 2, 3] += 1.0                                       # video 1, frame 2, token 3
+    with torch.no_grad():
+        changed = (pta(z, 4) - pta(w, 4)).abs().amax(-1).view(2, 4, 5) > 1e-6   # (B, T, K)
+    expected = torch.zeros(2, 4, 5, dtype=torch.bool)
+    expected[1, :, 3] = True                                     # every frame of that video, that token only
+    assert torch.equal(changed, expected)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The self-prompt generator, the options, the parameter count, the text cache
+# ---------------------------------------------------------------------------------------------------------
+
+def test_omniclip_spg_prompts_start_as_region_averages():
+    torch.manual_seed(0)
+    spg = omniclip.SelfPromptGenerator(16, 4, scales=(1, 2, 4))
+    x = torch.randn(6, 1 + 16, 16)                               # (B*T, K, D), a 4x4 patch grid
+    with torch.no_grad():
+        s = spg(x)
+    assert s.shape == (6, 1 + 4 + 16, 16)
+    grid = x[:, 1:].view(6, 4, 4, 16)
+    torch.testing.assert_close(s[:, 0], grid.mean((1, 2)))                       # the whole frame
+    torch.testing.assert_close(s[:, 1], grid[:, :2, :2].mean((1, 2)))            # top-left quadrant
+    torch.testing.assert_close(s[:, 5:], x[:, 1:])                               # 4x4 regions = the patches
+    spg = omniclip.SelfPromptGenerator(16, 4, scales=(2,), pool="max")
+    with torch.no_grad():
+        torch.testing.assert_close(spg(x)[:, 3], grid[:, 2:, 2:].amax((1, 2)))
+
+
+def omniclip_pta_params(D, Da, T):
+    return (D * Da + Da) + (3 * Da * Da + 3 * Da) + (Da * Da + Da) + (Da * D + D) + T * Da
+
+
+def omniclip_spg_params(D, Ds, scales):
+    return 2 * D + (D * Ds + Ds) + (Ds * D + D) + scales * D
+
+
+def test_omniclip_parameter_count_matches_the_docstring_formula(tiny_clip_state):
+    # ViT-B/16, 8 frames, defaults: the docstring's 8,944,128 (python omniclip.py checks it on the model).
+    assert 12 * omniclip_pta_params(768, 192, 8) == 5_347_584 and 12 * omniclip_spg_params(768, 192, 3) == 3_596_544
+    assert 12 * (omniclip_pta_params(768, 192, 8) + omniclip_spg_params(768, 192, 3)) == 8_944_128
+    D, L = 128, 3                                                # the tiny CLIP, built for 8 frames
+    model = omniclip_omni(tiny_clip_state)
+    assert common.count_params(model, trainable=True) == L * (omniclip_pta_params(D, 32, 8) + omniclip_spg_params(D, 32, 3))
+    assert model.describe().startswith(f"{L * (omniclip_pta_params(D, 32, 8) + omniclip_spg_params(D, 32, 3)):,} trainable")
+    model = omniclip_omni(tiny_clip_state, pta_ratio=0.5, pta_layers="1-2", spg_scales="1,2", spg_layers="0")
+    assert sorted(model.pta) == ["1", "2"] and sorted(model.spg) == ["0"]
+    assert common.count_params(model, trainable=True) == 2 * omniclip_pta_params(D, 64, 8) + omniclip_spg_params(D, 32, 2)
+    with torch.no_grad():
+        assert model(video()).shape == (B, C)
+
+
+def test_omniclip_text_is_encoded_once_per_class_list(tiny_clip_state, monkeypatch):
+    calls = []
+    real = omniclip.encode_text
+    monkeypatch.setattr(omniclip, "encode_text", lambda clip, tokens: calls.append(len(tokens)) or real(clip, tokens))
+    model = omniclip_omni(tiny_clip_state).train()
+    model(video())
+    F.cross_entropy(model(video()), torch.tensor([1, 3])).backward()
+    model.eval()
+    with torch.no_grad():
+        first = model(video())
+    assert calls == [C]
+    model.set_classes(NAMES[:2])
+    with torch.no_grad():
+        assert model(video()).shape == (B, 2)
+    assert calls == [C, 2]
+    model.set_classes(NAMES)
+    with torch.no_grad():
+        torch.testing.assert_close(model(video()), first)
+
+
+def test_omniclip_a_checkpoint_trained_with_other_frames_loads_with_its_temporal_embedding_resampled(tiny_clip_state):
+    eight = omniclip_wake_up(omniclip_omni(tiny_clip_state)).eval()                 # built for 8 frames
+    four = omniclip_omni(tiny_clip_state, frames=4).eval()
+    assert four.pta["0"].temporal_embedding.shape[0] == 4
+    four.load_state_dict(eight.state_dict())
+    x = video(frames=4)
+    with torch.no_grad():
+        torch.testing.assert_close(four(x), eight(x))             # both resample 8 rows to 4 the same way
+    torch.testing.assert_close(four.pta["0"].temporal_embedding[[0, -1]], eight.pta["0"].temporal_embedding[[0, -1]])
