@@ -20,8 +20,9 @@ import common
 import data
 import omniclip
 import train
+import xclip
 
-METHODS = ["vificlip", "omniclip"]
+METHODS = ["vificlip", "xclip", "omniclip"]
 B, T, C = 2, 4, 5
 NAMES = [f"class number {i}" for i in range(C)]
 
@@ -40,6 +41,7 @@ def tiny_clip(state):
 
 def build(name, state, **kwargs):
     method = importlib.import_module(name)
+    kwargs = {"frames": T, **kwargs}   # X-CLIP's temporal position embedding fixes the frame count
     args, _ = train.get_args(["--method", name] + [f"--{k.replace('_', '-')}={v}" for k, v in kwargs.items()])
     torch.manual_seed(0)
     model = method.build(tiny_clip(state), args)
@@ -320,7 +322,7 @@ def test_cli_train_resume_eval_predict(tmp_path, capsys):
 # =========================================================================================================
 
 def omniclip_omni(state, **kwargs):
-    return build("omniclip", state, **kwargs)
+    return build("omniclip", state, **{"frames": 8, **kwargs})   # built for 8 frames, fed T = 4
 
 
 def omniclip_wake_up(model, seed=1):
@@ -543,3 +545,220 @@ def test_omniclip_a_checkpoint_trained_with_other_frames_loads_with_its_temporal
     with torch.no_grad():
         torch.testing.assert_close(four(x), eight(x))             # both resample 8 rows to 4 the same way
     torch.testing.assert_close(four.pta["0"].temporal_embedding[[0, -1]], eight.pta["0"].temporal_embedding[[0, -1]])
+
+
+# =========================================================================================================
+# xclip
+# =========================================================================================================
+
+def xclip_build(state, **kwargs):
+    return build("xclip", state, **kwargs)
+
+
+def xclip_perturbed(model, seed=1, scale=0.05):
+    """Move every weight off its initial value (alpha, LayerNorms and biases start constant)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# X-CLIP
+# ---------------------------------------------------------------------------------------------------------
+
+def test_xclip_trains_the_image_side_and_freezes_the_text_side(tiny_clip_state):
+    model = xclip_build(tiny_clip_state)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    for prefix in ("visual.conv1", "visual.transformer.resblocks.0.attn", "visual.transformer.resblocks.2.message_fc",
+                   "visual.transformer.resblocks.1.message_attn", "mit.", "prompts_generator.", "prompts_visual_"):
+        assert any(n.startswith(prefix) for n in trainable), prefix
+    for prefix in ("transformer.", "token_embedding", "positional_embedding", "ln_final", "text_projection",
+                   "logit_scale"):
+        assert not any(n.startswith(prefix) for n in trainable), prefix
+
+
+def test_xclip_state_dict_has_the_official_names(tiny_clip_state):
+    keys = set(xclip_build(tiny_clip_state).state_dict())
+    official = {"visual.conv1.weight", "visual.proj", "visual.transformer.resblocks.2.message_fc.weight",
+                "visual.transformer.resblocks.0.message_ln.bias", "visual.transformer.resblocks.1.message_attn.in_proj_weight",
+                "visual.transformer.resblocks.0.attn.out_proj.weight", "mit.positional_embedding",
+                "mit.resblocks.0.attn.in_proj_weight", "mit.resblocks.0.mlp.c_proj.bias", "prompts_visual_ln.weight",
+                "prompts_visual_proj", "prompts_generator.norm.weight", "prompts_generator.alpha",
+                "prompts_generator.decoder.1.cross_attn.q_proj.weight", "prompts_generator.decoder.0.cross_attn.proj.bias",
+                "prompts_generator.decoder.1.norm3.weight", "prompts_generator.decoder.0.mlp.3.weight",
+                "token_embedding.weight", "positional_embedding", "transformer.resblocks.0.ln_1.weight",
+                "ln_final.bias", "text_projection", "logit_scale"}
+    assert official <= keys
+    assert not any(k.startswith("clip.") or "cross_attn.q_proj.bias" in k for k in keys)
+
+
+def test_xclip_official_initialisation(tiny_clip_state):
+    model = xclip_build(tiny_clip_state)
+    assert torch.all(model.prompts_generator.alpha == 0.1)
+    assert 0.9 < model.prompts_visual_proj.std() < 1.1                     # plain randn, not scaled
+    for lin in (model.mit.resblocks[0].mlp.c_fc, model.mit.resblocks[0].attn.out_proj,
+                model.prompts_generator.decoder[0].mlp[0], model.prompts_generator.decoder[1].cross_attn.q_proj):
+        assert 0.018 < lin.weight.std() < 0.022
+        assert lin.bias is None or torch.all(lin.bias == 0)
+    assert model.visual.transformer.resblocks[0].message_fc.bias.abs().sum() > 0   # PyTorch default, not zeroed
+    assert model.mit.positional_embedding.abs().sum() > 0
+
+
+def test_xclip_cross_frame_block_equals_the_appended_token_formulation(tiny_clip_state):
+    """The block as the official code writes it: append the message token, run the full attention over
+    N+2 tokens, drop the message token. Ours computes queries for the N+1 image tokens only."""
+    model = xclip_perturbed(xclip_build(tiny_clip_state))
+    blk = model.visual.transformer.resblocks[1]
+    x = torch.randn(B * T, 17, 128)                                        # (B*T, N+1, D)
+    with torch.no_grad():
+        m = blk.message_fc(x[:, 0]).view(B, T, -1)
+        h = blk.message_ln(m)
+        m = m + blk.message_attn(h, h, h, need_weights=False)[0]
+        z = torch.cat([x, m.reshape(B * T, 1, -1)], dim=1)
+        h = blk.ln_1(z)
+        z = z + blk.attn(h, h, h, need_weights=False)[0]
+        expected = z[:, :17] + blk.mlp(blk.ln_2(z[:, :17]))
+        torch.testing.assert_close(blk(x, T), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_xclip_frames_talk_within_a_video_but_never_across_videos(tiny_clip_state):
+    model = xclip_perturbed(xclip_build(tiny_clip_state)).eval()
+    seen = []
+    model.mit.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    x = video()
+    y = x.clone()
+    y[0, 3] = torch.randn(3, 32, 32)                                       # change the last frame of video 0
+    with torch.no_grad():
+        model(x), model(y)
+    before, after = seen                                                   # frame embeddings (B, T, E)
+    assert (before[0, 0] - after[0, 0]).abs().max() > 1e-3                 # frame 0 heard of frame 3's change
+    torch.testing.assert_close(before[1], after[1])                        # video 1 did not
+
+
+def test_xclip_changing_video_2_leaves_video_1_unchanged(tiny_clip_state):
+    model = xclip_perturbed(xclip_build(tiny_clip_state)).train()
+    x = video()
+    y = x.clone()
+    y[1] = torch.randn(T, 3, 32, 32)
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-5)
+    assert (a[1] - b[1]).abs().max() > 1e-3
+
+
+def test_xclip_reversing_the_frames_changes_the_logits(tiny_clip_state):
+    model = xclip_perturbed(xclip_build(tiny_clip_state)).eval()
+    x = video()
+    with torch.no_grad():
+        assert (model(x) - model(x.flip(1))).abs().max() > 1e-3
+
+
+def test_xclip_mit_counts_the_frame_embeddings_twice(tiny_clip_state):
+    mit = xclip_build(tiny_clip_state).mit
+    blk = mit.resblocks[0]
+    with torch.no_grad():
+        for p in (blk.attn.out_proj.weight, blk.attn.out_proj.bias, blk.mlp.c_proj.weight, blk.mlp.c_proj.bias):
+            p.zero_()                                                      # the block becomes the identity
+        f = torch.randn(B, T, 64)
+        torch.testing.assert_close(mit(f), (2 * f + mit.positional_embedding).mean(1))
+
+
+def test_xclip_prompt_output_is_alpha_times_the_updated_text(tiny_clip_state):
+    gen = xclip_build(tiny_clip_state).prompts_generator
+    with torch.no_grad():
+        gen.alpha.copy_(torch.rand(64))
+        for layer in gen.decoder:                                          # no update: u stays the text
+            for p in (layer.cross_attn.proj.weight, layer.cross_attn.proj.bias, layer.mlp[3].weight, layer.mlp[3].bias):
+                p.zero_()
+        text, ctx = torch.randn(B, C, 64), torch.randn(B, 16, 64)
+        torch.testing.assert_close(gen(text, ctx), gen.alpha * text)
+
+
+def test_xclip_text_is_cached_per_class_list_and_eval_mode_is_kept(tiny_clip_state):
+    model = xclip_build(tiny_clip_state).eval()
+    x = video()
+    other = [f"another name {i}" for i in range(C)]
+    with torch.no_grad():
+        model(x)                                                           # caches NAMES
+        model.set_classes(other)
+        got = model(x)
+        expected = common.encode_text(model, common.tokenize(model, other))   # raw names, no template
+    torch.testing.assert_close(model.text_features(), expected)
+    fresh = xclip_build(tiny_clip_state).eval()
+    fresh.set_classes(other)
+    with torch.no_grad():
+        torch.testing.assert_close(got, fresh(x))
+    assert not model.training
+
+
+def test_xclip_gradient_checkpointing_gives_the_same_gradients(tiny_clip_state):
+    grads = []
+    for flag in (False, True):
+        model = xclip_perturbed(xclip_build(tiny_clip_state)).train()
+        model.grad_checkpointing = flag
+        F.cross_entropy(model(video()), torch.tensor([1, 3])).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_xclip_param_groups_have_the_10x_groups_and_no_decay_rules(tiny_clip_state):
+    model = xclip_build(tiny_clip_state)
+    groups = model.param_groups(1e-3, 0.05)
+    assert len(groups) == 4 and {(g["lr"], g["weight_decay"]) for g in groups} == {
+        (1e-3, 0.05), (1e-3, 0.0), (1e-2, 0.05), (1e-2, 0.0)}
+    where = {n: (g["lr_scale"], g["weight_decay"]) for g in groups for n in g["names"]}
+    assert where["visual.conv1.weight"] == (1.0, 0.05)
+    assert where["visual.positional_embedding"] == (1.0, 0.0)
+    assert where["visual.class_embedding"] == (1.0, 0.0)
+    assert where["visual.transformer.resblocks.0.attn.in_proj_bias"] == (1.0, 0.0)
+    assert where["visual.transformer.resblocks.0.message_fc.weight"] == (10.0, 0.05)
+    assert where["visual.transformer.resblocks.0.message_ln.weight"] == (10.0, 0.0)
+    assert where["mit.positional_embedding"] == (10.0, 0.0)                 # 3-D, exempt by its name
+    assert where["mit.resblocks.0.mlp.c_fc.weight"] == (10.0, 0.05)
+    assert where["prompts_visual_proj"] == (10.0, 0.05)
+    assert where["prompts_generator.alpha"] == (10.0, 0.0)
+
+
+def test_xclip_loads_an_official_checkpoint_and_refuses_another_frame_count(tiny_clip_state, tmp_path):
+    source = xclip_perturbed(xclip_build(tiny_clip_state)).eval()                      # text tower changed too
+    path = tmp_path / "k400_tiny.pth"
+    torch.save(dict(model={"module." + k: v for k, v in source.state_dict().items()}, epoch=29), path)
+    model = xclip_build(tiny_clip_state).eval()
+    with torch.no_grad():
+        model(video())                                                     # text cached before the load
+    xclip.load_official(model, str(path))
+    with torch.no_grad():
+        torch.testing.assert_close(model(video()), source(video()))
+    eight = build("xclip", tiny_clip_state, frames=8)
+    with pytest.raises(ValueError, match="trained with 4 frames"):
+        xclip.load_official(eight, str(path))
+    state = source.state_dict()
+    del state["visual.transformer.resblocks.1.message_ln.weight"]
+    torch.save(dict(model=state), path)
+    with pytest.raises(RuntimeError, match="missing"):
+        xclip.load_official(model, str(path))
+
+
+def test_xclip_forward_refuses_another_frame_count(tiny_clip_state):
+    with pytest.raises(ValueError, match="--frames 4"):
+        xclip_build(tiny_clip_state)(video(frames=6))
+
+
+def test_xclip_recipe_values():
+    assert xclip.RECIPE["lr"] == 8e-6 and xclip.RECIPE["batch_size"] == 256 and xclip.RECIPE["template"] == "{}"
+    assert xclip.RECIPE["mean"] == "imagenet" and xclip.RECIPE["betas"] == (0.9, 0.98)
+    assert xclip.VARIANTS["few-shot"] == dict(frames=32, lr=2e-6, epochs=50, batch_size=64)
+
+
+def test_xclip_cli_train_with_checkpointing_then_eval(tmp_path):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=1, val_per_class=1, T=12)
+    out = str(tmp_path / "run")
+    base = ["--method", "xclip", "--train-list", paths["train"], "--val-list", paths["val"],
+            "--data-root", paths["root"], "--classes", paths["classes"], "--model", "tiny", "--frames", "4",
+            "--batch-size", "4", "--accum-steps", "1", "--workers", "0", "--steps-per-epoch", "1",
+            "--out", out, "--test-clips", "1", "--test-crops", "1"]
+    trained = train.main(base + ["--epochs", "1", "--grad-checkpointing"])
+    again = train.main(base + ["--eval-only", "--weights", f"{out}/last.pt"])      # the same weights, reloaded
+    assert again == pytest.approx(trained)

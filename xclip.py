@@ -1,0 +1,323 @@
+"""X-CLIP: let the frames talk, then let the video rewrite the class names.
+
+B. Ni, H. Peng, M. Chen, S. Zhang, G. Meng, J. Fu, S. Xiang, H. Ling. "Expanding Language-Image Pretrained
+Models for General Video Recognition". ECCV 2022, arXiv:2208.02816. Official code: github.com/microsoft/VideoX,
+folder X-CLIP (models/xclip.py, cct.py, mit.py, prompt.py; utils/optimizer.py; configs/). Not the
+retrieval "X-CLIP" of xuguohai/X-CLIP.
+
+ViFi-CLIP averages independent frame embeddings, so it cannot tell a clip from the same clip played
+backwards. X-CLIP adds three things to CLIP. For a video x (T, 3, S, S), X^l (T, N+1, D) the tokens of
+its T frames entering vision layer l (class token first), and class names c_1..c_C:
+
+  1. Cross-frame communication, in every vision layer l (models/cct.py):
+        m   = message_fc(X^l[:, 0])                            (T, D)   one message token per frame
+        m   = m + MHA_msg(message_ln(m))                       (T, D)   the frames of one video attend to each other
+        Z   = [X^l ; m_t] per frame                            (T, N+2, D)  message token appended last
+        X'  = X^l + Attn(ln_1 Z)[:, :N+1]                      CLIP's own spatial attention sees the message...
+        X^{l+1} = X' + MLP(ln_2 X')                            ...the MLP does not: it is dropped, rebuilt next layer
+  2. Multi-frame integration transformer (models/mit.py), on the frame embeddings f_t = ln_post(X^L_t[0]) @ proj:
+        v   = 1/T sum_t [ Block(f + P)_t + f_t ]               (E,)  P (T, E) learned; Block has its own
+                                                                     residuals, so f is counted twice (as official)
+  3. Video-specific prompts (models/prompt.py), from the last layer's patch tokens (no ln_post):
+        ctx = LN_p( 1/T sum_t LN_pv(X^L_t[1:]) @ W_pv )        (N, E)
+        u   = w (class embeddings of the frozen text tower)    (C, E)
+        u   = u + Proj(CrossAttn(q = norm1 u, k = v = ctx));  u = u + MLP(norm3 u)     2 layers
+        t   = w + alpha * u                                    (C, E)  alpha (E,) init 0.1: t = (1+a) w + a Delta
+  logit_c = exp(s) * <v/|v|, t_c/|t_c|>                       s = logit_scale, frozen (ln 100 for OpenAI CLIP)
+
+Text is the raw class name ("abseiling", UCF's "ApplyEyeMakeup" unsplit); the text tower, token embeddings and
+logit_scale are frozen (utils/optimizer.py fix_text), so the class embeddings w are computed once per class list.
+The message, MIT and prompt parameters train at 10x the learning rate of the CLIP image tower. The new modules
+use the official initialisation: message modules PyTorch's defaults, MIT and prompt Linears trunc-normal 0.02,
+alpha 0.1, prompts_visual_proj a plain randn (std 1); nothing starts at zero, so step 0 is not CLIP.
+Parameter names are the official ones, so a released checkpoint loads with only "module." stripped. On the same
+random ViT-B/16 weights this file's logits equal those of the official XCLIP class to 3e-7 in float32 (2e-15 in
+float64); for B/16 at T=8 it has the official 194.9M parameters (131.5M trained).
+
+Where we differ from the official code, and why:
+- Text embeddings are cached per class list (set_classes), in the weights' precision, and dropped when
+  weights are loaded; the official cache is never invalidated (a second class list silently reuses the
+  first's) and its forward switches the model back to train mode on every call, also during evaluation.
+  We leave the mode alone.
+- The spatial attention computes queries for the N+1 image tokens only: the message token's output is
+  discarded anyway, so the result is the same with one query fewer.
+- The prompt context averages the normed patch tokens over frames before projecting them (the projection is
+  linear): the same up to round-off, with T times fewer FLOPs in the projection.
+- No DropPath: DROP_PATH_RATE is 0 in every released config (and the official DropPath draws per token,
+  not per sample). All dropouts of the official modules are 0 and are left out.
+- Gradient checkpointing (--grad-checkpointing) checkpoints every block; the official code uses
+  checkpoint_sequential with 3 segments. Same gradients, a different memory/time trade.
+- The message attention has as many heads as its CLIP block (D/64 for every OpenAI ViT, as official; the
+  tiny test CLIP has 32-wide heads). New modules always use QuickGELU, as official, even if the CLIP uses GELU.
+- train.py's cosine ends every group at lr_min_ratio of its own peak (the 10x groups at LR/10); the official
+  timm scheduler floors every group at LR/100. Mixed precision is torch.autocast, not apex O1. Colour jitter
+  is drawn once per video and test clips are evenly spaced (data.py); the official code draws both at random.
+"""
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from common import (BARE_TEMPLATE, attention, cosine_logits, encode_text, frame_head, load_state_dict,
+                    param_groups, patch_embed, tokenize)
+
+# Fully-supervised Kinetics-400, ViT-B/16 with 8 frames: configs/k400/16_8.yaml over the defaults of
+# utils/config.py; optimizer and schedule from utils/optimizer.py; final 4x3-view test from main.py.
+RECIPE = dict(
+    frames=8,                  # DATA.NUM_FRAMES
+    sampling="segment",        # TSN segments, one random frame each (datasets/pipeline.py SampleFrames)
+    stride=1,
+    lr=8e-6,                   # TRAIN.LR; x10 for message/MIT/prompt parameters (param_groups)
+    lr_min_ratio=0.01,         # CosineLRScheduler(lr_min=TRAIN.LR / 100), per iteration, warmup from 0
+    weight_decay=1e-3,         # TRAIN.WEIGHT_DECAY; not on 1-D tensors, biases, positional embeddings
+    betas=(0.9, 0.98), eps=1e-8,
+    epochs=30, warmup_epochs=5,
+    batch_size=256,            # 8 per GPU x 4 accumulation steps x 8 GPUs (config + README command)
+    grad_clip=0.0,             # main.py clips nothing
+    mean="imagenet",           # datasets/build.py normalises with ImageNet statistics
+    flip=True, color_jitter=0.8, grayscale=0.2,
+    mixup=0.8, cutmix=1.0, mix_switch=0.5, smoothing=0.1,   # AUG defaults (datasets/blending.py)
+    test_clips=4, test_crops=3,   # main.py sets TEST.NUM_CLIP 4, NUM_CROP 3 for the final test
+    template=BARE_TEMPLATE,    # utils/tools.py generate_text: the raw names of labels/*.csv
+)
+
+# Other official settings (--recipe NAME), as overrides of RECIPE.
+VARIANTS = {
+    "k400-16f": dict(frames=16),                  # configs/k400/16_16.yaml (4 x 8 accumulation: same 256)
+    "k400-32f": dict(frames=32),                  # configs/k400/16_32.yaml
+    # configs/hmdb51/16_32.yaml and ucf101/16_32.yaml: 2/4/8/16-shot, from CLIP, 4 x 2 accumulation x 8 GPUs.
+    "few-shot": dict(frames=32, lr=2e-6, epochs=50, batch_size=64),
+    # No config released: K400 with 32 frames for 10 epochs (maintainer, VideoX issue #68), text frozen.
+    "zero-shot": dict(frames=32, epochs=10),
+}
+
+# The embedded demo trains a random-init tiny CLIP; train.py's lr 1e-3 would give the new modules 10x, 1e-2.
+# Measured on the default run: lr 1e-3 ends at top-1 41.7%, twins 73.3%; lr 3e-4 (new modules at 3e-3)
+# at top-1 85.8%, twins 100% (twins already 100% at epoch 17 of 40).
+EMBEDDED = dict(lr=3e-4)
+
+
+def add_args(parser):
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="recompute each vision block in the backward pass: less activation memory for "
+                             "one more forward (the official code does this for ViT-L/14 at 336 px)")
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): OpenAI CLIP's activation, used by all of X-CLIP's new modules."""
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+def init_linear(m):
+    """MIT and prompt generator init (mit.py, prompt.py _init_weights): Linear trunc-normal 0.02, bias 0.
+    LayerNorms keep their (1, 0) default; nn.MultiheadAttention's in_proj keeps its xavier default."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. Cross-frame communication (models/cct.py CrossFramelAttentionBlock)
+# ---------------------------------------------------------------------------------------------------------
+
+class CrossFrameBlock(nn.Module):
+    """A CLIP vision block (its ln_1, attn, ln_2, mlp, taken over with their weights) plus message modules,
+    under the names the official checkpoints use: visual.transformer.resblocks.N.{message_fc,message_ln,...}."""
+    def __init__(self, blk):
+        super().__init__()
+        D = blk.ln_1.normalized_shape[0]
+        self.message_fc = nn.Linear(D, D)                  # PyTorch defaults, as official: nothing zeroed
+        self.message_ln = nn.LayerNorm(D)
+        self.message_attn = nn.MultiheadAttention(D, blk.attn.num_heads, batch_first=True)
+        self.ln_1, self.attn, self.ls_1 = blk.ln_1, blk.attn, blk.ls_1    # ls_*: Identity for CLIP
+        self.ln_2, self.mlp, self.ls_2 = blk.ln_2, blk.mlp, blk.ls_2
+
+    def forward(self, x, T):
+        BT, L, D = x.shape                                              # (B*T, N+1, D), row b*T + t
+        m = self.message_fc(x[:, 0]).view(BT // T, T, D)                # (B, T, D): this layer's class tokens
+        m = m + attention(self.message_attn, self.message_ln(m))        # (B, T, D): attention within a video
+        h = self.ln_1(torch.cat([x, m.reshape(BT, 1, D)], dim=1))       # (B*T, N+2, D): message token last
+        x = x + self.ls_1(attention(self.attn, h[:, :L], kv=h))         # (B*T, N+1, D): message out dropped
+        return x + self.ls_2(self.mlp(self.ln_2(x)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. Multi-frame integration transformer (models/mit.py)
+# ---------------------------------------------------------------------------------------------------------
+
+class ResidualAttentionBlock(nn.Module):
+    """A pre-LN CLIP block of width E over the T frame embeddings of each video."""
+    def __init__(self, E):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(E, max(1, E // 64), batch_first=True)
+        self.ln_1 = nn.LayerNorm(E)
+        self.mlp = nn.Sequential(OrderedDict(c_fc=nn.Linear(E, 4 * E), gelu=QuickGELU(), c_proj=nn.Linear(4 * E, E)))
+        self.ln_2 = nn.LayerNorm(E)
+
+    def forward(self, x):                                               # (B, T, E)
+        x = x + attention(self.attn, self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class MultiframeIntegrationTransformer(nn.Module):
+    def __init__(self, T, E, layers=1):
+        super().__init__()
+        self.positional_embedding = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, T, E), std=0.02))
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(E) for _ in range(layers)])
+        self.apply(init_linear)
+
+    def forward(self, f):                                               # f (B, T, E) frame embeddings
+        x = self.resblocks(f + self.positional_embedding)               # (B, T, E)
+        return (x + f).mean(dim=1)                                      # (B, E): f a second time, as official
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. Video-specific prompt generator (models/prompt.py)
+# ---------------------------------------------------------------------------------------------------------
+
+class CrossAttention(nn.Module):
+    """Class embeddings (queries) attend to the video's patch tokens; q/k/v without bias, as official."""
+    def __init__(self, E, heads):
+        super().__init__()
+        self.heads = heads
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(E, E, bias=False) for _ in range(3))
+        self.proj = nn.Linear(E, E)
+
+    def forward(self, x, ctx):                                          # x (B, C, E), ctx (B, N, E)
+        q = self.q_proj(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)       # (B, H, C, E/H)
+        k = self.k_proj(ctx).unflatten(-1, (self.heads, -1)).transpose(1, 2)     # (B, H, N, E/H)
+        v = self.v_proj(ctx).unflatten(-1, (self.heads, -1)).transpose(1, 2)     # (B, H, N, E/H)
+        out = F.scaled_dot_product_attention(q, k, v)                   # (B, H, C, E/H)
+        return self.proj(out.transpose(1, 2).flatten(2))                # (B, C, E)
+
+
+class PromptGeneratorLayer(nn.Module):
+    def __init__(self, E):
+        super().__init__()
+        self.cross_attn = CrossAttention(E, max(1, E // 64))
+        self.norm1 = nn.LayerNorm(E)
+        self.norm3 = nn.LayerNorm(E)
+        # Index 2 is the official Dropout(0); an Identity keeps the last Linear's name mlp.3.
+        self.mlp = nn.Sequential(nn.Linear(E, 4 * E), QuickGELU(), nn.Identity(), nn.Linear(4 * E, E))
+
+    def forward(self, u, ctx):
+        u = u + self.cross_attn(self.norm1(u), ctx)
+        return u + self.mlp(self.norm3(u))
+
+
+class VideoSpecificPrompt(nn.Module):
+    def __init__(self, E, layers=2, alpha=0.1):
+        super().__init__()
+        self.norm = nn.LayerNorm(E)
+        self.decoder = nn.ModuleList([PromptGeneratorLayer(E) for _ in range(layers)])
+        self.alpha = nn.Parameter(torch.full((E,), alpha))
+        self.apply(init_linear)
+
+    def forward(self, text, ctx):                                       # text (B, C, E), ctx (B, N, E)
+        ctx = self.norm(ctx)
+        for layer in self.decoder:
+            text = layer(text, ctx)
+        return self.alpha * text                                        # (B, C, E): alpha * (w + Delta)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------------------
+
+class Model(nn.Module):
+    """CLIP's towers are registered under CLIP's own attribute names (visual, transformer, token_embedding,
+    positional_embedding, ln_final, text_projection, logit_scale) next to mit and prompts_*, so that
+    state_dict() has exactly the official keys (spec §7)."""
+    def __init__(self, clip, T=8, template=BARE_TEMPLATE, mit_layers=1, prompts_layers=2, prompts_alpha=0.1,
+                 grad_checkpointing=False):
+        super().__init__()
+        # Effective values of xclip.load (alpha 0.1, 2 prompt layers, 1 MIT layer), not the XCLIP class defaults.
+        D, E = clip.visual.conv1.out_channels, clip.visual.proj.shape[1]
+        self.T, self.template, self.grad_checkpointing = T, template, grad_checkpointing
+        clip.visual.transformer.resblocks = nn.ModuleList(
+            [CrossFrameBlock(blk) for blk in clip.visual.transformer.resblocks])
+        self.visual = clip.visual
+        self.transformer, self.token_embedding, self.ln_final = clip.transformer, clip.token_embedding, clip.ln_final
+        self.positional_embedding, self.text_projection = clip.positional_embedding, clip.text_projection
+        self.logit_scale, self.tokenizer = clip.logit_scale, clip.tokenizer
+        self.mit = MultiframeIntegrationTransformer(T, E, mit_layers)
+        self.prompts_visual_ln = nn.LayerNorm(D)
+        self.prompts_visual_proj = nn.Parameter(torch.randn(D, E))     # std 1, as official (xclip.py)
+        self.prompts_generator = VideoSpecificPrompt(E, prompts_layers, prompts_alpha)
+        # utils/optimizer.py fix_text: train only what is named visual./mit/prompts; text and logit_scale frozen.
+        for name, p in self.named_parameters():
+            p.requires_grad_(any(k in name for k in ("visual.", "mit", "prompts")))
+        # Class tokens are not weights: set_classes rebuilds them for any class list.
+        self.register_buffer("tokens", torch.zeros(0, dtype=torch.long), persistent=False)
+        self._text = None
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_text", None))
+
+    def set_classes(self, names):
+        self.tokens = tokenize(self, [self.template.format(n) for n in names])   # (C, L)
+        self._text = None
+
+    def text_features(self):
+        """(C, E) class embeddings of the frozen text tower, computed once per class list, device and dtype
+        (in the weights' own precision, outside autocast: it is done once)."""
+        if not self.tokens.numel():
+            raise RuntimeError("call set_classes(names) before the forward pass")
+        w = self.text_projection
+        if self._text is None or (self._text.device, self._text.dtype) != (w.device, w.dtype):
+            with torch.no_grad(), torch.autocast(w.device.type, enabled=False):
+                self._text = encode_text(self, self.tokens)
+        return self._text
+
+    def forward(self, video):
+        B, T = video.shape[:2]                                          # video (B, T, 3, S, S)
+        if T != self.T:
+            raise ValueError(f"this X-CLIP was built for {self.T} frames (its mit.positional_embedding is "
+                             f"(1, {self.T}, E)) but got {T}; pass --frames {self.T} or build with --frames {T}")
+        x = patch_embed(self.visual, video.flatten(0, 1))               # (B*T, N+1, D), frames of a video contiguous
+        for blk in self.visual.transformer.resblocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(blk, x, T, use_reentrant=False)
+            else:
+                x = blk(x, T)
+        v = self.mit(frame_head(self.visual, x).view(B, T, -1))         # (B*T, E) -> (B, T, E) -> (B, E)
+        patches = self.prompts_visual_ln(x[:, 1:])                      # (B*T, N, D): no ln_post, as official
+        ctx = patches.view(B, T, *patches.shape[1:]).mean(1) @ self.prompts_visual_proj   # (B, N, E)
+        w = self.text_features().to(ctx.dtype).expand(B, -1, -1)        # (B, C, E)
+        t = w + self.prompts_generator(w, ctx)                          # (B, C, E): one set of classes per video
+        return cosine_logits(v, t, self.logit_scale)                    # (B, C)
+
+    def param_groups(self, lr, weight_decay):
+        """utils/optimizer.py: 10x LR for message_/mit/prompts parameters; no decay for 1-D tensors, biases
+        and positional embeddings (no_weight_decay_keywords). Four groups; the official eight split the
+        same rules once more by module and are otherwise identical."""
+        new = ("message_", "mit", "prompts")
+        return param_groups(
+            self, lr, weight_decay,
+            no_decay=lambda name, p: p.ndim <= 1 or name.endswith(".bias") or "positional_embedding" in name,
+            lr_scale=lambda name: 10.0 if any(k in name for k in new) else 1.0)
+
+
+def build(clip, args):
+    return Model(clip, T=args.frames, template=getattr(args, "template", None) or BARE_TEMPLATE,
+                 grad_checkpointing=getattr(args, "grad_checkpointing", False))
+
+
+def load_official(model, path):
+    """Load a released X-CLIP checkpoint (spec §7): its "model" state dict, "module." stripped, no renaming.
+    The MIT's temporal position embedding fixes T, so a checkpoint of another frame count is refused."""
+    state = load_state_dict(path)
+    pos = state.get("mit.positional_embedding")
+    if pos is not None and pos.shape[1] != model.T:
+        raise ValueError(f"{path} was trained with {pos.shape[1]} frames (mit.positional_embedding "
+                         f"{tuple(pos.shape)}) but this model has {model.T}: pass --frames {pos.shape[1]}")
+    own = model.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    wrong = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise RuntimeError(f"{path} is not an X-CLIP checkpoint of this architecture (--model): "
+                           f"missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} "
+                           f"({len(unexpected)}), other shapes {sorted(wrong)[:5]}")
+    model.load_state_dict(state)
