@@ -3,6 +3,7 @@
     python -m pytest -q
 """
 import importlib
+import contextlib
 import json
 import os
 import pickle
@@ -19,10 +20,11 @@ import torch.nn.functional as F
 import common
 import data
 import omniclip
+import openvclip
 import train
 import xclip
 
-METHODS = ["vificlip", "xclip", "omniclip"]
+METHODS = ["vificlip", "xclip", "openvclip", "omniclip"]
 B, T, C = 2, 4, 5
 NAMES = [f"class number {i}" for i in range(C)]
 
@@ -762,3 +764,325 @@ def test_xclip_cli_train_with_checkpointing_then_eval(tmp_path):
     trained = train.main(base + ["--epochs", "1", "--grad-checkpointing"])
     again = train.main(base + ["--eval-only", "--weights", f"{out}/last.pt"])      # the same weights, reloaded
     assert again == pytest.approx(trained)
+
+
+# =========================================================================================================
+# openvclip
+# =========================================================================================================
+
+OPENVCLIP_NAME = "openvclip"
+OPENVCLIP_DEFAULTS = dict(interp_lambda=0.5, swa_start=2, iwo_alpha=0.6)   # the recipe's, not the embedded demo's
+
+
+def openvclip_model_with(state, **kwargs):
+    return build(OPENVCLIP_NAME, state, **{**OPENVCLIP_DEFAULTS, **kwargs})
+
+
+def openvclip_perturb(model, scale=0.05, seed=1):
+    """Move the trainable weights away from theta0, as training would."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def openvclip_flat(model):
+    return torch.cat([p.detach().flatten() for p in model.trainable()])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The shared tests of test_methods.py, for this method
+# ---------------------------------------------------------------------------------------------------------
+
+def test_openvclip_gradients_reach_exactly_the_visual_tower_and_logit_scale(tiny_clip_state):
+    model = openvclip_model_with(tiny_clip_state).train()
+    F.cross_entropy(model(video()), torch.tensor([1, 3])).backward()
+    for n, p in model.named_parameters():
+        if n.startswith("clip.visual.") or n == "clip.logit_scale":
+            assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, f"{n} got no gradient"
+        else:
+            assert not p.requires_grad and p.grad is None, f"text-side {n} got a gradient"
+    groups = model.param_groups(1e-3, 0.01)
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in model.trainable()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Neighbour-frame attention
+# ---------------------------------------------------------------------------------------------------------
+
+def openvclip_reference_encoder(visual, x, T, window):
+    """The official semantics written plainly: per frame, cat the projected keys/values of frames t-w..t+w
+    (zeros past the ends), explicit softmax. x (B*T, 3, S, S) -> (B*T, E)."""
+    h = common.patch_embed(visual, x)
+    BT, K, D = h.shape
+    for blk in visual.transformer.resblocks:
+        a, H = blk.attn, blk.attn.num_heads
+        q, k, v = F.linear(blk.ln_1(h), a.in_proj_weight, a.in_proj_bias).view(BT // T, T, K, 3, H, D // H).unbind(3)
+        out = torch.empty_like(q)                                   # (B, T, K, H, d)
+        for t in range(T):
+            ks = [k[:, s] if 0 <= s < T else torch.zeros_like(k[:, 0]) for s in range(t - window, t + window + 1)]
+            vs = [v[:, s] if 0 <= s < T else torch.zeros_like(v[:, 0]) for s in range(t - window, t + window + 1)]
+            scores = torch.einsum("bqhd,bkhd->bhqk", q[:, t], torch.cat(ks, 1)) / (D // H) ** 0.5
+            out[:, t] = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), torch.cat(vs, 1))
+        h = h + a.out_proj(out.reshape(BT, K, D))
+        h = h + blk.mlp(blk.ln_2(h))
+    return common.frame_head(visual, h)
+
+
+@pytest.mark.parametrize("window", [1, 2, 3])
+def test_openvclip_neighbour_attention_matches_a_per_frame_reference(tiny_clip_state, window):
+    visual = tiny_clip(tiny_clip_state).visual
+    x = torch.randn(2 * 7, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(openvclip.encode_video_frames(visual, x, 7, window),
+                                   openvclip_reference_encoder(visual, x, 7, window), atol=2e-5, rtol=1e-4)
+
+
+def test_openvclip_identical_frames_inner_frames_are_clip_boundary_frames_are_diluted(tiny_clip_state):
+    """One layer's attention on T identical frames: duplicated keys leave every softmax average unchanged, so
+    inner frames get exactly CLIP's attention; frames 0 and T-1 also see K zero keys, each worth exp(0) of
+    softmax mass towards a zero value, which scales their per-head output by 2Z / (2Z + K), Z = sum exp(score).
+    (A mask instead of zeros would make the boundary frames equal CLIP too.)"""
+    attn = tiny_clip(tiny_clip_state).visual.transformer.resblocks[0].attn
+    K, D, H, Tn = 17, 128, attn.num_heads, 5
+    frame = torch.randn(1, K, D, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = openvclip.neighbour_attention(attn, frame.expand(Tn, K, D).contiguous(), Tn, 1)   # (T, K, D)
+        torch.testing.assert_close(out[1:-1], common.attention(attn, frame).expand(Tn - 2, K, D), atol=1e-6, rtol=1e-5)
+        q, k, v = (t.view(K, H, D // H).transpose(0, 1) for t in
+                   F.linear(frame[0], attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1))   # (H, K, d)
+        scores = q @ k.transpose(1, 2) / (D // H) ** 0.5                                      # (H, K, K)
+        plain = scores.softmax(-1) @ v                                                        # (H, K, d)
+        Z = scores.exp().sum(-1, keepdim=True)                                                # (H, K, 1)
+        diluted = attn.out_proj((plain * 2 * Z / (2 * Z + K)).transpose(0, 1).reshape(K, D))
+        torch.testing.assert_close(out[0], diluted, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(out[-1], diluted, atol=1e-6, rtol=1e-5)
+        assert (out[0] - out[1]).abs().max() > 1e-3                 # the dilution is visible
+
+
+def test_openvclip_identical_frames_whole_tower_clip_beyond_the_reach_of_the_ends(tiny_clip_state):
+    """Through L layers the boundary effect spreads w frames per layer: with identical frames, frames at least
+    L*w from both ends equal the frame-level CLIP embedding, the others do not."""
+    visual = tiny_clip(tiny_clip_state).visual
+    L, Tn = len(visual.transformer.resblocks), 9                    # L = 3: frames 3..5 are out of reach
+    frame = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = openvclip.encode_video_frames(visual, frame.expand(Tn, -1, -1, -1), Tn, 1)   # (T, E)
+        clip = common.encode_frames(visual, frame)                   # (1, E)
+    reach = [min(t, Tn - 1 - t) >= L for t in range(Tn)]
+    for t in range(Tn):
+        close = torch.allclose(ours[t], clip[0], atol=1e-5, rtol=1e-5)
+        assert close == reach[t], f"frame {t}: equal to CLIP {close}, expected {reach[t]}"
+
+
+def test_openvclip_window_zero_is_frame_level_clip(tiny_clip_state):
+    model = openvclip_model_with(tiny_clip_state, temporal_window=0).eval()
+    x = video()
+    with torch.no_grad():
+        f = F.normalize(model.clip.encode_image(x.flatten(0, 1)), dim=-1).view(B, T, -1)
+        torch.testing.assert_close(model(x), model.logits(f), atol=1e-5, rtol=1e-5)
+
+
+def test_openvclip_blind_to_time_reversal_but_not_to_shuffling(tiny_clip_state):
+    """Softmax ignores key order and there is no temporal position embedding: a clip and its reverse give the
+    same logits (so the time-reversed twins of the embedded set stay at chance), other orders do not."""
+    model = openvclip_model_with(tiny_clip_state).eval()
+    x = video(frames=6)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x.flip(1)), atol=1e-5, rtol=1e-5)
+        assert (model(x) - model(x[:, [0, 2, 4, 1, 3, 5]])).abs().max() > 1e-3
+
+
+def test_openvclip_logits_are_the_mean_of_per_frame_logits_with_the_28_template_classifier(tiny_clip_state):
+    model = openvclip_model_with(tiny_clip_state).eval()
+    clip, x = model.clip, video()
+    assert len(openvclip.TEMPLATES) == 28 and "a example of a person doing {}." in openvclip.TEMPLATES
+    with torch.no_grad():
+        prompts = common.tokenize(clip, [t.format(n) for n in NAMES for t in openvclip.TEMPLATES])   # class-major
+        W = F.normalize(F.normalize(clip.encode_text(prompts), dim=-1).view(C, 28, -1).mean(1), dim=-1)   # (C, E)
+        f = openvclip.encode_video_frames(clip.visual, x.flatten(0, 1), T, 1)
+        per_frame = clip.logit_scale.exp() * F.normalize(f, dim=-1) @ W.t()         # (B*T, C)
+        torch.testing.assert_close(model(x), per_frame.view(B, T, C).mean(1), atol=1e-5, rtol=1e-5)
+
+
+def test_openvclip_weight_decay_on_matrices_and_logit_scale_only(tiny_clip_state):
+    model = openvclip_model_with(tiny_clip_state)
+    decay = {n for g in model.param_groups(1e-3, 0.01) if g["weight_decay"] > 0 for n in g["names"]}
+    assert "clip.logit_scale" in decay and "clip.visual.proj" in decay and "clip.visual.conv1.weight" in decay
+    assert not any(n.endswith(".bias") or "ln_" in n or n.endswith("class_embedding") for n in decay)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Interpolated weight optimisation
+# ---------------------------------------------------------------------------------------------------------
+
+def test_openvclip_iwo_step_gradient_is_the_official_formula_and_theta_is_restored(tiny_clip_state, monkeypatch):
+    model = openvclip_model_with(tiny_clip_state).train()
+    openvclip_perturb(model)
+    x, y = video(), train.soft_targets(torch.tensor([1, 3]), C, 0.0)
+    theta = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    theta0 = dict(zip(theta, model.unflatten(model.theta0)))
+    alpha, draws = 0.37, []
+    monkeypatch.setattr(openvclip.random, "uniform", lambda a, b: draws.append((a, b)) or alpha)
+    prior = {n: torch.randn_like(p) for n, p in theta.items()}         # gradients of earlier micro-batches
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            p.grad = prior[n].clone()
+    seen = []
+    model.train_step(x, y, train.soft_cross_entropy, lambda loss: (seen.append(loss.item()), loss.backward()),
+                     contextlib.nullcontext)
+    assert draws == [(0.0, 0.6)]
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, theta[n]), f"{n} not restored exactly"
+    # Direct computation: grad L(theta) + 0.5 grad_w L(w) at w = alpha theta0 + (1-alpha) theta, no (1-alpha).
+    def grad_at(weights, scale):
+        weights = {n: w.detach().requires_grad_() for n, w in weights.items()}
+        loss = scale * train.soft_cross_entropy(torch.func.functional_call(model, weights, (x,)), y)
+        return loss.item(), dict(zip(weights, torch.autograd.grad(loss, list(weights.values()))))
+    loss_int, g_int = grad_at({n: alpha * theta0[n] + (1 - alpha) * theta[n] for n in theta}, 0.5)
+    loss_main, g_main = grad_at(theta, 1.0)
+    assert seen == pytest.approx([loss_int, loss_main], rel=1e-4)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, prior[n] + g_main[n] + g_int[n], atol=1e-5, rtol=1e-4)
+    # ... and one SGD step moves theta by exactly that gradient.
+    opt = torch.optim.SGD(model.trainable(), lr=0.1)
+    opt.step()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p, theta[n] - 0.1 * (prior[n] + g_main[n] + g_int[n]), atol=1e-6, rtol=1e-5)
+
+
+def test_openvclip_iwo_off_is_the_plain_step(tiny_clip_state):
+    model = openvclip_model_with(tiny_clip_state, iwo_alpha=0.0).train()
+    x, y = video(), train.soft_targets(torch.tensor([1, 3]), C, 0.0)
+    calls = []
+    model.train_step(x, y, train.soft_cross_entropy, lambda loss: (calls.append(1), loss.backward()),
+                     contextlib.nullcontext)
+    assert len(calls) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Weight averaging and test-time interpolation
+# ---------------------------------------------------------------------------------------------------------
+
+def test_openvclip_weight_average_of_two_states_is_their_mean(tiny_clip_state):
+    model = openvclip_model_with(tiny_clip_state, interp_lambda=0.0, swa_start=2)
+    model.swa_sum.fill_(7.0), model.swa_count.fill_(5)              # as if --weights brought an old sum along
+    openvclip_perturb(model, seed=1)
+    model.on_epoch_end(0, 3)                                        # epoch 1 < swa_start: not averaged
+    openvclip_perturb(model, seed=2)
+    a = openvclip_flat(model)
+    model.on_epoch_end(1, 3)
+    openvclip_perturb(model, seed=3)
+    b = openvclip_flat(model)
+    model.on_epoch_end(2, 3)                                        # last epoch: theta <- mean(a, b)
+    assert model.swa_count.item() == 2
+    torch.testing.assert_close(openvclip_flat(model), (a + b) / 2)
+    state = model.state_dict()                                      # checkpoints carry the running sum
+    assert {"theta0", "swa_sum", "swa_count"} <= set(state) and "tokens" not in state
+
+
+def test_openvclip_interpolation_with_lambda_one_gives_back_clip_and_half_the_midpoint(tiny_clip_state):
+    clip_model = openvclip_model_with(tiny_clip_state).eval()
+    for lam in (1.0, 0.5):
+        model = openvclip_model_with(tiny_clip_state, interp_lambda=lam).eval()
+        model.swa = False                                           # --no-swa: interpolate the last weights
+        openvclip_perturb(model)
+        trained = openvclip_flat(model)
+        model.on_epoch_end(0, 1)
+        torch.testing.assert_close(openvclip_flat(model), lam * openvclip_flat(clip_model) + (1 - lam) * trained)
+    with torch.no_grad():
+        model = openvclip_model_with(tiny_clip_state, interp_lambda=1.0).eval()
+        openvclip_perturb(model)
+        model.on_epoch_end(0, 1)
+        torch.testing.assert_close(model(video()), clip_model(video()))
+
+
+def test_openvclip_lambda_follows_the_model_size(monkeypatch):
+    monkeypatch.setattr(openvclip, "Model", lambda clip, **kwargs: kwargs)   # build() without building a ViT-L
+    for model, lam in (("ViT-L-14", 0.6), ("ViT-B-16", 0.5), ("ViT-B-32", 0.5)):
+        args = train.get_args(["--method", OPENVCLIP_NAME, "--model", model, "--benchmark"])[0]
+        assert openvclip.build(None, args)["interp_lambda"] == lam
+    args = train.get_args(["--method", OPENVCLIP_NAME, "--model", "ViT-L-14", "--benchmark", "--interp-lambda", "0.3"])[0]
+    assert openvclip.build(None, args)["interp_lambda"] == 0.3
+
+
+def test_openvclip_loads_the_released_swa_checkpoint_and_interpolates(tiny_clip_state, tmp_path):
+    source = openvclip_model_with(tiny_clip_state)
+    openvclip_perturb(source)
+    swa = {"model." + k.removeprefix("clip."): v for k, v in source.state_dict().items() if k.startswith("clip.")}
+    path = str(tmp_path / "swa_2_22.pth")
+    torch.save({"model_state": swa}, path)
+    clip_weights = openvclip_flat(openvclip_model_with(tiny_clip_state))
+    model = openvclip_model_with(tiny_clip_state, interp_lambda=0.5)
+    openvclip.load_official(model, path)
+    torch.testing.assert_close(openvclip_flat(model), 0.5 * clip_weights + 0.5 * openvclip_flat(source))
+    openvclip.load_official(model, path, interp_lambda=0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(video()), source.eval()(video()))
+    del swa["model.visual.proj"]
+    torch.save({"model_state": swa}, path)
+    with pytest.raises(RuntimeError, match="missing"):
+        openvclip.load_official(model, path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Open-VCLIP++ caption alignment
+# ---------------------------------------------------------------------------------------------------------
+
+def test_openvclip_video_caption_loss_is_symmetric_infonce():
+    g = torch.Generator().manual_seed(0)
+    v, t, s = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g), torch.tensor(2.0)
+    vn, tn = F.normalize(v, dim=-1), F.normalize(t, dim=-1)
+    S = s.exp() * vn @ tn.t()
+    expected = -0.5 * (S.log_softmax(1).diag().mean() + S.log_softmax(0).diag().mean())
+    torch.testing.assert_close(openvclip.video_caption_loss(v, t, s), expected)
+    aligned = openvclip.video_caption_loss(t, t, torch.tensor(4.6))   # matching pairs: lower loss
+    assert aligned < openvclip.video_caption_loss(v, t, torch.tensor(4.6))
+
+
+def test_openvclip_captions_add_the_caption_loss_to_the_training_loss(tiny_clip_state, tmp_path):
+    path = str(tmp_path / "captions.pt")
+    torch.save({"abseiling/vid_a.mp4": "a person climbs down a wall", "vid_b": "a dog runs on grass"}, path)
+    model = openvclip_model_with(tiny_clip_state, captions=path, caption_weight=0.7, iwo_alpha=0.0).train()
+    x, y = video(), train.soft_targets(torch.tensor([1, 3]), C, 0.0)
+    paths = ["videos/abseiling/vid_a.mp4", "other/vid_b.avi"]
+    with torch.no_grad():
+        f = model.frame_embeddings(x)
+        text = model.clip.encode_text(common.tokenize(model.clip, ["a person climbs down a wall", "a dog runs on grass"]))
+        expected = train.soft_cross_entropy(model.logits(f), y) + 0.7 * openvclip.video_caption_loss(
+            f.mean(1), text, model.clip.logit_scale)
+        torch.testing.assert_close(model.loss(x, y, train.soft_cross_entropy, paths), expected)
+        plain = train.soft_cross_entropy(model(x), y)
+        torch.testing.assert_close(model.loss(x, y, train.soft_cross_entropy, ["x/unknown.mp4", paths[1]]), plain)
+    loss = model.train_step(x, y, train.soft_cross_entropy, lambda l: l.backward(),
+                            contextlib.nullcontext, paths=paths)
+    torch.testing.assert_close(loss, expected)
+    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("clip.transformer."))
+    bad = str(tmp_path / "bad.json")
+    json.dump({"a.mp4": ["two", "captions"]}, open(bad, "w"))
+    with pytest.raises(ValueError, match="bad.json"):
+        openvclip.load_captions(bad)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Through train.py
+# ---------------------------------------------------------------------------------------------------------
+
+def test_openvclip_cli_run_averages_and_interpolates_at_the_end(tmp_path):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    out = str(tmp_path / "run")
+    args = ["--method", OPENVCLIP_NAME, "--train-list", paths["train"], "--val-list", paths["val"], "--data-root",
+            paths["root"], "--classes", paths["classes"], "--model", "tiny", "--frames", "4", "--batch-size", "4",
+            "--accum-steps", "1", "--workers", "0", "--steps-per-epoch", "1", "--lr", "1e-3", "--out", out,
+            "--epochs", "2", "--warmup-epochs", "1", "--interp-lambda", "0.5", "--test-clips", "1"]
+    random.seed(0)
+    result = train.main(args)
+    state = torch.load(os.path.join(out, "last.pt"), weights_only=False)["model"]
+    assert state["swa_count"].item() == 2 and 0 <= result["top1"] <= 100
+    params = [k for k, v in state.items() if k.startswith("clip.visual.") or k == "clip.logit_scale"]
+    theta0 = state["theta0"]
+    final = torch.cat([state[k].flatten() for k in params])
+    torch.testing.assert_close(final, 0.5 * theta0 + 0.5 * state["swa_sum"] / 2)
