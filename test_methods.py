@@ -1086,3 +1086,22 @@ def test_openvclip_cli_run_averages_and_interpolates_at_the_end(tmp_path):
     theta0 = state["theta0"]
     final = torch.cat([state[k].flatten() for k in params])
     torch.testing.assert_close(final, 0.5 * theta0 + 0.5 * state["swa_sum"] / 2)
+
+
+def test_openvclip_cli_passes_each_batch_video_paths_for_the_captions(tmp_path, monkeypatch):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    listed = {os.path.join(paths["root"], p) for p, _ in data.read_list(paths["train"])}
+    captions = tmp_path / "captions.json"
+    captions.write_text(json.dumps({p: "a video of a shape" for p in listed}))
+    seen, step = [], openvclip.Model.train_step
+
+    def spy(self, *args, paths=None, **kwargs):
+        seen.append(paths)
+        return step(self, *args, paths=paths, **kwargs)
+
+    monkeypatch.setattr(openvclip.Model, "train_step", spy)
+    train.main(["--method", "openvclip", "--train-list", paths["train"], "--val-list", paths["val"], "--data-root",
+                paths["root"], "--classes", paths["classes"], "--model", "tiny", "--frames", "4", "--batch-size", "4",
+                "--accum-steps", "1", "--workers", "0", "--steps-per-epoch", "1", "--epochs", "1", "--out",
+                str(tmp_path / "run"), "--test-clips", "1", "--test-crops", "1", "--captions", str(captions)])
+    assert len(seen[0]) == 4 and set(seen[0]) <= listed

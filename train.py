@@ -355,7 +355,21 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
           f"x {args.frames} frames x {args.size}px, 400 classes: {clips:.1f} clips/s training, {mem}")
 
 
-def make_loaders(args, device):
+class IndexedDataset(torch.utils.data.Dataset):
+    """(video, label, index) from a VideoDataset: for a method whose train_step wants each batch's video paths
+    (Open-VCLIP++ looks up the captions of the videos)."""
+
+    def __init__(self, dataset):
+        self.dataset, self.samples = dataset, dataset.samples
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return (*self.dataset[i], i)
+
+
+def make_loaders(args, device, with_index=False):
     if args.embedded:
         paths = data.make_synthetic(args.embedded_dir)
         args.train_list, args.val_list, args.data_root = paths["train"], paths["val"], paths["root"]
@@ -371,6 +385,7 @@ def make_loaders(args, device):
     val = data.VideoDataset(args.val_list, transform=data.TestTransform(args.size, mean, std), **common_kw)
     test = data.VideoDataset(args.val_list, num_clips=args.test_clips, transform=data.TestTransform(
         args.size, mean, std, crops=args.test_crops), **common_kw)
+    train = IndexedDataset(train) if with_index else train
     return (torch.utils.data.DataLoader(train, args.step_batch, shuffle=True, drop_last=True, **loader_kw),
             torch.utils.data.DataLoader(val, args.step_batch, **loader_kw),
             torch.utils.data.DataLoader(test, max(1, args.step_batch // (args.test_clips * args.test_crops)),
@@ -396,7 +411,7 @@ def main(argv=None):
     if args.benchmark is not None:
         return benchmark(args, model, device, autocast, dtype)
 
-    train_loader, val_loader, test_loader = make_loaders(args, device)
+    train_loader, val_loader, test_loader = make_loaders(args, device, getattr(model, "needs_paths", False))
     names = data.load_classes(args.classes)
     twins = data.temporal_twins(names)
     model.set_classes(names)
@@ -447,11 +462,12 @@ def main(argv=None):
         optimizer.zero_grad(set_to_none=True)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", dynamic_ncols=True)
         tic, seen, loss_sum, micro = time.perf_counter(), 0, torch.zeros((), device=device), 0
-        for video, label in train_loader:
+        for video, label, *index in train_loader:
             video, label = video.to(device, non_blocking=True), label.to(device, non_blocking=True)
             target = soft_targets(label, len(names), args.smoothing)
             video, target = mix(video, target, args.mixup, args.cutmix, args.mix_switch)
-            loss = step_fn(video, target, soft_cross_entropy, backward, autocast)
+            extra = dict(paths=[train_loader.dataset.samples[i][0] for i in index[0].tolist()]) if index else {}
+            loss = step_fn(video, target, soft_cross_entropy, backward, autocast, **extra)
             loss_sum, seen, micro = loss_sum + loss.float(), seen + video.shape[0], micro + 1   # no GPU sync
             if micro % accum:
                 continue
