@@ -283,9 +283,11 @@ def load_classes(csv_file):
 class VideoDataset(torch.utils.data.Dataset):
     """Videos listed in `list_file` (paths relative to `root`, or absolute).
     train: (video (T,3,S,S), label), one random clip.
-    test:  (video (V,T,3,S,S), label) with V = num_clips * crops views, clip-major, always 5-D even if V = 1."""
+    test:  (video (V,T,3,S,S), label) with V = num_clips * crops views, clip-major, always 5-D even if V = 1.
+    return_index adds the item's index, for a training step that needs the videos' paths (self.samples)."""
 
-    def __init__(self, list_file, root, num_frames, transform, mode="segment", stride=1, train=False, num_clips=1):
+    def __init__(self, list_file, root, num_frames, transform, mode="segment", stride=1, train=False, num_clips=1,
+                 return_index=False):
         self.samples = [(os.path.join(root, path), label) for path, label in read_list(list_file)]
         self.labels = [label for _, label in self.samples]
         if not self.samples:
@@ -295,12 +297,16 @@ class VideoDataset(torch.utils.data.Dataset):
             raise FileNotFoundError(f"{list_file}: {len(missing)} of {len(self.samples)} videos are missing, "
                                     f"e.g. {missing[0]}; check the root folder ({root}) or the list")
         self.num_frames, self.transform, self.mode, self.stride = num_frames, transform, mode, stride
-        self.train, self.num_clips = train, num_clips
+        self.train, self.num_clips, self.return_index = train, num_clips, return_index
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, i):
+        video, label = self._load(i)
+        return (video, label, i) if self.return_index else (video, label)
+
+    def _load(self, i):
         path, label = self.samples[i]
         n, T = video_length(path), self.num_frames
         if self.train:

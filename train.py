@@ -355,20 +355,6 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
           f"x {args.frames} frames x {args.size}px, 400 classes: {clips:.1f} clips/s training, {mem}")
 
 
-class IndexedDataset(torch.utils.data.Dataset):
-    """(video, label, index) from a VideoDataset: for a method whose train_step wants each batch's video paths
-    (Open-VCLIP++ looks up the captions of the videos)."""
-
-    def __init__(self, dataset):
-        self.dataset, self.samples = dataset, dataset.samples
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return (*self.dataset[i], i)
-
-
 def make_loaders(args, device, with_index=False):
     if args.embedded:
         paths = data.make_synthetic(args.embedded_dir)
@@ -380,12 +366,11 @@ def make_loaders(args, device, with_index=False):
     common_kw = dict(root=args.data_root, num_frames=args.frames, mode=args.sampling, stride=args.stride)
     loader_kw = dict(num_workers=args.workers, pin_memory=device.type == "cuda",
                      persistent_workers=args.workers > 0)
-    train = data.VideoDataset(args.train_list, train=True, transform=data.TrainTransform(
+    train = data.VideoDataset(args.train_list, train=True, return_index=with_index, transform=data.TrainTransform(
         args.size, mean, std, flip=args.flip, color_jitter=args.color_jitter, grayscale=args.grayscale), **common_kw)
     val = data.VideoDataset(args.val_list, transform=data.TestTransform(args.size, mean, std), **common_kw)
     test = data.VideoDataset(args.val_list, num_clips=args.test_clips, transform=data.TestTransform(
         args.size, mean, std, crops=args.test_crops), **common_kw)
-    train = IndexedDataset(train) if with_index else train
     return (torch.utils.data.DataLoader(train, args.step_batch, shuffle=True, drop_last=True, **loader_kw),
             torch.utils.data.DataLoader(val, args.step_batch, **loader_kw),
             torch.utils.data.DataLoader(test, max(1, args.step_batch // (args.test_clips * args.test_crops)),
