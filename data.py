@@ -22,10 +22,13 @@ learn the shape and the kind of motion but is at chance (50%) between twins; onl
 that, so accuracy between twins measures what a video method adds to CLIP.
 """
 
+import csv
 import json
 import os
 import random
+import re
 import shutil
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import av
@@ -281,21 +284,27 @@ def load_classes(csv_file):
 
 
 class VideoDataset(torch.utils.data.Dataset):
-    """Videos listed in `list_file` (paths relative to `root`, or absolute).
+    """Videos listed in `list_file` (paths relative to `root`, or absolute), or given as a list of (path, label)
+    samples, as read_dataset returns them (paths already joined with the root, so `root` is not used).
     train: (video (T,3,S,S), label), one random clip.
     test:  (video (V,T,3,S,S), label) with V = num_clips * crops views, clip-major, always 5-D even if V = 1.
     return_index adds the item's index, for a training step that needs the videos' paths (self.samples)."""
 
     def __init__(self, list_file, root, num_frames, transform, mode="segment", stride=1, train=False, num_clips=1,
                  return_index=False):
-        self.samples = [(os.path.join(root, path), label) for path, label in read_list(list_file)]
+        if isinstance(list_file, (str, os.PathLike)):
+            self.samples = [(os.path.join(root, path), label) for path, label in read_list(list_file)]
+            source, hint = list_file, f"check the root folder ({root}) or the list"
+        else:  # samples from read_dataset, few_shot, ...: their paths already include the root
+            self.samples = [(path, int(label)) for path, label in list_file]
+            source, hint = "the samples given", "check the root given to read_dataset, or the annotation file"
         self.labels = [label for _, label in self.samples]
         if not self.samples:
-            raise ValueError(f"{list_file}: lists no videos; expected lines 'relative/path.mp4 label'")
+            raise ValueError(f"{source}: lists no videos; expected 'path label' lines or (path, label) pairs")
         missing = [path for path, _ in self.samples if not os.path.isfile(path)]
         if missing:  # check up front: a wrong root should fail now, not hours into an epoch
-            raise FileNotFoundError(f"{list_file}: {len(missing)} of {len(self.samples)} videos are missing, "
-                                    f"e.g. {missing[0]}; check the root folder ({root}) or the list")
+            raise FileNotFoundError(f"{source}: {len(missing)} of {len(self.samples)} videos are missing, "
+                                    f"e.g. {missing[0]}; {hint}")
         self.num_frames, self.transform, self.mode, self.stride = num_frames, transform, mode, stride
         self.train, self.num_clips, self.return_index = train, num_clips, return_index
 
@@ -320,6 +329,212 @@ class VideoDataset(torch.utils.data.Dataset):
         return torch.cat(views), label  # (num_clips*crops,T,3,S,S)
 
 # -----------------------------------------------------------------------------
+# standard datasets, read in the formats they are published in (no conversion step)
+
+_UCF_LIST = re.compile(r"(train|test)list0*(\d+)\.txt")
+_HMDB_FILE = re.compile(r"(.+)_test_split(\d+)\.txt")
+_KINETICS = ("label", "youtube_id", "time_start", "time_end")
+
+
+def _lines(file):
+    """(line number, line) of the non-blank lines; strip() drops the '\\r' and spaces UCF101 and HMDB51 end with."""
+    with open(file, encoding="utf-8") as f:
+        return [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
+
+
+def _json(file):
+    with open(file, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:  # its message has the line but not the file
+            raise ValueError(f"{file}:{e.lineno}: not valid JSON ({e.msg}); download the file again") from e
+
+
+def _ucf101(list_file, root):
+    """A UCF101 trainlist/testlist with classInd.txt ("1 ApplyEyeMakeup") beside it. Train lines end with a
+    1-indexed label ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1"); test lines do not: the folder is the class."""
+    class_file, names = os.path.join(os.path.dirname(list_file), "classInd.txt"), []
+    for n, line in _lines(class_file):
+        if line.split()[0] != str(len(names) + 1) or len(line.split()) != 2:
+            raise ValueError(f"{class_file}:{n}: expected '{len(names) + 1} ClassName', got {line!r}; fix the line")
+        names.append(line.split()[1])
+    by_folder = {name.lower(): i for i, name in enumerate(names)}  # any case: UCF101 spells HandStand two ways
+    samples = []
+    for n, line in _lines(list_file):
+        parts = line.split()
+        label = by_folder.get(parts[0].split("/")[0].lower()) if len(parts) == 1 else None
+        if len(parts) == 2 and parts[1].isdecimal() and 1 <= int(parts[1]) <= len(names):
+            label = int(parts[1]) - 1  # the file counts from 1, we from 0
+        if label is None:
+            raise ValueError(f"{list_file}:{n}: expected 'Class/video.avi' with Class in {class_file}, optionally "
+                             f"then a label 1..{len(names)}, got {line!r}; fix or remove the line")
+        samples.append((os.path.join(root, parts[0]), label))
+    return samples, names
+
+
+def _hmdb51(folder, root, split, train):
+    """HMDB51: a file <class>_test_split<k>.txt per class and split, every video of the class with a mark:
+    1 train, 2 test, 0 unused. Ids follow the alphabetical order of the class folders, as in every paper."""
+    classes = sorted(m[1] for m in map(_HMDB_FILE.fullmatch, os.listdir(folder)) if m and int(m[2]) == split)
+    if not classes:
+        raise FileNotFoundError(f"{folder}: holds neither classInd.txt (UCF101) nor <class>_test_split{split}.txt "
+                                f"files (HMDB51); pass a folder of one of those, or a file")
+    samples = []
+    for label, name in enumerate(classes):
+        file = os.path.join(folder, f"{name}_test_split{split}.txt")
+        for n, line in _lines(file):
+            video, _, mark = line.rpartition(" ")
+            if not video.strip() or mark not in ("0", "1", "2"):
+                raise ValueError(f"{file}:{n}: expected 'video.avi mark' with mark 1 (train), 2 (test) or 0 "
+                                 f"(unused), got {line!r}; fix or remove the line")
+            if mark == ("1" if train else "2"):
+                samples.append((os.path.join(root, name, video.strip()), label))
+    return samples, [name.replace("_", " ") for name in classes]
+
+
+def _kinetics(csv_file, root, classes):
+    """A Kinetics-400/600/700 csv. Each row is 10 s of a YouTube video, which the downloaders save as
+    <youtube_id>_<start:06d>_<end:06d>.<ext>, in per-class folders or in one: so clips are found by name."""
+    with open(csv_file, encoding="utf-8-sig", newline="") as f:
+        reader, clips = csv.DictReader(f), []  # labels may be quoted and hold commas; clips: (line, file stem, name)
+        if not set(_KINETICS) <= set(reader.fieldnames or ()):
+            raise ValueError(f"{csv_file}:1: expected the columns {', '.join(_KINETICS)}, got {reader.fieldnames}")
+        for row in reader:  # a row too short has None in its last fields
+            label, youtube_id, start, end = ((row[column] or "").strip() for column in _KINETICS)
+            if not (label and youtube_id and start.isdecimal() and end.isdecimal()):
+                raise ValueError(f"{csv_file}:{reader.line_num}: expected 'label,youtube_id,time_start,time_end,...' "
+                                 f"with whole seconds, got {row}; fix or remove the line")
+            clips.append((reader.line_num, f"{youtube_id}_{int(start):06d}_{int(end):06d}", label))
+    names = list(classes) if classes is not None else sorted({label for _, _, label in clips})
+    ids, found = {name: i for i, name in enumerate(names)}, {}
+    for n, _, label in clips:
+        if label not in ids:
+            raise ValueError(f"{csv_file}:{n}: label {label!r} is not among the {len(names)} classes given; add it "
+                             f"to classes or remove the line")
+    for folder, subfolders, files in os.walk(root or os.curdir):  # index root once, not one search per clip
+        subfolders.sort()  # a clip saved twice always resolves to the same copy
+        found.update((os.path.splitext(file)[0], os.path.join(folder, file)) for file in sorted(files)
+                     if os.path.splitext(file)[0] not in found)
+    samples = [(found[stem], ids[label]) for _, stem, label in clips if stem in found]
+    missing = [stem for _, stem, _ in clips if stem not in found]
+    if not samples:
+        raise FileNotFoundError(f"{csv_file}: none of its {len(clips)} clips is under {root!r}, e.g. "
+                                f"{''.join(missing[:1])}.*; check root")
+    if missing:  # YouTube videos disappear: 5-10% of a Kinetics set is missing for everyone
+        warnings.warn(f"{csv_file}: skipping the {len(missing)} of {len(clips)} clips that are not under {root!r}, "
+                      f"e.g. {missing[0]}", stacklevel=3)
+    return samples, names
+
+
+def _ssv2(json_file, root):
+    """Something-Something v2: a json list of {"id": "78687", "template": "Holding [something] next to [something]",
+    ...}. The class is the template without brackets, numbered by the labels file next to the list."""
+    label_file = os.path.join(os.path.dirname(json_file), "something-something-v2-labels.json")
+    label_file = label_file if os.path.isfile(label_file) else os.path.join(os.path.dirname(json_file), "labels.json")
+    if not os.path.isfile(label_file):
+        raise FileNotFoundError(f"{json_file}: needs something-something-v2-labels.json (or labels.json) beside it")
+    ids = {name: int(i) for name, i in _json(label_file).items()}
+    if sorted(ids.values()) != list(range(len(ids))):
+        raise ValueError(f"{label_file}: class ids must run 0..C-1, once each; download the labels file again")
+    samples = []
+    for i, item in enumerate(_json(json_file)):
+        template = item.get("template") if isinstance(item, dict) else None
+        name = template.replace("[", "").replace("]", "") if isinstance(template, str) else None
+        if name not in ids or not str(item.get("id", "")).isdecimal():
+            raise ValueError(f"{json_file}: item {i}: expected {{\"id\": \"78687\", \"template\": \"Holding [something]"
+                             f"...\"}} with the template, brackets removed, in {label_file}; got {item!r}; fix or "
+                             f"remove the item (test.json has no templates: evaluate on validation.json)")
+        webm, mp4 = (os.path.join(root, f"{item['id']}.{ext}") for ext in ("webm", "mp4"))  # mp4: a re-encoded set
+        samples.append((mp4 if os.path.isfile(mp4) and not os.path.isfile(webm) else webm, ids[name]))
+    return samples, sorted(ids, key=ids.get)
+
+
+def dataset_format(path):
+    """The format read_dataset reads `path` as: "ucf101", "hmdb51", "kinetics", "ssv2" or "list"."""
+    name = os.path.basename(os.path.normpath(path)).lower()
+    if os.path.isfile(os.path.join(path, "classInd.txt")) or _UCF_LIST.fullmatch(name):
+        return "ucf101"
+    if os.path.isdir(path):
+        return "hmdb51"
+    return {".csv": "kinetics", ".json": "ssv2"}.get(os.path.splitext(name)[1], "list")
+
+
+def read_dataset(path, root="", split=1, train=True, classes=None):
+    """A dataset's own annotation files -> (samples [(video path under root, label)], names by label id or None).
+    No conversion step: the format follows from `path`:
+      UCF101    the ucfTrainTestlist folder (split, train pick trainlist0k/testlist0k.txt) or one of its lists
+      HMDB51    the folder of <class>_test_split<k>.txt files (split, train pick the videos marked 1 or 2)
+      Kinetics  a .csv: label,youtube_id,time_start,time_end,...; missing clips are skipped with a warning
+      SSv2      a .json list (train.json, validation.json) with something-something-v2-labels.json beside it
+      else      a "path label" list (read_list); names = classes, or None
+    classes (a list of names, e.g. the training set's) fixes the label ids by name: label k is classes[k]."""
+    kind, split = dataset_format(path), int(split)
+    if kind == "ucf101" and os.path.isdir(path):  # the folder: take the split's list
+        path = os.path.join(path, f"{'train' if train else 'test'}list{split:02d}.txt")
+    if kind == "kinetics":
+        return _kinetics(path, root, classes)  # maps by name itself, to name the line of an unknown label
+    if kind == "list":
+        samples = [(os.path.join(root, video), label) for video, label in read_list(path)]
+        if classes is not None and any(label >= len(classes) for _, label in samples):
+            raise ValueError(f"{path}: has labels >= {len(classes)}, the number of classes given; fix the list")
+        return samples, None if classes is None else list(classes)
+    samples, names = (_ucf101(path, root) if kind == "ucf101" else _ssv2(path, root) if kind == "ssv2"
+                      else _hmdb51(path, root, split, train))
+    if classes is None:
+        return samples, names
+    ids = {name: i for i, name in enumerate(classes)}
+    unknown = sorted({names[label] for _, label in samples} - set(ids))
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} of its classes are not among the {len(classes)} given, e.g. "
+                         f"{unknown[0]!r}; give classes that include them, or none")
+    return [(video, ids[names[label]]) for video, label in samples], list(classes)
+
+
+def camel_words(name):
+    """"ApplyEyeMakeup" -> "Apply Eye Makeup": UCF101's names as Open-VCLIP feeds them to the text encoder
+    (X-CLIP and ViFi-CLIP keep them CamelCase). Names with spaces stay as they are. (Open-VCLIP's name file
+    also rewrites "Yo Yo" as "Yoyo"; this function does not.)"""
+    camel = r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])"  # between "aB" and before the B of "ABc"
+    return name if " " in name else re.sub(camel, " ", name)
+
+
+def few_shot(samples, shots, seed):
+    """`shots` videos of every class 0..C-1 of the train list, drawn by random.Random(seed) (the global random
+    state is left alone) from each class's videos sorted by path: a seed names one draw, whatever the list order."""
+    by_class, rng, picked = {}, random.Random(seed), []
+    for path, label in samples:
+        by_class.setdefault(label, []).append(path)
+    for c in range(max(by_class, default=-1) + 1):
+        paths = sorted(by_class.get(c, []))
+        if len(paths) < shots:
+            raise ValueError(f"few_shot: class {c} has {len(paths)} videos, fewer than shots={shots}; lower shots "
+                             f"or drop the class with select_classes")
+        picked += [(path, c) for path in sorted(rng.sample(paths, shots))]
+    return picked
+
+
+def base_novel(samples, num_classes):
+    """ViFi-CLIP's base-to-novel split -> (base ids, novel ids), each sorted. Base: the ceil(C/2) classes with the
+    most videos in `samples` (the train list); ties go by id, later ids to base, so HMDB51 (70 train videos in
+    every class) gets base = ids 25..50, as the official split files have."""
+    counts = [0] * num_classes
+    for _, label in samples:
+        if not 0 <= label < num_classes:
+            raise ValueError(f"base_novel: label {label} is outside 0..{num_classes - 1}; check num_classes")
+        counts[label] += 1
+    order = sorted(range(num_classes), key=lambda c: (counts[c], c))  # fewest videos first
+    return sorted(order[num_classes // 2:]), sorted(order[:num_classes // 2])
+
+
+def select_classes(samples, class_ids):
+    """The samples of the classes class_ids, relabelled by position: class_ids[k] becomes k (names: [names[c] for
+    c in class_ids]). With base_novel: train on the base classes, then test on each half with its own classifier."""
+    position = {c: k for k, c in enumerate(class_ids)}
+    if len(position) != len(class_ids):
+        raise ValueError(f"select_classes: class_ids repeats an id: {list(class_ids)}")
+    return [(path, position[label]) for path, label in samples if label in position]
+
+# -----------------------------------------------------------------------------
 # the synthetic set (see the module docstring for why twins)
 
 SHAPES = ("circle", "square", "triangle")
@@ -327,7 +542,11 @@ MOTIONS = ("moving left", "moving right", "growing", "shrinking")
 _REVERSED = dict(zip(MOTIONS, ("moving right", "moving left", "shrinking", "growing")))
 _PALETTE = np.array([(235, 40, 40), (40, 210, 60), (60, 100, 255), (240, 220, 40), (225, 50, 225),
                      (40, 220, 230), (255, 140, 20), (240, 240, 240)], dtype=np.float32)
+COLOURS = ("red", "green", "blue", "yellow", "purple", "cyan", "orange", "white")  # the names of _PALETTE
 _CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+# The embedded zero-shot protocol trains on the other 8 classes and tests on these 4, whose shapes and motions
+# it has each seen, but never together; they hold two pairs of twins, so "twins" is measured on them too.
+UNSEEN = ("circle growing", "circle shrinking", "triangle moving left", "triangle moving right")
 
 
 def synthetic_classes():
@@ -359,6 +578,14 @@ def render_clip(shape, motion, rng, T=24, size=64):
         cx, cy = rng.uniform(big, size - big, 2)
     else:
         raise ValueError(f"render_clip: motion must be one of {MOTIONS}, got {motion!r}")
+    mask = _draw(shape, cx, cy, radius, size)  # (T,size,size)
+    background = rng.uniform(10, 60, 3) + rng.normal(0, 6, (size, size, 3))  # (size,size,3), same in every frame
+    colour = _PALETTE[rng.integers(len(_PALETTE))]
+    return np.where(mask[..., None], colour, background).clip(0, 255).astype(np.uint8)  # (T,size,size,3)
+
+
+def _draw(shape, cx, cy, radius, size):
+    """The pixels covered by a shape of centre (cx, cy) and radius: scalars, or (T,1,1) arrays for T frames."""
     yy, xx = np.mgrid[0:size, 0:size] + 0.5  # pixel centres, (size,size) each
     dx, dy = xx - cx, yy - cy  # each broadcasts with radius to (T,size,size)
     if shape == "circle":
@@ -369,9 +596,31 @@ def render_clip(shape, motion, rng, T=24, size=64):
         mask = (abs(dy) <= radius) & (abs(dx) <= (dy + radius) / 2)
     else:
         raise ValueError(f"render_clip: shape must be one of {SHAPES}, got {shape!r}")
-    background = rng.uniform(10, 60, 3) + rng.normal(0, 6, (size, size, 3))  # (size,size,3), same in every frame
-    colour = _PALETTE[rng.integers(len(_PALETTE))]
-    return np.where(mask[..., None], colour, background).clip(0, 255).astype(np.uint8)  # (T,size,size,3)
+    return mask
+
+
+def synthetic_stills(n, seed, size=64):
+    """n still images in the style of the synthetic videos' frames, with captions: uint8 (n,size,size,3), [str].
+    The stand-in for CLIP's web images (common.synthetic_clip): shapes, colours, sizes and places, and the
+    words for them ("a photo of a small red circle on the left."), never motion."""
+    rng = np.random.default_rng(seed)
+    shape, colour, big = rng.integers(len(SHAPES), size=n), rng.integers(len(_PALETTE), size=n), rng.random(n) < 0.5
+    radius = size * np.where(big, rng.uniform(0.28, 0.40, n), rng.uniform(0.13, 0.20, n))  # the videos' range
+    cx, cy = rng.uniform(radius, size - radius, (2, n))
+    r, x, y = (a[:, None, None] for a in (radius, cx, cy))  # (n,1,1) each
+    masks = np.stack([_draw(name, x, y, r, size) for name in SHAPES])  # (3,n,size,size): every shape, then pick
+    mask = masks[shape, np.arange(n)]  # (n,size,size)
+    background = rng.uniform(10, 60, (n, 1, 1, 3)) + rng.normal(0, 6, (n, size, size, 3))  # (n,size,size,3)
+    images = np.where(mask[..., None], _PALETTE[colour][:, None, None], background).clip(0, 255).astype(np.uint8)
+    say = (rng.random((n, 3)) < (0.4, 0.8, 0.4)).tolist()  # mention the size, the colour, the place?
+    templates = ("a {}", "a photo of a {}.", "{}", "a {} on a dark background")
+    captions = []
+    for i, t in enumerate(rng.integers(len(templates), size=n)):
+        place = "on the left" if cx[i] < size / 3 else "on the right" if cx[i] > 2 * size / 3 else "in the middle"
+        words = [("big" if big[i] else "small")] * say[i][0] + [COLOURS[colour[i]]] * say[i][1] + \
+            [SHAPES[shape[i]]] + [place] * say[i][2]
+        captions.append(templates[t].format(" ".join(words)))
+    return images, captions
 
 
 def write_video(path, frames, fps=8):
@@ -399,14 +648,16 @@ def _done(root):
 
 
 def make_synthetic(root, seed=0, train_per_class=40, val_per_class=10, T=24, size=64, workers=None):
-    """Write the synthetic set: root/videos/<split>_<class>_<n>.mp4, root/{train,val}.txt, root/classes.csv.
+    """Write the synthetic set: root/videos/<split>_<class>_<n>.mp4, root/{train,val}.txt, root/classes.csv,
+    and the zero-shot protocol's lists: seen_train.txt with seen.csv (the classes not in UNSEEN), unseen_val.txt
+    with unseen.csv.
     Deterministic from the arguments, and cached: a finished set with the same arguments is reused.
     workers: encoding threads (None: ThreadPoolExecutor's default)."""
     root = os.path.abspath(root)
     params = dict(seed=seed, train_per_class=train_per_class, val_per_class=val_per_class, T=T, size=size,
-                  codec=_CODEC, version=1)
-    paths = dict(root=root, train=os.path.join(root, "train.txt"), val=os.path.join(root, "val.txt"),
-                 classes=os.path.join(root, "classes.csv"))
+                  codec=_CODEC, version=2)
+    paths = dict(root=root, **{name: os.path.join(root, f"{name}.{'csv' if name in ('classes', 'seen', 'unseen') else 'txt'}")
+                               for name in ("train", "val", "classes", "seen_train", "unseen_val", "seen", "unseen")})
     if _done(root) == params:
         return paths
     if os.path.exists(root) and _done(root) is None and os.listdir(root):
@@ -430,7 +681,12 @@ def make_synthetic(root, seed=0, train_per_class=40, val_per_class=10, T=24, siz
         list(pool.map(make, jobs))
     files = {f"{split}.txt": "".join(f"videos/{s}_{c}_{n}.mp4 {c}\n" for s, c, n in jobs if s == split)
              for split in splits}
-    files["classes.csv"] = "id,name\n" + "".join(f"{i},{name}\n" for i, name in enumerate(names))
+    groups = dict(seen=[c for c, name in enumerate(names) if name not in UNSEEN], unseen=[names.index(n) for n in UNSEEN])
+    for group, split in (("seen", "train"), ("unseen", "val")):   # labels renumbered within the group
+        files[f"{group}_{split}.txt"] = "".join(f"videos/{s}_{c}_{n}.mp4 {groups[group].index(c)}\n"
+                                                for s, c, n in jobs if s == split and c in groups[group])
+    for group, ids in dict(classes=range(len(names)), **groups).items():
+        files[f"{group}.csv"] = "id,name\n" + "".join(f"{i},{names[c]}\n" for i, c in enumerate(ids))
     files["DONE"] = json.dumps(params)  # written last, though only the rename below makes the set visible
     for name, text in files.items():
         with open(os.path.join(tmp, name), "w") as f:
