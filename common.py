@@ -103,7 +103,8 @@ def load_clip(name="tiny", pretrained=None, quick_gelu=None, cache_dir=None):
 
     name        any open_clip architecture ("ViT-B-16", "ViT-L-14-336", ...) or one of TINY_CONFIGS.
     pretrained  None / "" / "none": random initialisation; a tag open_clip knows ("openai", "laion2b_s34b_b88k");
-                or a local file (open_clip checkpoint, or OpenAI's original ViT-B-16.pt).
+                a local file (open_clip checkpoint, or OpenAI's original ViT-B-16.pt); or "synthetic": the
+                offline stand-in for a pretrained CLIP (synthetic_clip below, cached in cache_dir or data/).
     quick_gelu  OpenAI's weights were trained with QuickGELU (x * sigmoid(1.702 x)) and every official video
                 repository keeps it; open_clip's plain "ViT-B-16" config uses exact GELU. None chooses
                 automatically: on for the "openai" tag and for files whose name says openai.
@@ -115,6 +116,8 @@ def load_clip(name="tiny", pretrained=None, quick_gelu=None, cache_dir=None):
     if name not in open_clip.list_models():
         raise ValueError(f"unknown CLIP architecture {name!r}; choose one of {', '.join(open_clip.list_models())}")
     pretrained = None if pretrained in (None, "", "none") else pretrained
+    if pretrained == "synthetic":
+        return synthetic_clip(name, cache_dir)
     if pretrained is not None and not os.path.isfile(pretrained):
         cfg = open_clip.get_pretrained_cfg(name, pretrained)
         if not cfg:
@@ -139,6 +142,59 @@ def load_clip(name="tiny", pretrained=None, quick_gelu=None, cache_dir=None):
                                   cache_dir=cache_dir)
     clip.tokenizer = open_clip.get_tokenizer(name)
     clip.quick_gelu = bool(quick_gelu)
+    return clip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# An offline stand-in for a pretrained CLIP
+# ---------------------------------------------------------------------------------------------------------
+
+def synthetic_clip(name="tiny", cache_dir=None, steps=300, batch=256, lr=1e-3, seed=0):
+    """A CLIP pretrained here, in a minute or two on a CPU, on still images of coloured shapes and their
+    captions ("a red circle", "a photo of a small blue square on the left."), drawn by data.py in the style of
+    the embedded videos. Like OpenAI's CLIP it learns what things look like and their names, and never sees
+    motion: zero-shot it tells a circle from a square in a video but not "moving left" from "moving right".
+    Trained once, then loaded from cache_dir (default data/), the file named after the arguments.
+
+    The loss is CLIP's symmetric InfoNCE; captions repeat within a batch (there are a few hundred distinct
+    ones), so every image whose caption equals caption j counts as a positive of j instead of a negative.
+    """
+    path = os.path.join(cache_dir or "data", f"synthetic-{name}-s{steps}-b{batch}-seed{seed}.pt")
+    with torch.random.fork_rng():   # a fixed initialisation, without touching the caller's random state
+        torch.manual_seed(seed)
+        clip = load_clip(name)
+    if os.path.isfile(path):
+        clip.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return clip
+    import data          # the one place this file reaches into data.py: it draws the image-caption pairs
+    from tqdm import tqdm
+    size = clip.visual.image_size[0]
+    mean, std = torch.tensor(data.CLIP_MEAN)[:, None, None], torch.tensor(data.CLIP_STD)[:, None, None]
+    optimizer = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
+    warmup = max(1, steps // 10)
+    clip.train()
+    for step in (bar := tqdm(range(steps), desc=f"pretraining {name} on synthetic image-caption pairs")):
+        for g in optimizer.param_groups:   # linear warm-up, then cosine to 0
+            g["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        images, captions = data.synthetic_stills(batch, [seed, step])                 # uint8 (batch, 64, 64, 3)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255         # (batch, 3, 64, 64)
+        x = (F.interpolate(x, size=(size, size), mode="bilinear", antialias=True) - mean) / std
+        tokens = tokenize(clip, captions)                                      # (batch, L)
+        logits = cosine_logits(encode_frames(clip.visual, x), encode_text(clip, tokens), clip.logit_scale)
+        same = (tokens[:, None] == tokens[None]).all(-1).float()               # (batch, batch) equal captions
+        target = same / same.sum(1, keepdim=True)
+        loss = -((target * logits.log_softmax(1)).sum(1).mean()            # images -> captions
+                 + (target * logits.t().log_softmax(1)).sum(1).mean()) / 2  # captions -> images
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            clip.logit_scale.clamp_(0, math.log(100))   # CLIP's clamp of the temperature
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    clip.eval()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    torch.save(clip.state_dict(), f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)   # atomic: an interrupted run never leaves half a cache
     return clip
 
 

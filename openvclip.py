@@ -92,6 +92,7 @@ RECIPE = dict(
     iwo_alpha=0.6, iwo_ratio=0.5,   # TRAIN.LINEAR_CONNECT_SAMPLE_R 0.6 (L 0.0), LINEAR_CONNECT_LOSS_RATIO 0.5
     swa_start=None,              # weight_average_tool.py wa_start 2 = the warm-up epochs (None: take those)
     interp_lambda=None,          # TEST.PATCHING_RATIO: 0.5 for B/32 and B/16, 0.6 for L/14 (None: by model)
+    class_words=True,            # UCF101 "ApplyEyeMakeup" -> "Apply Eye Makeup" (zs_label_db/ucf101_full/process.py)
 )
 
 # The embedded demo trains a random-initialised tiny CLIP from scratch, so theta0 is noise, not knowledge to

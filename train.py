@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import statistics
 import sys
 import time
 
@@ -32,21 +33,24 @@ import common
 import data
 
 METHODS = ("vificlip", "xclip", "openvclip", "omniclip")
+PROTOCOLS = ("supervised", "zero-shot", "few-shot", "base2novel")
 
 # Used when no --train-list is given: what the papers' recipes become at the scale of the embedded data
 # (600 videos of 24 frames at 64 px) and of the tiny CLIP, so the default run finishes in minutes on a CPU.
 # No horizontal flip: it turns "moving left" into "moving right" (the official codes flip even SSv2, whose
 # classes have the same problem). A method may adjust these with an EMBEDDED dict of its own.
-EMBEDDED = dict(model="tiny", frames=8, epochs=40, batch_size=32, step_batch=32, lr=1e-3, warmup_epochs=1, weight_decay=0.05,
-                mixup=0.0, cutmix=0.0, smoothing=0.0, test_clips=2, test_crops=1, flip=False)
+EMBEDDED = dict(model="tiny", pretrained="synthetic", frames=8, epochs=40, batch_size=32, step_batch=32, lr=1e-3,
+                warmup_epochs=1, weight_decay=0.05, mixup=0.0, cutmix=0.0, smoothing=0.0, test_clips=2, test_crops=1,
+                flip=False)
 
 # What a recipe key falls back to when a method's RECIPE does not mention it.
 BASE = dict(frames=8, sampling="segment", stride=1, lr=1e-4, lr_min_ratio=0.01, weight_decay=0.0, betas=(0.9, 0.999),
             eps=1e-8, epochs=10, warmup_epochs=0, batch_size=32, step_batch=8, grad_clip=0.0, mean="clip", flip=True,
             color_jitter=0.0, grayscale=0.0, mixup=0.0, cutmix=0.0, mix_switch=0.5, smoothing=0.0,
-            test_clips=1, test_crops=1, model="ViT-B-16")
+            test_clips=1, test_crops=1, model="ViT-B-16", class_words=False)
 
-# What --weights carries over from the run that wrote the checkpoint, unless given again.
+# What --weights carries over from the run that wrote the checkpoint, unless given again (with the
+# method's own options).
 INHERITED = ("model", "quick_gelu", "frames", "sampling", "stride", "size", "mean", "test_clips", "test_crops")
 
 STATS = {"imagenet": (data.IMAGENET_MEAN, data.IMAGENET_STD), "clip": (data.CLIP_MEAN, data.CLIP_STD)}
@@ -62,23 +66,40 @@ def get_args(argv=None):
     method_name = p.parse_known_args(argv)[0].method
     method = importlib.import_module(method_name)
     p.add_argument("--recipe", choices=sorted(getattr(method, "VARIANTS", {})), default=None,
-                   help="one of the method's other official settings (see VARIANTS in its file); default: RECIPE")
+                   help="one of the method's other official settings (see VARIANTS in its file); default: the "
+                        "variant named like --protocol if the method has one, else RECIPE")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="supervised", help=(
+        "supervised: train and test on the same classes. zero-shot: test on the test data's own classes "
+        "(another dataset, or the embedded set's held-out classes), over every --split. few-shot: train on "
+        "--shots videos per class. base2novel: train on --shots videos of each base class per --shot-seeds, "
+        "test base and novel classes apart, report their harmonic mean"))
 
     g = p.add_argument_group("model")
     g.add_argument("--model", help="open_clip architecture, e.g. ViT-B-16 (the papers'), ViT-L-14, or tiny / "
                                    "tiny-64 (offline configs for CPUs); default: tiny on the embedded data")
-    g.add_argument("--pretrained", help="CLIP weights: a tag (openai) or a local file. Offline, download the file "
-                                        "elsewhere and pass its path. Default: random initialisation")
+    g.add_argument("--pretrained", help="CLIP weights: a tag (openai), a local file (offline, download it elsewhere "
+                                        "and pass its path), synthetic (a tiny CLIP pretrained here on still "
+                                        "shapes; the embedded default) or none (random initialisation)")
     g.add_argument("--quick-gelu", action="store_true", default=None,
                    help="use QuickGELU (needed by OpenAI weights loaded from a file not named *openai*)")
     g.add_argument("--weights", help="start from a checkpoint of this repository (runs/*/last.pt) or the authors' "
                                      "released checkpoint of this method")
 
     g = p.add_argument_group("data (default: the embedded synthetic set)")
-    g.add_argument("--train-list", help='"relative/path label" lines, one video each (mmaction2 / X-CLIP format)')
-    g.add_argument("--val-list", help="same format; evaluated after each epoch and in the final multi-view test")
-    g.add_argument("--data-root", default="", help="folder the paths in the lists are relative to")
-    g.add_argument("--classes", help='"id,name" CSV of class names (or, with --predict, "name1,name2,...")')
+    g.add_argument("--train-list", help='the training videos, in any of: a "relative/path label" list (mmaction2 / '
+                   "X-CLIP), UCF101's ucfTrainTestlist folder or a trainlist0N.txt, HMDB51's split folder, a "
+                   "Kinetics CSV, an SSv2 JSON (read as published, no conversion)")
+    g.add_argument("--val-list", help="the test videos, in any of the same formats; evaluated after each epoch "
+                                      "(1 view) and in the final multi-view test")
+    g.add_argument("--data-root", default="", help="folder the videos of --train-list are in")
+    g.add_argument("--val-root", help="folder the videos of --val-list are in (default: --data-root)")
+    g.add_argument("--classes", help='"id,name" CSV of class names for a plain list (or, with --predict, '
+                                     '"name1,name2,..."); the other formats carry their names')
+    g.add_argument("--val-classes", help='"id,name" CSV for a plain --val-list whose classes differ (zero-shot)')
+    g.add_argument("--split", type=int, nargs="+", help="UCF101/HMDB51 official split(s): training uses the "
+                   "first, the final test runs on each and reports mean and std (default 1; zero-shot: 1 2 3)")
+    g.add_argument("--class-words", action=argparse.BooleanOptionalAction, help="turn CamelCase names into words "
+                   "(UCF101's ApplyEyeMakeup -> Apply Eye Makeup), as Open-VCLIP does; default from the recipe")
     g.add_argument("--embedded-dir", default="data/embedded", help="where the synthetic set is generated (once)")
     g.add_argument("--frames", type=int, help="frames per clip (T); more frames cost time linearly")
     g.add_argument("--sampling", choices=["segment", "dense"], help="segment: one frame per equal part (TSN); "
@@ -103,6 +124,18 @@ def get_args(argv=None):
     g.add_argument("--smoothing", type=float, help="label smoothing")
     g.add_argument("--steps-per-epoch", type=int, help="cap the optimizer steps per epoch (quick checks)")
 
+    g = p.add_argument_group("protocols (see --protocol)")
+    g.add_argument("--shots", type=int, help="videos per class drawn from the training data (few-shot: 2, 4, 8 or "
+                                             "16; base2novel default 16)")
+    g.add_argument("--shot-seeds", type=int, nargs="+", help="one training run per draw of --shots videos, "
+                   "figures averaged (default 1; base2novel 1 2 3)")
+    g.add_argument("--base-classes", help='base2novel: "id,name" CSV of the base classes (default: the more '
+                                          "frequent half of the training data, ViFi-CLIP's rule)")
+    g.add_argument("--unseen-only", action="store_true", help="zero-shot: drop test classes that are training "
+                                                              "classes (Kinetics-600's 220 classes new to K400)")
+    g.add_argument("--class-subsets", nargs="+", metavar="CSV|NxSIZE", help='zero-shot: test on subsets of the '
+                   'test classes, given as "id,name" CSVs or drawn from --seed as e.g. 3x160 (the K600 protocol)')
+
     g = p.add_argument_group("evaluation and modes")
     g.add_argument("--test-clips", type=int, help="temporal clips per video in the final test")
     g.add_argument("--test-crops", type=int, choices=[1, 3], help="spatial crops per clip in the final test")
@@ -118,23 +151,37 @@ def get_args(argv=None):
     g.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA (bf16, else fp16)")
     g.add_argument("--seed", type=int, default=0)
 
+    shared = set(vars(p.parse_args([])))
     if hasattr(method, "add_args"):
         method.add_args(p.add_argument_group(f"{method_name} options"))
     args = p.parse_args(argv)
+    own = set(vars(args)) - shared   # the method's own options
 
     # Defaults: flag > EMBEDDED (embedded data only) > --recipe variant > RECIPE > BASE.
     # With --weights from a run of ours, the model and the input it was trained on are read from the checkpoint.
-    recipe = {**BASE, **method.RECIPE, **getattr(method, "VARIANTS", {}).get(args.recipe, {})}
-    args.embedded = args.train_list is None and not (args.predict or args.benchmark is not None)
-    if args.embedded or (args.predict or args.benchmark is not None) and args.model is None and args.weights is None:
+    variants = getattr(method, "VARIANTS", {})
+    args.recipe = args.recipe or (args.protocol if args.protocol in variants else None)
+    recipe = {**BASE, **method.RECIPE, **variants.get(args.recipe, {})}
+    mode = args.predict or args.benchmark is not None
+    args.embedded = args.train_list is None and args.val_list is None and not mode
+    if args.embedded or mode and args.model is None and args.weights is None:
         recipe.update(EMBEDDED, **getattr(method, "EMBEDDED", {}))
+        if not args.embedded or args.weights:   # no need to pretrain a CLIP whose weights are replaced
+            recipe["pretrained"] = None
+    # A checkpoint of ours brings the settings its model needs, except where the chosen variant sets them
+    # (ViFi-CLIP's prompt variants add prompts to a checkpoint trained without).
     saved = (read_checkpoint(args.weights) or {}).get("args", {}) if args.weights else {}
-    recipe.update({k: saved[k] for k in INHERITED if saved.get(k) is not None})
+    recipe.update({k: saved[k] for k in (*INHERITED, *own) if saved.get(k) is not None
+                   and k not in variants.get(args.recipe, {})})
     for key, value in recipe.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     args.recipe_values = recipe
     args.out = args.out or os.path.join("runs", method_name)
+    args.shots = args.shots or (16 if args.protocol == "base2novel" else None)
+    args.shot_seeds = args.shot_seeds or ([1, 2, 3] if args.protocol == "base2novel" else [1])
+    if args.protocol in ("few-shot", "base2novel") and not args.shots:
+        raise SystemExit("--protocol few-shot needs --shots K (the papers use 2, 4, 8 and 16)")
     return args, method
 
 
@@ -284,7 +331,15 @@ def load_weights(model, method, path):
     if ckpt is not None:
         if ckpt["args"].get("method") != method.__name__:
             raise ValueError(f"{path} was trained with --method {ckpt['args'].get('method')}, not {method.__name__}")
-        model.load_state_dict(ckpt["model"])
+        # Strict, except for trainable parameters the checkpoint's model did not have: a new stage that adds
+        # modules to a trained model (ViFi-CLIP's prompts on a fine-tuned ViFi-CLIP) starts them from their init.
+        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        if unexpected or set(missing) - trainable:
+            model.load_state_dict(ckpt["model"])   # raises, listing every mismatch
+        if missing:
+            print(f"{path}: {len(missing)} trainable tensors new to this model start from their initialisation "
+                  f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
         return ckpt
     if not hasattr(method, "load_official"):
         raise ValueError(f"{path} is not a checkpoint of this repository and {method.__name__} has no load_official")
@@ -355,30 +410,113 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
           f"x {args.frames} frames x {args.size}px, 400 classes: {clips:.1f} clips/s training, {mem}")
 
 
-def make_loaders(args, device, with_index=False):
-    if args.embedded:
-        paths = data.make_synthetic(args.embedded_dir)
-        args.train_list, args.val_list, args.data_root = paths["train"], paths["val"], paths["root"]
-        args.classes = args.classes or paths["classes"]
-    if not args.val_list or not args.classes:
-        raise SystemExit("with --train-list, also give --val-list and --classes")
+# ---------------------------------------------------------------------------------------------------------
+# Data and protocols
+# ---------------------------------------------------------------------------------------------------------
+
+def read_videos(path, root, split, train, names=None):
+    """(samples, names) of one side of a dataset in any format data.read_dataset knows. `names` is a list of
+    names, or an "id,name" CSV, for a plain list, and maps a Kinetics CSV's labels to the training ids."""
+    names = data.load_classes(names) if isinstance(names, str) else names
+    samples, names = data.read_dataset(path, root, split=split, train=train, classes=names)
+    if names is None:
+        raise SystemExit(f"{path} is a plain list: give its class names with --classes (--val-classes for a test "
+                         f"list with other classes)")
+    return samples, names
+
+
+def class_ids(wanted, names, source):
+    missing = [n for n in wanted if n not in names]
+    if missing:
+        raise SystemExit(f"{source}: {len(missing)} classes are not classes of the data, e.g. {missing[0]!r}")
+    return [names.index(n) for n in wanted]
+
+
+def protocol_data(args, seed, trained_names=None):
+    """The training videos, their class names, and the test sets [(title, samples, names)] of args.protocol.
+    Names are the datasets' own (UCF101 CamelCase, HMDB51 with spaces); --class-words turns them to text last."""
+    train, names = (read_videos(args.train_list, args.data_root, (args.split or [1])[0], True, args.classes)
+                    if args.train_list else (None, trained_names))
+    if args.protocol == "base2novel":
+        base = (class_ids(data.load_classes(args.base_classes), names, args.base_classes) if args.base_classes
+                else data.base_novel(train, len(names))[0])
+        novel = [c for c in range(len(names)) if c not in base]
+        train = data.select_classes(train, base)
+    if args.shots and train is not None:
+        train = data.few_shot(train, args.shots, seed)
+
+    has_splits = data.dataset_format(args.val_list) in ("ucf101", "hmdb51")
+    splits = args.split or ([1, 2, 3] if args.protocol == "zero-shot" and has_splits else [1])
+    own_names = args.protocol == "zero-shot"   # zero-shot tests on the test data's classes, the others on ours
+    tests = []
+    for split in splits if has_splits else splits[:1]:
+        given = (args.val_classes or args.classes) if data.dataset_format(args.val_list) == "list" else None
+        samples, val_names = read_videos(args.val_list, args.val_root or args.data_root, split, False,
+                                         given if own_names else names)
+        tag = f"split {split}" if len(splits) > 1 else "test"
+        if args.protocol == "base2novel":   # each half scored with a classifier over its own classes only
+            groups = [(f"{tag} base", base), (f"{tag} novel", novel)]
+        else:
+            keep = [c for c in range(len(val_names)) if not (args.unseen_only and val_names[c] in (names or []))]
+            groups = [(tag, keep)]
+            if args.class_subsets and len(args.class_subsets) == 1 and "x" in args.class_subsets[0]:
+                n, size = map(int, args.class_subsets[0].split("x"))
+                rng = random.Random(args.seed)   # the same subsets for every method and run
+                groups = [(f"{tag} subset {k + 1}", sorted(rng.sample(keep, size))) for k in range(n)]
+            elif args.class_subsets:
+                groups = [(f"{tag} {os.path.basename(f)}", class_ids(data.load_classes(f), val_names, f))
+                          for f in args.class_subsets]
+        tests += [(title, data.select_classes(samples, ids), [val_names[c] for c in ids]) for title, ids in groups]
+    if args.protocol == "base2novel":
+        names = [names[c] for c in base]
+    text = data.camel_words if args.class_words else (lambda n: n)
+    return train, [text(n) for n in names or []], [(t, s, [text(n) for n in ns]) for t, s, ns in tests]
+
+
+def make_loader(args, device, samples, train=False, views=False, with_index=False):
+    """A DataLoader over samples: one random clip (train), one centre view (per-epoch val), or the test views."""
     mean, std = STATS[args.mean]
-    common_kw = dict(root=args.data_root, num_frames=args.frames, mode=args.sampling, stride=args.stride)
-    loader_kw = dict(num_workers=args.workers, pin_memory=device.type == "cuda",
-                     persistent_workers=args.workers > 0)
-    train = data.VideoDataset(args.train_list, train=True, return_index=with_index, transform=data.TrainTransform(
-        args.size, mean, std, flip=args.flip, color_jitter=args.color_jitter, grayscale=args.grayscale), **common_kw)
-    val = data.VideoDataset(args.val_list, transform=data.TestTransform(args.size, mean, std), **common_kw)
-    test = data.VideoDataset(args.val_list, num_clips=args.test_clips, transform=data.TestTransform(
-        args.size, mean, std, crops=args.test_crops), **common_kw)
-    return (torch.utils.data.DataLoader(train, args.step_batch, shuffle=True, drop_last=True, **loader_kw),
-            torch.utils.data.DataLoader(val, args.step_batch, **loader_kw),
-            torch.utils.data.DataLoader(test, max(1, args.step_batch // (args.test_clips * args.test_crops)),
-                                        **loader_kw))
+    if train:
+        transform = data.TrainTransform(args.size, mean, std, flip=args.flip, color_jitter=args.color_jitter,
+                                        grayscale=args.grayscale)
+    else:
+        transform = data.TestTransform(args.size, mean, std, crops=args.test_crops if views else 1)
+    dataset = data.VideoDataset(samples, "", args.frames, transform, args.sampling, args.stride, train=train,
+                                num_clips=args.test_clips if views else 1, return_index=with_index)
+    batch = max(1, args.step_batch // (args.test_clips * args.test_crops)) if views else args.step_batch
+    return torch.utils.data.DataLoader(dataset, batch, shuffle=train, drop_last=train, num_workers=args.workers,
+                                       pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
 
 
-def main(argv=None):
-    args, method = get_args(argv)
+def summarise(protocol, results):
+    """results {title: [metrics of each shot seed]} -> the protocol's headline line."""
+    mean = {t: {k: statistics.fmean(m[k] for m in ms) for k in ("top1", "top5")} for t, ms in results.items()}
+    runs = len(next(iter(results.values())))
+    over = f" (averaged over {runs} shot seeds)" if runs > 1 else ""
+    if protocol == "base2novel":
+        b = statistics.fmean(m["top1"] for t, m in mean.items() if t.endswith("base"))
+        n = statistics.fmean(m["top1"] for t, m in mean.items() if t.endswith("novel"))
+        return dict(base=b, novel=n, hm=harmonic_mean(b, n)), f"base {b:.1f}  novel {n:.1f}  HM {harmonic_mean(b, n):.1f}{over}"
+    if len(mean) == 1:
+        return None, None
+    top1, top5 = [m["top1"] for m in mean.values()], [m["top5"] for m in mean.values()]
+    figures = dict(top1=statistics.fmean(top1), top1_std=statistics.pstdev(top1), top5=statistics.fmean(top5),
+                   top5_std=statistics.pstdev(top5))
+    return figures, (f"mean over {len(mean)} test sets: top1 {figures['top1']:.1f} ± {figures['top1_std']:.1f}  "
+                     f"top5 {figures['top5']:.1f} ± {figures['top5_std']:.1f}{over}")
+
+
+def harmonic_mean(base, novel):
+    """Base-to-novel's headline: 2BN / (B + N), from the seed-averaged accuracies (ViFi-CLIP README)."""
+    return 2 * base * novel / (base + novel) if base + novel else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training and testing one run
+# ---------------------------------------------------------------------------------------------------------
+
+def run(args, method, seed, out):
+    """Build, train (unless --eval-only) and test one model; -> {test title: metrics}."""
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     device = pick_device(args.device)
@@ -396,25 +534,49 @@ def main(argv=None):
     if args.benchmark is not None:
         return benchmark(args, model, device, autocast, dtype)
 
-    train_loader, val_loader, test_loader = make_loaders(args, device, getattr(model, "needs_paths", False))
-    names = data.load_classes(args.classes)
-    twins = data.temporal_twins(names)
-    model.set_classes(names)
+    train_samples, names, tests = protocol_data(args, seed, ckpt and ckpt.get("classes"))
+    if train_samples is None and not args.eval_only:
+        raise SystemExit("give the training videos with --train-list, or test a model with --eval-only --weights")
     model.to(device)
+    val_title, val_samples, val_names = tests[0]
+    val_loader = make_loader(args, device, val_samples)
+    views = f"{args.test_clips} clips x {args.test_crops} crops"
+    seen = f"{len(train_samples)} train videos ({len(names)} classes), " if train_samples else ""
+    print(f"{args.method}, {args.protocol}{f' (seed {seed})' if len(args.shot_seeds) > 1 else ''}: "
+          f"{common.count_params(model, trainable=True) / 1e6:.2f}M trainable of {common.count_params(model) / 1e6:.2f}M "
+          f"parameters, {seen}{len(val_samples)} {val_title} videos ({len(val_names)} classes), {args.frames} frames "
+          f"at {args.size}px, device {device}" + (f" ({dtype})" if dtype else ""))
+    os.makedirs(out, exist_ok=True)
+    metrics_file = os.path.join(out, "metrics.jsonl")
+    if not args.eval_only:
+        train(args, model, train_samples, names, val_loader, val_names, device, autocast, dtype, out, metrics_file)
+
+    results = {}
+    for title, samples, test_names in tests:
+        model.set_classes(test_names)
+        m = evaluate(model, make_loader(args, device, samples, views=True), device, autocast,
+                     data.temporal_twins(test_names), desc=f"{title} ({views})")
+        print(f"{title} ({views}, {len(samples)} videos): {format_metrics(m)}  (chance {100 / len(test_names):.1f}%)")
+        with open(metrics_file, "a") as f:
+            f.write(json.dumps(dict(test=title, protocol=args.protocol, seed=seed, views=views, **m)) + "\n")
+        results[title] = m
+    return results
+
+
+def train(args, model, samples, names, val_loader, val_names, device, autocast, dtype, out, metrics_file):
+    train_loader = make_loader(args, device, samples, train=True, with_index=getattr(model, "needs_paths", False))
     if args.accum_steps is None:
         args.accum_steps = max(1, args.batch_size // args.step_batch)
-    print(f"{args.method}: {common.count_params(model, trainable=True) / 1e6:.2f}M trainable of "
-          f"{common.count_params(model) / 1e6:.2f}M parameters, {len(names)} classes (chance "
-          f"{100 / len(names):.1f}%), {len(train_loader.dataset)} train / {len(val_loader.dataset)} val videos, "
-          f"{args.frames} frames at {args.size}px, batch {args.step_batch} x {args.accum_steps} accumulation "
-          f"(recipe {args.batch_size}), device {device}" + (f" ({dtype})" if dtype else ""))
+    print(f"batch {args.step_batch} x {args.accum_steps} accumulation (recipe {args.batch_size}), chance "
+          f"{100 / len(names):.1f}%")
     steps_per_epoch = len(train_loader) // args.accum_steps
     if args.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, args.steps_per_epoch)
     if steps_per_epoch == 0:
-        raise SystemExit(f"{len(train_loader.dataset)} training videos make no optimizer step of batch "
-                         f"{args.step_batch} x {args.accum_steps} accumulation steps: lower --batch-size or --accum-steps")
+        raise SystemExit(f"{len(samples)} training videos make no optimizer step of batch {args.step_batch} x "
+                         f"{args.accum_steps} accumulation steps: lower --batch-size or --accum-steps")
     total, warmup = args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch)
+    model.set_classes(names)
     optimizer = torch.optim.AdamW(model.param_groups(args.lr, args.weight_decay), lr=args.lr,
                                   betas=tuple(args.betas), eps=args.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -422,7 +584,7 @@ def main(argv=None):
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     start_epoch, best = 0, 0.0
 
-    resume = os.path.join(args.out, "last.pt") if args.resume == "auto" else args.resume
+    resume = os.path.join(out, "last.pt") if args.resume == "auto" else args.resume
     if resume:
         if not os.path.isfile(resume):
             raise SystemExit(f"--resume: no checkpoint at {resume}; start without --resume")
@@ -440,9 +602,7 @@ def main(argv=None):
     def backward(loss):
         scaler.scale(loss / accum).backward()
 
-    os.makedirs(args.out, exist_ok=True)
-    metrics_file = os.path.join(args.out, "metrics.jsonl")
-    for epoch in range(start_epoch, 0 if args.eval_only else args.epochs):
+    for epoch in range(start_epoch, args.epochs):
         model.train()
         optimizer.zero_grad(set_to_none=True)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", dynamic_ncols=True)
@@ -471,7 +631,9 @@ def main(argv=None):
         bar.close()
         if hasattr(model, "on_epoch_end"):
             model.on_epoch_end(epoch, args.epochs)
-        val = evaluate(model, val_loader, device, autocast, twins)
+        model.set_classes(val_names)
+        val = evaluate(model, val_loader, device, autocast, data.temporal_twins(val_names))
+        model.set_classes(names)
         best = max(best, val["top1"])
         line = dict(epoch=epoch + 1, loss=loss_sum.item() / max(micro, 1), lr=scheduler.get_last_lr()[0],
                     seconds=time.perf_counter() - tic, **val)
@@ -479,17 +641,35 @@ def main(argv=None):
               f"({line['seconds']:.0f}s)")
         with open(metrics_file, "a") as f:
             f.write(json.dumps(line) + "\n")
-        save_checkpoint(os.path.join(args.out, "last.pt"), dict(
+        save_checkpoint(os.path.join(out, "last.pt"), dict(
             model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
             scaler=scaler.state_dict(), epoch=epoch + 1, best=best, rng=rng_state(), classes=names,
             args={k: v for k, v in vars(args).items() if k != "recipe_values"}))
 
-    views = f"{args.test_clips} clips x {args.test_crops} crops"
-    test = evaluate(model, test_loader, device, autocast, twins, desc=f"test ({views})")
-    print(f"test ({views}): {format_metrics(test)}  (chance {100 / len(names):.1f}%)")
-    with open(metrics_file, "a") as f:
-        f.write(json.dumps(dict(test=True, views=views, **test)) + "\n")
-    return test
+
+def main(argv=None):
+    args, method = get_args(argv)
+    if args.predict or args.benchmark is not None:
+        return run(args, method, None, args.out)
+    if args.embedded:   # the synthetic set; zero-shot trains on 8 of its classes and tests on the 4 held out
+        paths = data.make_synthetic(args.embedded_dir)
+        zero_shot = args.protocol == "zero-shot"
+        args.train_list, args.val_list = paths["seen_train" if zero_shot else "train"], paths[
+            "unseen_val" if zero_shot else "val"]
+        args.classes, args.val_classes = paths["seen" if zero_shot else "classes"], paths[
+            "unseen" if zero_shot else "classes"]
+        args.data_root = paths["root"]
+    results = {}
+    for seed in args.shot_seeds:
+        out = os.path.join(args.out, f"seed{seed}") if len(args.shot_seeds) > 1 else args.out
+        for title, m in run(args, method, seed, out).items():
+            results.setdefault(title, []).append(m)
+    figures, line = summarise(args.protocol, results)
+    if line:
+        print(f"{args.protocol}: {line}")
+        with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(dict(summary=args.protocol, **figures)) + "\n")
+    return results
 
 
 if __name__ == "__main__":
