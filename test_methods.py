@@ -11,6 +11,7 @@ import random
 import sys
 import time
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ import data
 import omniclip
 import openvclip
 import train
+import vificlip
 import xclip
 
 METHODS = ["vificlip", "xclip", "openvclip", "omniclip"]
@@ -198,6 +200,240 @@ def test_vificlip_loads_an_official_checkpoint(tiny_clip_state, tmp_path, monkey
         vificlip.load_official(model, str(path))
 
 
+# ViFi-CLIP bridge and prompt (spec §3): 2 text tokens at both text layers, 3 vision tokens at the
+# first 2 of 3 vision layers
+
+
+PROMPTS = dict(prompt_tokens_text=2, prompt_depth_text=2, prompt_tokens_vision=3, prompt_depth_vision=2,
+               template="{}.")
+PROMPT_KEYS = {"prompt_learner.ctx", "clip.transformer.resblocks.1.VPT_shallow", "clip.visual.VPT",
+               "clip.visual.transformer.resblocks.1.VPT_shallow"}
+
+
+def ln_1_inputs(blocks):
+    """Record the input of each block (what its ln_1 sees), in call order."""
+    seen = []
+    handles = [blk.ln_1.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone())) for blk in blocks]
+    return seen, handles
+
+
+def test_vificlip_prompts_only_the_prompts_train_and_all_of_them_get_gradients(tiny_clip_state):
+    model = build("vificlip", tiny_clip_state, **PROMPTS).train()
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == PROMPT_KEYS
+    torch.nn.functional.cross_entropy(model(video()), torch.tensor([1, 3])).backward()
+    for n, p in model.named_parameters():
+        if n in PROMPT_KEYS:
+            assert p.grad is not None and p.grad.abs().sum() > 0, n
+        else:
+            assert p.grad is None and not p.requires_grad, n   # logit_scale included (spec §3)
+    groups = model.param_groups(1e-3, 1e-3)
+    assert {n for g in groups for n in g["names"]} == PROMPT_KEYS and all(g["weight_decay"] == 1e-3 for g in groups)
+    for n, p in model.named_parameters():                     # N(0, 0.02) init
+        if n in PROMPT_KEYS:
+            assert 0.005 < p.std().item() < 0.05, n
+
+
+@pytest.mark.parametrize("off", [
+    {},                                                        # the recipe's zeros
+    dict(prompt_tokens_text=4, prompt_tokens_vision=4),        # tokens but depth 0
+    dict(prompt_depth_text=2, prompt_depth_vision=2),          # depth but 0 tokens
+])
+def test_vificlip_prompts_prompts_off_is_exactly_plain_vificlip(tiny_clip_state, off):
+    model = build("vificlip", tiny_clip_state, **off).eval()
+    clip = model.clip
+    assert not any(vificlip.is_prompt(n) for n in model.state_dict())
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == \
+        {n for n, _ in model.named_parameters() if n != "clip.token_embedding.weight"}
+    x = video()
+    with torch.no_grad():   # the file's code before prompts: common's encoders, the same template
+        v = common.encode_frames(clip.visual, x.flatten(0, 1)).view(B, T, -1).mean(1)
+        t = common.encode_text(clip, common.tokenize(clip, [f"a photo of a {n}." for n in NAMES]))
+        expected = common.cosine_logits(v, t, clip.logit_scale)
+        assert torch.equal(model(x), expected)
+    model.train()
+    assert torch.equal(model(x).detach(), expected)          # training path: text recomputed, same numbers
+
+
+def test_vificlip_prompts_plain_checkpoint_loads_into_a_prompted_model_with_only_the_prompts_missing(tiny_clip_state, tmp_path):
+    plain, prompted = build("vificlip", tiny_clip_state), build("vificlip", tiny_clip_state, **PROMPTS)
+    assert set(prompted.state_dict()) - PROMPT_KEYS == set(plain.state_dict())
+    with torch.no_grad():
+        plain.clip.visual.proj.normal_()                      # differ from the prompted model's backbone
+    missing, unexpected = prompted.load_state_dict(plain.state_dict(), strict=False)
+    assert set(missing) == PROMPT_KEYS and not unexpected
+    torch.testing.assert_close(prompted.clip.visual.proj, plain.clip.visual.proj, rtol=0, atol=0)
+    # The same through load_official: a released fine-tuned ViFi-CLIP is the bridge.
+    official = {}
+    for k, v in plain.state_dict().items():
+        if k.startswith("clip.visual."):
+            official["module.image_encoder." + k.removeprefix("clip.visual.")] = v
+        elif k == "clip.logit_scale":
+            official["module.logit_scale"] = v
+        elif k != "clip.token_embedding.weight":
+            official["module.text_encoder." + k.removeprefix("clip.")] = v
+    official["module.prompt_learner.complete_text_embeddings"] = torch.zeros(C, 32, 64)
+    torch.save(dict(model=official), tmp_path / "ft.pth")
+    fresh = build("vificlip", tiny_clip_state, **PROMPTS)
+    ctx = fresh.prompt_learner.ctx.detach().clone()
+    vificlip.load_official(fresh, str(tmp_path / "ft.pth"))
+    assert torch.equal(fresh.clip.visual.proj, plain.clip.visual.proj) and torch.equal(fresh.prompt_learner.ctx, ctx)
+
+
+def test_vificlip_prompts_official_prompt_checkpoint_round_trip(tiny_clip_state, tmp_path):
+    source = build("vificlip", tiny_clip_state, **PROMPTS)
+    official = {}
+    for k, v in source.state_dict().items():
+        if k.startswith("clip.visual."):
+            k = "image_encoder." + k.removeprefix("clip.visual.")
+        elif k == "clip.logit_scale":
+            k = "logit_scale"
+        elif k.startswith("clip.") and k != "clip.token_embedding.weight":
+            k = "text_encoder." + k.removeprefix("clip.")
+        official["module." + k] = v                            # prompt_learner.ctx keeps its name
+    official["module.prompt_learner.token_prefix"] = torch.zeros(C, 1, 64)
+    official["module.prompt_learner.token_suffix"] = torch.zeros(C, 29, 64)
+    assert "module.image_encoder.VPT" in official
+    assert "module.text_encoder.transformer.resblocks.1.VPT_shallow" in official
+    torch.save(dict(model=official), tmp_path / "prompt.pth")
+    torch.manual_seed(1)
+    model = build("vificlip", tiny_clip_state, **PROMPTS)
+    with torch.no_grad():
+        model.prompt_learner.ctx.normal_()
+    vificlip.load_official(model, str(tmp_path / "prompt.pth"))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(video()), source.eval()(video()), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="--prompt-"):       # into a plain model: the prompts are unexpected
+        vificlip.load_official(build("vificlip", tiny_clip_state), str(tmp_path / "prompt.pth"))
+    with pytest.raises(RuntimeError, match="missing"):         # a deeper model than the file: partial prompts
+        vificlip.load_official(build("vificlip", tiny_clip_state, **{**PROMPTS, "prompt_depth_vision": 3}), str(tmp_path / "prompt.pth"))
+
+
+def test_vificlip_prompts_vision_prompts_are_appended_then_replaced_then_carried(tiny_clip_state):
+    model = build("vificlip", tiny_clip_state, **PROMPTS).eval()
+    visual, n = model.clip.visual, 3
+    blocks = visual.transformer.resblocks
+    assert hasattr(blocks[1], "VPT_shallow") and not hasattr(blocks[0], "VPT_shallow") \
+        and not hasattr(blocks[2], "VPT_shallow")
+    x = video().flatten(0, 1)
+    seen, handles = ln_1_inputs(blocks)
+    with torch.no_grad():
+        vificlip.encode_prompted_frames(visual, x)
+        plain = common.patch_embed(visual, x)                  # (B*T, N+1, D)
+    for h in handles:
+        h.remove()
+    assert all(s.shape == (B * T, 17 + n, 128) for s in seen)   # N+1+n_v at every layer: never removed
+    # Layer 0: patches first (untouched), prompts last, ln_pre on them, no positional embedding.
+    assert torch.equal(seen[0][:, :17], plain)
+    assert torch.equal(seen[0][:, 17:], visual.ln_pre(visual.VPT).detach().expand(B * T, -1, -1))
+    # Layer 1 < d_v: the last n_v tokens are that layer's own prompts, for every frame; the rest flowed on.
+    assert torch.equal(seen[1][:, 17:], blocks[1].VPT_shallow.detach().expand(B * T, -1, -1))
+    # Layer 2 >= d_v: the prompt outputs of layer 1 flow on, different per frame.
+    assert not torch.allclose(seen[2][0, 17:], seen[2][1, 17:])
+
+
+def test_vificlip_prompts_each_vision_prompt_matters_and_the_replaced_ones_stop_mattering(tiny_clip_state):
+    model = build("vificlip", tiny_clip_state, **PROMPTS).eval()
+    visual, x = model.clip.visual, video().flatten(0, 1)
+    blocks = visual.transformer.resblocks
+    with torch.no_grad():
+        base = vificlip.encode_prompted_frames(visual, x)
+        for p in (visual.VPT, blocks[1].VPT_shallow):
+            saved = p.clone()
+            p.add_(1.0)
+            assert not torch.allclose(vificlip.encode_prompted_frames(visual, x), base), "a prompt had no effect"
+            p.copy_(saved)
+        # Layer 0's prompts reach layer 1's input only through the attention of the kept tokens: their own
+        # outputs are replaced, so layer 1's prompt positions do not change.
+        seen, handles = ln_1_inputs(blocks[1:2])
+        vificlip.encode_prompted_frames(visual, x)
+        visual.VPT.add_(1.0)
+        vificlip.encode_prompted_frames(visual, x)
+        for h in handles:
+            h.remove()
+    assert torch.equal(seen[0][:, 17:], seen[1][:, 17:]) and not torch.allclose(seen[0][:, :17], seen[1][:, :17])
+
+
+def test_vificlip_prompts_text_context_is_shared_by_all_classes_and_deep_prompts_replace_it(tiny_clip_state):
+    model = build("vificlip", tiny_clip_state, **PROMPTS).eval()
+    clip, n = model.clip, 2
+    x_id = common.tokenize(clip, ["x"])[0, 1]
+    assert (model.tokens[:, 1:1 + n] == x_id).all() and (model.tokens[:, 1 + n] != x_id).all()
+    plain = common.tokenize(clip, [f"{name}." for name in NAMES])    # "X X {c}." with the X's taken out
+    assert torch.equal(model.tokens[:, 1 + n:], plain[:, 1:-n])
+    photo = build("vificlip", tiny_clip_state, **{**PROMPTS, "template": "a photo of a {}."})   # placeholders, then the template
+    assert torch.equal(photo.tokens[:, 1 + n:], common.tokenize(clip, [f"a photo of a {name}." for name in NAMES])[:, 1:-n])
+    seen, handles = ln_1_inputs(clip.transformer.resblocks)
+    with torch.no_grad():
+        text = model.text_features()
+    for h in handles:
+        h.remove()
+    pos = clip.positional_embedding
+    ctx = (model.prompt_learner.ctx + pos[1:1 + n]).detach()
+    assert torch.equal(seen[0][:, 1:1 + n], ctx.expand(C, -1, -1))   # input: ctx + position, every class
+    emb = clip.token_embedding(model.tokens) + pos
+    assert torch.equal(seen[0][:, :1], emb[:, :1]) and torch.equal(seen[0][:, 1 + n:], emb[:, 1 + n:])
+    deep = clip.transformer.resblocks[1].VPT_shallow.detach()
+    assert torch.equal(seen[1][:, 1:1 + n], deep.expand(C, -1, -1))  # layer 1: own tokens, no position
+    assert text.shape == (C, 64) and torch.isfinite(text).all()
+    # Moving ctx moves every class's embedding; training mode recomputes (no stale cache).
+    model.train()
+    with torch.no_grad():
+        model.prompt_learner.ctx.add_(1.0)
+    moved = model.text_features().detach()
+    assert not torch.isclose(moved, text).all(dim=-1).any()
+
+
+def test_vificlip_prompts_forward_shape_finite_and_frame_order_blind(tiny_clip_state):
+    model = build("vificlip", tiny_clip_state, **PROMPTS).eval()
+    x = video()
+    with torch.no_grad():
+        logits = model(x)
+        assert logits.shape == (B, C) and torch.isfinite(logits).all()
+        torch.testing.assert_close(model(x[:, torch.randperm(T)]), logits, atol=1e-5, rtol=1e-5)
+        model.set_classes(["a_b", "c"])                         # "_" becomes a space in prompting mode
+        assert model(x).shape == (B, 2)
+        assert torch.equal(model.tokens[0, 3:5], common.tokenize(model.clip, ["a b"])[0, 1:3])
+
+
+def test_vificlip_prompts_options_and_recipes():
+    def get(*argv):
+        return train.get_args(["--method", "vificlip", "--train-list", "t.txt", *argv])[0]
+    a = get()
+    assert (a.prompt_tokens_text, a.prompt_depth_text, a.prompt_tokens_vision, a.prompt_depth_vision) == (0, 0, 0, 0)
+    assert a.template == "a photo of a {}." and a.tune == "both"
+    a = get("--recipe", "prompt-base2novel")
+    assert (a.prompt_tokens_text, a.prompt_depth_text, a.prompt_tokens_vision, a.prompt_depth_vision) == (16, 9, 16, 9)
+    assert (a.lr, a.epochs, a.frames, a.batch_size, a.test_clips, a.test_crops, a.template) == \
+        (4e-2, 11, 32, 64, 1, 1, "{}.")
+    a = get("--recipe", "prompt-few-shot", "--prompt-depth-vision", "0", "--template", "a video of {}.")
+    assert (a.prompt_tokens_text, a.prompt_depth_text, a.prompt_tokens_vision, a.prompt_depth_vision) == (10, 12, 10, 0)
+    assert (a.lr, a.epochs, a.frames, a.batch_size, a.template) == (8e-3, 50, 32, 64, "a video of {}.")
+    assert get("--tune", "image").tune == "image"
+
+
+def test_vificlip_prompts_bad_options_name_the_fix(tiny_clip_state):
+    with pytest.raises(ValueError, match="--prompt-depth-vision 3"):
+        build("vificlip", tiny_clip_state, **{**PROMPTS, "prompt_depth_vision": 4})
+    with pytest.raises(ValueError, match="drop --tune"):
+        build("vificlip", tiny_clip_state, tune="image", **PROMPTS)
+    with pytest.raises(ValueError, match="--prompt-tokens-text"):
+        build("vificlip", tiny_clip_state, **{**PROMPTS, "prompt_tokens_text": 30})
+
+
+@pytest.mark.parametrize("recipe,expected", [("prompt-base2novel", 184_320), ("prompt-few-shot", 153_600)])
+def test_vificlip_prompts_trainable_count_at_vit_b16(recipe, expected):
+    """The real ViT-B/16 and the real Model, built on the meta device (shapes only, 50 ms instead of 1.5 s)."""
+    import open_clip
+    args, _ = train.get_args(["--method", "vificlip", "--recipe", recipe, "--train-list", "t.txt"])
+    with torch.device("meta"):
+        clip = open_clip.create_model("ViT-B-16", device="meta")
+    assert common.count_params(clip) == 149_620_737                # spec §2: all of CLIP B/16
+    model = vificlip.build(clip, args)
+    assert common.count_params(model, trainable=True) == expected
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(vificlip.is_prompt(n) for n in names) and "prompt_learner.ctx" in names
+
+
 # ---------------------------------------------------------------------------------------------------------
 # data.py
 # ---------------------------------------------------------------------------------------------------------
@@ -278,6 +514,288 @@ def test_transforms_shapes():
     x = data.TrainTransform(32, data.IMAGENET_MEAN, data.IMAGENET_STD)(frames)
     assert x.shape == (6, 3, 32, 32) and x.dtype == torch.float32
     assert data.TestTransform(32, data.CLIP_MEAN, data.CLIP_STD, crops=3)(frames).shape == (3, 6, 3, 32, 32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data.py: datasets in their published formats, and the protocols' selections
+# ---------------------------------------------------------------------------------------------------------
+
+
+def touch_files(root, *relative):
+    for rel in relative:
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "w").close()
+
+
+def write_text(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        f.write(text)
+
+
+# ---------------------------------------------------------------- UCF101
+
+def ucf_fixture(tmp_path):
+    lists = tmp_path / "ucfTrainTestlist"
+    # CRLF line ends and a trailing space, as the official files have
+    write_text(str(lists / "classInd.txt"), "1 ApplyEyeMakeup\r\n2 HandstandPushups\r\n3 YoYo\r\n")
+    write_text(str(lists / "trainlist01.txt"),
+          "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\r\n"
+          "YoYo/v_YoYo_g08_c01.avi 3\r\n"
+          "HandstandPushups/v_HandStandPushups_g08_c01.avi 2 \r\n")
+    write_text(str(lists / "testlist01.txt"),
+          "YoYo/v_YoYo_g01_c01.avi\r\nApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\r\n"
+          "HandstandPushups/v_HandStandPushups_g01_c01.avi\r\n")
+    write_text(str(lists / "trainlist02.txt"), "YoYo/v_YoYo_g01_c01.avi 3\n")
+    return lists
+
+
+def test_data_ucf101_folder_and_file_forms(tmp_path):
+    lists = ucf_fixture(tmp_path)
+    root = str(tmp_path / "UCF-101")
+    train, names = data.read_dataset(str(lists), root)
+    assert names == ["ApplyEyeMakeup", "HandstandPushups", "YoYo"]  # classInd order, verbatim
+    assert train == [(os.path.join(root, "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi"), 0),
+                     (os.path.join(root, "YoYo/v_YoYo_g08_c01.avi"), 2),
+                     (os.path.join(root, "HandstandPushups/v_HandStandPushups_g08_c01.avi"), 1)]
+    test, _ = data.read_dataset(str(lists), root, train=False)
+    assert [label for _, label in test] == [2, 0, 1]  # from the folder part, 0-indexed
+    assert test[0][0] == os.path.join(root, "YoYo/v_YoYo_g01_c01.avi")
+    assert data.read_dataset(str(lists), root, split=2) == ([(os.path.join(root, "YoYo/v_YoYo_g01_c01.avi"), 2)], names)
+    # the file form: split and train come from the file name, whatever the arguments say
+    assert data.read_dataset(str(lists / "testlist01.txt"), root, train=True, split=3) == (test, names)
+    assert data.read_dataset(str(lists / "trainlist01.txt"), root, train=False) == (train, names)
+
+
+def test_data_ucf101_bad_lines(tmp_path):
+    lists = ucf_fixture(tmp_path)
+    with open(lists / "testlist01.txt", "a") as f:
+        f.write("Juggling/v_Juggling_g01_c01.avi\r\n")  # a class that classInd.txt lacks
+    with pytest.raises(ValueError, match=r"testlist01\.txt:4: "):
+        data.read_dataset(str(lists), train=False)
+    with open(lists / "trainlist01.txt", "a") as f:
+        f.write("YoYo/v_YoYo_g09_c01.avi 4\r\n")  # label out of 1..3
+    with pytest.raises(ValueError, match=r"trainlist01\.txt:4: "):
+        data.read_dataset(str(lists))
+    write_text(str(lists / "classInd.txt"), "1 ApplyEyeMakeup\n3 YoYo\n")  # a gap in the ids
+    with pytest.raises(ValueError, match=r"classInd\.txt:2: "):
+        data.read_dataset(str(lists))
+
+
+# ---------------------------------------------------------------- HMDB51
+
+def hmdb_fixture(tmp_path):
+    splits = tmp_path / "testTrainMulti_7030_splits"
+    for name in ("ride_bike", "brush_hair"):  # written out of order: ids must still be alphabetical
+        for k in (1, 2, 3):
+            marks = (1, 2, 0) if k == 1 else (2, 1, 1)
+            write_text(str(splits / f"{name}_test_split{k}.txt"),
+                  "".join(f"v_{name}_{i}.avi {m} \r\n" for i, m in enumerate(marks)))
+    return splits
+
+
+def test_data_hmdb51(tmp_path):
+    splits = hmdb_fixture(tmp_path)
+    root = str(tmp_path / "hmdb51")
+    train, names = data.read_dataset(str(splits), root)
+    assert names == ["brush hair", "ride bike"]
+    assert train == [(os.path.join(root, "brush_hair", "v_brush_hair_0.avi"), 0),
+                     (os.path.join(root, "ride_bike", "v_ride_bike_0.avi"), 1)]
+    test, _ = data.read_dataset(str(splits), root, train=False)
+    assert test == [(os.path.join(root, "brush_hair", "v_brush_hair_1.avi"), 0),
+                    (os.path.join(root, "ride_bike", "v_ride_bike_1.avi"), 1)]  # mark 0 is in neither
+    train2, _ = data.read_dataset(str(splits), root, split=2)
+    assert [os.path.basename(p) for p, _ in train2] == ["v_brush_hair_1.avi", "v_brush_hair_2.avi",
+                                                          "v_ride_bike_1.avi", "v_ride_bike_2.avi"]
+    write_text(str(splits / "ride_bike_test_split1.txt"), "v_ride_bike_0.avi 1\nv_ride_bike_1.avi 3\n")
+    with pytest.raises(ValueError, match=r"ride_bike_test_split1\.txt:2: "):
+        data.read_dataset(str(splits), root)
+    with pytest.raises(FileNotFoundError, match="_test_split4"):
+        data.read_dataset(str(splits), root, split=4)
+
+
+# ---------------------------------------------------------------- Kinetics
+
+KINETICS_CSV = ('label,youtube_id,time_start,time_end,split,is_cc\n'
+                'abseiling,aaaaaaaaaaa,14,24,train,0\n'
+                '"passing American football (in game), or not",-bbbbbbbbbb,0,10,train,0\n'
+                '\n'
+                'abseiling,ccccccccccc,100,110,train,0\n'
+                'zumba,ddddddddddd,5,15,train,0\n')
+
+
+def test_data_kinetics(tmp_path):
+    write_text(str(tmp_path / "k400" / "train.csv"), KINETICS_CSV)
+    root = tmp_path / "videos"
+    touch_files(str(root), "abseiling/aaaaaaaaaaa_000014_000024.mp4", "-bbbbbbbbbb_000000_000010.mkv",
+          "zumba/nested/ddddddddddd_000005_000015.webm")  # ccccccccccc is missing (a dead YouTube video)
+    with pytest.warns(UserWarning, match=r"1 of 4 .*ccccccccccc_000100_000110"):
+        samples, names = data.read_dataset(str(tmp_path / "k400" / "train.csv"), str(root))
+    assert names == ["abseiling", "passing American football (in game), or not", "zumba"]
+    assert samples == [(str(root / "abseiling/aaaaaaaaaaa_000014_000024.mp4"), 0),
+                       (str(root / "-bbbbbbbbbb_000000_000010.mkv"), 1),
+                       (str(root / "zumba/nested/ddddddddddd_000005_000015.webm"), 2)]
+    # classes fix the ids (e.g. K400's order when testing on another csv); an unknown label names its line
+    classes = ["zumba", "yoga", "passing American football (in game), or not", "abseiling"]
+    with pytest.warns(UserWarning):
+        samples, names = data.read_dataset(str(tmp_path / "k400" / "train.csv"), str(root), classes=classes)
+    assert names == classes and [label for _, label in samples] == [3, 2, 0]
+    with pytest.raises(ValueError, match=r"train\.csv:6: .*'zumba'"):
+        data.read_dataset(str(tmp_path / "k400" / "train.csv"), str(root), classes=classes[1:])
+    with pytest.raises(FileNotFoundError, match=r"train\.csv.*nowhere"):
+        data.read_dataset(str(tmp_path / "k400" / "train.csv"), str(tmp_path / "nowhere"))
+
+
+def test_data_kinetics_no_warning_when_complete_and_bad_lines(tmp_path):
+    csv_file = str(tmp_path / "val.csv")
+    write_text(csv_file, "label,youtube_id,time_start,time_end,split\nzumba,ddddddddddd,5,15,val\n")
+    touch_files(str(tmp_path / "v"), "ddddddddddd_000005_000015.mp4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert data.read_dataset(csv_file, str(tmp_path / "v"))[0] == [
+            (str(tmp_path / "v" / "ddddddddddd_000005_000015.mp4"), 0)]
+    write_text(csv_file, "label,youtube_id,time_start,time_end,split\nzumba,ddddddddddd,5,15,val\nyoga,eeeeeeeeeee,x,10,val\n")
+    with pytest.raises(ValueError, match=r"val\.csv:3: "):
+        data.read_dataset(csv_file, str(tmp_path / "v"))
+    write_text(csv_file, "label,youtube_id,start,end\nzumba,ddddddddddd,5,15\n")
+    with pytest.raises(ValueError, match=r"val\.csv:1: "):
+        data.read_dataset(csv_file, str(tmp_path / "v"))
+
+
+# ---------------------------------------------------------------- Something-Something v2
+
+def test_data_ssv2(tmp_path):
+    labels = {"Holding something next to something": "1", "Pushing something from left to right": "0"}
+    items = [{"id": "78687", "label": "holding potato next to vicks vaporub bottle",
+              "template": "Holding [something] next to [something]", "placeholders": ["potato", "bottle"]},
+             {"id": "42326", "label": "pushing a cup from left to right",
+              "template": "Pushing [something] from left to right", "placeholders": ["a cup"]}]
+    write_text(str(tmp_path / "ann" / "something-something-v2-labels.json"), json.dumps(labels))
+    write_text(str(tmp_path / "ann" / "validation.json"), json.dumps(items))
+    root = str(tmp_path / "20bn")
+    touch_files(root, "42326.mp4")  # re-encoded: only the mp4 is there
+    samples, names = data.read_dataset(str(tmp_path / "ann" / "validation.json"), root)
+    assert names == ["Pushing something from left to right", "Holding something next to something"]
+    assert samples == [(os.path.join(root, "78687.webm"), 1), (os.path.join(root, "42326.mp4"), 0)]
+    # labels.json is the other name the labels file goes by
+    os.rename(tmp_path / "ann" / "something-something-v2-labels.json", tmp_path / "ann" / "labels.json")
+    assert data.read_dataset(str(tmp_path / "ann" / "validation.json"), root) == (samples, names)
+    items.append({"id": "1", "template": "Dropping [something]"})  # not a class of the labels file
+    write_text(str(tmp_path / "ann" / "validation.json"), json.dumps(items))
+    with pytest.raises(ValueError, match=r"validation\.json: item 2: "):
+        data.read_dataset(str(tmp_path / "ann" / "validation.json"), root)
+    write_text(str(tmp_path / "ann" / "validation.json"), '[\n{"id": "1",\n')
+    with pytest.raises(ValueError, match=r"validation\.json:3: "):
+        data.read_dataset(str(tmp_path / "ann" / "validation.json"), root)
+    os.remove(tmp_path / "ann" / "labels.json")
+    with pytest.raises(FileNotFoundError, match="something-something-v2-labels.json"):
+        data.read_dataset(str(tmp_path / "ann" / "validation.json"), root)
+
+
+# ---------------------------------------------------------------- plain lists, VideoDataset
+
+def test_data_plain_list_and_classes(tmp_path):
+    write_text(str(tmp_path / "train.txt"), "a.mp4 0\nsub dir/b.mp4 1\n")
+    assert data.read_dataset(str(tmp_path / "train.txt"), "/r") == ([("/r/a.mp4", 0), ("/r/sub dir/b.mp4", 1)], None)
+    assert data.read_dataset(str(tmp_path / "train.txt"), classes=("x", "y"))[1] == ["x", "y"]
+    with pytest.raises(ValueError, match="train.txt"):
+        data.read_dataset(str(tmp_path / "train.txt"), classes=["x"])
+    write_text(str(tmp_path / "bad.txt"), "a.mp4 0\nb.mp4 one\n")
+    with pytest.raises(ValueError, match=r"bad\.txt:2: "):
+        data.read_dataset(str(tmp_path / "bad.txt"))
+
+
+def test_data_classes_remap_own_formats(tmp_path):
+    lists = ucf_fixture(tmp_path)  # classInd: ApplyEyeMakeup, HandstandPushups, YoYo
+    classes = ["YoYo", "Extra", "ApplyEyeMakeup", "HandstandPushups"]  # e.g. the training set's names
+    samples, names = data.read_dataset(str(lists), "/r", train=False, classes=classes)
+    assert names == classes and [label for _, label in samples] == [0, 2, 3]
+    with pytest.raises(ValueError, match=r"ucfTrainTestlist.*'HandstandPushups'"):
+        data.read_dataset(str(lists), "/r", train=False, classes=classes[:3])
+
+
+def test_data_dataset_format(tmp_path):
+    lists, splits = ucf_fixture(tmp_path), hmdb_fixture(tmp_path)
+    assert data.dataset_format(str(lists)) == data.dataset_format(str(lists) + "/") == "ucf101"
+    assert data.dataset_format(str(lists / "testlist03.txt")) == "ucf101"
+    assert data.dataset_format(str(splits)) == "hmdb51"
+    assert data.dataset_format("k400/validate.csv") == "kinetics"
+    assert data.dataset_format("ssv2/train.json") == "ssv2"
+    assert data.dataset_format("lists/train.txt") == "list"
+
+
+def test_data_video_dataset_takes_samples(tmp_path, monkeypatch):
+    touch_files(str(tmp_path), "v/a.mp4")
+    monkeypatch.chdir(tmp_path)  # a relative sample path must not be joined with root again
+    ds = data.VideoDataset([("v/a.mp4", 3)], root="not/used", num_frames=2, transform=None)
+    assert ds.samples == [("v/a.mp4", 3)] and ds.labels == [3]
+    with pytest.raises(FileNotFoundError, match=r"the samples given: 1 of 2 .*b\.mp4"):
+        data.VideoDataset([(str(tmp_path / "v/a.mp4"), 0), (str(tmp_path / "v/b.mp4"), 1)], "", 2, None)
+    with pytest.raises(ValueError, match="the samples given: lists no videos"):
+        data.VideoDataset([], "", 2, None)
+    write_text(str(tmp_path / "list.txt"), "a.mp4 0\nb.mp4 1\n")  # the list-file form still joins root
+    with pytest.raises(FileNotFoundError, match=r"list\.txt: 1 of 2 .*b\.mp4"):
+        data.VideoDataset(str(tmp_path / "list.txt"), str(tmp_path / "v"), 2, None)
+
+
+# ---------------------------------------------------------------- protocol helpers
+
+def class_counts(samples):
+    out = {}
+    for _, label in samples:
+        out[label] = out.get(label, 0) + 1
+    return out
+
+
+def test_data_few_shot():
+    train = [(f"c{c}/v{i:02d}.avi", c) for c in range(4) for i in range(10)]
+    test = [(f"c{c}/t{i:02d}.avi", c) for c in range(4) for i in range(3)]
+    state = random.getstate()
+    picked = data.few_shot(train, 3, seed=1)
+    assert random.getstate() == state  # the global random state is untouched
+    assert class_counts(picked) == {0: 3, 1: 3, 2: 3, 3: 3} and len(set(picked)) == 12
+    assert set(picked) <= set(train) and not set(picked) & set(test)
+    assert data.few_shot(train, 3, seed=1) == picked
+    assert data.few_shot(list(reversed(train)), 3, seed=1) == picked  # list order does not matter
+    assert data.few_shot(train, 3, seed=2) != picked
+    assert data.few_shot(train, 10, seed=5) == train  # all of them, in a fixed order
+    short = [s for s in train if not (s[1] == 2 and s[0] > "c2/v01.avi")]  # class 2 keeps 2 videos
+    with pytest.raises(ValueError, match="class 2 has 2 videos"):
+        data.few_shot(short, 3, seed=0)
+    with pytest.raises(ValueError, match="class 1 has 0 videos"):  # a class missing altogether
+        data.few_shot([s for s in train if s[1] != 1], 1, seed=0)
+
+
+def test_data_base_novel():
+    hmdb = [("v", c) for c in range(51) for _ in range(70)]  # HMDB51: all counts equal
+    base, novel = data.base_novel(hmdb, 51)
+    assert base == list(range(25, 51)) and novel == list(range(25))
+    # by hand: counts 5, 1, 3, 3, 9 -> order by (count, id): 1, 2, 3, 0, 4 -> ceil(5/2) = 3 base: 3, 0, 4
+    by_hand = [("v", c) for c, n in enumerate([5, 1, 3, 3, 9]) for _ in range(n)]
+    assert data.base_novel(by_hand, 5) == ([0, 3, 4], [1, 2])
+    assert data.base_novel([("v", 0), ("v", 0), ("v", 3)], 4) == ([0, 3], [1, 2])  # classes with 0 videos are novel
+    with pytest.raises(ValueError, match="label 4"):
+        data.base_novel([("v", 4)], 4)
+
+
+def test_data_select_classes():
+    samples = [("a", 0), ("b", 1), ("c", 2), ("d", 3), ("e", 1)]
+    assert data.select_classes(samples, [3, 1]) == [("b", 1), ("d", 0), ("e", 1)]
+    assert data.select_classes(samples, []) == []
+    with pytest.raises(ValueError):
+        data.select_classes(samples, [1, 1])
+
+
+def test_data_camel_words():
+    assert data.camel_words("ApplyEyeMakeup") == "Apply Eye Makeup"
+    assert data.camel_words("YoYo") == "Yo Yo"
+    assert data.camel_words("PlayingDaf") == "Playing Daf"
+    assert data.camel_words("HandstandPushups") == "Handstand Pushups"
+    assert data.camel_words("BMXRacing") == "BMX Racing"
+    assert data.camel_words("brush hair") == "brush hair"
+    assert data.camel_words("Cleaning an iPhone") == "Cleaning an iPhone"  # has spaces: left alone
+    assert data.camel_words("Skijet") == "Skijet"
 
 
 # ---------------------------------------------------------------------------------------------------------
