@@ -812,6 +812,133 @@ def test_schedule_and_mixing():
     torch.testing.assert_close(y.sum(1), torch.ones(4))
 
 
+def test_harmonic_mean_and_split_summary_by_hand():
+    assert train.harmonic_mean(80.0, 40.0) == pytest.approx(2 * 80 * 40 / 120)   # 53.33
+    assert train.harmonic_mean(0.0, 0.0) == 0.0
+    # Two shot seeds: B and N are averaged over seeds first (70, 30), then HM = 2*70*30/100 = 42.
+    results = {"test base": [dict(top1=60.0, top5=90.0), dict(top1=80.0, top5=100.0)],
+               "test novel": [dict(top1=20.0, top5=50.0), dict(top1=40.0, top5=70.0)]}
+    figures, line = train.summarise("base2novel", results)
+    assert figures == pytest.approx(dict(base=70.0, novel=30.0, hm=42.0)) and "HM 42.0" in line
+    # Three splits: mean and population standard deviation over the splits.
+    results = {f"split {k}": [dict(top1=t, top5=100.0)] for k, t in zip((1, 2, 3), (60.0, 70.0, 80.0))}
+    figures, line = train.summarise("zero-shot", results)
+    assert figures["top1"] == pytest.approx(70.0) and figures["top1_std"] == pytest.approx((200 / 3) ** 0.5)
+    assert "70.0 ± 8.2" in line
+    assert train.summarise("supervised", {"test": [dict(top1=1.0, top5=2.0)]}) == (None, None)
+
+
+def test_evaluate_averages_softmax_over_views_by_hand():
+    # One video, two views. View 1 prefers class 0 strongly, view 2 class 1 mildly: summed logits would pick
+    # class 0 either way, averaged softmax picks class 0 here (0.5*(0.88+0.27) = 0.58 > 0.42).
+    view_logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+
+    class Fixed(torch.nn.Module):
+        def forward(self, video):                  # video (B*V, T, 3, S, S); the first pixel says which view
+            return view_logits[video[:, 0, 0, 0, 0].long()]
+
+    video = torch.zeros(1, 2, 1, 3, 2, 2)
+    video[0, 1] = 1                                # view index 1
+    loader = [(video, torch.tensor([0]))]
+    m = train.evaluate(Fixed(), loader, torch.device("cpu"), contextlib.nullcontext, [-1, -1])
+    p = view_logits.softmax(-1).mean(0)
+    assert p[0] > p[1] and m["top1"] == 100.0
+    view_logits[1] = torch.tensor([0.0, 3.0])    # now the average prefers class 1: 0.5*(0.88+0.05) < 0.5
+    assert train.evaluate(Fixed(), loader, torch.device("cpu"), contextlib.nullcontext, [-1, -1])["top1"] == 0.0
+
+
+def test_synthetic_stills_show_what_their_captions_say():
+    images, captions = data.synthetic_stills(64, seed=3)
+    assert images.shape == (64, 64, 64, 3) and images.dtype == np.uint8 and len(captions) == 64
+    again, _ = data.synthetic_stills(64, seed=3)
+    assert np.array_equal(images, again)
+    for image, caption in zip(images, captions):
+        words = caption.replace(".", "").split()
+        assert sum(shape in words for shape in data.SHAPES) == 1 and not any(m in caption for m in ("moving", "growing"))
+        for c, colour in enumerate(data.COLOURS):
+            if colour in words:   # a named colour is painted: pixels of exactly that palette value
+                painted = (image == data._PALETTE[c].astype(np.uint8)).all(-1)
+                assert painted.sum() > 0.02 * painted.size, caption
+
+
+def test_synthetic_clip_is_trained_once_and_cached(tmp_path, monkeypatch):
+    torch.manual_seed(123)
+    before = torch.rand(())
+    torch.manual_seed(123)
+    clip = common.synthetic_clip("tiny", str(tmp_path), steps=3, batch=16)   # the real thing: 300 x 256
+    assert torch.rand(()) == before   # the caller's random state is untouched
+    files = os.listdir(tmp_path)
+    assert len(files) == 1 and files[0].startswith("synthetic-tiny")
+    assert not torch.equal(clip.visual.proj, common.load_clip("tiny").visual.proj)   # it trained
+    monkeypatch.setattr(torch.optim, "AdamW", None)   # a second call must not train again
+    again = common.synthetic_clip("tiny", str(tmp_path), steps=3, batch=16)
+    for (k, a), b in zip(clip.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
+    monkeypatch.setattr(common, "synthetic_clip", lambda name, cache_dir: ("synthetic", name, cache_dir))
+    assert common.load_clip("tiny-64", "synthetic", cache_dir="c") == ("synthetic", "tiny-64", "c")
+
+
+def test_embedded_zero_shot_split_holds_out_combinations_it_has_seen_the_parts_of(tmp_path):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    seen, unseen = data.load_classes(paths["seen"]), data.load_classes(paths["unseen"])
+    assert unseen == list(data.UNSEEN) and not set(seen) & set(unseen) and len(seen) + len(unseen) == 12
+    for name in unseen:
+        shape, motion = name.split(" ", 1)
+        assert any(n.startswith(shape) for n in seen) and any(n.endswith(motion) for n in seen)
+    assert sorted(t for t in data.temporal_twins(unseen)) == [0, 1, 2, 3]   # two pairs of twins
+    train_list, val_list = data.read_list(paths["seen_train"]), data.read_list(paths["unseen_val"])
+    names = data.synthetic_classes()
+    assert {label for _, label in train_list} == set(range(8)) and len(val_list) == 4
+    for path, label in train_list:   # renumbered labels still name the class the video was drawn from
+        assert names[int(path.split("_")[1])] == seen[label]
+    for path, label in val_list:
+        assert path.startswith("videos/val_") and names[int(path.split("_")[1])] == unseen[label]
+
+
+def test_cli_protocols(tmp_path, capsys):
+    """base2novel with two shot seeds and a zero-shot test, through train.main on a small synthetic set."""
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=3, val_per_class=2, T=12)
+    common_args = ["--method", "vificlip", "--model", "tiny", "--pretrained", "none", "--frames", "2",
+                   "--batch-size", "4", "--accum-steps", "1", "--workers", "0", "--steps-per-epoch", "1",
+                   "--epochs", "1", "--test-clips", "1", "--test-crops", "1", "--data-root", paths["root"]]
+    out = str(tmp_path / "b2n")
+    results = train.main(common_args + ["--protocol", "base2novel", "--shots", "2", "--shot-seeds", "1", "2",
+                                        "--train-list", paths["train"], "--val-list", paths["val"],
+                                        "--classes", paths["classes"], "--out", out])
+    printed = capsys.readouterr().out
+    assert set(results) == {"test base", "test novel"} and all(len(v) == 2 for v in results.values())
+    assert "test base (1 clips x 1 crops, 12 videos)" in printed and "test novel (1 clips x 1 crops, 12 videos)" in printed
+    summary = json.loads(open(os.path.join(out, "metrics.jsonl")).read().splitlines()[-1])
+    b = sum(m["top1"] for m in results["test base"]) / 2
+    n = sum(m["top1"] for m in results["test novel"]) / 2
+    assert summary["summary"] == "base2novel" and summary["hm"] == pytest.approx(train.harmonic_mean(b, n))
+    # The ViFi rule with equal counts: base = the last 6 class ids; each seed trained on 2 videos of each.
+    ckpt = torch.load(os.path.join(out, "seed2", "last.pt"), weights_only=False)
+    assert ckpt["classes"] == data.synthetic_classes()[6:]
+    # Zero-shot: the trained model, tested with --eval-only on the held-out classes' names.
+    results = train.main(common_args + ["--protocol", "zero-shot", "--eval-only", "--weights",
+                                        os.path.join(out, "seed1", "last.pt"), "--val-list", paths["unseen_val"],
+                                        "--val-classes", paths["unseen"], "--out", str(tmp_path / "zs")])
+    assert list(results) == ["test"] and "(chance 25.0%)" in capsys.readouterr().out
+
+
+def test_weights_load_strictly_except_new_trainable_tensors(tiny_clip_state, tmp_path):
+    plain = build("vificlip", tiny_clip_state)
+    path = str(tmp_path / "last.pt")
+    train.save_checkpoint(path, dict(model=plain.state_dict(), args=dict(method="vificlip")))
+    train.read_checkpoint.cache_clear()
+    prompted = build("vificlip", tiny_clip_state, prompt_tokens_vision=2, prompt_depth_vision=1)
+    train.load_weights(prompted, vificlip, path)          # the bridge: only the new prompt is missing
+    assert torch.equal(prompted.clip.visual.proj, plain.clip.visual.proj)
+    state = plain.state_dict()
+    del state["clip.visual.proj"]                         # a frozen tensor missing: not the same model
+    train.save_checkpoint(path, dict(model=state, args=dict(method="vificlip")))
+    train.read_checkpoint.cache_clear()
+    with pytest.raises(RuntimeError, match="clip.visual.proj"):
+        train.load_weights(prompted, vificlip, path)
+    train.read_checkpoint.cache_clear()
+
+
 def test_cli_train_resume_eval_predict(tmp_path, capsys):
     paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
     out = str(tmp_path / "run")
