@@ -920,6 +920,16 @@ def test_cli_protocols(tmp_path, capsys):
                                         os.path.join(out, "seed1", "last.pt"), "--val-list", paths["unseen_val"],
                                         "--val-classes", paths["unseen"], "--out", str(tmp_path / "zs")])
     assert list(results) == ["test"] and "(chance 25.0%)" in capsys.readouterr().out
+    # The K600 protocol: drop the classes the model was trained on, test two random subsets of 3 of the rest.
+    out = str(tmp_path / "k600")
+    results = train.main(common_args + ["--protocol", "zero-shot", "--eval-only", "--weights",
+                                        os.path.join(tmp_path, "b2n", "seed1", "last.pt"), "--val-list", paths["val"],
+                                        "--val-classes", paths["classes"], "--unseen-only", "--class-subsets", "2x3",
+                                        "--out", out])
+    assert list(results) == ["test subset 1", "test subset 2"]
+    tested = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert "mean over 2 test sets" in capsys.readouterr().out and tested[-1]["summary"] == "zero-shot"
+    assert tested[-1]["top1"] == pytest.approx((tested[0]["top1"] + tested[1]["top1"]) / 2)
 
 
 def test_weights_load_strictly_except_new_trainable_tensors(tiny_clip_state, tmp_path):

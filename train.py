@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import re
 import statistics
 import sys
 import time
@@ -445,12 +446,15 @@ def protocol_data(args, seed, trained_names=None):
     if args.shots and train is not None:
         train = data.few_shot(train, args.shots, seed)
 
-    has_splits = data.dataset_format(args.val_list) in ("ucf101", "hmdb51")
+    if not args.val_list:
+        raise SystemExit("give the test videos with --val-list (any format --train-list takes)")
+    fmt = data.dataset_format(args.val_list)
+    has_splits = fmt in ("ucf101", "hmdb51")
     splits = args.split or ([1, 2, 3] if args.protocol == "zero-shot" and has_splits else [1])
     own_names = args.protocol == "zero-shot"   # zero-shot tests on the test data's classes, the others on ours
     tests = []
     for split in splits if has_splits else splits[:1]:
-        given = (args.val_classes or args.classes) if data.dataset_format(args.val_list) == "list" else None
+        given = (args.val_classes or args.classes) if fmt == "list" else None
         samples, val_names = read_videos(args.val_list, args.val_root or args.data_root, split, False,
                                          given if own_names else names)
         tag = f"split {split}" if len(splits) > 1 else "test"
@@ -459,7 +463,7 @@ def protocol_data(args, seed, trained_names=None):
         else:
             keep = [c for c in range(len(val_names)) if not (args.unseen_only and val_names[c] in (names or []))]
             groups = [(tag, keep)]
-            if args.class_subsets and len(args.class_subsets) == 1 and "x" in args.class_subsets[0]:
+            if args.class_subsets and re.fullmatch(r"\d+x\d+", args.class_subsets[0]):
                 n, size = map(int, args.class_subsets[0].split("x"))
                 rng = random.Random(args.seed)   # the same subsets for every method and run
                 groups = [(f"{tag} subset {k + 1}", sorted(rng.sample(keep, size))) for k in range(n)]
@@ -653,11 +657,9 @@ def main(argv=None):
         return run(args, method, None, args.out)
     if args.embedded:   # the synthetic set; zero-shot trains on 8 of its classes and tests on the 4 held out
         paths = data.make_synthetic(args.embedded_dir)
-        zero_shot = args.protocol == "zero-shot"
-        args.train_list, args.val_list = paths["seen_train" if zero_shot else "train"], paths[
-            "unseen_val" if zero_shot else "val"]
-        args.classes, args.val_classes = paths["seen" if zero_shot else "classes"], paths[
-            "unseen" if zero_shot else "classes"]
+        keys = ("seen_train", "unseen_val", "seen", "unseen") if args.protocol == "zero-shot" else \
+            ("train", "val", "classes", "classes")
+        args.train_list, args.val_list, args.classes, args.val_classes = (paths[k] for k in keys)
         args.data_root = paths["root"]
     results = {}
     for seed in args.shot_seeds:
