@@ -3,6 +3,7 @@ Video data: decoding, frame sampling, augmentation, the dataset, and a synthetic
 demos generate in seconds. Nothing here knows about models.
 
     list line "videos/a.mp4 3" --read_list--> (path, label)
+    UCF101 / HMDB51 split files, Kinetics CSV, SSv2 JSON --read_dataset--> [(path, label)], class names
     video_length(path) = n --sample_indices(n, T)--> T frame indices
     read_frames(path, indices) -> uint8 (T,H,W,3) --TrainTransform--> float (T,3,S,S)
     DataLoader -> video (B,T,3,S,S), label (B,)
@@ -19,7 +20,8 @@ textured background. The motions come in temporal twins: "moving left" is "movin
 "growing" is "shrinking" played backwards, and positions and sizes are drawn so that the *set* of frames has
 the same distribution for both twins. A model that averages per-frame features (CLIP with mean pooling) can
 learn the shape and the kind of motion but is at chance (50%) between twins; only temporal modelling beats
-that, so accuracy between twins measures what a video method adds to CLIP.
+that, so accuracy between twins measures what a video method adds to CLIP. synthetic_stills draws single
+frames of the same kind with captions, for pretraining a tiny CLIP that knows shapes but not motion.
 """
 
 import csv

@@ -7,11 +7,15 @@
     python train.py --method vificlip --eval-only --weights runs/vificlip/last.pt
     python train.py --method vificlip --weights runs/vificlip/last.pt --predict clip.mp4 --classes "a,b,c"
     python train.py --method vificlip --benchmark --model ViT-B-16
+    python train.py --method xclip --protocol zero-shot                  # also few-shot --shots K, base2novel
 
 Every method file exposes RECIPE, Model (set_classes, forward, param_groups) and build(clip, args); this
 file never looks inside one. Defaults come from the method's RECIPE (and a VARIANT of it with --recipe);
 any flag you pass wins. With no --train-list the run uses the embedded synthetic set written by data.py
-and the EMBEDDED settings below, which scale the recipe down to a tiny CLIP on a CPU.
+and the EMBEDDED settings below, which scale the recipe down to a tiny CLIP on a CPU, pretrained here on
+still images (common.synthetic_clip). --protocol chooses how the run is judged: the training classes
+(supervised), another dataset's or held-out classes (zero-shot), K videos per class (few-shot), or base and
+novel class halves (base2novel).
 """
 import argparse
 import contextlib
