@@ -167,12 +167,10 @@ def test_vificlip_tune_switches(tiny_clip_state, tune, trained, frozen):
         assert not any(v for n, v in grads.items() if n.startswith(prefix)), prefix
 
 
-def test_vificlip_loads_an_official_checkpoint(tiny_clip_state, tmp_path, monkeypatch):
-    import vificlip
-    source = build("vificlip", tiny_clip_state)
-    torch.nn.init.normal_(source.clip.visual.proj)   # make it differ from the fresh model below
+def official_vifi_state(model):
+    """A plain ViFi-CLIP's weights laid out as the released checkpoints have them (spec §7)."""
     official = {}
-    for k, v in source.state_dict().items():
+    for k, v in model.state_dict().items():
         if k.startswith("clip.visual."):
             official["module.image_encoder." + k.removeprefix("clip.visual.")] = v
         elif k == "clip.logit_scale":
@@ -180,6 +178,14 @@ def test_vificlip_loads_an_official_checkpoint(tiny_clip_state, tmp_path, monkey
         elif k != "clip.token_embedding.weight":
             official["module.text_encoder." + k.removeprefix("clip.")] = v
     official["module.prompt_learner.complete_text_embeddings"] = torch.zeros(C, 32, 64)
+    return official
+
+
+def test_vificlip_loads_an_official_checkpoint(tiny_clip_state, tmp_path, monkeypatch):
+    import vificlip
+    source = build("vificlip", tiny_clip_state)
+    torch.nn.init.normal_(source.clip.visual.proj)   # make it differ from the fresh model below
+    official = official_vifi_state(source)
     path = tmp_path / "vifi.pth"
     # The real files also pickle a yacs CfgNode: save one from a stand-in module that is gone at load time.
     yacs = types.ModuleType("yacs.config")
@@ -263,15 +269,7 @@ def test_vificlip_prompts_plain_checkpoint_loads_into_a_prompted_model_with_only
     assert set(missing) == PROMPT_KEYS and not unexpected
     torch.testing.assert_close(prompted.clip.visual.proj, plain.clip.visual.proj, rtol=0, atol=0)
     # The same through load_official: a released fine-tuned ViFi-CLIP is the bridge.
-    official = {}
-    for k, v in plain.state_dict().items():
-        if k.startswith("clip.visual."):
-            official["module.image_encoder." + k.removeprefix("clip.visual.")] = v
-        elif k == "clip.logit_scale":
-            official["module.logit_scale"] = v
-        elif k != "clip.token_embedding.weight":
-            official["module.text_encoder." + k.removeprefix("clip.")] = v
-    official["module.prompt_learner.complete_text_embeddings"] = torch.zeros(C, 32, 64)
+    official = official_vifi_state(plain)
     torch.save(dict(model=official), tmp_path / "ft.pth")
     fresh = build("vificlip", tiny_clip_state, **PROMPTS)
     ctx = fresh.prompt_learner.ctx.detach().clone()
