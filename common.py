@@ -17,6 +17,7 @@ A method copies the loop it needs and changes one line of it.
 Shapes: B videos, T frames, N patches, D width, E joint embedding, C classes, L text tokens.
 """
 import json
+import logging
 import math
 import os
 import pickle
@@ -138,8 +139,13 @@ def load_clip(name="tiny", pretrained=None, quick_gelu=None, cache_dir=None):
                 f"{' (OpenAI weights: add --quick-gelu)' if cfg.get('quick_gelu') else ''}")
     if quick_gelu is None:
         quick_gelu = pretrained is not None and "openai" in os.path.basename(pretrained).lower()
-    clip = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=bool(quick_gelu),
-                                  cache_dir=cache_dir)
+    if pretrained is None:   # random weights are asked for here: silence open_clip's warning that they are random
+        logging.disable(logging.WARNING)
+    try:
+        clip = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=bool(quick_gelu),
+                                      cache_dir=cache_dir)
+    finally:
+        logging.disable(logging.NOTSET)
     clip.tokenizer = open_clip.get_tokenizer(name)
     clip.quick_gelu = bool(quick_gelu)
     return clip
