@@ -930,6 +930,23 @@ def test_cli_protocols(tmp_path, capsys):
     assert tested[-1]["top1"] == pytest.approx((tested[0]["top1"] + tested[1]["top1"]) / 2)
 
 
+def test_zero_shot_unseen_only_keeps_the_classes_training_never_saw(tmp_path):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    argv = ["--method", "vificlip", "--protocol", "zero-shot", "--train-list", paths["seen_train"], "--classes",
+            paths["seen"], "--val-list", paths["val"], "--val-classes", paths["classes"], "--data-root", paths["root"],
+            "--unseen-only"]
+    args, _ = train.get_args(argv)
+    _, names, tests = train.protocol_data(args, seed=1)
+    assert names == data.load_classes(paths["seen"]) and len(tests) == 1
+    title, samples, test_names = tests[0]
+    assert sorted(test_names) == sorted(data.UNSEEN) and len(samples) == 4
+    args, _ = train.get_args(argv + ["--class-subsets", "3x2"])
+    tests = train.protocol_data(args, seed=1)[2]
+    assert [t for t, _, _ in tests] == ["test subset 1", "test subset 2", "test subset 3"]
+    assert all(len(ns) == 2 and set(ns) <= set(data.UNSEEN) for _, _, ns in tests)
+    assert tests == train.protocol_data(args, seed=1)[2]   # drawn from --seed: the same every time
+
+
 def test_weights_load_strictly_except_new_trainable_tensors(tiny_clip_state, tmp_path):
     plain = build("vificlip", tiny_clip_state)
     path = str(tmp_path / "last.pt")
