@@ -982,6 +982,7 @@ def test_cli_train_resume_eval_predict(tmp_path, capsys):
     assert lines[-1]["views"] == "2 clips x 1 crops" and "twins" in lines[-1]
     result = train.main(base + ["--eval-only", "--weights", os.path.join(out, "last.pt")])
     assert 0 <= result["test"][0]["top1"] <= 100
+    assert train.main(base + ["--eval-only", "--resume"])["test"][0] == pytest.approx(result["test"][0])
     capsys.readouterr()
     video_path = os.path.join(paths["root"], data.read_list(paths["val"])[0][0])
     train.main(["--method", "vificlip", "--weights", os.path.join(out, "last.pt"), "--predict", video_path])

@@ -540,6 +540,8 @@ def run(args, method, seed, out):
     args.size = args.size or clip.visual.image_size[0]
     model = method.build(clip, args)
     ckpt = load_weights(model, method, args.weights) if args.weights else None
+    if args.eval_only and args.resume:   # test a run's checkpoint as it stands, without training on
+        ckpt = load_weights(model, method, os.path.join(out, "last.pt") if args.resume == "auto" else args.resume)
     if args.predict:
         return predict(args, model, method, device, autocast, ckpt)
     if args.benchmark is not None:
