@@ -4,7 +4,7 @@ Every method in this repository starts from an open_clip CLIP model and changes 
 vision transformer (X-CLIP adds a message token, Open-VCLIP widens the attention to neighbour frames,
 OmniCLIP adds adapters and prompts). So instead of calling `clip.encode_image` as a black box we write the
 ViT out here as four pieces, each using only the stable parameter names that OpenAI CLIP, open_clip and
-the official checkpoints share (DESIGN.md):
+the official checkpoints share (open_clip's internals may change, these names do not):
 
     patch_embed(visual, x)   conv1 -> class token -> positional embedding -> ln_pre     (B', N+1, D)
     attention(attn, x, kv)   multi-head attention from a block's own in_proj/out_proj via SDPA

@@ -190,7 +190,7 @@ def _color_jitter(x, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1):
 
 
 class TrainTransform:
-    """The ViFi-CLIP / X-CLIP training augmentation (specs/vificlip.md section 4): resize the short side to
+    """The ViFi-CLIP / X-CLIP training augmentation (their configs' TRAIN pipeline): resize the short side to
     short_side, MultiScaleCrop, resize to size x size (aspect ratio not kept), flip, colour jitter, grayscale,
     normalise. (T,H,W,3) uint8 -> (T,3,size,size) float."""
 

@@ -4,7 +4,7 @@ M. Liu, B. Li, Y. Yu. "OmniCLIP: Adapting CLIP for Video Recognition with Spatia
 Feature Learning". ECAI 2024, arXiv:2408.06158. Official repository: github.com/XiaoBuL/OmniCLIP, which
 holds only a README ("The code will be released soon!"): no code, configs or checkpoints. This file is
 therefore a reading of the paper, not a port, and every detail below carries its source
-(../shared/specs/omniclip.md has the reasons at length):
+(the reasons are given where each choice is made):
   [P] the paper's readable text (the abstract and the start of Sec. 1: every stored copy we could reach
   stops there, so Sec. 3-4, the equations, implementation details and tables, remain unread),
   [R] a third-party review of the paper (themoonlight.io), [V] verified in another method's official code
@@ -85,7 +85,7 @@ RECIPE = dict(
     flip=True, color_jitter=0.8, grayscale=0.2,
     mixup=0.8, cutmix=1.0, mix_switch=0.5, smoothing=0.1,   # AUG defaults of X-CLIP
     test_clips=4, test_crops=3,                             # X-CLIP README test command
-    template=PHOTO_TEMPLATE,   # [D] spec 2.6 (X-CLIP itself uses the bare class name)
+    template=PHOTO_TEMPLATE,   # [D] CLIP's photo template, as ViFi-CLIP (X-CLIP itself uses the bare class name)
     new_lr_scale=10.0,         # X-CLIP utils/optimizer.py: message, MIT and prompt modules at 10x TRAIN.LR
 )
 

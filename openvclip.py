@@ -29,10 +29,10 @@ open-vocabulary. Three pieces, none of which adds a parameter, so CLIP's state d
    average is interpolated once more towards CLIP for testing (tools/test_net.py, TEST.PATCHING_RATIO):
        theta_test = lambda theta0 + (1-lambda) mean_e theta_e        lambda = 0.5 (B/32, B/16), 0.6 (L/14)
 4. Open-VCLIP++ adds LLM-written captions of the training videos and aligns them with the video embeddings.
-   Its code is unreleased; the loss here is a RECONSTRUCTION (spec §4, our choices), CLIP's symmetric InfoNCE:
+   Its code is unreleased; the loss here is a RECONSTRUCTION (our choices, from the paper's description), CLIP's symmetric InfoNCE:
        L = L_CE + lambda_cap * (CE(S, I) + CE(S^T, I)) / 2,   S_ij = exp(s) <v_i, u_j>,
        v_i = normalise(1/T sum_t f_t/|f_t|),   u_j = normalise(TextEnc(caption_j)), frozen text tower.
-   It needs the video paths of each batch, which train.py does not pass to train_step yet.
+   train.py passes each batch's video paths to train_step so the captions can be looked up.
 
 A property worth knowing: nothing in the model knows which neighbour is before and which after (softmax is
 blind to key order, there is no temporal position embedding, the zero padding is symmetric), so the logits of
@@ -335,7 +335,7 @@ class Model(nn.Module):
 def load_official(model, path, interp_lambda=None):
     """Load a released Open-VCLIP checkpoint (swa_2_22.pth: {'model_state': {'model.' + OpenAI CLIP key}}),
     then interpolate towards theta0 with the model's lambda: the file holds the weight average BEFORE the
-    test-time interpolation (spec §8). theta0 comes from --pretrained, which must be OpenAI's CLIP with
+    test-time interpolation (the official test script applies it when it loads the file). theta0 comes from --pretrained, which must be OpenAI's CLIP with
     QuickGELU (--pretrained openai, or the ViT-*-quickgelu architectures)."""
     state = {"clip." + k.removeprefix("model."): v for k, v in load_state_dict(path).items()}
     state = {k: v for k, v in state.items() if k not in ("clip.input_resolution", "clip.context_length",

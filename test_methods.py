@@ -168,7 +168,7 @@ def test_vificlip_tune_switches(tiny_clip_state, tune, trained, frozen):
 
 
 def official_vifi_state(model):
-    """A plain ViFi-CLIP's weights laid out as the released checkpoints have them (spec §7)."""
+    """A plain ViFi-CLIP's weights laid out as the released checkpoints have them."""
     official = {}
     for k, v in model.state_dict().items():
         if k.startswith("clip.visual."):
@@ -206,7 +206,7 @@ def test_vificlip_loads_an_official_checkpoint(tiny_clip_state, tmp_path, monkey
         vificlip.load_official(model, str(path))
 
 
-# ViFi-CLIP bridge and prompt (spec §3): 2 text tokens at both text layers, 3 vision tokens at the
+# ViFi-CLIP bridge and prompt: 2 text tokens at both text layers, 3 vision tokens at the
 # first 2 of 3 vision layers
 
 
@@ -231,7 +231,7 @@ def test_vificlip_prompts_only_the_prompts_train_and_all_of_them_get_gradients(t
         if n in PROMPT_KEYS:
             assert p.grad is not None and p.grad.abs().sum() > 0, n
         else:
-            assert p.grad is None and not p.requires_grad, n   # logit_scale included (spec §3)
+            assert p.grad is None and not p.requires_grad, n   # logit_scale included: the official prompt code freezes it
     groups = model.param_groups(1e-3, 1e-3)
     assert {n for g in groups for n in g["names"]} == PROMPT_KEYS and all(g["weight_decay"] == 1e-3 for g in groups)
     for n, p in model.named_parameters():                     # N(0, 0.02) init
@@ -425,7 +425,7 @@ def test_vificlip_prompts_trainable_count_at_vit_b16(recipe, expected):
     args, _ = train.get_args(["--method", "vificlip", "--recipe", recipe, "--train-list", "t.txt"])
     with torch.device("meta"):
         clip = open_clip.create_model("ViT-B-16", device="meta")
-    assert common.count_params(clip) == 149_620_737                # spec §2: all of CLIP B/16
+    assert common.count_params(clip) == 149_620_737                # all of CLIP B/16, every tower trained
     model = vificlip.build(clip, args)
     assert common.count_params(model, trainable=True) == expected
     names = {n for n, p in model.named_parameters() if p.requires_grad}

@@ -39,7 +39,7 @@ l < d_v and n_t text tokens Q_l (n_t, W) for the layers l < d_t (W: text width),
     w_c = ln_final(H_L[c, eot]) @ text_projection               Q's are shared by all classes
 
 Trainable: d_t n_t W + d_v n_v D. At ViT-B/16, base-to-novel (16 tokens, depth 9) 73,728 + 110,592 =
-184,320; few-shot (10 tokens, depth 12) 61,440 + 92,160 = 153,600 (spec §3). The prompts sit where the
+184,320; few-shot (10 tokens, depth 12) 61,440 + 92,160 = 153,600. The prompts sit where the
 official code keeps them (clip/model.py ResidualAttentionBlock_ViFi_CLIP, VisionTransformer): `ctx` on
 prompt_learner, `VPT` on the image encoder, `VPT_shallow` on each prompted block, so a released prompt
 checkpoint loads with only the tower prefixes renamed, and a plain ViFi-CLIP (the bridge) loads with only
@@ -50,7 +50,7 @@ Where we differ from the official code, and why:
   the official code re-runs the text tower for every test view.
 - Colour jitter is drawn once per video (data.py), the official pipeline draws it per frame.
 - Weights stay fp32 with autocast on the GPU; the official code relies on apex O1 and casts inputs to
-  fp16 by hand (spec §2 "dtype"). Prompts are cast to the activations' dtype, not forced to fp16.
+  fp16 by hand in its model's forward. Prompts are cast to the activations' dtype, not forced to fp16.
 - The learning rate follows the cosine per optimizer step, the official one per micro-batch; with no
   gradient accumulation these are the same.
 - Prompting: the class tokens are embedded by the frozen token_embedding at each pass, not stored as
@@ -129,7 +129,7 @@ def add_args(parser):
 
 
 def new_prompt(n, width, like):
-    """(n, width) learned tokens, N(0, 0.02) as every prompt of the official code (spec §3)."""
+    """(n, width) learned tokens, N(0, 0.02) as every prompt of the official code."""
     return nn.Parameter(torch.empty(n, width, dtype=like.dtype, device=like.device).normal_(std=0.02))
 
 
@@ -268,7 +268,7 @@ class Model(nn.Module):
 
 
 def load_official(model, path):
-    """Load a released ViFi-CLIP checkpoint (spec §7) into `model`.
+    """Load a released ViFi-CLIP checkpoint into `model`.
 
     Official keys are image_encoder.* / text_encoder.* / logit_scale / prompt_learner.ctx behind DDP's
     "module."; the class-specific buffers (prompt_learner.complete_text_embeddings, token_prefix,

@@ -231,7 +231,7 @@ class VideoSpecificPrompt(nn.Module):
 class Model(nn.Module):
     """CLIP's towers are registered under CLIP's own attribute names (visual, transformer, token_embedding,
     positional_embedding, ln_final, text_projection, logit_scale) next to mit and prompts_*, so that
-    state_dict() has exactly the official keys (spec §7)."""
+    state_dict() has exactly the official keys, and a released checkpoint loads without renaming."""
     def __init__(self, clip, T=8, template=BARE_TEMPLATE, mit_layers=1, prompts_layers=2, prompts_alpha=0.1,
                  grad_checkpointing=False):
         super().__init__()
@@ -306,7 +306,7 @@ def build(clip, args):
 
 
 def load_official(model, path):
-    """Load a released X-CLIP checkpoint (spec §7): its "model" state dict, "module." stripped, no renaming.
+    """Load a released X-CLIP checkpoint: its "model" state dict, "module." stripped, no renaming.
     The MIT's temporal position embedding fixes T, so a checkpoint of another frame count is refused."""
     state = load_state_dict(path)
     pos = state.get("mit.positional_embedding")
