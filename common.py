@@ -22,7 +22,9 @@ import math
 import os
 import pickle
 import socket
+import sys
 import tempfile
+import time
 import urllib.parse
 
 import open_clip
@@ -155,6 +157,11 @@ def load_clip(name="tiny", pretrained=None, quick_gelu=None, cache_dir=None):
 # An offline stand-in for a pretrained CLIP
 # ---------------------------------------------------------------------------------------------------------
 
+def synthetic_path(name="tiny", cache_dir=None, steps=300, batch=256, seed=0):
+    """Where synthetic_clip caches the stand-in CLIP, named after what it was trained with."""
+    return os.path.join(cache_dir or "data", f"synthetic-{name}-s{steps}-b{batch}-seed{seed}.pt")
+
+
 def synthetic_clip(name="tiny", cache_dir=None, steps=300, batch=256, lr=1e-3, seed=0):
     """A CLIP pretrained here, in a minute or two on a CPU, on still images of coloured shapes and their
     captions ("a red circle", "a photo of a small blue square on the left."), drawn by data.py in the style of
@@ -165,7 +172,7 @@ def synthetic_clip(name="tiny", cache_dir=None, steps=300, batch=256, lr=1e-3, s
     The loss is CLIP's symmetric InfoNCE; captions repeat within a batch (there are a few hundred distinct
     ones), so every image whose caption equals caption j counts as a positive of j instead of a negative.
     """
-    path = os.path.join(cache_dir or "data", f"synthetic-{name}-s{steps}-b{batch}-seed{seed}.pt")
+    path = synthetic_path(name, cache_dir, steps, batch, seed)
     with torch.random.fork_rng():   # a fixed initialisation, without touching the caller's random state
         torch.manual_seed(seed)
         clip = load_clip(name)
@@ -179,7 +186,9 @@ def synthetic_clip(name="tiny", cache_dir=None, steps=300, batch=256, lr=1e-3, s
     optimizer = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
     warmup = max(1, steps // 10)
     clip.train()
-    for step in (bar := tqdm(range(steps), desc=f"pretraining {name} on synthetic image-caption pairs")):
+    print(f"pretraining the stand-in CLIP ({name}) on synthetic image-caption pairs, once: {steps} steps of {batch}")
+    tic = time.perf_counter()
+    for step in (bar := tqdm(range(steps), desc="pretraining", disable=not sys.stderr.isatty())):
         for g in optimizer.param_groups:   # linear warm-up, then cosine to 0
             g["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         images, captions = data.synthetic_stills(batch, [seed, step])                 # uint8 (batch, 64, 64, 3)
@@ -201,6 +210,7 @@ def synthetic_clip(name="tiny", cache_dir=None, steps=300, batch=256, lr=1e-3, s
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     torch.save(clip.state_dict(), f"{path}.tmp")
     os.replace(f"{path}.tmp", path)   # atomic: an interrupted run never leaves half a cache
+    print(f"pretrained in {time.perf_counter() - tic:.0f}s, final loss {loss.item():.3f}; saved to {path}")
     return clip
 
 

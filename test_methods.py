@@ -917,7 +917,7 @@ def test_cli_protocols(tmp_path, capsys):
     results = train.main(common_args + ["--protocol", "zero-shot", "--eval-only", "--weights",
                                         os.path.join(out, "seed1", "last.pt"), "--val-list", paths["unseen_val"],
                                         "--val-classes", paths["unseen"], "--out", str(tmp_path / "zs")])
-    assert list(results) == ["test"] and "(chance 25.0%)" in capsys.readouterr().out
+    assert list(results) == ["test"] and "(chance 25.0)" in capsys.readouterr().out
     # The K600 protocol: drop the classes the model was trained on, test two random subsets of 3 of the rest.
     out = str(tmp_path / "k600")
     results = train.main(common_args + ["--protocol", "zero-shot", "--eval-only", "--weights",
@@ -964,25 +964,98 @@ def test_weights_load_strictly_except_new_trainable_tensors(tiny_clip_state, tmp
     train.read_checkpoint.cache_clear()
 
 
-def test_cli_train_resume_eval_predict(tmp_path, capsys):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
-    out = str(tmp_path / "run")
-    base = ["--method", "vificlip", "--train-list", paths["train"], "--val-list", paths["val"],
+def tiny_run_args(paths, *extra):
+    return ["--method", "vificlip", "--train-list", paths["train"], "--val-list", paths["val"],
             "--data-root", paths["root"], "--classes", paths["classes"], "--model", "tiny", "--frames", "4",
             "--batch-size", "4", "--accum-steps", "1", "--workers", "0", "--steps-per-epoch", "2", "--lr", "1e-3",
-            "--out", out, "--test-clips", "2", "--test-crops", "1"]
-    train.main(base + ["--epochs", "1"])
-    first = torch.load(os.path.join(out, "last.pt"), weights_only=False)
-    assert first["epoch"] == 1 and not os.path.exists(os.path.join(out, "last.pt.tmp"))
-    train.main(base + ["--epochs", "2", "--resume"])
-    state = torch.load(os.path.join(out, "last.pt"), weights_only=False)
-    assert state["epoch"] == 2 and state["scheduler"]["last_epoch"] == 4
-    lines = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    assert [line.get("epoch") for line in lines if "epoch" in line] == [1, 2]
-    assert lines[-1]["views"] == "2 clips x 1 crops" and "twins" in lines[-1]
-    result = train.main(base + ["--eval-only", "--weights", os.path.join(out, "last.pt")])
-    assert 0 <= result["test"][0]["top1"] <= 100
-    assert train.main(base + ["--eval-only", "--resume"])["test"][0] == pytest.approx(result["test"][0])
+            "--test-clips", "2", "--test-crops", "1", *extra]
+
+
+def files_of(folder):
+    """{relative path: bytes} of every file under folder: a run left untouched compares equal."""
+    out = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                out[os.path.relpath(os.path.join(root, name), folder)] = f.read()
+    return out
+
+
+def test_cli_runs_get_folders_of_their_own_and_never_overwrite_each_other(tmp_path, monkeypatch, capsys):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    monkeypatch.chdir(tmp_path)
+    train.main(tiny_run_args(paths, "--epochs", "1", "--lr", "2e-3"))
+    printed = capsys.readouterr()
+    first = os.path.join("runs", "vificlip-supervised")
+    assert "\r" not in printed.err + printed.out                   # no progress bars when not on a terminal
+    tail = printed.out.splitlines()[-5:]                           # the last lines say where everything went
+    assert [line.split()[0] for line in tail] == ["run", "settings", "metrics", "checkpoint", "result"]
+    assert tail[3].endswith(os.path.join(first, "last.pt")) and tail[4].startswith("result      test top1")
+    config = json.load(open(os.path.join(first, "config.json")))
+    assert config["lr"] == 2e-3 and config["epochs"] == 1 and config["frames"] == 4
+    assert config["smoothing"] == {**train.BASE, **vificlip.RECIPE}["smoothing"]   # recipe values too
+    assert config["command"].startswith("python train.py --method vificlip") and "started" in config
+    saved = files_of(first)
+
+    train.main(tiny_run_args(paths, "--epochs", "1", "--protocol", "few-shot", "--shots", "1"))
+    train.main(tiny_run_args(paths, "--epochs", "1"))
+    assert sorted(os.listdir("runs")) == ["vificlip-few-shot", "vificlip-supervised", "vificlip-supervised-2"]
+    assert files_of(first) == saved                                 # two later runs left the first alone
+    capsys.readouterr()
+
+    # --resume alone picks the latest run of the method and protocol; a finished run says so and trains nothing.
+    latest = files_of("runs/vificlip-supervised-2")
+    assert train.main(tiny_run_args(paths, "--resume")) is None
+    assert "runs/vificlip-supervised-2 is finished" in capsys.readouterr().out
+    assert files_of("runs/vificlip-supervised-2") == latest
+
+    # Training on: the run's own settings come back (lr 2e-3 was not given again), one line per epoch, one result.
+    train.main(["--method", "vificlip", "--resume", first, "--epochs", "2"])   # nothing else needs repeating
+    state = torch.load(os.path.join(first, "last.pt"), weights_only=False)
+    assert state["epoch"] == 2 and state["scheduler"]["last_epoch"] == 4 and state["args"]["lr"] == 2e-3
+    lines = train.read_metrics(os.path.join(first, "metrics.jsonl"))
+    assert [r["epoch"] for r in lines if "epoch" in r] == [1, 2] and sum("result" in r for r in lines) == 1
+    assert lines[-2]["views"] == "2 clips x 1 crops" and lines[-2]["weights"] == os.path.join(first, "last.pt")
+    assert json.load(open(os.path.join(first, "config.json")))["epochs"] == 2
+
+    # An eval-only run tests that checkpoint into a folder of its own, says which, and gets the same figures.
+    saved = files_of(first)
+    result = train.main(["--method", "vificlip", "--eval-only", "--resume", first])
+    assert files_of(first) == saved
+    tested = train.read_metrics(os.path.join("runs", "vificlip-supervised-eval", "metrics.jsonl"))
+    assert tested[0]["weights"] == os.path.join(first, "last.pt")
+    assert tested[0]["top1"] == lines[-2]["top1"] and result["test"][0]["twins"] == lines[-2]["twins"]
+
+    # An explicit --out holding a run is refused with the flag that overrides it; eval-only never writes there.
+    with pytest.raises(SystemExit, match="--overwrite"):
+        train.main(tiny_run_args(paths, "--epochs", "1", "--out", first))
+    with pytest.raises(SystemExit, match="never writes into"):
+        train.main(tiny_run_args(paths, "--eval-only", "--weights", os.path.join(first, "last.pt"), "--out", first))
+    assert files_of(first) == saved
+    train.main(tiny_run_args(paths, "--epochs", "1", "--out", first, "--overwrite"))
+    assert [r["epoch"] for r in train.read_metrics(os.path.join(first, "metrics.jsonl")) if "epoch" in r] == [1]
+    with pytest.raises(SystemExit, match="add --method vificlip"):
+        train.main(tiny_run_args(paths, "--resume", first)[2:] + ["--method", "xclip"])
+
+
+def test_cli_resume_cuts_the_metrics_back_to_the_checkpoint(tmp_path, capsys):
+    """A kill between a checkpoint and its metrics line, or after lines of a later epoch that never reached the
+    checkpoint: the resumed run ends with exactly one line per epoch."""
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    out = str(tmp_path / "run")
+    train.main(tiny_run_args(paths, "--epochs", "1", "--out", out))
+    metrics = os.path.join(out, "metrics.jsonl")
+    train.append_metrics(metrics, dict(epoch=2, loss=1.0))            # written, but its checkpoint never was
+    train.main(tiny_run_args(paths, "--epochs", "2", "--resume", out, "--val-every", "0"))
+    lines = train.read_metrics(metrics)
+    assert [r["epoch"] for r in lines if "epoch" in r] == [1, 2] and "val" not in lines[1]
+    assert [("test" in r, "result" in r) for r in lines[2:]] == [(True, False), (False, True)]
+
+
+def test_cli_predict(tmp_path, capsys):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    out = str(tmp_path / "run")
+    train.main(tiny_run_args(paths, "--epochs", "1", "--out", out))
     capsys.readouterr()
     video_path = os.path.join(paths["root"], data.read_list(paths["val"])[0][0])
     train.main(["--method", "vificlip", "--weights", os.path.join(out, "last.pt"), "--predict", video_path])
@@ -1433,7 +1506,7 @@ def test_xclip_cli_train_with_checkpointing_then_eval(tmp_path):
             "--batch-size", "4", "--accum-steps", "1", "--workers", "0", "--steps-per-epoch", "1",
             "--out", out, "--test-clips", "1", "--test-crops", "1"]
     trained = train.main(base + ["--epochs", "1", "--grad-checkpointing"])
-    again = train.main(base + ["--eval-only", "--weights", f"{out}/last.pt"])      # the same weights, reloaded
+    again = train.main(base[:-6] + ["--out", f"{out}-eval", "--eval-only", "--weights", f"{out}/last.pt"])      # the same weights, reloaded
     assert again["test"][0] == pytest.approx(trained["test"][0])
 
 

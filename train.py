@@ -19,13 +19,20 @@ novel class halves (base2novel).
 """
 import argparse
 import contextlib
+import datetime
 import functools
+import gc
+import glob
 import importlib
+import importlib.metadata
+import itertools
 import json
 import math
 import os
 import random
 import re
+import shlex
+import shutil
 import statistics
 import sys
 import time
@@ -50,7 +57,7 @@ EMBEDDED = dict(model="tiny", pretrained="synthetic", frames=8, epochs=40, batch
 
 # What a recipe key falls back to when a method's RECIPE does not mention it.
 BASE = dict(frames=8, sampling="segment", stride=1, lr=1e-4, lr_min_ratio=0.01, weight_decay=0.0, betas=(0.9, 0.999),
-            eps=1e-8, epochs=10, warmup_epochs=0, batch_size=32, step_batch=8, grad_clip=0.0, mean="clip", flip=True,
+            eps=1e-8, epochs=10, val_every=1, warmup_epochs=0, batch_size=32, step_batch=8, grad_clip=0.0, mean="clip", flip=True,
             color_jitter=0.0, grayscale=0.0, mixup=0.0, cutmix=0.0, mix_switch=0.5, smoothing=0.0,
             test_clips=1, test_crops=1, model="ViT-B-16", class_words=False)
 
@@ -67,8 +74,12 @@ STATS = {"imagenet": (data.IMAGENET_MEAN, data.IMAGENET_STD), "clip": (data.CLIP
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", choices=METHODS, default="vificlip", help="which method file to train")
+    p.add_argument("--method", choices=(*METHODS, "all"), default="vificlip", help=(
+        "which method file to train; all: the four one after another, each in its own run folder, then a table "
+        "of their results and CPU time side by side"))
     method_name = p.parse_known_args(argv)[0].method
+    if method_name == "all":   # main() runs each method with its own parser; this one only serves --help
+        method_name = METHODS[0]
     method = importlib.import_module(method_name)
     p.add_argument("--recipe", choices=sorted(getattr(method, "VARIANTS", {})), default=None,
                    help="one of the method's other official settings (see VARIANTS in its file); default: the "
@@ -128,6 +139,8 @@ def get_args(argv=None):
     g.add_argument("--cutmix", type=float, help="cutmix Beta alpha (0: off)")
     g.add_argument("--smoothing", type=float, help="label smoothing")
     g.add_argument("--steps-per-epoch", type=int, help="cap the optimizer steps per epoch (quick checks)")
+    g.add_argument("--val-every", type=int, help="validate (1 view per test video) every N epochs; 0: only the "
+                   "final test. Raise it when the test set is large next to the training set")
 
     g = p.add_argument_group("protocols (see --protocol)")
     g.add_argument("--shots", type=int, help="videos per class drawn from the training data (few-shot: 2, 4, 8 or "
@@ -150,8 +163,12 @@ def get_args(argv=None):
                    help="time STEPS (default 20) training steps on random input, 400 classes, and exit")
 
     g = p.add_argument_group("run")
-    g.add_argument("--out", help="output folder for checkpoints and metrics.jsonl (default runs/METHOD)")
-    g.add_argument("--resume", nargs="?", const="auto", help="continue from a checkpoint (default OUT/last.pt)")
+    g.add_argument("--out", help="the run's folder: config.json, metrics.jsonl, last.pt (default: a new "
+                                 "runs/METHOD-PROTOCOL[-N], -eval for --eval-only; a finished run is never reused)")
+    g.add_argument("--overwrite", action="store_true", help="let --out replace the run already in that folder")
+    g.add_argument("--resume", nargs="?", const="auto", metavar="RUN", help=(
+        "continue a run folder (or its last.pt) with its own settings, any flag given again wins; without RUN, "
+        "the latest run of this --method and --protocol. With --eval-only: test that run's checkpoint"))
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps or cpu")
     g.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA (bf16, else fp16)")
     g.add_argument("--seed", type=int, default=0)
@@ -185,7 +202,11 @@ def get_args(argv=None):
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     args.recipe_values = recipe
-    args.out = args.out or os.path.join("runs", method_name)
+    # Which flags this command line gave: a resumed run keeps its own settings for all the others.
+    unset = object()
+    p.set_defaults(**{key: unset for key in vars(args)})
+    args.explicit = sorted(k for k, v in vars(p.parse_args(argv)).items() if v is not unset)
+    args.run, args.argv = None, list(argv if argv is not None else sys.argv[1:])   # place_run() sets run
     args.shots = args.shots or (16 if args.protocol == "base2novel" else None)
     args.shot_seeds = args.shot_seeds or ([1, 2, 3] if args.protocol == "base2novel" else [1])
     if args.protocol in ("few-shot", "base2novel") and not args.shots:
@@ -272,7 +293,7 @@ def evaluate(model, loader, device, autocast, twins, desc="eval"):
     true class beats its twin, the figure a model that cannot see frame order leaves at 50%."""
     model.eval()
     probs, labels = [], []
-    for video, label in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for video, label in progress(loader, desc=desc, leave=False):
         B, V = video.shape[:2]
         with autocast():
             logits = model(video.to(device, non_blocking=True).flatten(0, 1))   # (B*V, C)
@@ -281,24 +302,41 @@ def evaluate(model, loader, device, autocast, twins, desc="eval"):
     probs, labels = torch.cat(probs), torch.cat(labels)
     C = probs.shape[1]
     top = probs.topk(min(5, C), dim=1).indices
-    result = dict(top1=100 * (top[:, 0] == labels).float().mean().item(),
+    hit = top[:, 0] == labels
+    result = dict(videos=len(labels), classes=C, top1=100 * hit.float().mean().item(), top1_se=standard_error(hit),
                   top5=100 * (top == labels[:, None]).any(1).float().mean().item())
-    per_class = [(top[labels == c, 0] == c).float().mean().item() for c in labels.unique()]
+    per_class = [hit[labels == c].float().mean().item() for c in labels.unique()]
     result["mean_class"] = 100 * sum(per_class) / len(per_class)
     twin = torch.tensor(twins)[labels]
     has = twin >= 0
     if has.any():
-        true_p = probs[has].gather(1, labels[has, None])
-        twin_p = probs[has].gather(1, twin[has, None])
-        result["twins"] = 100 * (true_p > twin_p).float().mean().item()
+        beats = probs[has].gather(1, labels[has, None]) > probs[has].gather(1, twin[has, None])   # (n, 1)
+        result.update(twins=100 * beats.float().mean().item(), twins_se=standard_error(beats))
     return result
 
 
+def standard_error(hits):
+    """The standard error of an accuracy over n videos, in points: 100 sqrt(p (1 - p) / n). Two of them either
+    side of a figure is roughly where a rerun on other videos of the same kind would land."""
+    p = hits.float().mean().item()
+    return 100 * math.sqrt(p * (1 - p) / hits.numel())
+
+
 def format_metrics(m):
-    s = f"top1 {m['top1']:5.1f}  top5 {m['top5']:5.1f}  mean-class {m['mean_class']:5.1f}"
+    """top-1 (with its standard error and chance), mean-class accuracy, top-5 where there are enough classes
+    for it to say something (50 or more), and twins on the embedded set."""
+    s = f"top1 {m['top1']:5.1f} ±{m['top1_se']:.1f} (chance {100 / m['classes']:.1f})  mean-class {m['mean_class']:5.1f}"
+    if m["classes"] >= 50:
+        s += f"  top5 {m['top5']:5.1f}"
     if "twins" in m:
-        s += f"  twins {m['twins']:5.1f} (chance 50)"
+        s += f"  twins {m['twins']:5.1f} ±{m['twins_se']:.1f} (chance 50)"
     return s
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm bar on a terminal; nothing when the output goes to a file or a pipe, where the one plain line per
+    epoch says what the bar would have (and a log does not fill with carriage-return frames)."""
+    return tqdm(iterable, disable=not sys.stderr.isatty(), dynamic_ncols=True, **kwargs)
 
 
 def save_checkpoint(path, state):
@@ -400,7 +438,7 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     steps = args.benchmark
-    for i in tqdm(range(warmup + steps), desc="benchmark", leave=False):
+    for i in progress(range(warmup + steps), desc="benchmark", leave=False):
         if i == warmup:
             sync()
             start = time.perf_counter()
@@ -527,7 +565,7 @@ def harmonic_mean(base, novel):
 # ---------------------------------------------------------------------------------------------------------
 
 def run(args, method, seed, out):
-    """Build, train (unless --eval-only) and test one model; -> {test title: metrics}."""
+    """Build, train (unless --eval-only) and test one model in the folder `out`; -> {test title: metrics}."""
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     device = pick_device(args.device)
@@ -539,9 +577,11 @@ def run(args, method, seed, out):
         print(f"note: {args.model} starts from random weights; the papers start from --pretrained openai")
     args.size = args.size or clip.visual.image_size[0]
     model = method.build(clip, args)
-    ckpt = load_weights(model, method, args.weights) if args.weights else None
-    if args.eval_only and args.resume:   # test a run's checkpoint as it stands, without training on
-        ckpt = load_weights(model, method, os.path.join(out, "last.pt") if args.resume == "auto" else args.resume)
+    if args.run:   # testing a run's checkpoint, or resuming it (train() then loads the checkpoint)
+        tested = os.path.join(seed_folder(args.run, seed, args), "last.pt") if args.eval_only else None
+    else:
+        tested = args.weights
+    ckpt = load_weights(model, method, tested) if tested else None
     if args.predict:
         return predict(args, model, method, device, autocast, ckpt)
     if args.benchmark is not None:
@@ -552,36 +592,49 @@ def run(args, method, seed, out):
         raise SystemExit("give the training videos with --train-list, or test a model with --eval-only --weights")
     model.to(device)
     val_title, val_samples, val_names = tests[0]
-    val_loader = make_loader(args, device, val_samples)
     views = f"{args.test_clips} clips x {args.test_crops} crops"
-    seen = f"{len(train_samples)} train videos ({len(names)} classes), " if train_samples else ""
-    print(f"{args.method}, {args.protocol}{f' (seed {seed})' if len(args.shot_seeds) > 1 else ''}: "
+    seen = f"{len(train_samples)} train videos ({len(names)} classes), " if train_samples and not args.eval_only else ""
+    print(f"{args.method}, {args.protocol}{f' (shot seed {seed})' if len(args.shot_seeds) > 1 else ''}: "
           f"{common.count_params(model, trainable=True) / 1e6:.2f}M trainable of {common.count_params(model) / 1e6:.2f}M "
           f"parameters, {seen}{len(val_samples)} {val_title} videos ({len(val_names)} classes), {args.frames} frames "
           f"at {args.size}px, device {device}" + (f" ({dtype})" if dtype else ""))
     os.makedirs(out, exist_ok=True)
     metrics_file = os.path.join(out, "metrics.jsonl")
-    if not args.eval_only:
-        train(args, model, train_samples, names, val_loader, val_names, device, autocast, dtype, out, metrics_file)
+    if args.eval_only:
+        print(f"testing {tested}" if tested else f"testing the CLIP as pretrained ({args.pretrained or 'random weights'})"
+              f" with {args.method}'s new modules at their initialisation: no video training (give --weights or "
+              f"--resume RUN to test a trained model)")
+        weights = tested or f"pretrained {args.pretrained or 'none'}, no video training"
+    else:
+        train(args, model, train_samples, names, tests[0], device, autocast, dtype, out, metrics_file)
+        weights = os.path.join(out, "last.pt")
 
     results = {}
     for title, samples, test_names in tests:
         model.set_classes(test_names)
         m = evaluate(model, make_loader(args, device, samples, views=True), device, autocast,
                      data.temporal_twins(test_names), desc=f"{title} ({views})")
-        print(f"{title} ({views}, {len(samples)} videos): {format_metrics(m)}  (chance {100 / len(test_names):.1f}%)")
-        with open(metrics_file, "a") as f:
-            f.write(json.dumps(dict(test=title, protocol=args.protocol, seed=seed, views=views, **m)) + "\n")
+        print(f"{title} ({views}, {len(samples)} videos): {format_metrics(m)}")
+        record = dict(test=title, protocol=args.protocol, views=views, weights=weights, **m)
+        if args.shots:
+            record["shot_seed"] = seed
+        append_metrics(metrics_file, record)
         results[title] = m
     return results
 
 
-def train(args, model, samples, names, val_loader, val_names, device, autocast, dtype, out, metrics_file):
+def train(args, model, samples, names, val, device, autocast, dtype, out, metrics_file):
+    """Train in `out`: after each epoch the checkpoint, then its line in metrics.jsonl (the checkpoint first, so
+    a kill between the two loses a line that the resumed run writes again, and never writes one twice)."""
+    val_title, val_samples, val_names = val
+    val_loader = make_loader(args, device, val_samples) if args.val_every else None
     train_loader = make_loader(args, device, samples, train=True, with_index=getattr(model, "needs_paths", False))
     if args.accum_steps is None:
         args.accum_steps = max(1, args.batch_size // args.step_batch)
     print(f"batch {args.step_batch} x {args.accum_steps} accumulation (recipe {args.batch_size}), chance "
-          f"{100 / len(names):.1f}%")
+          f"{100 / len(names):.1f}%" + (f"; val: 1 view of the {len(val_samples)} {val_title} videos " + (
+              f"every {args.val_every} epochs and after the last" if args.val_every > 1 else "after every epoch")
+              if args.val_every else "; no val, only the final test"))
     steps_per_epoch = len(train_loader) // args.accum_steps
     if args.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, args.steps_per_epoch)
@@ -597,18 +650,18 @@ def train(args, model, samples, names, val_loader, val_names, device, autocast, 
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     start_epoch, best = 0, 0.0
 
-    resume = os.path.join(out, "last.pt") if args.resume == "auto" else args.resume
-    if resume:
-        if not os.path.isfile(resume):
-            raise SystemExit(f"--resume: no checkpoint at {resume}; start without --resume")
-        state = torch.load(resume, map_location="cpu", weights_only=False)
+    checkpoint = os.path.join(out, "last.pt")
+    if args.run and os.path.isfile(checkpoint):   # resuming (a shot seed the run had not reached starts afresh)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         start_epoch, best = state["epoch"], state["best"]
-        print(f"resumed {resume} after epoch {start_epoch}")
+        trim_metrics(metrics_file, start_epoch)
+        print(f"resumed {checkpoint} after epoch {start_epoch}" + (" (all its epochs were done: testing it)"
+                                                                  if start_epoch >= args.epochs else ""))
     step_fn = getattr(model, "train_step", None) or (lambda *a: default_train_step(model, *a))
     accum = args.accum_steps
 
@@ -618,8 +671,8 @@ def train(args, model, samples, names, val_loader, val_names, device, autocast, 
     for epoch in range(start_epoch, args.epochs):
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", dynamic_ncols=True)
-        tic, seen, loss_sum, micro = time.perf_counter(), 0, torch.zeros((), device=device), 0
+        bar = progress(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}")
+        tic, seen, loss_sum, micro, steps = time.perf_counter(), 0, torch.zeros((), device=device), 0, 0
         for video, label, *index in train_loader:
             video, label = video.to(device, non_blocking=True), label.to(device, non_blocking=True)
             target = soft_targets(label, len(names), args.smoothing)
@@ -636,34 +689,227 @@ def train(args, model, samples, names, val_loader, val_names, device, autocast, 
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss_sum.item() / micro:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                            clips_s=f"{seen / (time.perf_counter() - tic):.1f}")
-            if bar.n >= steps_per_epoch:
+            steps += 1
+            if not bar.disable:
+                bar.update()
+                bar.set_postfix(loss=f"{loss_sum.item() / micro:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                                clips_s=f"{seen / (time.perf_counter() - tic):.1f}")
+            if steps >= steps_per_epoch:
                 break
         bar.close()
         if hasattr(model, "on_epoch_end"):
             model.on_epoch_end(epoch, args.epochs)
-        model.set_classes(val_names)
-        val = evaluate(model, val_loader, device, autocast, data.temporal_twins(val_names))
-        model.set_classes(names)
-        best = max(best, val["top1"])
-        line = dict(epoch=epoch + 1, loss=loss_sum.item() / max(micro, 1), lr=scheduler.get_last_lr()[0],
-                    seconds=time.perf_counter() - tic, **val)
-        print(f"epoch {epoch + 1}/{args.epochs}  loss {line['loss']:.3f}  val {format_metrics(val)}  "
-              f"({line['seconds']:.0f}s)")
-        with open(metrics_file, "a") as f:
-            f.write(json.dumps(line) + "\n")
-        save_checkpoint(os.path.join(out, "last.pt"), dict(
+        line = dict(epoch=epoch + 1, loss=loss_sum.item() / max(micro, 1), lr=scheduler.get_last_lr()[0])
+        shown = ""
+        if args.val_every and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs):
+            model.set_classes(val_names)
+            line["val"] = evaluate(model, val_loader, device, autocast, data.temporal_twins(val_names))
+            model.set_classes(names)
+            best = max(best, line["val"]["top1"])
+            shown = f"  val {format_metrics(line['val'])}"
+        line.update(seconds=time.perf_counter() - tic, clips_per_s=seen / (time.perf_counter() - tic))
+        print(f"epoch {epoch + 1}/{args.epochs}  loss {line['loss']:.3f}{shown}  ({line['seconds']:.0f}s, "
+              f"{line['clips_per_s']:.0f} clips/s)", flush=True)
+        save_checkpoint(checkpoint, dict(
             model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
             scaler=scaler.state_dict(), epoch=epoch + 1, best=best, rng=rng_state(), classes=names,
-            args={k: v for k, v in vars(args).items() if k != "recipe_values"}))
+            args=saved_args(args)))
+        append_metrics(metrics_file, line)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Run folders: every run writes into a folder of its own, and a later run never replaces an earlier one
+# ---------------------------------------------------------------------------------------------------------
+
+RUNS = "runs"
+# What --resume takes from this command line rather than from the run it continues.
+RUN_CONTROL = ("resume", "eval_only", "overwrite", "out", "explicit", "run", "argv")
+
+
+def saved_args(args):
+    """The resolved settings, as config.json and the checkpoints keep them."""
+    return {k: v for k, v in vars(args).items() if k not in ("recipe_values", "explicit")}
+
+
+def append_metrics(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path):
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def trim_metrics(path, epoch):
+    """Cut a resumed run's metrics.jsonl back to the epochs its checkpoint holds (a kill may have come between
+    a checkpoint and its line, or after later epochs' lines of an older checkpoint; tests are rerun)."""
+    kept = [r for r in read_metrics(path) if r.get("epoch", epoch + 1) <= epoch]
+    with open(f"{path}.tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(f"{path}.tmp", path)
+
+
+def seed_folder(folder, seed, args):
+    """A run over several shot seeds keeps one checkpoint and metrics file per seed, in folder/seedN."""
+    return os.path.join(folder, f"seed{seed}") if len(args.shot_seeds) > 1 else folder
+
+
+def checkpoints(folder):
+    return sorted(glob.glob(os.path.join(folder, "last.pt")) + glob.glob(os.path.join(folder, "seed*", "last.pt")))
+
+
+def read_config(folder):
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def new_folder(stem):
+    """stem, else stem-2, stem-3, ...: the first name not taken, created at once (two runs started together
+    still get a folder each)."""
+    for n in itertools.count(1):
+        path = stem if n == 1 else f"{stem}-{n}"
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            continue
+
+
+def latest_run(method, protocol):
+    """The training run of this method and protocol under runs/ that started last, or None."""
+    found = [(c["started"], folder) for folder in glob.glob(os.path.join(RUNS, "*"))
+             if (c := read_config(folder)) and c.get("method") == method and c.get("protocol") == protocol
+             and not c.get("eval_only") and "started" in c]
+    return max(found)[1] if found else None
+
+
+def place_run(args):
+    """Decide where this run writes (args.out) and which run it continues or tests (args.run), and write
+    config.json. A resumed run takes its own settings back, except the flags given on this command line."""
+    if args.resume:
+        if args.resume == "auto":
+            folder = args.out or latest_run(args.method, args.protocol)
+            if folder is None:
+                raise SystemExit(f"--resume: no {args.method} {args.protocol} run in {RUNS}/ to continue; start one "
+                                 f"without --resume, or name its folder: --resume {RUNS}/NAME")
+        else:
+            folder = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
+            if re.fullmatch(r"seed\d+", os.path.basename(folder)) and read_config(os.path.dirname(folder)):
+                folder = os.path.dirname(folder)   # a shot seed's checkpoint: the run is the folder above
+        if not checkpoints(folder):
+            raise SystemExit(f"--resume: {folder} holds no checkpoint (last.pt); start without --resume")
+        saved = read_config(folder) or read_checkpoint(checkpoints(folder)[0])["args"]
+        if saved.get("method") != args.method:
+            raise SystemExit(f"--resume: {folder} is a run of --method {saved.get('method')}; add --method "
+                             f"{saved.get('method')}")
+        for key, value in saved.items():
+            if key in vars(args) and key not in args.explicit and key not in RUN_CONTROL:
+                setattr(args, key, value)
+        args.run = folder
+        if not args.eval_only:
+            args.out = folder
+            print(f"continuing {folder}" + (" (the latest " + f"{args.method} {args.protocol} run)"
+                                            if args.resume == "auto" and "out" not in args.explicit else ""))
+            return   # main() updates its config.json once it knows the run has something left to do
+    if args.out:
+        held = [os.path.join(args.out, f) for f in ("config.json", "metrics.jsonl") if os.path.exists(
+            os.path.join(args.out, f))] + checkpoints(args.out)
+        training_run = (read_config(args.out) or {}).get("eval_only") is False or checkpoints(args.out)
+        if held and args.eval_only and training_run:
+            raise SystemExit(f"--out {args.out} holds a training run, which an --eval-only run never writes into; "
+                             f"leave out --out (a new {RUNS}/{args.method}-{args.protocol}-eval folder) or name another")
+        if held and not args.overwrite:
+            raise SystemExit(f"--out {args.out} holds another run ({held[0]}); choose a new folder, continue it with "
+                             f"--resume {args.out}, or replace it with --overwrite")
+        for path in held:
+            os.remove(path)
+        for path in glob.glob(os.path.join(args.out, "seed*")):
+            shutil.rmtree(path)
+        os.makedirs(args.out, exist_ok=True)
+    else:
+        args.out = new_folder(os.path.join(RUNS, f"{args.method}-{args.protocol}" + ("-eval" if args.eval_only else "")))
+    write_config(args, started=datetime.datetime.now().isoformat(timespec="microseconds"))
+
+
+def write_config(args, **extra):
+    """config.json: every setting of the run as resolved (flags, recipe, EMBEDDED), the command that started
+    it and those that resumed it, the versions."""
+    old = read_config(args.out) or {}
+    command = " ".join(["python train.py", *map(shlex.quote, args.argv)])
+    config = {**old, **saved_args(args), **extra,
+              "versions": dict(python=sys.version.split()[0], torch=torch.__version__,
+                               open_clip=importlib.metadata.version("open_clip_torch"))}
+    if "command" in old:
+        config["resumed"] = old.get("resumed", []) + [command]
+    else:
+        config["command"] = command
+    with open(os.path.join(args.out, "config.json.tmp"), "w") as f:
+        json.dump(config, f, indent=2, default=str)
+    os.replace(os.path.join(args.out, "config.json.tmp"), os.path.join(args.out, "config.json"))
+
+
+def headline(results, args):
+    """(figures, one line) of a finished run: the protocol's summary, or its one test's figures."""
+    figures, line = summarise(args.protocol, results)
+    if line is None:
+        (title, ms), = results.items()
+        figures = {k: statistics.fmean(m[k] for m in ms) for k in ms[0] if isinstance(ms[0][k], (int, float))}
+        line = f"{title} {format_metrics(figures)}"
+    return figures, line
+
+
+def compare(argv):
+    """--method all: every method in turn with the same flags, each in a run folder of its own, then one table
+    of their results and of the CPU time each took (this process and its decoding workers, user + system)."""
+    def cpu_seconds():
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    rows = ["| method | top-1 | twins | CPU-s | wall |", "|---|---|---|---|---|"]
+    protocol = get_args(argv)[0].protocol
+    for name in METHODS:
+        sub = [name if a == "all" else a.replace("--method=all", f"--method={name}") for a in argv]
+        cpu, wall = cpu_seconds(), time.perf_counter()
+        results = main(sub)
+        gc.collect()   # the DataLoader workers are joined, so that their CPU time is counted
+        cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
+        figures, line = headline(results, argparse.Namespace(protocol=protocol)) if results else ({}, "finished")
+        cell = [f"{figures[k]:.1f} ± {figures[k + '_se']:.1f}" if k + "_se" in figures else "" for k in ("top1", "twins")]
+        rows.append(f"| {name} | {cell[0] or line} | {cell[1]} | {cpu:.0f} | {wall / 60:.0f} min {wall % 60:02.0f} s |")
+        print()
+    print("\n".join(rows))
+    return rows
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--method")
+    if first.parse_known_args(argv)[0].method == "all":
+        return compare(argv)
     args, method = get_args(argv)
     if args.predict or args.benchmark is not None:
-        return run(args, method, None, args.out)
+        return run(args, method, None, None)
+    place_run(args)
+    top = os.path.join(args.out, "metrics.jsonl")
+    if args.run and not args.eval_only:
+        # The result line is written once every shot seed is trained and tested: with it, the run is finished.
+        result = [r["result"] for r in read_metrics(top) if "result" in r]
+        if result and all(torch.load(p, map_location="cpu", weights_only=False)["epoch"] >= args.epochs
+                          for p in checkpoints(args.out)):
+            print(f"{args.out} is finished ({args.epochs} epochs): {result[-1]}. Nothing to train: test it again "
+                  f"with --eval-only --resume {args.out} (into a folder of its own), or train on with --resume "
+                  f"{args.out} --epochs N")
+            return None
+        if len(args.shot_seeds) > 1:   # each seed's own file is cut back as the seed resumes
+            trim_metrics(top, 0)
+        write_config(args)
     if args.embedded:   # the synthetic set; zero-shot trains on 8 of its classes and tests on the 4 held out
         paths = data.make_synthetic(args.embedded_dir)
         keys = ("seen_train", "unseen_val", "seen", "unseen") if args.protocol == "zero-shot" else \
@@ -672,16 +918,27 @@ def main(argv=None):
         args.data_root = paths["root"]
     results = {}
     for seed in args.shot_seeds:
-        out = os.path.join(args.out, f"seed{seed}") if len(args.shot_seeds) > 1 else args.out
-        for title, m in run(args, method, seed, out).items():
+        for title, m in run(args, method, seed, seed_folder(args.out, seed, args)).items():
             results.setdefault(title, []).append(m)
-    figures, line = summarise(args.protocol, results)
-    if line:
+    figures, line = headline(results, args)
+    record = dict(result=line, protocol=args.protocol, **figures)
+    if len(args.shot_seeds) > 1 or len(results) > 1:
         print(f"{args.protocol}: {line}")
-        with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(dict(summary=args.protocol, **figures)) + "\n")
+        record["summary"] = args.protocol
+    append_metrics(top, record)
+    where = [("run folder", args.out), ("settings", os.path.join(args.out, "config.json")),
+             ("metrics", top + " (one line per epoch, then the tests and the result)")]
+    if args.eval_only:
+        where.append(("tested", ", ".join(checkpoints(args.run)) if args.run else args.weights or
+                      f"the CLIP as pretrained ({args.pretrained or 'none'}), no video training"))
+    else:
+        where.append(("checkpoint", ", ".join(checkpoints(args.out))))
+    if args.embedded:
+        where.append(("videos", f"{args.data_root} (generated once, reused)"))
+    if args.pretrained == "synthetic":
+        where.append(("CLIP", f"{common.synthetic_path(args.model)} (pretrained once, reused)"))
+    for key, value in where + [("result", line)]:
+        print(f"{key:11s} {value}")
     return results
-
-
 if __name__ == "__main__":
     main()
