@@ -98,11 +98,11 @@ RECIPE = dict(
 # Chosen when the embedded demo trained a random-initialised tiny CLIP (now --pretrained none), whose theta0 is
 # noise, not knowledge to keep: interpolating towards it at test time only undoes learning (lambda 0), and IWO has nothing to
 # preserve while it doubles the cost of every step (the demo must stay within minutes; with --iwo-alpha 0.6
-# it reached the same accuracy, within noise). The weights of the last quarter of the 40 epochs (31..40) are
+# it reached the same accuracy, within noise). The weights of the last quarter of the 20 epochs (16..20) are
 # averaged: those of early epochs are far from the end when training from scratch. The tests exercise IWO
 # and the interpolation. From the synthetic-pretrained default, theta0 does know shapes, and the paper's
 # --iwo-alpha 0.6 --interp-lambda 0.5 is the setting to try; these defaults were not re-measured for it.
-EMBEDDED = dict(iwo_alpha=0.0, interp_lambda=0.0, swa_start=31)
+EMBEDDED = dict(iwo_alpha=0.0, interp_lambda=0.0, swa_start=16)
 
 
 def add_args(parser):

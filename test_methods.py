@@ -1052,6 +1052,27 @@ def test_cli_resume_cuts_the_metrics_back_to_the_checkpoint(tmp_path, capsys):
     assert [("test" in r, "result" in r) for r in lines[2:]] == [(True, False), (False, True)]
 
 
+def test_same_command_same_numbers_first_run_included(tmp_path, monkeypatch):
+    """Two first runs in two fresh folders: each generates its videos, pretrains the stand-in CLIP and trains
+    with decoding workers. The videos are the same bytes, and every figure of the two runs is equal."""
+    import functools
+    monkeypatch.setattr(common, "synthetic_clip", functools.partial(common.synthetic_clip, steps=4, batch=32))
+    runs = []
+    for copy in ("a", "b"):
+        (tmp_path / copy).mkdir()
+        monkeypatch.chdir(tmp_path / copy)
+        paths = data.make_synthetic("set", train_per_class=4, val_per_class=2, T=12)
+        videos = {name: open(os.path.join(paths["root"], "videos", name), "rb").read()
+                  for name in os.listdir(os.path.join(paths["root"], "videos"))}
+        train.main(tiny_run_args(paths, "--pretrained", "synthetic", "--epochs", "2", "--workers", "2",
+                                 "--batch-size", "8", "--out", "run"))
+        drop = ("seconds", "clips_per_s")
+        runs.append((videos, [{k: v for k, v in r.items() if k not in drop}
+                              for r in train.read_metrics(os.path.join("run", "metrics.jsonl"))]))
+    assert runs[0][0] == runs[1][0]
+    assert len(runs[0][1]) == 4 and runs[0][1] == runs[1][1]
+
+
 def test_cli_predict(tmp_path, capsys):
     paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
     out = str(tmp_path / "run")
