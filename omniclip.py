@@ -96,10 +96,9 @@ VARIANTS = {
     "zero-shot": dict(frames=32, lr=8e-6, epochs=10, batch_size=256, test_clips=1, test_crops=1),
 }
 
-# The embedded demo trains only the new modules of a frozen tiny CLIP, so their LR is the one that matters:
-# train.py's 1e-3 x 3. The recipe's 10x (1e-2) also works but learns worse (test top-1 / twins 41.7 / 74.2,
-# against 45.8 / 75.0 at 3e-3; 40 epochs, seed 0; measured on a random frozen CLIP, --pretrained none).
-EMBEDDED = dict(new_lr_scale=3.0)
+# The embedded demo trains only the new modules of a frozen tiny CLIP, so their LR is the one that matters, and
+# it keeps the recipe's 10x (train.py's 1e-3 x 10). From the synthetic-pretrained CLIP, 20 epochs, seed 0, test
+# top-1 / twins: 91.0 / 92.9 at 10x, 75.5 / 78.1 at 6x, 69.0 / 72.6 at 3x (3x had looked best from a random CLIP).
 
 
 def _bool(text):

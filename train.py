@@ -609,8 +609,8 @@ def run(args, method, seed, out):
     metrics_file = os.path.join(out, "metrics.jsonl")
     if args.eval_only:
         print(f"testing {tested}" if tested else f"testing the CLIP as pretrained ({args.pretrained or 'random weights'})"
-              f" with {args.method}'s new modules at their initialisation: no video training (give --weights or "
-              f"--resume RUN to test a trained model)")
+              f", and whatever {args.method} adds to it at its initialisation: no video training (give --weights "
+              f"or --resume RUN to test a trained model)")
         weights = tested or f"pretrained {args.pretrained or 'none'}, no video training"
     else:
         train(args, model, train_samples, names, tests[0], device, autocast, dtype, out, metrics_file)
@@ -878,18 +878,23 @@ def compare(argv):
         t = os.times()
         return t.user + t.system + t.children_user + t.children_system
 
-    rows = ["| method | top-1 | twins | CPU-s | wall |", "|---|---|---|---|---|"]
-    protocol = get_args(argv)[0].protocol
+    def clock(seconds):
+        return f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+
+    rows = ["| method | test top-1 | twins | CPU-s | wall |", "|---|---|---|---|---|"]
+    protocol, start = get_args(argv)[0].protocol, (cpu_seconds(), time.perf_counter())
     for name in METHODS:
-        sub = [name if a == "all" else a.replace("--method=all", f"--method={name}") for a in argv]
+        sub = [f"--method={name}" if a == "--method=all" else name if k and argv[k - 1] == "--method" else a
+               for k, a in enumerate(argv)]
         cpu, wall = cpu_seconds(), time.perf_counter()
         results = main(sub)
         gc.collect()   # the DataLoader workers are joined, so that their CPU time is counted
         cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
         figures, line = headline(results, argparse.Namespace(protocol=protocol)) if results else ({}, "finished")
         cell = [f"{figures[k]:.1f} ± {figures[k + '_se']:.1f}" if k + "_se" in figures else "" for k in ("top1", "twins")]
-        rows.append(f"| {name} | {cell[0] or line} | {cell[1]} | {cpu:.0f} | {wall / 60:.0f} min {wall % 60:02.0f} s |")
+        rows.append(f"| {name} | {cell[0] or line} | {cell[1]} | {cpu:.0f} | {clock(wall)} |")
         print()
+    rows.append(f"| all four | | | {cpu_seconds() - start[0]:.0f} | {clock(time.perf_counter() - start[1])} |")
     print("\n".join(rows))
     return rows
 
