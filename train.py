@@ -1,13 +1,17 @@
 """Train, evaluate, predict and benchmark any method of this repository on one GPU (or a CPU).
 
-    python train.py --method vificlip                     # embedded synthetic videos, tiny CLIP, a few minutes on a CPU
+    python train.py --method vificlip                     # embedded synthetic videos, tiny CLIP, 2 minutes on a CPU
+    python train.py --method all                          # the four methods, then a table of their results
     python train.py --method xclip --model ViT-B-16 --pretrained openai \\
         --train-list k400/train.txt --val-list k400/val.txt --data-root k400/videos --classes k400/classes.csv
-    python train.py --method vificlip --resume            # continue runs/vificlip/last.pt
-    python train.py --method vificlip --eval-only --weights runs/vificlip/last.pt
-    python train.py --method vificlip --weights runs/vificlip/last.pt --predict clip.mp4 --classes "a,b,c"
+    python train.py --method vificlip --resume            # continue the latest runs/vificlip-supervised[-N]
+    python train.py --method vificlip --eval-only --resume runs/vificlip-supervised   # test it again
+    python train.py --method vificlip --weights runs/vificlip-supervised/last.pt --predict clip.mp4 --classes "a,b,c"
     python train.py --method vificlip --benchmark --model ViT-B-16
     python train.py --method xclip --protocol zero-shot                  # also few-shot --shots K, base2novel
+
+Each run writes into a folder of its own (runs/METHOD-PROTOCOL, then -2, -3, ...): config.json with every
+setting as resolved, metrics.jsonl, last.pt. Nothing a run writes replaces another run's files.
 
 Every method file exposes RECIPE, Model (set_classes, forward, param_groups) and build(clip, args); this
 file never looks inside one. Defaults come from the method's RECIPE (and a VARIANT of it with --recipe);
