@@ -55,6 +55,11 @@ class VideoError(RuntimeError):
     """A video that cannot be opened or decoded. The message always starts with the video's path."""
 
 
+class DataError(ValueError):
+    """A list, class file or annotation file that cannot be used as it is. The message starts with the file
+    (and its line), names the offending value and says what to fix; train.py prints it as one line."""
+
+
 def _open(path):
     try:
         container = av.open(str(path))
@@ -260,37 +265,49 @@ class TestTransform:
 
 def read_list(list_file):
     """Lines "path label" -> [(path, label)]. Paths may hold spaces; blank lines and '#' comments are skipped."""
+    return [(path, label) for _, path, label in _list_lines(list_file)]
+
+
+def _list_lines(list_file):
+    """[(line number, path, label)] of a "path label" list. A byte-order mark (Windows editors save one) and
+    Windows line ends are read as nothing; an empty list is refused naming its file."""
     samples = []
-    with open(list_file, encoding="utf-8") as f:
+    with open(list_file, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
             parts = line.rsplit(maxsplit=1)
             if len(parts) != 2 or not parts[1].isdecimal():
-                raise ValueError(f"{list_file}:{n}: expected 'relative/path.mp4 label' with label an integer "
-                                 f"class id >= 0, got {line!r}; fix or remove the line")
-            samples.append((parts[0], int(parts[1])))
+                raise DataError(f"{list_file}:{n}: expected 'relative/path.mp4 label' with label an integer "
+                                f"class id >= 0, got {line!r}; fix or remove the line")
+            samples.append((n, parts[0], int(parts[1])))
+    if not samples:
+        raise DataError(f"{list_file}: lists no videos; expected one 'relative/path.mp4 label' line per video")
     return samples
 
 
 def load_classes(csv_file):
-    """An "id,name" CSV (optional header "id,name"; names may hold commas) -> names ordered by id 0..C-1."""
+    """An "id,name" CSV (optional header "id,name") -> names ordered by id 0..C-1. Read by the csv module's
+    rules, as spreadsheets write it: a name holding a comma is quoted ("3,\"push, pull\""), quotes inside
+    doubled; an unquoted name may hold commas too (everything after the first). A byte-order mark is skipped."""
     names = {}
-    with open(csv_file, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or (n == 1 and line.replace(" ", "").lower() == "id,name"):
+    with open(csv_file, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        for row in reader:
+            n, line = f"{csv_file}:{reader.line_num}", ",".join(row)
+            if not "".join(row).strip() or (not names and [c.strip().lower() for c in row] == ["id", "name"]):
                 continue
-            id_, _, name = line.partition(",")
-            if not id_.strip().isdecimal() or not name.strip():
-                raise ValueError(f"{csv_file}:{n}: expected 'id,name' with id an integer >= 0, got {line!r}")
+            id_, name = row[0].strip(), ",".join(row[1:]).strip()
+            if not id_.isdecimal() or not name:
+                raise DataError(f"{n}: expected 'id,name' with id an integer >= 0, got {line!r}; fix the line")
             if int(id_) in names:
-                raise ValueError(f"{csv_file}:{n}: class id {int(id_)} appears a second time; ids must be unique")
-            names[int(id_)] = name.strip()
+                raise DataError(f"{n}: class id {int(id_)} appears a second time; ids must be unique")
+            names[int(id_)] = name
     if not names or max(names) != len(names) - 1:
-        raise ValueError(f"{csv_file}: class ids must run 0..C-1 without gaps; found {len(names)} ids, the largest "
-                         f"{max(names, default=None)}")
+        missing = min(set(range(max(names, default=-1) + 1)) - set(names), default=0)
+        raise DataError(f"{csv_file}: class ids must run 0..C-1 without gaps; found {len(names)} ids, the largest "
+                        f"{max(names, default=None)}" + (f", no id {missing}" if names else "; the file is empty"))
     return [names[i] for i in range(len(names))]
 
 
@@ -485,9 +502,12 @@ def read_dataset(path, root="", split=1, train=True, classes=None):
     if kind == "kinetics":
         return _kinetics(path, root, classes)  # maps by name itself, to name the line of an unknown label
     if kind == "list":
-        samples = [(os.path.join(root, video), label) for video, label in read_list(path)]
-        if classes is not None and any(label >= len(classes) for _, label in samples):
-            raise ValueError(f"{path}: has labels >= {len(classes)}, the number of classes given; fix the list")
+        lines = _list_lines(path)
+        for n, _, label in lines:
+            if classes is not None and label >= len(classes):
+                raise DataError(f"{path}:{n}: label {label} is no class id: {len(classes)} classes are given (ids "
+                                f"0..{len(classes) - 1}); fix the line, or give the class file that goes with the list")
+        samples = [(os.path.join(root, video), label) for _, video, label in lines]
         return samples, None if classes is None else list(classes)
     samples, names = (_ucf101(path, root) if kind == "ucf101" else _ssv2(path, root) if kind == "ssv2"
                       else _hmdb51(path, root, split, train))
@@ -499,6 +519,19 @@ def read_dataset(path, root="", split=1, train=True, classes=None):
         raise ValueError(f"{path}: {len(unknown)} of its classes are not among the {len(classes)} given, e.g. "
                          f"{unknown[0]!r}; give classes that include them, or none")
     return [(video, ids[names[label]]) for video, label in samples], list(classes)
+
+
+def check_videos(path, root, samples):
+    """Refuse, before any training, samples of the annotation file `path` whose video is not on disk: the
+    message names the file, the line of a plain list, the first missing video and how many are missing."""
+    missing = [video for video, _ in samples if not os.path.isfile(video)]
+    if not missing:
+        return
+    where = path
+    if dataset_format(path) == "list":
+        where += next(f":{n}" for n, video, _ in _list_lines(path) if os.path.join(root, video) == missing[0])
+    raise DataError(f"{where}: no video at {missing[0]} ({len(missing)} of the {len(samples)} listed are missing); "
+                    f"check the root folder ({root or '.'}: --data-root, --val-root) or the list")
 
 
 def camel_words(name):

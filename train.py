@@ -33,6 +33,7 @@ import itertools
 import json
 import math
 import os
+import pickle
 import random
 import re
 import shlex
@@ -40,6 +41,7 @@ import shutil
 import statistics
 import sys
 import time
+import zipfile
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +80,15 @@ STATS = {"imagenet": (data.IMAGENET_MEAN, data.IMAGENET_STD), "clip": (data.CLIP
 # ---------------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------------
+
+def at_least(low):
+    """An argparse type: an integer >= low (argparse then refuses --frames 0 in one line, naming the flag)."""
+    def parse(text):
+        if not text.lstrip("-").isdecimal() or int(text) < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return int(text)
+    return parse
+
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,21 +135,21 @@ def get_args(argv=None):
     g.add_argument("--class-words", action=argparse.BooleanOptionalAction, help="turn CamelCase names into words "
                    "(UCF101's ApplyEyeMakeup -> Apply Eye Makeup), as Open-VCLIP does; default from the recipe")
     g.add_argument("--embedded-dir", default="data/embedded", help="where the synthetic set is generated (once)")
-    g.add_argument("--frames", type=int, help="frames per clip (T); more frames cost time linearly")
+    g.add_argument("--frames", type=at_least(1), help="frames per clip (T); more frames cost time linearly")
     g.add_argument("--sampling", choices=["segment", "dense"], help="segment: one frame per equal part (TSN); "
                                                                      "dense: consecutive frames at --stride")
-    g.add_argument("--stride", type=int, help="frame stride of dense sampling")
-    g.add_argument("--size", type=int, help="input side in pixels; default: the CLIP's own")
-    g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+    g.add_argument("--stride", type=at_least(1), help="frame stride of dense sampling")
+    g.add_argument("--size", type=at_least(8), help="input side in pixels; default: the CLIP's own")
+    g.add_argument("--workers", type=at_least(0), default=min(8, os.cpu_count() or 1),
                    help="decoding processes; raise if the GPU waits on data (low clips/s, low GPU use)")
-    g.add_argument("--threads", type=int, help="CPU threads of the model's operations in the main process (0: "
+    g.add_argument("--threads", type=at_least(0), help="CPU threads of the model's operations in the main process (0: "
                    "PyTorch's default, one per core); 1 suits small models beside decoding workers")
 
     g = p.add_argument_group("optimisation (defaults: the method's RECIPE)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int, dest="step_batch",
+    g.add_argument("--epochs", type=at_least(1))
+    g.add_argument("--batch-size", type=at_least(1), dest="step_batch",
                    help="videos per forward pass (default 8); lower it and raise --accum-steps if you run out of memory")
-    g.add_argument("--accum-steps", type=int, help="forward passes per optimizer step; default: enough to reach "
+    g.add_argument("--accum-steps", type=at_least(1), help="forward passes per optimizer step; default: enough to reach "
                                                    "the recipe's effective batch (its batch_size)")
     g.add_argument("--lr", type=float, help="peak learning rate (after warm-up); the recipe's is for its batch size")
     g.add_argument("--weight-decay", type=float)
@@ -147,12 +158,12 @@ def get_args(argv=None):
     g.add_argument("--mixup", type=float, help="mixup Beta alpha (0: off)")
     g.add_argument("--cutmix", type=float, help="cutmix Beta alpha (0: off)")
     g.add_argument("--smoothing", type=float, help="label smoothing")
-    g.add_argument("--steps-per-epoch", type=int, help="cap the optimizer steps per epoch (quick checks)")
-    g.add_argument("--val-every", type=int, help="validate (1 view per test video) every N epochs; 0: only the "
+    g.add_argument("--steps-per-epoch", type=at_least(1), help="cap the optimizer steps per epoch (quick checks)")
+    g.add_argument("--val-every", type=at_least(0), help="validate (1 view per test video) every N epochs; 0: only the "
                    "final test. Raise it when the test set is large next to the training set")
 
     g = p.add_argument_group("protocols (see --protocol)")
-    g.add_argument("--shots", type=int, help="videos per class drawn from the training data (few-shot: 2, 4, 8 or "
+    g.add_argument("--shots", type=at_least(1), help="videos per class drawn from the training data (few-shot: 2, 4, 8 or "
                                              "16; base2novel default 16)")
     g.add_argument("--shot-seeds", type=int, nargs="+", help="one training run per draw of --shots videos, "
                    "figures averaged (default 1; base2novel 1 2 3)")
@@ -164,7 +175,7 @@ def get_args(argv=None):
                    'test classes, given as "id,name" CSVs or drawn from --seed as e.g. 3x160 (the K600 protocol)')
 
     g = p.add_argument_group("evaluation and modes")
-    g.add_argument("--test-clips", type=int, help="temporal clips per video in the final test")
+    g.add_argument("--test-clips", type=at_least(1), help="temporal clips per video in the final test")
     g.add_argument("--test-crops", type=int, choices=[1, 3], help="spatial crops per clip in the final test")
     g.add_argument("--eval-only", action="store_true", help="only run the final test (with --weights or --resume)")
     g.add_argument("--predict", metavar="VIDEO", help="print the most likely classes of one video and exit")
@@ -349,11 +360,33 @@ def progress(iterable=None, **kwargs):
 
 
 def save_checkpoint(path, state):
-    """torch.save to a temporary file, then an atomic rename: a crash never leaves a half-written checkpoint."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    """torch.save to a temporary file, then an atomic rename: a crash never leaves a half-written checkpoint.
+    A failed write (a full disk) removes the temporary file, leaves the previous checkpoint as it was, and
+    stops the run saying how much room a checkpoint needs."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:   # torch reports a full disk as "... unexpected pos ..."
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        need, free = tensor_bytes(state) / 2**20, shutil.disk_usage(folder).free / 2**20
+        raise SystemExit(f"no space left on {folder}: need about {need:.0f} MB for {os.path.basename(path)}, "
+                         f"{free:.0f} MB free ({str(e).strip().splitlines()[0]}). The previous checkpoint is as it "
+                         f"was: free some space and --resume, or move the run folder elsewhere") from None
+
+
+def tensor_bytes(obj):
+    """The bytes of every tensor in a nested state (what a checkpoint of it holds, give or take a little)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def rng_state():
@@ -374,10 +407,20 @@ def read_checkpoint(path):
     if not os.path.isfile(path):
         raise SystemExit(f"--weights: no file at {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:   # an official checkpoint whose pickled config needs the official code base
+        ckpt = load_checkpoint(path)
+    except (ModuleNotFoundError, AttributeError):   # an official checkpoint whose pickles need its code base
         return None
     return ckpt if isinstance(ckpt, dict) and "model" in ckpt and "args" in ckpt else None
+
+
+def load_checkpoint(path):
+    """torch.load, with a one-line refusal for a file that is not a whole checkpoint (cut short by a full disk
+    or a kill while it was copied: our own saves are atomic)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        raise SystemExit(f"{path}: not a whole checkpoint ({str(e).strip().splitlines()[0]}); it was cut short "
+                         f"or is no checkpoint at all: take another copy, or start without it") from None
 
 
 def load_weights(model, method, path):
@@ -474,6 +517,7 @@ def read_videos(path, root, split, train, names=None):
     names, or an "id,name" CSV, for a plain list, and maps a Kinetics CSV's labels to the training ids."""
     names = data.load_classes(names) if isinstance(names, str) else names
     samples, names = data.read_dataset(path, root, split=split, train=train, classes=names)
+    data.check_videos(path, root, samples)
     if names is None:
         raise SystemExit(f"{path} is a plain list: give its class names with --classes (--val-classes for a test "
                          f"list with other classes)")
@@ -502,6 +546,9 @@ def protocol_data(args, seed, trained_names=None):
 
     if not args.val_list:
         raise SystemExit("give the test videos with --val-list (any format --train-list takes)")
+    if args.val_classes and args.protocol != "zero-shot":
+        raise SystemExit("--val-classes names a test list's own classes, which only --protocol zero-shot tests on; "
+                         "the other protocols test on the training classes (--classes): leave it out")
     fmt = data.dataset_format(args.val_list)
     has_splits = fmt in ("ucf101", "hmdb51")
     splits = args.split or ([1, 2, 3] if args.protocol == "zero-shot" and has_splits else [1])
@@ -663,7 +710,7 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
 
     checkpoint = os.path.join(out, "last.pt")
     if args.run and os.path.isfile(checkpoint):   # resuming (a shot seed the run had not reached starts afresh)
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = load_checkpoint(checkpoint)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -693,6 +740,11 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
             loss_sum, seen, micro = loss_sum + loss.float(), seen + video.shape[0], micro + 1   # no GPU sync
             if micro % accum:
                 continue
+            if not math.isfinite(loss_sum.item()):   # one sync per optimizer step, not per micro-batch
+                raise SystemExit(
+                    f"epoch {epoch + 1}, step {steps + 1}: the loss is {loss_sum.item() / micro} and training has "
+                    f"diverged. {checkpoint} is the last good checkpoint and is kept: lower --lr (now {args.lr:g})"
+                    f"{' or add --no-amp' if dtype else ''}, then --resume {out}")
             if args.grad_clip:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -860,9 +912,12 @@ def write_config(args, **extra):
         config["resumed"] = old.get("resumed", []) + [command]
     else:
         config["command"] = command
-    with open(os.path.join(args.out, "config.json.tmp"), "w") as f:
-        json.dump(config, f, indent=2, default=str)
-    os.replace(os.path.join(args.out, "config.json.tmp"), os.path.join(args.out, "config.json"))
+    try:   # the first write of a run: a folder it cannot write to stops it now, not after an epoch
+        with open(os.path.join(args.out, "config.json.tmp"), "w") as f:
+            json.dump(config, f, indent=2, default=str)
+        os.replace(os.path.join(args.out, "config.json.tmp"), os.path.join(args.out, "config.json"))
+    except OSError as e:
+        raise SystemExit(f"--out {args.out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
 
 
 def headline(results, args):
@@ -912,13 +967,15 @@ def main(argv=None):
     args, method = get_args(argv)
     if args.predict or args.benchmark is not None:
         return run(args, method, None, None)
-    place_run(args)
+    try:
+        place_run(args)
+    except OSError as e:
+        raise SystemExit(f"cannot make the run's folder: {e}; choose another --out") from None
     top = os.path.join(args.out, "metrics.jsonl")
     if args.run and not args.eval_only:
         # The result line is written once every shot seed is trained and tested: with it, the run is finished.
         result = [r["result"] for r in read_metrics(top) if "result" in r]
-        if result and all(torch.load(p, map_location="cpu", weights_only=False)["epoch"] >= args.epochs
-                          for p in checkpoints(args.out)):
+        if result and all(load_checkpoint(p)["epoch"] >= args.epochs for p in checkpoints(args.out)):
             print(f"{args.out} is finished ({args.epochs} epochs): {result[-1]}. Nothing to train: test it again "
                   f"with --eval-only --resume {args.out} (into a folder of its own), or train on with --resume "
                   f"{args.out} --epochs N")
@@ -929,8 +986,8 @@ def main(argv=None):
     if args.embedded:   # the synthetic set; zero-shot trains on 8 of its classes and tests on the 4 held out
         paths = data.make_synthetic(args.embedded_dir)
         keys = ("seen_train", "unseen_val", "seen", "unseen") if args.protocol == "zero-shot" else \
-            ("train", "val", "classes", "classes")
-        args.train_list, args.val_list, args.classes, args.val_classes = (paths[k] for k in keys)
+            ("train", "val", "classes", None)
+        args.train_list, args.val_list, args.classes, args.val_classes = (paths.get(k) for k in keys)
         args.data_root = paths["root"]
     results = {}
     for seed in args.shot_seeds:
@@ -957,4 +1014,7 @@ def main(argv=None):
         print(f"{key:11s} {value}")
     return results
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (data.DataError, data.VideoError, FileNotFoundError) as e:   # bad input: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
