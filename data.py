@@ -88,19 +88,29 @@ class _BadTimestamps(Exception):
     """A video's timestamps cannot place its frames: missing, not increasing, a seek that overshoots."""
 
 
+# FFmpeg reports damage it conceals (a broken packet decoded with guessed blocks) only in its log; PyAV
+# forwards the log to Python only from this level on, and _decode captures it per file.
+if av.logging.get_level() is None or av.logging.get_level() < av.logging.ERROR:
+    av.logging.set_level(av.logging.ERROR)
+
+
 def _decode(path, wanted, by_timestamp):
     """Decode the sorted frame numbers `wanted` -> {number: uint8 (H,W,3)}. by_timestamp: a frame's number
     comes from its timestamp, which stays right after a seek, so long gaps are skipped by seeking. Otherwise
-    frames are counted from the start, which is always right but decodes every frame up to the last one wanted."""
-    with _open(path) as container:
+    frames are counted from the start, which is always right but decodes every frame up to the last one wanted.
+
+    Frames come out as a player shows them: the stream's rotation flag (phones record upright video sideways
+    and flag it) is applied, and a video whose size changes midway is brought to its first frame's size.
+    A frame is never returned damaged: FFmpeg conceals broken packets and carries on, so a frame it marks
+    corrupt, or an error it logs, makes every frame from there to the next clean key frame refused with a
+    VideoError naming the file and the frame. (The log arrives a few frames early, B-frames being reordered,
+    so a few clean frames before the damage are refused too: the file is damaged either way.)"""
+    with _open(path) as container, av.logging.Capture(local=False) as logs:
         stream = container.streams.video[0]
-        # Inside a DataLoader worker the workers are the parallelism: one decoding thread each (FFmpeg's own
-        # threads cost 40% more CPU per clip on the embedded set, for no gain in wall time). Elsewhere
-        # (--predict, --workers 0) FFmpeg's frame and slice threads shorten the wait for one video.
-        if torch.utils.data.get_worker_info() is None:
-            stream.thread_type = "AUTO"
-        else:
-            stream.thread_count = 1
+        # One decoding thread: the DataLoader workers are the parallelism (FFmpeg's own frame threads cost 40%
+        # more CPU per clip on the embedded set, for no gain in wall time), and the decoder's error reports then
+        # arrive just before the frame they concern, which is how damage is pinned to a frame below.
+        stream.thread_count = 1
         if by_timestamp and not (stream.average_rate and stream.time_base):
             raise _BadTimestamps
         start = stream.start_time or 0
@@ -109,6 +119,7 @@ def _decode(path, wanted, by_timestamp):
         # One converter for the whole video: frame.to_ndarray(format=...) builds a new one for every frame, which
         # cost 4 times the decoding itself on small videos. The pixels are the same (same swscale settings).
         to_rgb = VideoReformatter()
+        size, damage, reported = None, None, 0   # damage: (frame, what) since the last clean key frame
         for k in wanted:
             if seeking and k - current > SEEK_GAP:
                 container.seek(start + int(k * ticks), stream=stream)  # to the keyframe at or before frame k
@@ -132,7 +143,19 @@ def _decode(path, wanted, by_timestamp):
                 elif number <= current:  # out of order: H.264 with B-frames in AVI, variable frame rate
                     raise _BadTimestamps
                 current = number
-            arrays[k] = to_rgb.reformat(frame, format="rgb24").to_ndarray()  # (H,W,3)
+                errors = [message.strip() for level, _, message in logs[reported:] if level <= av.logging.ERROR]
+                reported = len(logs)
+                if errors or frame.is_corrupt:
+                    damage = damage or (number, errors[0] if errors else "a frame the decoder marks corrupt")
+                elif frame.key_frame:
+                    damage = None   # a clean key frame: what follows no longer depends on the damage
+            if damage:   # the report comes as the frames before the broken one leave the decoder: it is near
+                raise VideoError(f"{path}: frame {k} may be damaged: near frame {damage[0]} the decoder reports "
+                                 f"'{damage[1]}' and conceals it until the next clean key frame; {_FIX}")
+            size = size or (frame.width, frame.height)   # (W, H) of the first frame taken
+            image = to_rgb.reformat(frame, width=size[0], height=size[1], format="rgb24").to_ndarray()  # (H,W,3)
+            turns = round((frame.rotation or 0) / 90) % 4   # quarter turns counterclockwise, as a player shows it
+            arrays[k] = np.rot90(image, turns) if turns else image
     return arrays
 
 
