@@ -339,10 +339,12 @@ class VideoDataset(torch.utils.data.Dataset):
     samples, as read_dataset returns them (paths already joined with the root, so `root` is not used).
     train: (video (T,3,S,S), label), one random clip.
     test:  (video (V,T,3,S,S), label) with V = num_clips * crops views, clip-major, always 5-D even if V = 1.
-    return_index adds the item's index, for a training step that needs the videos' paths (self.samples)."""
+    return_index adds the item's index, for a training step that needs the videos' paths (self.samples).
+    skip_bad: a video that cannot be decoded becomes a Skipped item instead of an error; collate() leaves it
+    out of the batch and hands it on as batch.skipped, for the caller to count and report."""
 
     def __init__(self, list_file, root, num_frames, transform, mode="segment", stride=1, train=False, num_clips=1,
-                 return_index=False):
+                 return_index=False, skip_bad=False):
         if isinstance(list_file, (str, os.PathLike)):
             self.samples = [(os.path.join(root, path), label) for path, label in read_list(list_file)]
             source, hint = list_file, f"check the root folder ({root}) or the list"
@@ -357,13 +359,18 @@ class VideoDataset(torch.utils.data.Dataset):
             raise FileNotFoundError(f"{source}: {len(missing)} of {len(self.samples)} videos are missing, "
                                     f"e.g. {missing[0]}; {hint}")
         self.num_frames, self.transform, self.mode, self.stride = num_frames, transform, mode, stride
-        self.train, self.num_clips, self.return_index = train, num_clips, return_index
+        self.train, self.num_clips, self.return_index, self.skip_bad = train, num_clips, return_index, skip_bad
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, i):
-        video, label = self._load(i)
+        try:
+            video, label = self._load(i)
+        except VideoError as e:
+            if not self.skip_bad:
+                raise
+            return Skipped(self.samples[i][0], str(e))
         return (video, label, i) if self.return_index else (video, label)
 
     def _load(self, i):
@@ -378,6 +385,30 @@ class VideoDataset(torch.utils.data.Dataset):
         views = [self.transform(frames[k * T:(k + 1) * T]) for k in range(self.num_clips)]
         views = [v if v.dim() == 5 else v.unsqueeze(0) for v in views]  # a (T,3,S,S) transform gives one view
         return torch.cat(views), label  # (num_clips*crops,T,3,S,S)
+
+class Skipped(tuple):
+    """(path, reason) of a video VideoDataset(skip_bad=True) could not decode."""
+    def __new__(cls, path, reason):
+        return super().__new__(cls, (path, reason))
+
+
+class Batch(tuple):
+    """A collated batch (video, label[, index]) that also carries .skipped: [(path, reason)] of its videos that
+    could not be decoded. Empty (no tensors) when none of them could."""
+    def __new__(cls, items, skipped=()):
+        batch = super().__new__(cls, items)
+        batch.skipped = list(skipped)
+        return batch
+
+    def __reduce__(self):   # DataLoader workers pickle the batch: keep .skipped
+        return Batch, (tuple(self), self.skipped)
+
+
+def collate(items):
+    """The DataLoader's collate_fn: default_collate over the videos that decoded, the others in .skipped."""
+    kept = [item for item in items if not isinstance(item, Skipped)]
+    return Batch(torch.utils.data.default_collate(kept) if kept else (),
+                 [tuple(item) for item in items if isinstance(item, Skipped)])
 
 # -----------------------------------------------------------------------------
 # standard datasets, read in the formats they are published in (no conversion step)

@@ -13,6 +13,7 @@ import time
 import types
 import warnings
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -496,6 +497,95 @@ def test_bad_inputs_name_the_file(tmp_path):
         data.read_frames(str(corrupt), [0])
     with pytest.raises(data.VideoError, match="missing.mp4"):
         data.read_frames(str(tmp_path / "missing.mp4"), [0])
+
+
+def damaged_copy(good, bad, gop=1):
+    """A copy of the video `good` with 6 bytes flipped in the middle of its key frame number `gop` (0-based):
+    FFmpeg decodes it without an error, concealing the broken blocks, as with a real damaged download."""
+    with av.open(good) as container:
+        keys = [(p.pos, p.size) for p in container.demux(video=0) if p.size and p.is_keyframe]
+    pos, size = keys[gop]
+    content = bytearray(open(good, "rb").read())
+    for i in range(pos + size // 2, pos + size // 2 + 6):
+        content[i] ^= 0x5A
+    open(bad, "wb").write(bytes(content))
+
+
+def test_damaged_frames_are_refused_naming_the_file_and_frame_the_others_come_out_exact(tmp_path):
+    good, bad = str(tmp_path / "good.mp4"), str(tmp_path / "bad.mp4")
+    data.write_video(good, data.render_clip("circle", "moving left", np.random.default_rng(1), T=24))  # keys 0, 8, 16
+    damaged_copy(good, bad, gop=1)
+    frames = data.read_frames(good, range(24))
+    with pytest.raises(data.VideoError, match=r"bad.mp4: frame 9 may be damaged"):
+        data.read_frames(bad, [9])
+    with pytest.raises(data.VideoError, match=r"bad.mp4: frame \d+ may be damaged"):
+        data.read_frames(bad, range(24))
+    assert torch.equal(data.read_frames(bad, [0, 2, 4]), frames[[0, 2, 4]])        # before the damage
+    assert torch.equal(data.read_frames(bad, [16, 20, 23]), frames[[16, 20, 23]])  # after the next clean key frame
+
+
+def test_rotation_flag_is_applied_and_a_size_change_is_brought_to_the_first_size(tmp_path):
+    frame = np.zeros((48, 64, 3), np.uint8)
+    frame[:16, :16] = 255                                           # a white block at the top left
+    for degrees, block in ((90, (slice(-16, None), slice(0, 16))), (-90, (slice(0, 16), slice(-16, None)))):
+        path = str(tmp_path / f"rotated{degrees}.mp4")
+        with av.open(path, "w") as container:
+            stream = container.add_stream("libx264", rate=8, options={"qp": "0"})
+            stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv444p"
+            stream.set_display_rotation(degrees)                    # counterclockwise, as a phone flags it
+            for _ in range(4):
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+        shown = data.read_frames(path, [0, 3])
+        assert shown.shape == (2, 64, 48, 3)                        # upright, as a player shows it
+        assert shown[0][block].float().mean() > 200 and shown[0].float().mean() < 255 * 16 * 16 / (64 * 48) + 20
+
+    # A raw H.264 stream whose size changes midway (two encodings joined): every frame at the first size.
+    parts = []
+    for k, (h, w) in enumerate(((64, 64), (32, 48))):
+        path = str(tmp_path / f"part{k}.h264")
+        with av.open(path, "w", format="h264") as container:
+            stream = container.add_stream("libx264", rate=8, options={"qp": "0"})
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            for _ in range(6):
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((h, w, 3), 100 + 50 * k, np.uint8),
+                                                                       format="rgb24")))
+            container.mux(stream.encode())
+        parts.append(open(path, "rb").read())
+    joined = tmp_path / "joined.h264"
+    joined.write_bytes(b"".join(parts))
+    frames = data.read_frames(str(joined), range(12))
+    assert frames.shape == (12, 64, 64, 3)
+    assert (frames[:6].float().mean() - 100).abs() < 3 and (frames[6:].float().mean() - 150).abs() < 3
+
+
+def test_lists_and_class_files_as_people_write_them(tmp_path):
+    listed = tmp_path / "list.txt"
+    listed.write_bytes("\ufeffa b/clip one.mp4 0\r\n\r\nc.mp4 1\r\n".encode("utf-8"))   # BOM, Windows line ends
+    assert data.read_list(str(listed)) == [("a b/clip one.mp4", 0), ("c.mp4", 1)]
+    classes = tmp_path / "classes.csv"
+    classes.write_bytes('\ufeffid,name\r\n0,"push, then pull"\r\n1,"say ""hi"""\r\n2,plain, unquoted\r\n'.encode())
+    assert data.load_classes(str(classes)) == ["push, then pull", 'say "hi"', "plain, unquoted"]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing yet\n\n")
+    with pytest.raises(data.DataError, match="empty.txt: lists no videos"):
+        data.read_list(str(empty))
+    gap = tmp_path / "gap.csv"
+    gap.write_text("0,a\n2,c\n")
+    with pytest.raises(data.DataError, match="gap.csv: class ids must run 0..C-1 without gaps.*no id 1"):
+        data.load_classes(str(gap))
+    (tmp_path / "a b").mkdir()
+    for name in ("a b/clip one.mp4", "c.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    beyond = tmp_path / "beyond.txt"
+    beyond.write_text("a b/clip one.mp4 0\nc.mp4 7\n")
+    with pytest.raises(data.DataError, match=r"beyond.txt:2: label 7 is no class id: 3 classes"):
+        data.read_dataset(str(beyond), str(tmp_path), classes=["x", "y", "z"])
+    absent = tmp_path / "absent.txt"
+    absent.write_text("c.mp4 0\n\ngone.mp4 1\n")
+    samples, _ = data.read_dataset(str(absent), str(tmp_path), classes=["x", "y"])
+    with pytest.raises(data.DataError, match=r"absent.txt:3: no video at .*gone.mp4 \(1 of the 2 listed are missing\)"):
+        data.check_videos(str(absent), str(tmp_path), samples)
 
 
 def test_temporal_twins_are_the_time_reversed_classes():
@@ -1084,6 +1174,81 @@ def test_cli_method_all_runs_the_four_and_prints_one_table(tmp_path, monkeypatch
         result = train.read_metrics(os.path.join("runs", f"{name}-supervised", "metrics.jsonl"))[-1]
         assert row.split("|")[2].strip() == f"{result['top1']:.1f} ± {result['top1_se']:.1f}"
     assert "\n".join(rows) in capsys.readouterr().out
+
+
+def test_cli_bad_videos_stop_the_run_or_are_left_out_counted_and_listed(tmp_path, capsys):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=24)
+    for split in ("train", "val"):   # one damaged video in each list
+        video = os.path.join(paths["root"], data.read_list(paths[split])[0][0])
+        os.replace(video, video + ".good")
+        damaged_copy(video + ".good", video, gop=0)
+    argv = tiny_run_args(paths, "--epochs", "1", "--frames", "8", "--batch-size", "6", "--steps-per-epoch", "4")
+    with pytest.raises(data.VideoError, match="may be damaged"):
+        train.main(argv + ["--out", str(tmp_path / "stop")])
+    out = str(tmp_path / "skip")
+    result = train.main(argv + ["--out", out, "--skip-bad-videos"])
+    printed = capsys.readouterr().out
+    listed = open(os.path.join(out, "skipped.txt")).read().splitlines()
+    assert {line.split("\t")[0] for line in listed} == {"epoch 1", "val", "test (2 clips x 1 crops)"}
+    assert all("may be damaged" in line for line in listed)
+    lines = train.read_metrics(os.path.join(out, "metrics.jsonl"))
+    assert lines[0]["skipped"] == 2 and lines[0]["val"]["skipped"] == 1       # the epoch counts its val pass too
+    assert result["test"][0]["skipped"] == 1 and result["test"][0]["videos"] == 11
+    assert "skipped 2 bad videos" in printed and "12 videos, 1 left out as bad" in printed
+    assert f"skipped     3 videos that could not be decoded, listed in {out}/skipped.txt" in printed
+
+
+def test_cli_a_full_disk_a_diverged_loss_and_a_cut_checkpoint_lose_nothing(tmp_path, monkeypatch, capsys):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    out = str(tmp_path / "run")
+    train.main(tiny_run_args(paths, "--epochs", "1", "--out", out))
+    saved = files_of(out)
+    real_save = torch.save
+
+    def full_disk(obj, f):   # writes part of the file, then fails as torch does on a full disk
+        open(f, "wb").write(b"PK" * 100)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    def unchanged():   # the checkpoint as it was, no temp file, one metrics line per epoch it holds
+        now = files_of(out)
+        epochs = [r["epoch"] for r in train.read_metrics(os.path.join(out, "metrics.jsonl")) if "epoch" in r]
+        return now["last.pt"] == saved["last.pt"] and sorted(now) == sorted(saved) and epochs == [1]
+
+    with pytest.raises(SystemExit, match=r"no space left on .*run: need about \d+ MB for last.pt"):
+        train.main(["--method", "vificlip", "--resume", out, "--epochs", "2"])
+    assert unchanged()
+    monkeypatch.setattr(torch, "save", real_save)
+
+    monkeypatch.setattr(train, "soft_cross_entropy", lambda logits, target: logits.sum() * float("nan"))
+    with pytest.raises(SystemExit, match=r"epoch 2, step 1: the loss is nan.*last good checkpoint.*lower --lr"):
+        train.main(["--method", "vificlip", "--resume", out, "--epochs", "2"])
+    assert unchanged()
+
+    with open(os.path.join(out, "last.pt"), "r+b") as f:               # cut short, as by a copy that died
+        f.truncate(os.path.getsize(os.path.join(out, "last.pt")) // 2)
+    with pytest.raises(SystemExit, match=r"last.pt: not a whole checkpoint"):
+        train.main(["--method", "vificlip", "--resume", out, "--epochs", "2"])
+    with pytest.raises(SystemExit, match=r"cannot make the run's folder"):
+        train.main(tiny_run_args(paths, "--out", os.path.join(out, "config.json", "sub")))
+    with pytest.raises(SystemExit, match="--val-classes .* only --protocol zero-shot"):
+        train.main(tiny_run_args(paths, "--val-classes", paths["classes"], "--out", str(tmp_path / "vc")))
+    with pytest.raises(SystemExit):
+        train.get_args(["--frames", "0"])
+    assert "--frames: expected an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_cli_bad_input_is_one_line_without_a_traceback(tmp_path):
+    import subprocess
+    bad = tmp_path / "list.txt"
+    bad.write_text("clip.mp4 0\nclip.mp4 one\n")
+    (tmp_path / "classes.csv").write_text("0,a\n1,b\n")
+    done = subprocess.run([sys.executable, "train.py", "--train-list", str(bad), "--val-list", str(bad),
+                           "--classes", str(tmp_path / "classes.csv"), "--model", "tiny", "--out", str(tmp_path / "run")], cwd=os.path.dirname(os.path.abspath(train.__file__)),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        f"error: {bad}:2: expected 'relative/path.mp4 label' with label an integer class id >= 0, got 'clip.mp4 one'; "
+        f"fix or remove the line"]
 
 
 def test_cli_predict(tmp_path, capsys):

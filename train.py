@@ -142,6 +142,11 @@ def get_args(argv=None):
     g.add_argument("--size", type=at_least(8), help="input side in pixels; default: the CLIP's own")
     g.add_argument("--workers", type=at_least(0), default=min(8, os.cpu_count() or 1),
                    help="decoding processes; raise if the GPU waits on data (low clips/s, low GPU use)")
+    g.add_argument("--skip-bad-videos", action="store_true", help=(
+        "leave out videos that cannot be decoded (damaged, unreadable) instead of stopping at the first; each one "
+        "is listed in the run's skipped.txt and counted in the epoch lines and the tests. Default: stop, naming it"))
+    g.add_argument("--loader-timeout", type=at_least(1), default=600, help="seconds to wait for one batch from the "
+                   "decoding workers before stopping the run (a worker stuck on a video)")
     g.add_argument("--threads", type=at_least(0), help="CPU threads of the model's operations in the main process (0: "
                    "PyTorch's default, one per core); 1 suits small models beside decoding workers")
 
@@ -307,13 +312,13 @@ def lr_factor(step, warmup, total, min_ratio):
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, autocast, twins, desc="eval"):
+def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None):
     """Accuracy of softmax-averaged views. The loader yields video (B, V, T, 3, S, S) with V = clips x crops.
     twins[c] is the class with class c's frames in reverse order (or -1); 'twins' accuracy is how often the
     true class beats its twin, the figure a model that cannot see frame order leaves at 50%."""
     model.eval()
-    probs, labels = [], []
-    for video, label in progress(loader, desc=desc, leave=False):
+    probs, labels, skipped = [], [], skips.count if skips else 0
+    for video, label in progress(batches(loader, skips, desc), total=len(loader), desc=desc, leave=False):
         B, V = video.shape[:2]
         with autocast():
             logits = model(video.to(device, non_blocking=True).flatten(0, 1))   # (B*V, C)
@@ -324,6 +329,7 @@ def evaluate(model, loader, device, autocast, twins, desc="eval"):
     top = probs.topk(min(5, C), dim=1).indices
     hit = top[:, 0] == labels
     result = dict(videos=len(labels), classes=C, top1=100 * hit.float().mean().item(), top1_se=standard_error(hit),
+                  **({"skipped": skips.count - skipped} if skips and skips.count > skipped else {}),
                   top5=100 * (top == labels[:, None]).any(1).float().mean().item())
     per_class = [hit[labels == c].float().mean().item() for c in labels.unique()]
     result["mean_class"] = 100 * sum(per_class) / len(per_class)
@@ -351,6 +357,40 @@ def format_metrics(m):
     if "twins" in m:
         s += f"  twins {m['twins']:5.1f} ±{m['twins_se']:.1f} (chance 50)"
     return s
+
+
+class SkipLog:
+    """The videos --skip-bad-videos left out: each one is written to the run's skipped.txt and counted."""
+
+    def __init__(self, folder):
+        self.path, self.count = os.path.join(folder, "skipped.txt"), 0
+
+    def add(self, batch, where):
+        for path, reason in getattr(batch, "skipped", ()):
+            self.count += 1
+            with open(self.path, "a") as f:
+                f.write(f"{where}\t{path}\t{reason}\n")
+
+
+def batches(loader, skips, where):
+    """The loader's batches that hold videos. Skipped videos go to `skips`; decoding workers that deliver nothing
+    for the loader's timeout stop the run in one line instead of hanging it."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            if "timed out" not in str(e):
+                raise
+            raise SystemExit(f"{where}: no batch from the decoding workers in {loader.timeout:.0f} s, so one of them is "
+                             f"stuck (on a video that hangs the decoder?); rerun with --workers 0 to see which video, "
+                             f"or raise --loader-timeout") from None
+        if skips is not None:
+            skips.add(batch, where)
+        if len(batch):
+            yield batch
 
 
 def progress(iterable=None, **kwargs):
@@ -587,10 +627,13 @@ def make_loader(args, device, samples, train=False, views=False, with_index=Fals
     else:
         transform = data.TestTransform(args.size, mean, std, crops=args.test_crops if views else 1)
     dataset = data.VideoDataset(samples, "", args.frames, transform, args.sampling, args.stride, train=train,
-                                num_clips=args.test_clips if views else 1, return_index=with_index)
+                                num_clips=args.test_clips if views else 1, return_index=with_index,
+                                skip_bad=args.skip_bad_videos)
     batch = max(1, args.step_batch // (args.test_clips * args.test_crops)) if views else args.step_batch
     return torch.utils.data.DataLoader(dataset, batch, shuffle=train, drop_last=train, num_workers=args.workers,
-                                       pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
+                                       collate_fn=data.collate, pin_memory=device.type == "cuda",
+                                       persistent_workers=args.workers > 0,
+                                       timeout=args.loader_timeout if args.workers > 0 else 0)
 
 
 def summarise(protocol, results):
@@ -657,22 +700,23 @@ def run(args, method, seed, out):
           f"parameters, {seen}{len(val_samples)} {val_title} videos ({len(val_names)} classes), {args.frames} frames "
           f"at {args.size}px, device {device}" + (f" ({dtype})" if dtype else ""))
     os.makedirs(out, exist_ok=True)
-    metrics_file = os.path.join(out, "metrics.jsonl")
+    metrics_file, skips = os.path.join(out, "metrics.jsonl"), SkipLog(out)
     if args.eval_only:
         print(f"testing {tested}" if tested else f"testing the CLIP as pretrained ({args.pretrained or 'random weights'})"
               f", and whatever {args.method} adds to it at its initialisation: no video training (give --weights "
               f"or --resume RUN to test a trained model)")
         weights = tested or f"pretrained {args.pretrained or 'none'}, no video training"
     else:
-        train(args, model, train_samples, names, tests[0], device, autocast, dtype, out, metrics_file)
+        train(args, model, train_samples, names, tests[0], device, autocast, dtype, out, metrics_file, skips)
         weights = os.path.join(out, "last.pt")
 
     results = {}
     for title, samples, test_names in tests:
         model.set_classes(test_names)
         m = evaluate(model, make_loader(args, device, samples, views=True), device, autocast,
-                     data.temporal_twins(test_names), desc=f"{title} ({views})")
-        print(f"{title} ({views}, {len(samples)} videos): {format_metrics(m)}")
+                     data.temporal_twins(test_names), f"{title} ({views})", skips)
+        left_out = f", {m['skipped']} left out as bad (listed in {skips.path})" if m.get("skipped") else ""
+        print(f"{title} ({views}, {len(samples)} videos{left_out}): {format_metrics(m)}")
         record = dict(test=title, protocol=args.protocol, views=views, weights=weights, **m)
         if args.shots:
             record["shot_seed"] = seed
@@ -681,7 +725,7 @@ def run(args, method, seed, out):
     return results
 
 
-def train(args, model, samples, names, val, device, autocast, dtype, out, metrics_file):
+def train(args, model, samples, names, val, device, autocast, dtype, out, metrics_file, skips):
     """Train in `out`: after each epoch the checkpoint, then its line in metrics.jsonl (the checkpoint first, so
     a kill between the two loses a line that the resumed run writes again, and never writes one twice)."""
     val_title, val_samples, val_names = val
@@ -731,7 +775,8 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
         optimizer.zero_grad(set_to_none=True)
         bar = progress(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}")
         tic, seen, loss_sum, micro, steps = time.perf_counter(), 0, torch.zeros((), device=device), 0, 0
-        for video, label, *index in train_loader:
+        skipped = skips.count
+        for video, label, *index in batches(train_loader, skips, f"epoch {epoch + 1}"):
             video, label = video.to(device, non_blocking=True), label.to(device, non_blocking=True)
             target = soft_targets(label, len(names), args.smoothing)
             video, target = mix(video, target, args.mixup, args.cutmix, args.mix_switch)
@@ -766,11 +811,14 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
         shown = ""
         if args.val_every and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs):
             model.set_classes(val_names)
-            line["val"] = evaluate(model, val_loader, device, autocast, data.temporal_twins(val_names))
+            line["val"] = evaluate(model, val_loader, device, autocast, data.temporal_twins(val_names), "val", skips)
             model.set_classes(names)
             best = max(best, line["val"]["top1"])
             shown = f"  val {format_metrics(line['val'])}"
         line.update(seconds=time.perf_counter() - tic, clips_per_s=seen / (time.perf_counter() - tic))
+        if skips.count > skipped:
+            line["skipped"] = skips.count - skipped
+            shown += f"  skipped {line['skipped']} bad videos ({skips.path})"
         print(f"epoch {epoch + 1}/{args.epochs}  loss {line['loss']:.3f}{shown}  ({line['seconds']:.0f}s, "
               f"{line['clips_per_s']:.0f} clips/s)", flush=True)
         save_checkpoint(checkpoint, dict(
@@ -881,7 +929,7 @@ def place_run(args):
                                             if args.resume == "auto" and "out" not in args.explicit else ""))
             return   # main() updates its config.json once it knows the run has something left to do
     if args.out:
-        held = [os.path.join(args.out, f) for f in ("config.json", "metrics.jsonl") if os.path.exists(
+        held = [os.path.join(args.out, f) for f in ("config.json", "metrics.jsonl", "skipped.txt") if os.path.exists(
             os.path.join(args.out, f))] + checkpoints(args.out)
         training_run = (read_config(args.out) or {}).get("eval_only") is False or checkpoints(args.out)
         if held and args.eval_only and training_run:
@@ -1008,6 +1056,10 @@ def main(argv=None):
         where.append(("checkpoint", ", ".join(checkpoints(args.out))))
     if args.embedded:
         where.append(("videos", f"{args.data_root} (generated once, reused)"))
+    skipped = [p for f in ("skipped.txt", "seed*/skipped.txt") for p in glob.glob(os.path.join(args.out, f))]
+    if skipped:
+        count = sum(1 for p in skipped for _ in open(p))
+        where.append(("skipped", f"{count} videos that could not be decoded, listed in {', '.join(skipped)}"))
     if args.pretrained == "synthetic":
         where.append(("CLIP", f"{common.synthetic_path(args.model)} (pretrained once, reused)"))
     for key, value in where + [("result", line)]:
@@ -1017,4 +1069,7 @@ if __name__ == "__main__":
     try:
         main()
     except (data.DataError, data.VideoError, FileNotFoundError) as e:   # bad input: one line, no traceback
-        raise SystemExit(f"error: {e}") from None
+        # A DataLoader worker's error arrives with the worker's traceback in its message: keep its last line.
+        message = re.sub(r"^[\w.]*(Error|Exception): ", "", str(e).strip().splitlines()[-1])
+        hint = " (or leave such videos out with --skip-bad-videos)" if isinstance(e, data.VideoError) else ""
+        raise SystemExit(f"error: {message}{hint}") from None
