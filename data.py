@@ -212,15 +212,15 @@ def sample_indices(num_frames, T, mode="segment", stride=1, train=False, clip=0,
 # transforms: uint8 (T,H,W,3) -> normalised float, the same random draw for every frame of a video
 
 
-def _color_jitter(x, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1):
+def _color_jitter(x, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, rng=random):
     """torchvision's ColorJitter (factors drawn once, applied in random order) on a whole (T,3,H,W) clip.
     The official ViFi-CLIP/X-CLIP code draws the factors per frame; one draw per clip keeps the frames
     consistent, so the flicker does not look like motion to the temporal modules."""
-    ops = [(F.adjust_brightness, random.uniform(1 - brightness, 1 + brightness)),
-           (F.adjust_contrast, random.uniform(1 - contrast, 1 + contrast)),
-           (F.adjust_saturation, random.uniform(1 - saturation, 1 + saturation)),
-           (F.adjust_hue, random.uniform(-hue, hue))]
-    random.shuffle(ops)
+    ops = [(F.adjust_brightness, rng.uniform(1 - brightness, 1 + brightness)),
+           (F.adjust_contrast, rng.uniform(1 - contrast, 1 + contrast)),
+           (F.adjust_saturation, rng.uniform(1 - saturation, 1 + saturation)),
+           (F.adjust_hue, rng.uniform(-hue, hue))]
+    rng.shuffle(ops)
     for op, factor in ops:
         x = op(x, factor)
     return x
@@ -229,7 +229,8 @@ def _color_jitter(x, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1):
 class TrainTransform:
     """The ViFi-CLIP / X-CLIP training augmentation (their configs' TRAIN pipeline): resize the short side to
     short_side, MultiScaleCrop, resize to size x size (aspect ratio not kept), flip, colour jitter, grayscale,
-    normalise. (T,H,W,3) uint8 -> (T,3,size,size) float."""
+    normalise. (T,H,W,3) uint8 -> (T,3,size,size) float. Every draw comes from `rng` (default: the random
+    module), so that VideoDataset can make a clip's augmentation a function of the seed, epoch and video."""
 
     def __init__(self, size, mean, std, scales=(1, .875, .75, .66), flip=True, color_jitter=0.8, grayscale=0.2,
                  short_side=None):
@@ -237,24 +238,24 @@ class TrainTransform:
         self.scales, self.flip, self.color_jitter, self.grayscale = scales, flip, color_jitter, grayscale
         self.short_side = short_side or round(size * 256 / 224)  # 256 for 224 inputs, as the official code
 
-    def _crop_box(self, height, width):
+    def _crop_box(self, height, width, rng=random):
         """MultiScaleCrop (TSN): each side is one of scales * short side, the two scale indices at most one
         apart, and the crop sits at one of 5 fixed places (4 corners, centre)."""
         sides = [int(min(height, width) * s) for s in self.scales]
         pairs = [(h, w) for i, h in enumerate(sides) for j, w in enumerate(sides) if abs(i - j) <= 1]
-        h, w = random.choice(pairs)
+        h, w = rng.choice(pairs)
         dy, dx = (height - h) // 4, (width - w) // 4
-        top, left = random.choice([(0, 0), (0, 4 * dx), (4 * dy, 0), (4 * dy, 4 * dx), (2 * dy, 2 * dx)])
+        top, left = rng.choice([(0, 0), (0, 4 * dx), (4 * dy, 0), (4 * dy, 4 * dx), (2 * dy, 2 * dx)])
         return top, left, h, w
 
-    def __call__(self, frames):
+    def __call__(self, frames, rng=random):
         x = F.resize(frames.permute(0, 3, 1, 2), [self.short_side], antialias=True)  # (T,3,H',W')
-        x = F.resized_crop(x, *self._crop_box(*x.shape[-2:]), [self.size, self.size], antialias=True)  # (T,3,S,S)
-        if self.flip and random.random() < 0.5:
+        x = F.resized_crop(x, *self._crop_box(*x.shape[-2:], rng), [self.size, self.size], antialias=True)  # (T,3,S,S)
+        if self.flip and rng.random() < 0.5:
             x = F.horizontal_flip(x)
-        if random.random() < self.color_jitter:
-            x = _color_jitter(x)
-        if random.random() < self.grayscale:
+        if rng.random() < self.color_jitter:
+            x = _color_jitter(x, rng=rng)
+        if rng.random() < self.grayscale:
             x = F.rgb_to_grayscale(x, num_output_channels=3)
         return F.normalize(x.float() / 255, self.mean, self.std)
 
@@ -341,10 +342,13 @@ class VideoDataset(torch.utils.data.Dataset):
     test:  (video (V,T,3,S,S), label) with V = num_clips * crops views, clip-major, always 5-D even if V = 1.
     return_index adds the item's index, for a training step that needs the videos' paths (self.samples).
     skip_bad: a video that cannot be decoded becomes a Skipped item instead of an error; collate() leaves it
-    out of the batch and hands it on as batch.skipped, for the caller to count and report."""
+    out of the batch and hands it on as batch.skipped, for the caller to count and report.
+    seed: a training clip's frames and augmentation are drawn from random.Random((seed, epoch, i)), not from
+    the worker's random state, so they do not depend on which worker loads it or on a restart; the epoch comes
+    with the key EpochSampler hands out, epoch * len(self) + i (a plain i is epoch 0)."""
 
     def __init__(self, list_file, root, num_frames, transform, mode="segment", stride=1, train=False, num_clips=1,
-                 return_index=False, skip_bad=False):
+                 return_index=False, skip_bad=False, seed=0):
         if isinstance(list_file, (str, os.PathLike)):
             self.samples = [(os.path.join(root, path), label) for path, label in read_list(list_file)]
             source, hint = list_file, f"check the root folder ({root}) or the list"
@@ -360,31 +364,52 @@ class VideoDataset(torch.utils.data.Dataset):
                                     f"e.g. {missing[0]}; {hint}")
         self.num_frames, self.transform, self.mode, self.stride = num_frames, transform, mode, stride
         self.train, self.num_clips, self.return_index, self.skip_bad = train, num_clips, return_index, skip_bad
+        self.seed = seed
 
     def __len__(self):
         return len(self.samples)
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
+        epoch, i = divmod(key, len(self.samples))
         try:
-            video, label = self._load(i)
+            video, label = self._load(i, random.Random(f"{self.seed}:{epoch}:{i}"))
         except VideoError as e:
             if not self.skip_bad:
                 raise
             return Skipped(self.samples[i][0], str(e))
         return (video, label, i) if self.return_index else (video, label)
 
-    def _load(self, i):
+    def _load(self, i, rng):
         path, label = self.samples[i]
         n, T = video_length(path), self.num_frames
         if self.train:
-            indices = sample_indices(n, T, self.mode, self.stride, train=True)
-            return self.transform(read_frames(path, indices)), label
+            indices = sample_indices(n, T, self.mode, self.stride, train=True, rng=rng)
+            return self.transform(read_frames(path, indices), rng), label
         clips = [sample_indices(n, T, self.mode, self.stride, clip=k, num_clips=self.num_clips)
                  for k in range(self.num_clips)]
         frames = read_frames(path, [j for clip in clips for j in clip])  # one decoding pass: (num_clips*T,H,W,3)
         views = [self.transform(frames[k * T:(k + 1) * T]) for k in range(self.num_clips)]
         views = [v if v.dim() == 5 else v.unsqueeze(0) for v in views]  # a (T,3,S,S) transform gives one view
         return torch.cat(views), label  # (num_clips*crops,T,3,S,S)
+
+class EpochSampler(torch.utils.data.Sampler):
+    """The training order: a permutation drawn from (seed, epoch) alone, so a resumed run sees the same order
+    as an uninterrupted one, and can start an epoch part way (`start` items in). It hands out the keys
+    epoch * n + i, from which VideoDataset derives each clip's randomness."""
+
+    def __init__(self, n, seed):
+        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+
+    def set_epoch(self, epoch, start=0):
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        return iter((self.epoch * self.n + order[self.start:]).tolist())
+
+    def __len__(self):
+        return self.n - self.start
+
 
 class Skipped(tuple):
     """(path, reason) of a video VideoDataset(skip_bad=True) could not decode."""

@@ -1251,6 +1251,35 @@ def test_cli_bad_input_is_one_line_without_a_traceback(tmp_path):
         f"fix or remove the line"]
 
 
+def test_cli_killed_mid_epoch_with_workers_resumes_to_exactly_the_uninterrupted_numbers(tmp_path, monkeypatch):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=4, val_per_class=1, T=12)
+    argv = tiny_run_args(paths, "--epochs", "2", "--workers", "2", "--steps-per-epoch", "6", "--mixup", "0.8",
+                         "--save-every", "2")   # and the recipe's colour jitter, grayscale, flips, cutmix
+    whole = train.main(argv + ["--out", str(tmp_path / "whole")])
+    real_save, saves = train.save_checkpoint, []
+
+    def killed_after_the_second_save(path, state):   # epoch 1, step 4 of 6: mid-epoch
+        real_save(path, state)
+        saves.append(state.get("partial"))
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_checkpoint", killed_after_the_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(argv + ["--out", str(tmp_path / "killed")])
+    assert saves[-1]["steps"] == 4
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    resumed = train.main(["--method", "vificlip", "--resume", str(tmp_path / "killed")])
+
+    def figures(run):
+        drop = ("seconds", "clips_per_s", "weights")
+        return [{k: v for k, v in r.items() if k not in drop}
+                for r in train.read_metrics(os.path.join(tmp_path, run, "metrics.jsonl"))]
+    assert len(figures("whole")) == 4 and figures("killed") == figures("whole") and resumed == whole
+    a, b = (torch.load(os.path.join(tmp_path, run, "last.pt"), weights_only=False)["model"] for run in ("whole", "killed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_cli_predict(tmp_path, capsys):
     paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
     out = str(tmp_path / "run")

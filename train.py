@@ -163,6 +163,9 @@ def get_args(argv=None):
     g.add_argument("--mixup", type=float, help="mixup Beta alpha (0: off)")
     g.add_argument("--cutmix", type=float, help="cutmix Beta alpha (0: off)")
     g.add_argument("--smoothing", type=float, help="label smoothing")
+    g.add_argument("--save-every", type=at_least(0), default=0, help=(
+        "also checkpoint every N optimizer steps within an epoch (0: at epoch ends only); a run killed mid-epoch "
+        "then resumes at that step with the same data. On Kinetics-scale data, where an epoch takes hours: 500"))
     g.add_argument("--steps-per-epoch", type=at_least(1), help="cap the optimizer steps per epoch (quick checks)")
     g.add_argument("--val-every", type=at_least(0), help="validate (1 view per test video) every N epochs; 0: only the "
                    "final test. Raise it when the test set is large next to the training set")
@@ -628,11 +631,15 @@ def make_loader(args, device, samples, train=False, views=False, with_index=Fals
         transform = data.TestTransform(args.size, mean, std, crops=args.test_crops if views else 1)
     dataset = data.VideoDataset(samples, "", args.frames, transform, args.sampling, args.stride, train=train,
                                 num_clips=args.test_clips if views else 1, return_index=with_index,
-                                skip_bad=args.skip_bad_videos)
+                                skip_bad=args.skip_bad_videos, seed=args.seed)
     batch = max(1, args.step_batch // (args.test_clips * args.test_crops)) if views else args.step_batch
-    return torch.utils.data.DataLoader(dataset, batch, shuffle=train, drop_last=train, num_workers=args.workers,
+    # The training order and each clip's augmentation follow from (seed, epoch, video) alone, and the loader
+    # draws its workers' seeds from a generator of its own, not from the global one that mixup uses: a run
+    # resumed from any checkpoint, with any number of workers, sees the same clips as an uninterrupted one.
+    return torch.utils.data.DataLoader(dataset, batch, sampler=data.EpochSampler(len(dataset), args.seed) if train
+                                       else None, drop_last=train, num_workers=args.workers,
                                        collate_fn=data.collate, pin_memory=device.type == "cuda",
-                                       persistent_workers=args.workers > 0,
+                                       persistent_workers=args.workers > 0, generator=torch.Generator(),
                                        timeout=args.loader_timeout if args.workers > 0 else 0)
 
 
@@ -750,7 +757,7 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, warmup, total, args.lr_min_ratio))
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    start_epoch, best = 0, 0.0
+    start_epoch, best, partial = 0, 0.0, None
 
     checkpoint = os.path.join(out, "last.pt")
     if args.run and os.path.isfile(checkpoint):   # resuming (a shot seed the run had not reached starts afresh)
@@ -760,22 +767,31 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
-        start_epoch, best = state["epoch"], state["best"]
+        start_epoch, best, partial = state["epoch"], state["best"], state.get("partial")
         trim_metrics(metrics_file, start_epoch)
-        print(f"resumed {checkpoint} after epoch {start_epoch}" + (" (all its epochs were done: testing it)"
-                                                                  if start_epoch >= args.epochs else ""))
+        print(f"resumed {checkpoint} after epoch {start_epoch}" + (f", step {partial['steps']}" if partial else "")
+              + (" (all its epochs were done: testing it)" if start_epoch >= args.epochs else ""))
     step_fn = getattr(model, "train_step", None) or (lambda *a: default_train_step(model, *a))
     accum = args.accum_steps
 
     def backward(loss):
         scaler.scale(loss / accum).backward()
 
+    def state(epoch, **extra):   # what a checkpoint holds; `epoch` epochs are complete
+        return dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                    scaler=scaler.state_dict(), epoch=epoch, best=best, rng=rng_state(), classes=names,
+                    args=saved_args(args), **extra)
+
     for epoch in range(start_epoch, args.epochs):
         model.train()
         optimizer.zero_grad(set_to_none=True)
         bar = progress(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}")
         tic, seen, loss_sum, micro, steps = time.perf_counter(), 0, torch.zeros((), device=device), 0, 0
-        skipped = skips.count
+        if partial:   # a checkpoint from within this epoch: go on from its step, with what the epoch had summed
+            seen, loss_sum, micro, steps = partial["seen"], partial["loss_sum"].to(device), partial["micro"], partial["steps"]
+            bar.update(steps)
+        train_loader.sampler.set_epoch(epoch, start=steps * accum * args.step_batch)
+        partial, skipped = None, skips.count
         for video, label, *index in batches(train_loader, skips, f"epoch {epoch + 1}"):
             video, label = video.to(device, non_blocking=True), label.to(device, non_blocking=True)
             target = soft_targets(label, len(names), args.smoothing)
@@ -804,6 +820,9 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
                                 clips_s=f"{seen / (time.perf_counter() - tic):.1f}")
             if steps >= steps_per_epoch:
                 break
+            if args.save_every and steps % args.save_every == 0:
+                save_checkpoint(checkpoint, state(epoch, partial=dict(steps=steps, seen=seen, micro=micro,
+                                                                      loss_sum=loss_sum.cpu())))
         bar.close()
         if hasattr(model, "on_epoch_end"):
             model.on_epoch_end(epoch, args.epochs)
@@ -821,10 +840,7 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
             shown += f"  skipped {line['skipped']} bad videos ({skips.path})"
         print(f"epoch {epoch + 1}/{args.epochs}  loss {line['loss']:.3f}{shown}  ({line['seconds']:.0f}s, "
               f"{line['clips_per_s']:.0f} clips/s)", flush=True)
-        save_checkpoint(checkpoint, dict(
-            model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict(), epoch=epoch + 1, best=best, rng=rng_state(), classes=names,
-            args=saved_args(args)))
+        save_checkpoint(checkpoint, state(epoch + 1))
         append_metrics(metrics_file, line)
 
 
