@@ -97,8 +97,9 @@ VARIANTS = {
 }
 
 # The embedded demo trains only the new modules of a frozen tiny CLIP, so their LR is the one that matters, and
-# it keeps the recipe's 10x (train.py's 1e-3 x 10). From the synthetic-pretrained CLIP, 20 epochs, seed 0, test
-# top-1 / twins: 91.0 / 92.9 at 10x, 75.5 / 78.1 at 6x, 69.0 / 72.6 at 3x (3x had looked best from a random CLIP).
+# it keeps the recipe's 10x (train.py's 1e-3 x 10). From the synthetic-pretrained CLIP, 20 epochs, on one draw
+# of the training clips, test twins were 92.9 at 10x, 78.1 at 6x and 72.6 at 3x (3x had looked best from a
+# random CLIP); the README has today's figure.
 
 
 def _bool(text):

@@ -471,7 +471,8 @@ def load_weights(model, method, path):
     ckpt = read_checkpoint(path)
     if ckpt is not None:
         if ckpt["args"].get("method") != method.__name__:
-            raise ValueError(f"{path} was trained with --method {ckpt['args'].get('method')}, not {method.__name__}")
+            raise SystemExit(f"{path} was trained with --method {ckpt['args'].get('method')}, not {method.__name__}: "
+                             f"add --method {ckpt['args'].get('method')}")
         # Strict, except for trainable parameters the checkpoint's model did not have: a new stage that adds
         # modules to a trained model (ViFi-CLIP's prompts on a fine-tuned ViFi-CLIP) starts them from their init.
         missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
@@ -483,7 +484,7 @@ def load_weights(model, method, path):
                   f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
         return ckpt
     if not hasattr(method, "load_official"):
-        raise ValueError(f"{path} is not a checkpoint of this repository and {method.__name__} has no load_official")
+        raise SystemExit(f"{path} is not a checkpoint of this repository and {method.__name__} reads no official one")
     method.load_official(model, path)
     return None
 
@@ -679,7 +680,10 @@ def run(args, method, seed, out):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    clip = common.load_clip(args.model, args.pretrained, args.quick_gelu)
+    try:
+        clip = common.load_clip(args.model, args.pretrained, args.quick_gelu)
+    except (ValueError, RuntimeError) as e:   # an unknown architecture or tag, no network, a broken weights file
+        raise SystemExit(f"--model {args.model} --pretrained {args.pretrained}: {e}") from None
     args.quick_gelu = clip.quick_gelu
     if not args.pretrained and not args.weights and not args.model.startswith("tiny"):
         print(f"note: {args.model} starts from random weights; the papers start from --pretrained openai")
@@ -947,8 +951,7 @@ def place_run(args):
     if args.out:
         held = [os.path.join(args.out, f) for f in ("config.json", "metrics.jsonl", "skipped.txt") if os.path.exists(
             os.path.join(args.out, f))] + checkpoints(args.out)
-        training_run = (read_config(args.out) or {}).get("eval_only") is False or checkpoints(args.out)
-        if held and args.eval_only and training_run:
+        if args.eval_only and checkpoints(args.out):   # only training runs leave checkpoints
             raise SystemExit(f"--out {args.out} holds a training run, which an --eval-only run never writes into; "
                              f"leave out --out (a new {RUNS}/{args.method}-{args.protocol}-eval folder) or name another")
         if held and not args.overwrite:
