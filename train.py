@@ -1084,6 +1084,8 @@ def main(argv=None):
     for key, value in where + [("result", line)]:
         print(f"{key:11s} {value}")
     return results
+
+
 if __name__ == "__main__":
     try:
         main()
