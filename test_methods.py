@@ -154,6 +154,36 @@ def test_vificlip_is_clip_on_the_mean_frame_embedding(tiny_clip_state):
         torch.testing.assert_close(model(x), expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("prompted", [False, True])
+def test_vificlip_text_once_per_optimizer_step_gives_the_per_micro_batch_gradients(tiny_clip_state, prompted):
+    """float64, 3 micro-batches with mixup/cutmix and label smoothing: encoding the text once for the step
+    (begin_step / end_step) gives every parameter the gradient of encoding it for each micro-batch."""
+    model = build("vificlip", tiny_clip_state, **(PROMPTS if prompted else {})).double()
+    model.train()
+    labels = [torch.tensor([k % C, (k + 2) % C]) for k in range(3)]
+
+    def gradients(shared):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)                                         # the same mixing draws both times
+        if shared:
+            model.begin_step()
+        for k in range(3):
+            clips, target = train.mix(video(seed=k).double(), train.soft_targets(labels[k], C, 0.1).double(),
+                                      0.8, 1.0, 0.5)
+            loss = -(target * model(clips).log_softmax(-1)).sum(-1).mean() / 3
+            loss.backward()
+        if shared:
+            model.end_step()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    each, once = gradients(False), gradients(True)
+    text = [n for n in each if n.startswith(("clip.transformer", "prompt_learner", "clip.ln_final", "clip.text"))]
+    assert text and all(each[n].abs().sum() > 0 for n in text)       # the text side does learn
+    assert each.keys() == once.keys()
+    for n in each:
+        torch.testing.assert_close(once[n], each[n], rtol=0, atol=1e-12, msg=n)
+
+
 @pytest.mark.parametrize("tune,trained,frozen", [
     ("both", ["clip.visual.", "clip.transformer.", "clip.logit_scale"], ["clip.token_embedding"]),
     ("image", ["clip.visual."], ["clip.transformer.", "clip.logit_scale", "clip.token_embedding"]),

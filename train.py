@@ -801,10 +801,15 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
             target = soft_targets(label, len(names), args.smoothing)
             video, target = mix(video, target, args.mixup, args.cutmix, args.mix_switch)
             extra = dict(paths=[train_loader.dataset.samples[i][0] for i in index[0].tolist()]) if index else {}
+            if micro % accum == 0 and hasattr(model, "begin_step"):   # work shared by a step's micro-batches
+                with autocast():
+                    model.begin_step()
             loss = step_fn(video, target, soft_cross_entropy, backward, autocast, **extra)
             loss_sum, seen, micro = loss_sum + loss.float(), seen + video.shape[0], micro + 1   # no GPU sync
             if micro % accum:
                 continue
+            if hasattr(model, "end_step"):
+                model.end_step()
             if not math.isfinite(loss_sum.item()):   # one sync per optimizer step, not per micro-batch
                 raise SystemExit(
                     f"epoch {epoch + 1}, step {steps + 1}: the loss is {loss_sum.item() / micro} and training has "
