@@ -1186,7 +1186,7 @@ def test_same_command_same_numbers_first_run_included(tmp_path, monkeypatch):
                   for name in os.listdir(os.path.join(paths["root"], "videos"))}
         train.main(tiny_run_args(paths, "--pretrained", "synthetic", "--epochs", "2", "--workers", "2",
                                  "--batch-size", "8", "--out", "run"))
-        drop = ("seconds", "clips_per_s")
+        drop = ("seconds", "clips_per_s", "data_wait")
         runs.append((videos, [{k: v for k, v in r.items() if k not in drop}
                               for r in train.read_metrics(os.path.join("run", "metrics.jsonl"))]))
     assert runs[0][0] == runs[1][0]
@@ -1302,7 +1302,7 @@ def test_cli_killed_mid_epoch_with_workers_resumes_to_exactly_the_uninterrupted_
     resumed = train.main(["--method", "vificlip", "--resume", str(tmp_path / "killed")])
 
     def figures(run):
-        drop = ("seconds", "clips_per_s", "weights")
+        drop = ("seconds", "clips_per_s", "data_wait", "weights")
         return [{k: v for k, v in r.items() if k not in drop}
                 for r in train.read_metrics(os.path.join(tmp_path, run, "metrics.jsonl"))]
     assert len(figures("whole")) == 4 and figures("killed") == figures("whole") and resumed == whole

@@ -375,13 +375,17 @@ class SkipLog:
                 f.write(f"{where}\t{path}\t{reason}\n")
 
 
-def batches(loader, skips, where):
+def batches(loader, skips, where, waited=None):
     """The loader's batches that hold videos. Skipped videos go to `skips`; decoding workers that deliver nothing
-    for the loader's timeout stop the run in one line instead of hanging it."""
+    for the loader's timeout stop the run in one line instead of hanging it. waited[0] adds up the seconds spent
+    waiting for the next batch: the share of an epoch that data loading, not the model, decided."""
     it = iter(loader)
     while True:
         try:
+            tic = time.perf_counter()
             batch = next(it)
+            if waited is not None:
+                waited[0] += time.perf_counter() - tic
         except StopIteration:
             return
         except RuntimeError as e:
@@ -756,8 +760,13 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
                          f"{args.accum_steps} accumulation steps: lower --batch-size or --accum-steps")
     total, warmup = args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch)
     model.set_classes(names)
+    # On CUDA: AdamW's fused kernel (one launch for all parameters instead of several per tensor), and TF32
+    # for the matrix products that run in float32 (--no-amp, or outside autocast), as PyTorch advises for
+    # training on Ampere and later GPUs.
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     optimizer = torch.optim.AdamW(model.param_groups(args.lr, args.weight_decay), lr=args.lr,
-                                  betas=tuple(args.betas), eps=args.eps)
+                                  betas=tuple(args.betas), eps=args.eps, fused=device.type == "cuda" or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, warmup, total, args.lr_min_ratio))
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
@@ -795,8 +804,8 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
             seen, loss_sum, micro, steps = partial["seen"], partial["loss_sum"].to(device), partial["micro"], partial["steps"]
             bar.update(steps)
         train_loader.sampler.set_epoch(epoch, start=steps * accum * args.step_batch)
-        partial, skipped = None, skips.count
-        for video, label, *index in batches(train_loader, skips, f"epoch {epoch + 1}"):
+        partial, skipped, waited = None, skips.count, [0.0]
+        for video, label, *index in batches(train_loader, skips, f"epoch {epoch + 1}", waited):
             video, label = video.to(device, non_blocking=True), label.to(device, non_blocking=True)
             target = soft_targets(label, len(names), args.smoothing)
             video, target = mix(video, target, args.mixup, args.cutmix, args.mix_switch)
@@ -826,7 +835,8 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
             if not bar.disable:
                 bar.update()
                 bar.set_postfix(loss=f"{loss_sum.item() / micro:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                                clips_s=f"{seen / (time.perf_counter() - tic):.1f}")
+                                clips_s=f"{seen / (time.perf_counter() - tic):.1f}",
+                                data=f"{waited[0] / (time.perf_counter() - tic):.0%}")
             if steps >= steps_per_epoch:
                 break
             if args.save_every and steps % args.save_every == 0:
@@ -835,7 +845,8 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
         bar.close()
         if hasattr(model, "on_epoch_end"):
             model.on_epoch_end(epoch, args.epochs)
-        line = dict(epoch=epoch + 1, loss=loss_sum.item() / max(micro, 1), lr=scheduler.get_last_lr()[0])
+        line = dict(epoch=epoch + 1, loss=loss_sum.item() / max(micro, 1), lr=scheduler.get_last_lr()[0],
+                    data_wait=waited[0] / (time.perf_counter() - tic))
         shown = ""
         if args.val_every and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs):
             model.set_classes(val_names)
@@ -848,7 +859,7 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
             line["skipped"] = skips.count - skipped
             shown += f"  skipped {line['skipped']} bad videos ({skips.path})"
         print(f"epoch {epoch + 1}/{args.epochs}  loss {line['loss']:.3f}{shown}  ({line['seconds']:.0f}s, "
-              f"{line['clips_per_s']:.0f} clips/s)", flush=True)
+              f"{line['clips_per_s']:.0f} clips/s, {line['data_wait']:.0%} waiting for data)", flush=True)
         save_checkpoint(checkpoint, state(epoch + 1))
         append_metrics(metrics_file, line)
 
