@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import random
+import re
 import sys
 import time
 import types
@@ -1308,6 +1309,20 @@ def test_cli_killed_mid_epoch_with_workers_resumes_to_exactly_the_uninterrupted_
     assert len(figures("whole")) == 4 and figures("killed") == figures("whole") and resumed == whole
     a, b = (torch.load(os.path.join(tmp_path, run, "last.pt"), weights_only=False)["model"] for run in ("whole", "killed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_benchmark_reports_model_and_loader_and_which_bounds(tmp_path, capsys):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    train.main(["--method", "vificlip", "--benchmark", "2", "--batch-size", "4", "--frames", "4", "--workers", "0",
+                "--train-list", paths["train"], "--data-root", paths["root"], "--classes", paths["classes"],
+                "--peak-tflops", "1"])
+    model_line, loader_line = capsys.readouterr().out.strip().splitlines()[-2:]
+    flops = float(re.search(r"([\d.]+) GFLOP per clip", model_line).group(1))
+    clips = float(re.search(r"([\d.]+) clips/s training", model_line).group(1))
+    mfu = float(re.search(r"MFU ([\d.]+)% of 1 TFLOP/s", model_line).group(1))
+    assert flops > 0 and mfu == pytest.approx(flops * clips / 1e3 * 100, rel=0.02, abs=0.06)
+    assert re.search(r"the data loader: [\d.]+ clips/s with 0 workers on .*train.txt; training is bound by the "
+                     r"(model|data loader)", loader_line)
 
 
 def test_cli_predict(tmp_path, capsys):

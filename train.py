@@ -187,8 +187,11 @@ def get_args(argv=None):
     g.add_argument("--test-crops", type=int, choices=[1, 3], help="spatial crops per clip in the final test")
     g.add_argument("--eval-only", action="store_true", help="only run the final test (with --weights or --resume)")
     g.add_argument("--predict", metavar="VIDEO", help="print the most likely classes of one video and exit")
-    g.add_argument("--benchmark", type=int, nargs="?", const=20, metavar="STEPS",
-                   help="time STEPS (default 20) training steps on random input, 400 classes, and exit")
+    g.add_argument("--benchmark", type=at_least(1), nargs="?", const=20, metavar="STEPS",
+                   help="time STEPS (default 20) training steps on random input, 400 classes, and exit: clips/s, "
+                        "FLOPs, MFU, peak memory; with --train-list also the data loader, and which one bounds")
+    g.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for --benchmark's MFU (known for "
+                                                     "common GPUs)")
 
     g = p.add_argument_group("run")
     g.add_argument("--out", help="the run's folder: config.json, metrics.jsonl, last.pt (default: a new "
@@ -526,34 +529,77 @@ def predict(args, model, method, device, autocast, ckpt):
         print(f"  {100 * p:5.1f}%  {names[c]}")
 
 
+# Dense peak TFLOP/s of common GPUs in bf16/fp16 (and fp32) from their data sheets, for MFU; --peak-tflops
+# gives any other device's.
+PEAK_TFLOPS = {"H200": (989, 67), "H100": (989, 67), "A100": (312, 19.5), "L40S": (362, 91.6), "A10G": (70, 31),
+               "L4": (121, 30), "RTX 4090": (165, 82.6), "RTX 3090": (71, 35.6), "V100": (125, 15.7), "T4": (65, 8.1)}
+
+
 def benchmark(args, model, device, autocast, dtype, warmup=3):
-    """Training steps on random input: clips/s and peak memory, data loading excluded."""
+    """Training steps on random input (400 made-up classes, one micro-batch per step): the model's clips/s,
+    peak memory, FLOPs per clip (counted by torch.utils.flop_counter) and MFU. With --train-list, also the
+    data loader's clips/s on those videos with the run's workers, and which of the two bounds training."""
     model.set_classes([f"class {i}" for i in range(400)])
     model.to(device).train()
     opt = torch.optim.AdamW(model.param_groups(args.lr, args.weight_decay))
     video = torch.randn(args.step_batch, args.frames, 3, args.size, args.size, device=device)
-    label = torch.randint(400, (args.step_batch,), device=device)
+    target = soft_targets(torch.randint(400, (args.step_batch,), device=device), 400, 0.0)
     step = getattr(model, "train_step", None) or (lambda *a: default_train_step(model, *a))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def one_step():
+        if hasattr(model, "begin_step"):
+            with autocast():
+                model.begin_step()
+        step(video, target, soft_cross_entropy, lambda loss: loss.backward(), autocast)
+        if hasattr(model, "end_step"):
+            model.end_step()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    from torch.utils.flop_counter import FlopCounterMode
+    one_step()   # the first step fills caches (a frozen text side is encoded once): count a later one
+    with FlopCounterMode(display=False) as counter:
+        one_step()
+    flops = counter.get_total_flops() / args.step_batch                  # per training clip
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    steps = args.benchmark
-    for i in progress(range(warmup + steps), desc="benchmark", leave=False):
+    for i in progress(range(warmup + args.benchmark), desc="benchmark", leave=False):
         if i == warmup:
             sync()
             start = time.perf_counter()
-        step(video, soft_targets(label, 400, 0.0), soft_cross_entropy, lambda loss: loss.backward(), autocast)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        one_step()
     sync()
-    clips = steps * args.step_batch / (time.perf_counter() - start)
+    clips = args.benchmark * args.step_batch / (time.perf_counter() - start)
     if device.type == "cuda":
         mem = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB peak GPU memory"
     else:
         import resource
         mem = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB peak RSS"
-    print(f"benchmark {args.method} {args.model} on {device} ({dtype or torch.float32}): batch {args.step_batch} "
-          f"x {args.frames} frames x {args.size}px, 400 classes: {clips:.1f} clips/s training, {mem}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    peak = args.peak_tflops or next((p[0] if dtype else p[1] for k, p in PEAK_TFLOPS.items() if k in name), None)
+    mfu = f", MFU {flops * clips / (peak * 1e12):.1%} of {peak:g} TFLOP/s" if peak else \
+        " (MFU: give the device's peak with --peak-tflops)"
+    print(f"benchmark {args.method} {args.model} on {device}{f' ({name})' if name else ''} ({dtype or torch.float32}):"
+          f" batch {args.step_batch} x {args.frames} frames x {args.size}px, 400 classes: {clips:.1f} clips/s "
+          f"training, {flops / 1e9:.4g} GFLOP per clip, {flops * clips / 1e12:.3g} TFLOP/s{mfu}, {mem}")
+    if not args.train_list:
+        print("the data loader: give --train-list (with --data-root, --classes) to time it on your videos too")
+        return
+    samples, _ = read_videos(args.train_list, args.data_root, (args.split or [1])[0], True, args.classes)
+    loader = make_loader(args, device, samples[:args.step_batch * (args.benchmark + 2)], train=True)
+    waited = [0.0]
+    for i, (batch, _) in enumerate(zip(batches(loader, None, "benchmark", waited), range(args.benchmark + 1))):
+        if i == 0:   # the workers' start-up is not throughput
+            start, count = time.perf_counter(), 0
+        else:
+            count += len(batch[1])
+    loaded = count / (time.perf_counter() - start)
+    bound = "the data loader" if loaded < clips else "the model"
+    print(f"the data loader: {loaded:.1f} clips/s with {args.workers} workers on {args.train_list}; training is "
+          f"bound by {bound} (at most {min(loaded, clips):.1f} clips/s)" + (
+              "; more --workers, or re-encoding the videos to a short key-frame interval, would help" if
+              loaded < clips else ""))
 
 
 # ---------------------------------------------------------------------------------------------------------
