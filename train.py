@@ -1007,8 +1007,6 @@ def place_run(args):
         args.run = folder
         if not args.eval_only:
             args.out = folder
-            print(f"continuing {folder}" + (" (the latest " + f"{args.method} {args.protocol} run)"
-                                            if args.resume == "auto" and "out" not in args.explicit else ""))
             return   # main() updates its config.json once it knows the run has something left to do
     if args.out:
         held = [os.path.join(args.out, f) for f in ("config.json", "metrics.jsonl", "skipped.txt") if os.path.exists(
@@ -1109,6 +1107,8 @@ def main(argv=None):
                   f"with --eval-only --resume {args.out} (into a folder of its own), or train on with --resume "
                   f"{args.out} --epochs N")
             return None
+        print(f"continuing {args.out}" + (f" (the latest {args.method} {args.protocol} run)"
+                                          if args.resume == "auto" and "out" not in args.explicit else ""))
         if len(args.shot_seeds) > 1:   # each seed's own file is cut back as the seed resumes
             trim_metrics(top, 0)
         write_config(args)
