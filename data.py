@@ -226,15 +226,23 @@ def _color_jitter(x, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, rng=
     return x
 
 
+def normalise(x, mean, std):
+    """uint8 (..., 3, H, W) -> float, (x / 255 - mean) / std per channel: the transforms' last step. train.py
+    runs it on the device on whole batches, so that the workers hand over uint8 clips (a quarter of the bytes
+    to pass between processes and to the GPU); the result is the same to the last bit."""
+    return F.normalize(x.float() / 255, list(mean), list(std))
+
+
 class TrainTransform:
     """The ViFi-CLIP / X-CLIP training augmentation (their configs' TRAIN pipeline): resize the short side to
     short_side, MultiScaleCrop, resize to size x size (aspect ratio not kept), flip, colour jitter, grayscale,
     normalise. (T,H,W,3) uint8 -> (T,3,size,size) float. Every draw comes from `rng` (default: the random
-    module), so that VideoDataset can make a clip's augmentation a function of the seed, epoch and video."""
+    module), so that VideoDataset can make a clip's augmentation a function of the seed, epoch and video.
+    normalise=False stops before the last step and returns uint8, for normalise() to finish on the device."""
 
     def __init__(self, size, mean, std, scales=(1, .875, .75, .66), flip=True, color_jitter=0.8, grayscale=0.2,
-                 short_side=None):
-        self.size, self.mean, self.std = size, list(mean), list(std)
+                 short_side=None, normalise=True):
+        self.size, self.mean, self.std, self.normalise = size, list(mean), list(std), normalise
         self.scales, self.flip, self.color_jitter, self.grayscale = scales, flip, color_jitter, grayscale
         self.short_side = short_side or round(size * 256 / 224)  # 256 for 224 inputs, as the official code
 
@@ -257,18 +265,19 @@ class TrainTransform:
             x = _color_jitter(x, rng=rng)
         if rng.random() < self.grayscale:
             x = F.rgb_to_grayscale(x, num_output_channels=3)
-        return F.normalize(x.float() / 255, self.mean, self.std)
+        return normalise(x, self.mean, self.std) if self.normalise else x
 
 
 class TestTransform:
     """Deterministic test views. crops=1: short side to short_side, centre crop. crops=3: short side to size
     (as the official three-crop test), then crops at the start, middle and end of the long side.
-    (T,H,W,3) uint8 -> (crops,T,3,size,size) float."""
+    (T,H,W,3) uint8 -> (crops,T,3,size,size) float (uint8 with normalise=False, as TrainTransform)."""
 
-    def __init__(self, size, mean, std, crops=1, short_side=None):
+    def __init__(self, size, mean, std, crops=1, short_side=None, normalise=True):
         if crops not in (1, 3):
             raise ValueError(f"TestTransform: crops must be 1 or 3, got {crops}")
         self.size, self.mean, self.std, self.crops = size, list(mean), list(std), crops
+        self.normalise = normalise
         self.short_side = short_side or round(size * 256 / 224)
 
     def __call__(self, frames):
@@ -281,7 +290,7 @@ class TestTransform:
             s, extra = self.size, max(h, w) - self.size
             views = [x[..., o:o + s, :] if h > w else x[..., :, o:o + s] for o in (0, extra // 2, extra)]
         x = torch.stack(views)  # (crops,T,3,S,S)
-        return F.normalize(x.float() / 255, self.mean, self.std)
+        return normalise(x, self.mean, self.std) if self.normalise else x
 
 # -----------------------------------------------------------------------------
 # lists and datasets

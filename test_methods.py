@@ -619,6 +619,17 @@ def test_lists_and_class_files_as_people_write_them(tmp_path):
         data.check_videos(str(absent), str(tmp_path), samples)
 
 
+def test_uint8_clips_normalised_on_the_device_equal_the_transforms_own_normalisation():
+    frames = torch.randint(0, 256, (6, 40, 56, 3), dtype=torch.uint8)
+    for make in (lambda **k: data.TrainTransform(32, data.CLIP_MEAN, data.CLIP_STD, **k),
+                 lambda **k: data.TestTransform(32, data.CLIP_MEAN, data.CLIP_STD, crops=3, **k)):
+        raw = make(normalise=False)(frames, *([random.Random(3)] if isinstance(make(), data.TrainTransform) else []))
+        done = make()(frames, *([random.Random(3)] if isinstance(make(), data.TrainTransform) else []))
+        assert raw.dtype == torch.uint8 and torch.equal(data.normalise(raw, data.CLIP_MEAN, data.CLIP_STD), done)
+        batch = torch.stack([raw, raw])                              # a batch, as train.py normalises it
+        assert torch.equal(data.normalise(batch, data.CLIP_MEAN, data.CLIP_STD)[1], done)
+
+
 def test_temporal_twins_are_the_time_reversed_classes():
     names = data.synthetic_classes()
     twins = data.temporal_twins(names)

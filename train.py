@@ -318,16 +318,19 @@ def lr_factor(step, warmup, total, min_ratio):
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None):
-    """Accuracy of softmax-averaged views. The loader yields video (B, V, T, 3, S, S) with V = clips x crops.
+def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None, stats=None):
+    """Accuracy of softmax-averaged views. The loader yields video (B, V, T, 3, S, S) with V = clips x crops:
+    uint8 to be normalised on the device with stats = (mean, std), or float already normalised.
     twins[c] is the class with class c's frames in reverse order (or -1); 'twins' accuracy is how often the
     true class beats its twin, the figure a model that cannot see frame order leaves at 50%."""
     model.eval()
     probs, labels, skipped = [], [], skips.count if skips else 0
     for video, label in progress(batches(loader, skips, desc), total=len(loader), desc=desc, leave=False):
         B, V = video.shape[:2]
+        video = video.to(device, non_blocking=True)
+        video = data.normalise(video, *stats) if stats else video
         with autocast():
-            logits = model(video.to(device, non_blocking=True).flatten(0, 1))   # (B*V, C)
+            logits = model(video.flatten(0, 1))                              # (B*V, C)
         probs.append(logits.float().softmax(-1).view(B, V, -1).mean(1).cpu())  # (B, C)
         labels.append(label)
     probs, labels = torch.cat(probs), torch.cat(labels)
@@ -590,6 +593,7 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
     loader = make_loader(args, device, samples[:args.step_batch * (args.benchmark + 2)], train=True)
     waited = [0.0]
     for i, (batch, _) in enumerate(zip(batches(loader, None, "benchmark", waited), range(args.benchmark + 1))):
+        data.normalise(batch[0].to(device), *STATS[args.mean])   # what the training loop does with each batch
         if i == 0:   # the workers' start-up is not throughput
             start, count = time.perf_counter(), 0
         else:
@@ -677,9 +681,9 @@ def make_loader(args, device, samples, train=False, views=False, with_index=Fals
     mean, std = STATS[args.mean]
     if train:
         transform = data.TrainTransform(args.size, mean, std, flip=args.flip, color_jitter=args.color_jitter,
-                                        grayscale=args.grayscale)
+                                        grayscale=args.grayscale, normalise=False)
     else:
-        transform = data.TestTransform(args.size, mean, std, crops=args.test_crops if views else 1)
+        transform = data.TestTransform(args.size, mean, std, crops=args.test_crops if views else 1, normalise=False)
     dataset = data.VideoDataset(samples, "", args.frames, transform, args.sampling, args.stride, train=train,
                                 num_clips=args.test_clips if views else 1, return_index=with_index,
                                 skip_bad=args.skip_bad_videos, seed=args.seed)
@@ -775,7 +779,7 @@ def run(args, method, seed, out):
     for title, samples, test_names in tests:
         model.set_classes(test_names)
         m = evaluate(model, make_loader(args, device, samples, views=True), device, autocast,
-                     data.temporal_twins(test_names), f"{title} ({views})", skips)
+                     data.temporal_twins(test_names), f"{title} ({views})", skips, STATS[args.mean])
         left_out = f", {m['skipped']} left out as bad (listed in {skips.path})" if m.get("skipped") else ""
         print(f"{title} ({views}, {len(samples)} videos{left_out}): {format_metrics(m)}")
         record = dict(test=title, protocol=args.protocol, views=views, weights=weights, **m)
@@ -853,6 +857,7 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
         partial, skipped, waited = None, skips.count, [0.0]
         for video, label, *index in batches(train_loader, skips, f"epoch {epoch + 1}", waited):
             video, label = video.to(device, non_blocking=True), label.to(device, non_blocking=True)
+            video = data.normalise(video, *STATS[args.mean])                 # uint8 from the workers
             target = soft_targets(label, len(names), args.smoothing)
             video, target = mix(video, target, args.mixup, args.cutmix, args.mix_switch)
             extra = dict(paths=[train_loader.dataset.samples[i][0] for i in index[0].tolist()]) if index else {}
@@ -896,7 +901,8 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
         shown = ""
         if args.val_every and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs):
             model.set_classes(val_names)
-            line["val"] = evaluate(model, val_loader, device, autocast, data.temporal_twins(val_names), "val", skips)
+            line["val"] = evaluate(model, val_loader, device, autocast, data.temporal_twins(val_names), "val", skips,
+                                   STATS[args.mean])
             model.set_classes(names)
             best = max(best, line["val"]["top1"])
             shown = f"  val {format_metrics(line['val'])}"
