@@ -24,6 +24,7 @@ that, so accuracy between twins measures what a video method adds to CLIP. synth
 frames of the same kind with captions, for pretraining a tiny CLIP that knows shapes but not motion.
 """
 
+import bisect
 import csv
 import json
 import os
@@ -46,7 +47,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # -----------------------------------------------------------------------------
 # decoding
 
-SEEK_GAP = 32  # frames; to skip a longer gap, seek to the keyframe before the next wanted frame
+SEEK_GAP = 32  # frames; without a key-frame index, seek only over gaps longer than this
+SEEK_SAVES = 4  # frames; with an index, seek when the key frame before the wanted frame skips more than this
 _FIX = ("check that the file plays (ffprobe FILE), re-encode it (ffmpeg -i FILE -c:v libx264 OUT.mp4), "
         "or remove its line from the list file")
 
@@ -96,7 +98,7 @@ if av.logging.get_level() is None or av.logging.get_level() < av.logging.ERROR:
 
 def _decode(path, wanted, by_timestamp):
     """Decode the sorted frame numbers `wanted` -> {number: uint8 (H,W,3)}. by_timestamp: a frame's number
-    comes from its timestamp, which stays right after a seek, so long gaps are skipped by seeking. Otherwise
+    comes from its timestamp, which stays right after a seek, so gaps are skipped by seeking. Otherwise
     frames are counted from the start, which is always right but decodes every frame up to the last one wanted.
 
     Frames come out as a player shows them: the stream's rotation flag (phones record upright video sideways
@@ -115,13 +117,24 @@ def _decode(path, wanted, by_timestamp):
             raise _BadTimestamps
         start = stream.start_time or 0
         ticks = 1 / (stream.time_base * stream.average_rate) if by_timestamp else None  # timestamp ticks per frame
+        # The container's index (mp4 has one at open) tells where the key frames are: seeking is worth it when
+        # the key frame at or before the next wanted frame lies ahead of where decoding is, whatever the gap
+        # (x264 puts one every 250 frames by default, a re-encoded set every 16). Entries are in decoding
+        # order with decoding timestamps, which run a fixed reorder delay behind the frames' own, so a key
+        # frame's number counts from the first entry. A wrong guess costs only time: a seek that lands after
+        # the wanted frame falls back to counting frames, one that lands behind stops further seeks.
+        entries = stream.index_entries if by_timestamp else []
+        keys = [round((e.timestamp - entries[0].timestamp) / ticks) for e in entries if e.is_keyframe] if len(
+            entries) else []
         arrays, frames, current, seeking, seeked_from = {}, container.decode(stream), -1, by_timestamp, None
         # One converter for the whole video: frame.to_ndarray(format=...) builds a new one for every frame, which
         # cost 4 times the decoding itself on small videos. The pixels are the same (same swscale settings).
         to_rgb = VideoReformatter()
         size, damage, reported = None, None, 0   # damage: (frame, what) since the last clean key frame
         for k in wanted:
-            if seeking and k - current > SEEK_GAP:
+            at = bisect.bisect_right(keys, k)
+            key = keys[at - 1] if at else -1   # the key frame at or before k (-1: none known)
+            if seeking and (key - current > SEEK_SAVES if keys else k - current > SEEK_GAP):
                 container.seek(start + int(k * ticks), stream=stream)  # to the keyframe at or before frame k
                 frames, seeked_from = container.decode(stream), current
             while current < k or seeked_from is not None:  # take the first frame numbered k or more
@@ -755,8 +768,9 @@ def synthetic_stills(n, seed, size=64):
     return images, captions
 
 
-def write_video(path, frames, fps=8):
-    """Encode uint8 (T,H,W,3) RGB frames (H and W even) to an mp4, H.264 if PyAV's ffmpeg has libx264."""
+def write_video(path, frames, fps=8, keyint=8):
+    """Encode uint8 (T,H,W,3) RGB frames (H and W even) to an mp4, H.264 if PyAV's ffmpeg has libx264, with a
+    key frame every `keyint` frames (8: read_frames can seek within the short synthetic videos)."""
     frames = np.asarray(frames, dtype=np.uint8)
     height, width = frames.shape[1:3]
     if height % 2 or width % 2:
@@ -768,10 +782,28 @@ def write_video(path, frames, fps=8):
         options = {"qp": "20", "preset": "veryfast"} if _CODEC == "libx264" else {}
         stream = container.add_stream(_CODEC, rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.gop_size = 8  # a keyframe every 8 frames, so read_frames can seek in short videos
+        stream.codec_context.gop_size = keyint
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())  # flush the encoder
+
+
+def reencode(src, dst, short_side=256, keyint=16):
+    """Re-encode one video for fast training reads: the short side brought to `short_side` (what the training
+    transforms resize to anyway; the official pipelines read Kinetics at 340x256 or 320 short side) and a key
+    frame every `keyint` frames, so that read_frames seeks close to every frame it wants instead of decoding
+    from a key frame up to 250 frames back. Frames as read_frames shows them (rotation applied, damage refused),
+    at the source's frame rate. For a dataset whose loader bounds training, once:
+        for path, _ in data.read_list("train.txt"): data.reencode(f"videos/{path}", f"fast/{path}")"""
+    frames = read_frames(src, range(video_length(src))).permute(0, 3, 1, 2)   # (T,3,H,W) uint8
+    height, width = frames.shape[-2:]
+    scale = short_side / min(height, width)
+    size = [2 * round(height * scale / 2), 2 * round(width * scale / 2)]      # even sides for yuv420p
+    frames = F.resize(frames, size, antialias=True).permute(0, 2, 3, 1)       # (T,H',W',3)
+    with _open(src) as container:
+        fps = container.streams.video[0].average_rate or 30
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    write_video(dst, frames.numpy(), fps=fps, keyint=keyint)
 
 
 def _done(root):

@@ -492,9 +492,40 @@ def test_seeking_gives_the_frames_sequential_decoding_gives(tmp_path):
     frames = data.render_clip("circle", "growing", np.random.default_rng(1), T=120, size=64)
     path = str(tmp_path / "long.mp4")
     data.write_video(path, frames)
-    sparse = data.read_frames(path, [3, 60, 110])              # gaps > SEEK_GAP: seeks
+    sparse = data.read_frames(path, [3, 60, 110])              # key frames every 8: seeks
     dense = data.read_frames(path, list(range(120)))            # one sequential pass
     torch.testing.assert_close(sparse, dense[[3, 60, 110]])
+
+
+@pytest.mark.parametrize("keyint", [250, 16, 5])
+def test_seeks_by_the_key_frame_index_give_exactly_the_sequential_frames(tmp_path, keyint):
+    """B-frames (x264's veryfast preset) with sparse, short and very short key-frame intervals: any set of
+    frames, in any order, equals the same frames of one pass decoding every frame."""
+    frames = data.render_clip("square", "moving right", np.random.default_rng(2), T=150, size=64)
+    path = str(tmp_path / "video.mp4")
+    data.write_video(path, frames, keyint=keyint)
+    with av.open(path) as container:
+        assert sum(e.is_keyframe for e in container.streams.video[0].index_entries) == -(-150 // keyint)
+    every = data.read_frames(path, range(150))
+    rng = random.Random(keyint)
+    for wanted in ([0, 149], [149, 0, 75], [16, 17, 40, 41, 120], data.sample_indices(150, 8, "segment", train=True, rng=rng),
+                   data.sample_indices(150, 16, "dense", stride=4, train=True, rng=rng), sorted(rng.sample(range(150), 30))):
+        assert torch.equal(data.read_frames(path, wanted), every[list(wanted)]), wanted
+
+
+def test_reencode_keeps_the_frames_at_a_short_side_with_frequent_key_frames(tmp_path):
+    src, dst = str(tmp_path / "src.mp4"), str(tmp_path / "fast" / "dst.mp4")
+    frames = np.stack([np.kron(data.render_clip("circle", "growing", np.random.default_rng(3), T=40, size=64)[t],
+                               np.ones((1, 2, 1), np.uint8))[:, :96] for t in range(40)])   # (40, 64, 96, 3)
+    data.write_video(src, frames, fps=25, keyint=250)
+    data.reencode(src, dst, short_side=32, keyint=16)
+    out = data.read_frames(dst, range(40))
+    with av.open(dst) as container:
+        stream = container.streams.video[0]
+        assert stream.average_rate == 25 and [e.is_keyframe for e in stream.index_entries].count(True) == 3
+    smaller = torch.nn.functional.interpolate(data.read_frames(src, range(40)).permute(0, 3, 1, 2).float(),
+                                              size=(32, 48), mode="bilinear", antialias=True).permute(0, 2, 3, 1)
+    assert out.shape == (40, 32, 48, 3) and (out.float() - smaller).abs().mean() < 4
 
 
 def test_segment_and_dense_sampling():
