@@ -753,8 +753,9 @@ def synthetic_stills(n, seed, size=64):
     radius = size * np.where(big, rng.uniform(0.28, 0.40, n), rng.uniform(0.13, 0.20, n))  # the videos' range
     cx, cy = rng.uniform(radius, size - radius, (2, n))
     r, x, y = (a[:, None, None] for a in (radius, cx, cy))  # (n,1,1) each
-    masks = np.stack([_draw(name, x, y, r, size) for name in SHAPES])  # (3,n,size,size): every shape, then pick
-    mask = masks[shape, np.arange(n)]  # (n,size,size)
+    mask = np.empty((n, size, size), dtype=bool)
+    for k, name in enumerate(SHAPES):  # each image's own shape only
+        mask[shape == k] = _draw(name, x[shape == k], y[shape == k], r[shape == k], size)  # (n_k,size,size)
     background = rng.uniform(10, 60, (n, 1, 1, 3)) + rng.normal(0, 6, (n, size, size, 3))  # (n,size,size,3)
     images = np.where(mask[..., None], _PALETTE[colour][:, None, None], background).clip(0, 255).astype(np.uint8)
     say = (rng.random((n, 3)) < (0.4, 0.8, 0.4)).tolist()  # mention the size, the colour, the place?

@@ -59,8 +59,8 @@ PROTOCOLS = ("supervised", "zero-shot", "few-shot", "base2novel")
 # classes have the same problem). A method may adjust these with an EMBEDDED dict of its own.
 # One thread for the model's operations: the tiny CLIP's matrices are too small to share between cores, and
 # with two decoding workers beside it a second thread cost 30% more CPU time for the same wall time (measured
-# on 2 cores). 20 epochs with a val pass every 5 keep the default run within 150 CPU-seconds on 2 cores.
-EMBEDDED = dict(model="tiny", pretrained="synthetic", frames=8, epochs=20, val_every=5, batch_size=32, step_batch=32,
+# on 2 cores). 20 epochs with a val pass every 10 keep the default run within 150 CPU-seconds on 2 cores.
+EMBEDDED = dict(model="tiny", pretrained="synthetic", frames=8, epochs=20, val_every=10, batch_size=32, step_batch=32,
                 lr=1e-3, warmup_epochs=1, weight_decay=0.05, mixup=0.0, cutmix=0.0, smoothing=0.0, test_clips=2,
                 test_crops=1, flip=False, threads=1)
 
@@ -140,8 +140,9 @@ def get_args(argv=None):
                                                                      "dense: consecutive frames at --stride")
     g.add_argument("--stride", type=at_least(1), help="frame stride of dense sampling")
     g.add_argument("--size", type=at_least(8), help="input side in pixels; default: the CLIP's own")
-    g.add_argument("--workers", type=at_least(0), default=min(8, os.cpu_count() or 1),
-                   help="decoding processes; raise if the GPU waits on data (low clips/s, low GPU use)")
+    g.add_argument("--workers", type=at_least(0), default=max(0, (os.cpu_count() or 1) - 1),
+                   help="decoding processes, one FFmpeg thread each (default: every core but the one the main "
+                        "process trains on); lower it if memory runs short")
     g.add_argument("--skip-bad-videos", action="store_true", help=(
         "leave out videos that cannot be decoded (damaged, unreadable) instead of stopping at the first; each one "
         "is listed in the run's skipped.txt and counted in the epoch lines and the tests. Default: stop, naming it"))
