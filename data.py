@@ -394,7 +394,8 @@ class VideoDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         epoch, i = divmod(key, len(self.samples))
         try:
-            video, label = self._load(i, random.Random(f"{self.seed}:{epoch}:{i}"))
+            rng = random.Random(f"{self.seed}:{epoch}:{i}") if self.train else None   # test views draw nothing
+            video, label = self._load(i, rng)
         except VideoError as e:
             if not self.skip_bad:
                 raise
@@ -413,6 +414,7 @@ class VideoDataset(torch.utils.data.Dataset):
         views = [self.transform(frames[k * T:(k + 1) * T]) for k in range(self.num_clips)]
         views = [v if v.dim() == 5 else v.unsqueeze(0) for v in views]  # a (T,3,S,S) transform gives one view
         return torch.cat(views), label  # (num_clips*crops,T,3,S,S)
+
 
 class EpochSampler(torch.utils.data.Sampler):
     """The training order: a permutation drawn from (seed, epoch) alone, so a resumed run sees the same order
@@ -820,8 +822,8 @@ def make_synthetic(root, seed=0, train_per_class=40, val_per_class=35, T=24, siz
     and the zero-shot protocol's lists: seen_train.txt with seen.csv (the classes not in UNSEEN), unseen_val.txt
     with unseen.csv.
     Deterministic from the arguments, and cached: a finished set with the same arguments is reused.
-    The videos are encoded one after another (threads took as long on 2 cores). val_per_class=35 makes 420 test videos, so that an accuracy's standard error is at
-    most 2.5 points."""
+    The videos are encoded one after another (threads took as long on 2 cores). val_per_class=35 makes 420
+    test videos, so that an accuracy's standard error is at most 2.5 points."""
     root = os.path.abspath(root)
     params = dict(seed=seed, train_per_class=train_per_class, val_per_class=val_per_class, T=T, size=size,
                   codec=_CODEC, version=4)

@@ -66,7 +66,8 @@ EMBEDDED = dict(model="tiny", pretrained="synthetic", frames=8, epochs=20, val_e
 
 # What a recipe key falls back to when a method's RECIPE does not mention it.
 BASE = dict(frames=8, sampling="segment", stride=1, lr=1e-4, lr_min_ratio=0.01, weight_decay=0.0, betas=(0.9, 0.999),
-            eps=1e-8, epochs=10, val_every=1, threads=0, warmup_epochs=0, batch_size=32, step_batch=8, grad_clip=0.0, mean="clip", flip=True,
+            eps=1e-8, epochs=10, val_every=1, threads=0, warmup_epochs=0, batch_size=32, step_batch=8, grad_clip=0.0,
+            mean="clip", flip=True,
             color_jitter=0.0, grayscale=0.0, mixup=0.0, cutmix=0.0, mix_switch=0.5, smoothing=0.0,
             test_clips=1, test_crops=1, model="ViT-B-16", class_words=False)
 
