@@ -419,20 +419,40 @@ class VideoDataset(torch.utils.data.Dataset):
 class EpochSampler(torch.utils.data.Sampler):
     """The training order: a permutation drawn from (seed, epoch) alone, so a resumed run sees the same order
     as an uninterrupted one, and can start an epoch part way (`start` items in). It hands out the keys
-    epoch * n + i, from which VideoDataset derives each clip's randomness."""
+    epoch * n + i, from which VideoDataset derives each clip's randomness.
+    Under torchrun, process `rank` of `world` takes every world-th video of the permutation, from its rank on,
+    and the same count on every process (n // world, the rest left for the epoch, as drop_last does): the
+    micro-batches of b videos of all processes together then hold exactly the videos one process with batch
+    world * b would take (PyTorch's DistributedSampler deals them out the same way)."""
 
-    def __init__(self, n, seed):
-        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+    def __init__(self, n, seed, rank=0, world=1):
+        self.n, self.seed, self.rank, self.world, self.epoch, self.start = n, seed, rank, world, 0, 0
 
     def set_epoch(self, epoch, start=0):
         self.epoch, self.start = epoch, start
 
     def __iter__(self):
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-        return iter((self.epoch * self.n + order[self.start:]).tolist())
+        shard = order[self.rank::self.world][:self.n // self.world]      # (n // world,) this process's videos
+        return iter((self.epoch * self.n + shard[self.start:]).tolist())
 
     def __len__(self):
-        return self.n - self.start
+        return self.n // self.world - self.start
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Evaluation under torchrun: process `rank` of `world` takes videos rank, rank + world, ... Nothing is
+    padded (DistributedSampler repeats videos to even out the counts, which would count them twice): the
+    processes' predictions are gathered by video index instead, every video exactly once."""
+
+    def __init__(self, n, rank, world):
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
 
 
 class Skipped(tuple):

@@ -9,6 +9,7 @@ import os
 import pickle
 import random
 import re
+import subprocess
 import sys
 import time
 import types
@@ -1381,6 +1382,147 @@ def test_cli_predict(tmp_path, capsys):
 # =========================================================================================================
 # omniclip
 # =========================================================================================================
+
+# ---------------------------------------------------------------------------------------------------------
+# More than one process: train.py under torchrun (gloo on the CPU), against one process
+# ---------------------------------------------------------------------------------------------------------
+
+def torchrun(*argv, cwd, processes=2, ok=True):
+    """train.py started by torchrun, as a user would start it; -> (return code, stdout + stderr)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--standalone",
+               os.path.abspath(train.__file__), *argv]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=240)
+    output = done.stdout + done.stderr
+    assert (done.returncode == 0) == ok, output[-4000:]
+    return output, time.perf_counter() - started
+
+
+def weight_gap(a, b):
+    """max |a - b| over two state dicts, leaving out the attention key biases: a key bias adds the same
+    number to every score of a query, which the softmax cancels, so its gradient is pure rounding noise, and
+    Adam (dividing by the noise's own size) turns noise of any size into a step of about lr."""
+    gap = 0.0
+    for k in a:
+        x, y = a[k].double().flatten(), b[k].double().flatten()
+        if k.endswith("in_proj_bias"):
+            D = x.numel() // 3
+            x, y = torch.cat([x[:D], x[2 * D:]]), torch.cat([y[:D], y[2 * D:]])   # queries and values
+        gap = max(gap, (x - y).abs().max().item())
+    return gap
+
+
+def test_epoch_shards_together_hold_the_whole_batch_and_test_shards_each_video_once():
+    one = list(data.EpochSampler(23, seed=3))
+    shards = [list(data.EpochSampler(23, seed=3, rank=r, world=2)) for r in (0, 1)]
+    assert [len(s) for s in shards] == [11, 11]                        # equal counts: every process steps together
+    for m in range(11 // 4):                                            # micro-batch m of b = 4 on each process
+        assert sorted(shards[0][4 * m:4 * m + 4] + shards[1][4 * m:4 * m + 4]) == sorted(one[8 * m:8 * m + 8])
+    resumed = data.EpochSampler(23, seed=3, rank=1, world=2)
+    resumed.set_epoch(0, start=4)
+    assert list(resumed) == shards[1][4:]
+    tested = [data.ShardSampler(11, r, 3).indices for r in range(3)]
+    assert sorted(sum(tested, [])) == list(range(11))                  # nothing padded, nothing twice
+
+
+def test_torchrun_two_processes_train_test_and_resume_as_one_process_with_the_whole_batch(tmp_path, monkeypatch):
+    """b videos on each of two processes = 2b videos on one: the same weights (to 1e-5; 3e-8 measured), the
+    same val and test figures over an odd number of test videos, and a resume under two processes lands where
+    the one-process resume does."""
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    odd = tmp_path / "odd.txt"
+    odd.write_text("".join(open(paths["val"]).readlines()[:11]))         # 11 test videos: 6 + 5 on two processes
+    monkeypatch.chdir(tmp_path)
+    argv = tiny_run_args(paths, "--val-list", str(odd), "--mixup", "0", "--cutmix", "0", "--epochs", "1",
+                         "--val-every", "1")
+    train.main(argv + ["--out", "one"])
+    first = torch.load(os.path.join("one", "last.pt"), weights_only=False)
+    printed, _ = torchrun(*argv, "--batch-size", "2", "--workers", "1", "--out", "two", cwd=tmp_path)
+    assert "batch 2 x 2 processes x 1 accumulation = 4" in printed
+    assert printed.count("run folder") == 1                              # one voice: rank 0's
+    two = torch.load(os.path.join("two", "last.pt"), weights_only=False)
+    assert weight_gap(first["model"], two["model"]) < 1e-5
+    assert len(two["rngs"]) == 2 and not torch.equal(two["rngs"][0]["torch"], two["rngs"][1]["torch"])
+
+    def figures(run):   # [{name: number}] of each line: the loss, and the val and test figures
+        keep = ("loss", "videos", "top1", "top5", "mean_class", "twins")
+        return [{f"{k}{'.' + j if isinstance(v, dict) else ''}": w for k, v in r.items()
+                 for j, w in (v.items() if isinstance(v, dict) else [(k, v)]) if k in keep or j in keep}
+                for r in train.read_metrics(os.path.join(run, "metrics.jsonl"))]
+    assert figures("two")[0]["val.videos"] == 11 and figures("two")[1]["videos"] == 11
+    assert figures("two")[:2] == [pytest.approx(line, abs=1e-5) for line in figures("one")[:2]]
+    alone = train.main(["--method", "vificlip", "--eval-only", "--resume", "two"])   # two's weights, one process
+    assert {k: alone["test"][0][k] for k in ("videos", "top1", "top5", "mean_class", "twins")} == \
+        {k: figures("two")[1][k] for k in ("videos", "top1", "top5", "mean_class", "twins")}
+
+    train.main(["--method", "vificlip", "--resume", "one", "--epochs", "2"])
+    printed, _ = torchrun("--method", "vificlip", "--resume", "two", "--epochs", "2", cwd=tmp_path)
+    assert "resumed two/last.pt after epoch 1" in printed
+    one, two = (torch.load(os.path.join(run, "last.pt"), weights_only=False) for run in ("one", "two"))
+    assert two["epoch"] == 2 and weight_gap(one["model"], two["model"]) < 1e-5
+    assert [r["epoch"] for r in train.read_metrics(os.path.join("two", "metrics.jsonl")) if "epoch" in r] == [1, 2]
+    assert figures("two")[:3] == [pytest.approx(line, abs=1e-5) for line in figures("one")[:3]]
+
+
+def test_torchrun_openvclip_each_process_takes_its_own_alpha_and_the_gradients_are_averaged(tmp_path, monkeypatch):
+    """The interpolated-weight step under two processes: each process draws its own alpha (as each GPU of the
+    official runs), and the step equals one process averaging the gradients of the two half-batches, each
+    taken at its own alpha, then clipping and stepping once."""
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    monkeypatch.chdir(tmp_path)
+    argv = tiny_run_args(paths, "--batch-size", "2", "--steps-per-epoch", "1", "--epochs", "1", "--val-every", "0",
+                         "--mixup", "0", "--cutmix", "0", "--iwo-alpha", "0.6", "--no-swa", "--interp-lambda", "0",
+                         "--warmup-epochs", "0", "--test-clips", "1")
+    argv[1] = "openvclip"
+    torchrun(*argv, "--out", "run", cwd=tmp_path)
+    trained = torch.load(os.path.join("run", "last.pt"), weights_only=False)["model"]
+
+    args, method = train.get_args(argv)                                 # the same model, data and draws, by hand
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    clip = common.load_clip(args.model, args.pretrained, args.quick_gelu)
+    args.size = args.size or clip.visual.image_size[0]
+    model = method.build(clip, args).train()
+    samples, names = train.read_videos(args.train_list, args.data_root, 1, True, args.classes)
+    model.set_classes(names)
+    dataset = train.make_loader(args, torch.device("cpu"), samples, train=True).dataset
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads, alphas = [], []
+    for rank in (0, 1):
+        keys = list(data.EpochSampler(len(samples), args.seed, rank, 2))[:2]   # this process's first micro-batch
+        video, label = data.collate([dataset[k] for k in keys])
+        video = data.normalise(video, *train.STATS[args.mean])
+        target = train.soft_targets(label, len(names), args.smoothing)
+        train.seed_process(args.seed, rank)
+        state = random.getstate()
+        alphas.append(random.uniform(0.0, args.iwo_alpha))                # what train_step is about to draw
+        random.setstate(state)
+        model.zero_grad(set_to_none=True)
+        model.train_step(video, target, train.soft_cross_entropy, lambda loss: loss.backward(), contextlib.nullcontext)
+        grads.append([p.grad.clone() for p in params])
+    assert alphas[0] != alphas[1]
+    for p, g0, g1 in zip(params, *grads):
+        p.grad = (g0 + g1) / 2
+    if args.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    torch.optim.AdamW(model.param_groups(args.lr, args.weight_decay), lr=args.lr, betas=tuple(args.betas),
+                      eps=args.eps).step()
+    assert weight_gap(model.state_dict(), trained) < 1e-5
+
+
+def test_torchrun_a_failing_process_ends_the_run_with_its_message(tmp_path):
+    """A damaged video in process 1's first batch: process 1 stops with the one-line error naming it, and
+    torchrun ends process 0 (waiting for process 1's gradients) at once instead of letting it hang."""
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    samples = data.read_list(paths["train"])
+    path = os.path.join(paths["root"], samples[list(data.EpochSampler(len(samples), 0, 1, 2))[0]][0])
+    damaged_copy(path, path + ".bad.mp4", gop=0)
+    os.replace(path + ".bad.mp4", path)
+    printed, seconds = torchrun(*tiny_run_args(paths, "--batch-size", "2", "--epochs", "1", "--mixup", "0"),
+                                "--out", str(tmp_path / "run"), cwd=tmp_path, ok=False)
+    assert re.search(rf"process 1 of 2: error: {re.escape(path)}: frame \d+ may be damaged", printed)
+    assert seconds < 120
+
 
 def omniclip_omni(state, **kwargs):
     return build("omniclip", state, **{"frames": 8, **kwargs})   # built for 8 frames, fed T = 4

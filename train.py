@@ -75,6 +75,8 @@ BASE = dict(frames=8, sampling="segment", stride=1, lr=1e-4, lr_min_ratio=0.01, 
 # method's own options).
 INHERITED = ("model", "quick_gelu", "frames", "sampling", "stride", "size", "mean", "test_clips", "test_crops")
 
+# The cores this process may use: all of them, or under torchrun an equal share per process on the machine.
+PROCESS_CORES = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 STATS = {"imagenet": (data.IMAGENET_MEAN, data.IMAGENET_STD), "clip": (data.CLIP_MEAN, data.CLIP_STD)}
 
 
@@ -141,9 +143,10 @@ def get_args(argv=None):
                                                                      "dense: consecutive frames at --stride")
     g.add_argument("--stride", type=at_least(1), help="frame stride of dense sampling")
     g.add_argument("--size", type=at_least(8), help="input side in pixels; default: the CLIP's own")
-    g.add_argument("--workers", type=at_least(0), default=max(0, (os.cpu_count() or 1) - 1),
+    g.add_argument("--workers", type=at_least(0), default=max(0, PROCESS_CORES - 1),
                    help="decoding processes, one FFmpeg thread each (default: every core but the one the main "
-                        "process trains on); lower it if memory runs short")
+                        "process trains on, under torchrun this process's share of the cores); lower it if "
+                        "memory runs short")
     g.add_argument("--skip-bad-videos", action="store_true", help=(
         "leave out videos that cannot be decoded (damaged, unreadable) instead of stopping at the first; each one "
         "is listed in the run's skipped.txt and counted in the epoch lines and the tests. Default: stop, naming it"))
@@ -155,9 +158,10 @@ def get_args(argv=None):
     g = p.add_argument_group("optimisation (defaults: the method's RECIPE)")
     g.add_argument("--epochs", type=at_least(1))
     g.add_argument("--batch-size", type=at_least(1), dest="step_batch",
-                   help="videos per forward pass (default 8); lower it and raise --accum-steps if you run out of memory")
+                   help="videos per forward pass of one process (default 8); lower it if you run out of memory, "
+                        "and the accumulation steps rise to keep the recipe's batch")
     g.add_argument("--accum-steps", type=at_least(1), help="forward passes per optimizer step; default: enough to reach "
-                                                   "the recipe's effective batch (its batch_size)")
+                   "the recipe's effective batch (its batch_size) with --batch-size on every process")
     g.add_argument("--lr", type=float, help="peak learning rate (after warm-up); the recipe's is for its batch size")
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--warmup-epochs", type=float)
@@ -205,6 +209,9 @@ def get_args(argv=None):
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps or cpu")
     g.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA (bf16, else fp16)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--dist-timeout", type=at_least(1), default=30, help=(
+        "torchrun only: minutes a process waits for the others before the run stops with an error instead of "
+        "hanging (one process stuck or dead); raise it if a first run's set-up on rank 0 takes longer"))
 
     shared = set(vars(p.parse_args([])))
     if hasattr(method, "add_args"):
@@ -326,8 +333,8 @@ def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None, st
     twins[c] is the class with class c's frames in reverse order (or -1); 'twins' accuracy is how often the
     true class beats its twin, the figure a model that cannot see frame order leaves at 50%."""
     model.eval()
-    probs, labels, skipped = [], [], skips.count if skips else 0
-    for video, label in progress(batches(loader, skips, desc), total=len(loader), desc=desc, leave=False):
+    probs, labels, index, before = [], [], [], skips.count if skips else 0
+    for video, label, *i in progress(batches(loader, skips, desc), total=len(loader), desc=desc, leave=False):
         B, V = video.shape[:2]
         video = video.to(device, non_blocking=True)
         video = data.normalise(video, *stats) if stats else video
@@ -335,12 +342,20 @@ def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None, st
             logits = model(video.flatten(0, 1))                              # (B*V, C)
         probs.append(logits.float().softmax(-1).view(B, V, -1).mean(1).cpu())  # (B, C)
         labels.append(label)
-    probs, labels = torch.cat(probs), torch.cat(labels)
+        index += i
+    skipped = (skips.count - before) if skips else 0
+    if WORLD > 1:   # each process tested its shard of the videos (with_index): every video once, in order.
+        # A video's views are one item, so they were fused on the process that computed them all.
+        shards = gather((probs, labels, index, skipped))
+        probs, labels, index = ([t for shard in shards for t in shard[k]] for k in range(3))
+        order = torch.cat(index).argsort()
+        probs, labels, skipped = [torch.cat(probs)[order]], [torch.cat(labels)[order]], sum(n for *_, n in shards)
+    probs, labels = torch.cat(probs), torch.cat(labels)                      # (videos, C), (videos,)
     C = probs.shape[1]
     top = probs.topk(min(5, C), dim=1).indices
     hit = top[:, 0] == labels
     result = dict(videos=len(labels), classes=C, top1=100 * hit.float().mean().item(), top1_se=standard_error(hit),
-                  **({"skipped": skips.count - skipped} if skips and skips.count > skipped else {}),
+                  **({"skipped": skipped} if skipped else {}),
                   top5=100 * (top == labels[:, None]).any(1).float().mean().item())
     per_class = [hit[labels == c].float().mean().item() for c in labels.unique()]
     result["mean_class"] = 100 * sum(per_class) / len(per_class)
@@ -383,10 +398,11 @@ class SkipLog:
                 f.write(f"{where}\t{path}\t{reason}\n")
 
 
-def batches(loader, skips, where, waited=None):
-    """The loader's batches that hold videos. Skipped videos go to `skips`; decoding workers that deliver nothing
-    for the loader's timeout stop the run in one line instead of hanging it. waited[0] adds up the seconds spent
-    waiting for the next batch: the share of an epoch that data loading, not the model, decided."""
+def batches(loader, skips, where, waited=None, keep_empty=False):
+    """The loader's batches that hold videos (and, with keep_empty, those that hold none). Skipped videos go to
+    `skips`; decoding workers that deliver nothing for the loader's timeout stop the run in one line instead of
+    hanging it. waited[0] adds up the seconds spent waiting for the next batch: the share of an epoch that data
+    loading, not the model, decided."""
     it = iter(loader)
     while True:
         try:
@@ -404,14 +420,14 @@ def batches(loader, skips, where, waited=None):
                              f"or raise --loader-timeout") from None
         if skips is not None:
             skips.add(batch, where)
-        if len(batch):
+        if len(batch) or keep_empty:
             yield batch
 
 
 def progress(iterable=None, **kwargs):
     """A tqdm bar on a terminal; nothing when the output goes to a file or a pipe, where the one plain line per
     epoch says what the bar would have (and a log does not fill with carriage-return frames)."""
-    return tqdm(iterable, disable=not sys.stderr.isatty(), dynamic_ncols=True, **kwargs)
+    return tqdm(iterable, disable=not sys.stderr.isatty() or RANK > 0, dynamic_ncols=True, **kwargs)
 
 
 def save_checkpoint(path, state):
@@ -609,6 +625,131 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# More than one GPU: torchrun starts one process per GPU, each training on its own share of every batch
+# ---------------------------------------------------------------------------------------------------------
+# torchrun sets RANK, WORLD_SIZE and LOCAL_RANK in each process it starts; without them this file runs as one
+# process, as it always has. Every process builds the same model from the same seed, reads its own shard of
+# each epoch (data.EpochSampler), and once per optimizer step the gradients are averaged over the processes
+# (average_gradients); only rank 0 prints and writes the run's files.
+
+RANK, WORLD, LOCAL_RANK = 0, 1, 0
+
+
+def start_processes(args):
+    """Join torchrun's process group (once per process): NCCL between GPUs, gloo on CPUs. --dist-timeout bounds
+    how long a process waits for the others, so that a rank that died or hangs ends the run instead of
+    leaving the rest waiting (torchrun itself also stops the others as soon as one process exits with an error)."""
+    global RANK, WORLD, LOCAL_RANK
+    if "RANK" not in os.environ or torch.distributed.is_initialized():
+        return
+    RANK, WORLD, LOCAL_RANK = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    gpu = args.device in ("auto", "cuda") and torch.cuda.is_available() or args.device.startswith("cuda")
+    if gpu:
+        torch.cuda.set_device(LOCAL_RANK)
+        args.device = f"cuda:{LOCAL_RANK}"   # one GPU per process, whatever --device said
+    torch.distributed.init_process_group("nccl" if gpu else "gloo",
+                                         timeout=datetime.timedelta(minutes=args.dist_timeout))
+    if RANK > 0:   # one voice: the others' errors still reach stderr, prefixed with their rank (see __main__)
+        sys.stdout = open(os.devnull, "w")
+
+
+def share(obj):
+    """rank 0's obj, on every process."""
+    if WORLD == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj):
+    """[obj of rank 0, obj of rank 1, ...] on every process."""
+    if WORLD == 1:
+        return [obj]
+    out = [None] * WORLD
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def comm_device():
+    """Where collectives take their tensors: the process's GPU with NCCL, the CPU with gloo."""
+    return torch.device(f"cuda:{LOCAL_RANK}") if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+
+
+def sum_over_processes(x):
+    """x (a number or a tensor) summed over the processes; a tensor comes back on its own device."""
+    if WORLD == 1:
+        return x
+    t = x.detach().clone() if isinstance(x, torch.Tensor) else torch.tensor(float(x), dtype=torch.float64)
+    total = t.to(comm_device())
+    torch.distributed.all_reduce(total)
+    return total.to(t.device) if isinstance(x, torch.Tensor) else total.item()
+
+
+@contextlib.contextmanager
+def rank_zero_first():
+    """Work that writes a shared cache (the stand-in CLIP's pretraining): rank 0 does it while the others
+    wait, then they read what it wrote."""
+    if RANK > 0:
+        torch.distributed.barrier()
+    yield
+    if RANK == 0 and WORLD > 1:
+        torch.distributed.barrier()
+
+
+def seed_process(seed, rank):
+    """Each process's own draws (mixup's, Open-VCLIP's alpha), as each GPU of the official runs draws its own;
+    the clips' frames and augmentation do not come from here (data.VideoDataset derives them per video)."""
+    random.seed(f"{seed}:process {rank}")
+    torch.manual_seed(seed * 1_000_003 + rank)
+
+
+def share_weights(model):
+    """Rank 0's parameters and buffers on every process. They are equal already (same seed, same checkpoint);
+    this makes it a certainty, as DistributedDataParallel does when it wraps a model."""
+    if WORLD > 1:
+        for t in model.state_dict().values():
+            torch.distributed.broadcast(t, src=0)
+
+
+def average_gradients(params, bucket_bytes=2**26):
+    """The mean of every process's .grad, once per optimizer step, after the step's last backward pass.
+
+    Not DistributedDataParallel: its reducer fires during one backward of the wrapped model's forward, while
+    the methods run their own backward passes (Open-VCLIP two per micro-batch at two weights, ViFi-CLIP one
+    through the text tower after the last micro-batch). Whatever a method adds into .grad, averaging the sums
+    afterwards is the gradient of the global batch's mean loss, exactly. It costs one all-reduce of the
+    trainable weights per optimizer step, which DDP would overlap with the last backward pass; with the
+    recipes' 4 to 16 micro-batches per step that is a small share of a step. Gradients are sent in flat
+    buckets (one call per 64 MB, not one per tensor). A parameter that got no gradient on some processes
+    counts as zero there; one that got none on any process keeps .grad None, as on one process."""
+    if WORLD == 1:
+        return
+    params = [p for p in params if p.requires_grad]
+    has = sum_over_processes(torch.tensor([p.grad is not None for p in params], dtype=torch.float32))
+    buckets, size = [[]], 0
+    for p, n in zip(params, has.tolist()):
+        if not n:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        nbytes = p.grad.numel() * p.grad.element_size()
+        if buckets[-1] and (p.grad.dtype != buckets[-1][0].dtype or size + nbytes > bucket_bytes):
+            buckets.append([])
+            size = 0
+        buckets[-1].append(p.grad)
+        size += nbytes
+    for bucket in buckets:
+        if not bucket:
+            continue
+        flat = torch.cat([g.reshape(-1) for g in bucket])                     # (total numel,) on the GPU
+        torch.distributed.all_reduce(flat)
+        flat /= WORLD
+        for g, piece in zip(bucket, flat.split([g.numel() for g in bucket])):
+            g.copy_(piece.view_as(g))
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Data and protocols
 # ---------------------------------------------------------------------------------------------------------
 
@@ -687,14 +828,17 @@ def make_loader(args, device, samples, train=False, views=False, with_index=Fals
     else:
         transform = data.TestTransform(args.size, mean, std, crops=args.test_crops if views else 1, normalise=False)
     dataset = data.VideoDataset(samples, "", args.frames, transform, args.sampling, args.stride, train=train,
-                                num_clips=args.test_clips if views else 1, return_index=with_index,
+                                num_clips=args.test_clips if views else 1, return_index=with_index or (
+                                    not train and WORLD > 1),   # evaluate() gathers the shards by index
                                 skip_bad=args.skip_bad_videos, seed=args.seed)
     batch = max(1, args.step_batch // (args.test_clips * args.test_crops)) if views else args.step_batch
     # The training order and each clip's augmentation follow from (seed, epoch, video) alone, and the loader
     # draws its workers' seeds from a generator of its own, not from the global one that mixup uses: a run
     # resumed from any checkpoint, with any number of workers, sees the same clips as an uninterrupted one.
-    return torch.utils.data.DataLoader(dataset, batch, sampler=data.EpochSampler(len(dataset), args.seed) if train
-                                       else None, drop_last=train, num_workers=args.workers,
+    # Under torchrun each process reads its own shard: of every epoch's order (training), or of the videos.
+    sampler = data.EpochSampler(len(dataset), args.seed, RANK, WORLD) if train else \
+        data.ShardSampler(len(dataset), RANK, WORLD) if WORLD > 1 else None
+    return torch.utils.data.DataLoader(dataset, batch, sampler=sampler, drop_last=train, num_workers=args.workers,
                                        collate_fn=data.collate, pin_memory=device.type == "cuda",
                                        persistent_workers=args.workers > 0, generator=torch.Generator(),
                                        timeout=args.loader_timeout if args.workers > 0 else 0)
@@ -733,11 +877,12 @@ def run(args, method, seed, out):
     random.seed(args.seed)
     device = pick_device(args.device)
     autocast, dtype = amp_context(device, args.no_amp)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or WORLD > 1:   # under torchrun, the processes of a machine share its cores
+        torch.set_num_threads(args.threads or PROCESS_CORES)
 
     try:
-        clip = common.load_clip(args.model, args.pretrained, args.quick_gelu)
+        with rank_zero_first():   # a download or the stand-in's pretraining happens once, then the others read it
+            clip = common.load_clip(args.model, args.pretrained, args.quick_gelu)
     except (ValueError, RuntimeError) as e:   # an unknown architecture or tag, no network, a broken weights file
         raise SystemExit(f"--model {args.model} --pretrained {args.pretrained}: {e}") from None
     args.quick_gelu = clip.quick_gelu
@@ -750,6 +895,7 @@ def run(args, method, seed, out):
     else:
         tested = args.weights
     ckpt = load_weights(model, method, tested) if tested else None
+    share_weights(model)
     if args.predict:
         return predict(args, model, method, device, autocast, ckpt)
     if args.benchmark is not None:
@@ -787,7 +933,8 @@ def run(args, method, seed, out):
         record = dict(test=title, protocol=args.protocol, views=views, weights=weights, **m)
         if args.shots:
             record["shot_seed"] = seed
-        append_metrics(metrics_file, record)
+        if RANK == 0:
+            append_metrics(metrics_file, record)
         results[title] = m
     return results
 
@@ -798,18 +945,19 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
     val_title, val_samples, val_names = val
     val_loader = make_loader(args, device, val_samples) if args.val_every else None
     train_loader = make_loader(args, device, samples, train=True, with_index=getattr(model, "needs_paths", False))
-    if args.accum_steps is None:
-        args.accum_steps = max(1, args.batch_size // args.step_batch)
-    print(f"batch {args.step_batch} x {args.accum_steps} accumulation (recipe {args.batch_size}), chance "
-          f"{100 / len(names):.1f}%" + (f"; val: 1 view of the {len(val_samples)} {val_title} videos " + (
+    # The recipe's batch is kept whatever the number of processes: batch_size = step_batch x processes x accum.
+    accum = args.accum_steps or max(1, args.batch_size // (args.step_batch * WORLD))
+    split = f"{args.step_batch} x {WORLD} processes" if WORLD > 1 else f"{args.step_batch}"
+    print(f"batch {split} x {accum} accumulation = {args.step_batch * WORLD * accum} (recipe {args.batch_size}), "
+          f"chance {100 / len(names):.1f}%" + (f"; val: 1 view of the {len(val_samples)} {val_title} videos " + (
               f"every {args.val_every} epochs and after the last" if args.val_every > 1 else "after every epoch")
               if args.val_every else "; no val, only the final test"))
-    steps_per_epoch = len(train_loader) // args.accum_steps
+    steps_per_epoch = len(train_loader) // accum
     if args.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, args.steps_per_epoch)
     if steps_per_epoch == 0:
-        raise SystemExit(f"{len(samples)} training videos make no optimizer step of batch {args.step_batch} x "
-                         f"{args.accum_steps} accumulation steps: lower --batch-size or --accum-steps")
+        raise SystemExit(f"{len(samples)} training videos make no optimizer step of batch {split} x {accum} "
+                         f"accumulation steps: lower --batch-size or --accum-steps")
     total, warmup = args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch)
     model.set_classes(names)
     # On CUDA: AdamW's fused kernel (one launch for all parameters instead of several per tensor), and TF32
@@ -825,27 +973,41 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
     start_epoch, best, partial = 0, 0.0, None
 
     checkpoint = os.path.join(out, "last.pt")
+    if WORLD > 1:   # every process draws its own mixup / Open-VCLIP alpha (a resumed run restores its state below)
+        seed_process(args.seed, RANK)
     if args.run and os.path.isfile(checkpoint):   # resuming (a shot seed the run had not reached starts afresh)
-        state = load_checkpoint(checkpoint)
+        state = load_checkpoint(checkpoint)   # every process reads the same file: the run folder must be shared
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        rngs = state.get("rngs") or [state["rng"]]
+        if len(rngs) == WORLD:
+            set_rng_state(rngs[RANK])
+        elif WORLD == 1:
+            set_rng_state(state["rng"])
         start_epoch, best, partial = state["epoch"], state["best"], state.get("partial")
-        trim_metrics(metrics_file, start_epoch)
+        if RANK == 0:
+            trim_metrics(metrics_file, start_epoch)
         print(f"resumed {checkpoint} after epoch {start_epoch}" + (f", step {partial['steps']}" if partial else "")
-              + (" (all its epochs were done: testing it)" if start_epoch >= args.epochs else ""))
+              + (" (all its epochs were done: testing it)" if start_epoch >= args.epochs else "")
+              + (f"; it ran on {len(rngs)} processes, so mixup's draws differ from an uninterrupted run's"
+                 if len(rngs) != WORLD else ""))
     step_fn = getattr(model, "train_step", None) or (lambda *a: default_train_step(model, *a))
-    accum = args.accum_steps
+    params = [p for p in model.parameters() if p.requires_grad]
 
     def backward(loss):
         scaler.scale(loss / accum).backward()
 
-    def state(epoch, **extra):   # what a checkpoint holds; `epoch` epochs are complete
-        return dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    scaler=scaler.state_dict(), epoch=epoch, best=best, rng=rng_state(), classes=names,
-                    args=saved_args(args), **extra)
+    def save(epoch, **extra):
+        """The checkpoint (rank 0 writes it); `epoch` epochs are complete. It holds every process's random
+        state, so that a resume on as many processes continues each one's draws."""
+        rngs = gather(rng_state())
+        if RANK == 0:
+            save_checkpoint(checkpoint, dict(
+                model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                scaler=scaler.state_dict(), epoch=epoch, best=best, rng=rngs[0], classes=names,
+                args=saved_args(args), **(dict(rngs=rngs) if WORLD > 1 else {}), **extra))
 
     for epoch in range(start_epoch, args.epochs):
         model.train()
@@ -856,27 +1018,35 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
             seen, loss_sum, micro, steps = partial["seen"], partial["loss_sum"].to(device), partial["micro"], partial["steps"]
             bar.update(steps)
         train_loader.sampler.set_epoch(epoch, start=steps * accum * args.step_batch)
-        partial, skipped, waited = None, skips.count, [0.0]
-        for video, label, *index in batches(train_loader, skips, f"epoch {epoch + 1}", waited):
-            video, label = video.to(device, non_blocking=True), label.to(device, non_blocking=True)
-            video = data.normalise(video, *STATS[args.mean])                 # uint8 from the workers
-            target = soft_targets(label, len(names), args.smoothing)
-            video, target = mix(video, target, args.mixup, args.cutmix, args.mix_switch)
-            extra = dict(paths=[train_loader.dataset.samples[i][0] for i in index[0].tolist()]) if index else {}
+        partial, skipped, waited, step_loss = None, skips.count, [0.0], torch.zeros((), device=device)
+        # Under torchrun a batch whose videos were all left out as bad still counts as a micro-batch (with no
+        # loss), so that every process reaches each optimizer step's all-reduce together.
+        for batch in batches(train_loader, skips, f"epoch {epoch + 1}", waited, keep_empty=WORLD > 1):
             if micro % accum == 0 and hasattr(model, "begin_step"):   # work shared by a step's micro-batches
                 with autocast():
                     model.begin_step()
-            loss = step_fn(video, target, soft_cross_entropy, backward, autocast, **extra)
-            loss_sum, seen, micro = loss_sum + loss.float(), seen + video.shape[0], micro + 1   # no GPU sync
+            if len(batch):
+                video, label, *index = batch
+                video, label = video.to(device, non_blocking=True), label.to(device, non_blocking=True)
+                video = data.normalise(video, *STATS[args.mean])                 # uint8 from the workers
+                target = soft_targets(label, len(names), args.smoothing)
+                video, target = mix(video, target, args.mixup, args.cutmix, args.mix_switch)
+                extra = dict(paths=[train_loader.dataset.samples[i][0] for i in index[0].tolist()]) if index else {}
+                loss = step_fn(video, target, soft_cross_entropy, backward, autocast, **extra)
+                step_loss, seen = step_loss + loss.float(), seen + video.shape[0]   # no GPU sync
+            micro += 1
             if micro % accum:
                 continue
             if hasattr(model, "end_step"):
                 model.end_step()
-            if not math.isfinite(loss_sum.item()):   # one sync per optimizer step, not per micro-batch
+            average_gradients(params)
+            step_loss = sum_over_processes(step_loss) / WORLD   # the same on every process
+            if not math.isfinite(step_loss.item()):   # one sync per optimizer step, not per micro-batch
                 raise SystemExit(
-                    f"epoch {epoch + 1}, step {steps + 1}: the loss is {loss_sum.item() / micro} and training has "
+                    f"epoch {epoch + 1}, step {steps + 1}: the loss is {step_loss.item() / accum} and training has "
                     f"diverged. {checkpoint} is the last good checkpoint and is kept: lower --lr (now {args.lr:g})"
                     f"{' or add --no-amp' if dtype else ''}, then --resume {out}")
+            loss_sum, step_loss = loss_sum + step_loss, torch.zeros((), device=device)
             if args.grad_clip:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -888,13 +1058,12 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
             if not bar.disable:
                 bar.update()
                 bar.set_postfix(loss=f"{loss_sum.item() / micro:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                                clips_s=f"{seen / (time.perf_counter() - tic):.1f}",
+                                clips_s=f"{WORLD * seen / (time.perf_counter() - tic):.1f}",
                                 data=f"{waited[0] / (time.perf_counter() - tic):.0%}")
             if steps >= steps_per_epoch:
                 break
             if args.save_every and steps % args.save_every == 0:
-                save_checkpoint(checkpoint, state(epoch, partial=dict(steps=steps, seen=seen, micro=micro,
-                                                                      loss_sum=loss_sum.cpu())))
+                save(epoch, partial=dict(steps=steps, seen=seen, micro=micro, loss_sum=loss_sum.cpu()))
         bar.close()
         if hasattr(model, "on_epoch_end"):
             model.on_epoch_end(epoch, args.epochs)
@@ -908,14 +1077,16 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
             model.set_classes(names)
             best = max(best, line["val"]["top1"])
             shown = f"  val {format_metrics(line['val'])}"
+        seen, left_out = sum_over_processes(seen), sum_over_processes(skips.count - skipped)   # all processes
         line.update(seconds=time.perf_counter() - tic, clips_per_s=seen / (time.perf_counter() - tic))
-        if skips.count > skipped:
-            line["skipped"] = skips.count - skipped
+        if left_out:
+            line["skipped"] = int(left_out)
             shown += f"  skipped {line['skipped']} bad videos ({skips.path})"
         print(f"epoch {epoch + 1}/{args.epochs}  loss {line['loss']:.3f}{shown}  ({line['seconds']:.0f}s, "
               f"{line['clips_per_s']:.0f} clips/s, {line['data_wait']:.0%} waiting for data)", flush=True)
-        save_checkpoint(checkpoint, state(epoch + 1))
-        append_metrics(metrics_file, line)
+        save(epoch + 1)
+        if RANK == 0:
+            append_metrics(metrics_file, line)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -924,7 +1095,8 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
 
 RUNS = "runs"
 # What --resume takes from this command line rather than from the run it continues.
-RUN_CONTROL = ("resume", "eval_only", "overwrite", "out", "explicit", "run", "argv")
+RUN_CONTROL = ("resume", "eval_only", "overwrite", "out", "explicit", "run", "argv", "workers", "threads", "device",
+               "dist_timeout")
 
 
 def saved_args(args):
@@ -1093,15 +1265,9 @@ def compare(argv):
     return rows
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--method")
-    if first.parse_known_args(argv)[0].method == "all":
-        return compare(argv)
-    args, method = get_args(argv)
-    if args.predict or args.benchmark is not None:
-        return run(args, method, None, None)
+def prepare(args):
+    """Place the run (a new folder, or the run it continues), and generate the embedded set if it is used.
+    -> False when there is nothing to do (a resumed run that is finished)."""
     try:
         place_run(args)
     except OSError as e:
@@ -1114,7 +1280,7 @@ def main(argv=None):
             print(f"{args.out} is finished ({args.epochs} epochs): {result[-1]}. Nothing to train: test it again "
                   f"with --eval-only --resume {args.out} (into a folder of its own), or train on with --resume "
                   f"{args.out} --epochs N")
-            return None
+            return False
         print(f"continuing {args.out}" + (f" (the latest {args.method} {args.protocol} run)"
                                           if args.resume == "auto" and "out" not in args.explicit else ""))
         if len(args.shot_seeds) > 1:   # each seed's own file is cut back as the seed resumes
@@ -1126,6 +1292,32 @@ def main(argv=None):
             ("train", "val", "classes", None)
         args.train_list, args.val_list, args.classes, args.val_classes = (paths.get(k) for k in keys)
         args.data_root = paths["root"]
+    return True
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--method")
+    if first.parse_known_args(argv)[0].method == "all":
+        return compare(argv)
+    args, method = get_args(argv)
+    start_processes(args)
+    if args.predict and WORLD > 1:
+        raise SystemExit("--predict reads one video on one device: run it without torchrun")
+    if args.predict or args.benchmark is not None:
+        return run(args, method, None, None)
+    # Rank 0 decides where the run goes and what it continues, and generates the embedded set; every process
+    # then runs with rank 0's settings (the run folder and the videos must be on a filesystem they all see).
+    ready, device = prepare(args) if RANK == 0 else None, args.device
+    args, ready = share((args, ready))
+    args.device = device   # this process's own GPU
+    if not ready:
+        return None
+    if not os.path.isdir(args.out):
+        raise SystemExit(f"process {RANK} cannot see the run folder {args.out} that process 0 made: under torchrun "
+                         f"on several machines, put the run (--out) and the videos on a filesystem all of them share")
+    top = os.path.join(args.out, "metrics.jsonl")
     results = {}
     for seed in args.shot_seeds:
         for title, m in run(args, method, seed, seed_folder(args.out, seed, args)).items():
@@ -1135,7 +1327,8 @@ def main(argv=None):
     if len(args.shot_seeds) > 1 or len(results) > 1:
         print(f"{args.protocol}: {line}")
         record["summary"] = args.protocol
-    append_metrics(top, record)
+    if RANK == 0:
+        append_metrics(top, record)
     where = [("run folder", args.out), ("settings", os.path.join(args.out, "config.json")),
              ("metrics", top + " (one line per epoch, then the tests and the result)")]
     if args.eval_only:
@@ -1156,11 +1349,29 @@ def main(argv=None):
     return results
 
 
-if __name__ == "__main__":
-    try:
-        main()
-    except (data.DataError, data.VideoError, FileNotFoundError) as e:   # bad input: one line, no traceback
+def one_line(e):
+    """The one line a stopped run ends with. Under torchrun it says which process stopped, and it is written
+    where torchrun looks for the cause of a failure, so that its closing summary shows it too."""
+    message = e.code if isinstance(e, SystemExit) else str(e)
+    if isinstance(e, (data.DataError, data.VideoError, FileNotFoundError)):   # bad input: no traceback
         # A DataLoader worker's error arrives with the worker's traceback in its message: keep its last line.
         message = re.sub(r"^[\w.]*(Error|Exception): ", "", str(e).strip().splitlines()[-1])
         hint = " (or leave such videos out with --skip-bad-videos)" if isinstance(e, data.VideoError) else ""
-        raise SystemExit(f"error: {message}{hint}") from None
+        message = f"error: {message}{hint}"
+    if WORLD > 1 and isinstance(message, str):
+        message = f"process {RANK} of {WORLD}: {message}"
+        if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+            with contextlib.suppress(OSError), open(os.environ["TORCHELASTIC_ERROR_FILE"], "w") as f:
+                json.dump({"message": {"message": message, "extraInfo": {
+                    "py_callstack": message, "timestamp": str(int(time.time()))}}}, f)
+    return message
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (data.DataError, data.VideoError, FileNotFoundError, SystemExit) as e:
+        raise SystemExit(one_line(e)) from None
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
