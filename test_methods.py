@@ -1520,7 +1520,9 @@ def test_torchrun_a_failing_process_ends_the_run_with_its_message(tmp_path):
     os.replace(path + ".bad.mp4", path)
     printed, seconds = torchrun(*tiny_run_args(paths, "--batch-size", "2", "--epochs", "1", "--mixup", "0"),
                                 "--out", str(tmp_path / "run"), cwd=tmp_path, ok=False)
-    assert re.search(rf"process 1 of 2: error: {re.escape(path)}: frame \d+ may be damaged", printed)
+    cause = rf"process 1 of 2: error: {re.escape(path)}: frame \d+ may be damaged"
+    assert re.search(cause, printed) and re.search(cause, printed.split("Root Cause")[1])   # torchrun's summary too
+    assert "process 0 of 2: stopped because another process stopped" in printed and "[rank0]: Traceback" not in printed
     assert seconds < 120
 
 

@@ -1,4 +1,5 @@
-"""Train, evaluate, predict and benchmark any method of this repository on one GPU (or a CPU).
+"""Train, evaluate, predict and benchmark any method of this repository on one GPU (or a CPU), or on several
+with torchrun (the same command after `torchrun --nproc_per_node N`).
 
     python train.py --method vificlip                     # embedded synthetic videos, tiny CLIP, 2 minutes on a CPU
     python train.py --method all                          # the four methods, then a table of their results
@@ -8,6 +9,7 @@
     python train.py --method vificlip --eval-only --resume runs/vificlip-supervised   # test it again
     python train.py --method vificlip --weights runs/vificlip-supervised/last.pt --predict clip.mp4 --classes "a,b,c"
     python train.py --method vificlip --benchmark --model ViT-B-16
+    torchrun --nproc_per_node 8 train.py --method xclip --model ViT-B-16 --pretrained openai ...   # 8 GPUs
     python train.py --method xclip --protocol zero-shot                  # also few-shot --shots K, base2novel
 
 Each run writes into a folder of its own (runs/METHOD-PROTOCOL, then -2, -3, ...): config.json with every
@@ -41,6 +43,7 @@ import shutil
 import statistics
 import sys
 import time
+import traceback
 import zipfile
 
 import torch
@@ -567,6 +570,7 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
     target = soft_targets(torch.randint(400, (args.step_batch,), device=device), 400, 0.0)
     step = getattr(model, "train_step", None) or (lambda *a: default_train_step(model, *a))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    params = [p for p in model.parameters() if p.requires_grad]
 
     def one_step():
         if hasattr(model, "begin_step"):
@@ -575,6 +579,7 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
         step(video, target, soft_cross_entropy, lambda loss: loss.backward(), autocast)
         if hasattr(model, "end_step"):
             model.end_step()
+        average_gradients(params)   # under torchrun: what each optimizer step costs in communication
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -601,9 +606,11 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
     peak = args.peak_tflops or next((p[0] if dtype else p[1] for k, p in PEAK_TFLOPS.items() if k in name), None)
     mfu = f", MFU {flops * clips / (peak * 1e12):.1%} of {peak:g} TFLOP/s" if peak else \
         " (MFU: give the device's peak with --peak-tflops)"
+    together = f" ({sum_over_processes(clips):.1f} clips/s over the {WORLD} processes)" if WORLD > 1 else ""
     print(f"benchmark {args.method} {args.model} on {device}{f' ({name})' if name else ''} ({dtype or torch.float32}):"
           f" batch {args.step_batch} x {args.frames} frames x {args.size}px, 400 classes: {clips:.1f} clips/s "
-          f"training, {flops / 1e9:.4g} GFLOP per clip, {flops * clips / 1e12:.3g} TFLOP/s{mfu}, {mem}")
+          f"training{together}, {flops / 1e9:.4g} GFLOP per clip, {flops * clips / 1e12:.3g} TFLOP/s{mfu}, {mem}"
+          + (" (per process)" if WORLD > 1 else ""))
     if not args.train_list:
         print("the data loader: give --train-list (with --data-root, --classes) to time it on your videos too")
         return
@@ -1350,14 +1357,23 @@ def main(argv=None):
 
 
 def one_line(e):
-    """The one line a stopped run ends with. Under torchrun it says which process stopped, and it is written
-    where torchrun looks for the cause of a failure, so that its closing summary shows it too."""
-    message = e.code if isinstance(e, SystemExit) else str(e)
-    if isinstance(e, (data.DataError, data.VideoError, FileNotFoundError)):   # bad input: no traceback
+    """The one line a run stopped by `e` ends with, or None for an error that needs its traceback. Under
+    torchrun it says which process stopped, and it is written where torchrun looks for the cause of a
+    failure, so that torchrun's closing summary shows it too."""
+    if isinstance(e, SystemExit):
+        message = e.code
+    elif isinstance(e, (data.DataError, data.VideoError, FileNotFoundError)):   # bad input: no traceback
         # A DataLoader worker's error arrives with the worker's traceback in its message: keep its last line.
         message = re.sub(r"^[\w.]*(Error|Exception): ", "", str(e).strip().splitlines()[-1])
         hint = " (or leave such videos out with --skip-bad-videos)" if isinstance(e, data.VideoError) else ""
         message = f"error: {message}{hint}"
+    elif WORLD > 1 and "torch/distributed/" in traceback.extract_tb(e.__traceback__)[-1].filename.replace(os.sep, "/"):
+        # A collective failed: another process stopped (it says why in its own line) or hangs. Not written
+        # for torchrun, whose summary names the process that failed first as the cause.
+        return (f"process {RANK} of {WORLD}: stopped because another process stopped (see its message), or did not "
+                f"answer within --dist-timeout: {str(e).strip().splitlines()[0][:200]}")
+    else:
+        return None
     if WORLD > 1 and isinstance(message, str):
         message = f"process {RANK} of {WORLD}: {message}"
         if os.environ.get("TORCHELASTIC_ERROR_FILE"):
@@ -1370,8 +1386,10 @@ def one_line(e):
 if __name__ == "__main__":
     try:
         main()
-    except (data.DataError, data.VideoError, FileNotFoundError, SystemExit) as e:
-        raise SystemExit(one_line(e)) from None
+    except (Exception, SystemExit) as e:
+        if (line := one_line(e)) is None and not isinstance(e, SystemExit):
+            raise
+        raise SystemExit(line) from None
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
