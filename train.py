@@ -716,7 +716,9 @@ def share_weights(model):
     this makes it a certainty, as DistributedDataParallel does when it wraps a model."""
     if WORLD > 1:
         for t in model.state_dict().values():
-            torch.distributed.broadcast(t, src=0)
+            sent = t.to(comm_device())   # NCCL sends only from a GPU, and the model may still be on the CPU
+            torch.distributed.broadcast(sent, src=0)
+            t.copy_(sent)
 
 
 def average_gradients(params, bucket_bytes=2**26):
