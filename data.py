@@ -225,18 +225,44 @@ def sample_indices(num_frames, T, mode="segment", stride=1, train=False, clip=0,
 # transforms: uint8 (T,H,W,3) -> normalised float, the same random draw for every frame of a video
 
 
-def _color_jitter(x, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, rng=random):
-    """torchvision's ColorJitter (factors drawn once, applied in random order) on a whole (T,3,H,W) clip.
-    The official ViFi-CLIP/X-CLIP code draws the factors per frame; one draw per clip keeps the frames
-    consistent, so the flicker does not look like motion to the temporal modules."""
-    ops = [(F.adjust_brightness, rng.uniform(1 - brightness, 1 + brightness)),
-           (F.adjust_contrast, rng.uniform(1 - contrast, 1 + contrast)),
-           (F.adjust_saturation, rng.uniform(1 - saturation, 1 + saturation)),
-           (F.adjust_hue, rng.uniform(-hue, hue))]
-    rng.shuffle(ops)
-    for op, factor in ops:
-        x = op(x, factor)
+# The colour augmentation of a training clip, as numbers drawn in a worker and applied wherever the clip is:
+# [jitter?, brightness, contrast, saturation, hue factors, the order of the four (op indices), grayscale?].
+_COLOUR_OPS = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
+
+
+def _colour_draws(rng, color_jitter, grayscale, strengths=(0.4, 0.4, 0.2, 0.1)):
+    """torchvision's ColorJitter (factors drawn once, applied in random order) then RandomGrayscale, drawn for
+    a whole clip -> (10,) float64 (the factors exactly as drawn). The official ViFi-CLIP/X-CLIP code draws
+    the factors per frame; one draw per clip keeps the frames consistent, so the flicker does not look like
+    motion to the temporal modules."""
+    draws = torch.zeros(10, dtype=torch.float64)
+    if rng.random() < color_jitter:
+        b, c, s, h = strengths
+        draws[:5] = torch.tensor([1, rng.uniform(1 - b, 1 + b), rng.uniform(1 - c, 1 + c), rng.uniform(1 - s, 1 + s),
+                                  rng.uniform(-h, h)], dtype=torch.float64)
+        order = [0, 1, 2, 3]
+        rng.shuffle(order)
+        draws[5:9] = torch.tensor(order, dtype=torch.float64)
+    draws[9] = rng.random() < grayscale
+    return draws
+
+
+def colour(x, draws):
+    """(..., 3, H, W) uint8 frames of one clip, coloured as its (10,) draws say (on any device)."""
+    draws = draws.tolist()
+    if draws[0]:
+        for k in map(int, draws[5:9]):
+            x = _COLOUR_OPS[k](x, draws[1 + k])
+    if draws[9]:
+        x = F.rgb_to_grayscale(x, num_output_channels=3)
     return x
+
+
+def colour_batch(video, draws):
+    """(B, T, 3, S, S) uint8 clips and their (B, 10) draws -> uint8: TrainTransform's colour augmentation, each
+    clip its own, run where the batch is (a GPU) instead of in the decoding workers, where it was 4/5 of the
+    transforms' CPU time. The same function the transform runs itself, so on the CPU the bits are the same."""
+    return torch.stack([colour(v, d) for v, d in zip(video, draws)])
 
 
 def normalise(x, mean, std):
@@ -251,11 +277,14 @@ class TrainTransform:
     short_side, MultiScaleCrop, resize to size x size (aspect ratio not kept), flip, colour jitter, grayscale,
     normalise. (T,H,W,3) uint8 -> (T,3,size,size) float. Every draw comes from `rng` (default: the random
     module), so that VideoDataset can make a clip's augmentation a function of the seed, epoch and video.
-    normalise=False stops before the last step and returns uint8, for normalise() to finish on the device."""
+    normalise=False stops before the last step and returns uint8, for normalise() to finish on the device.
+    defer_colour=True (implies normalise=False) also leaves out the colour: -> (uint8 clip, its (10,) colour
+    draws), for colour_batch() to apply on the device."""
 
     def __init__(self, size, mean, std, scales=(1, .875, .75, .66), flip=True, color_jitter=0.8, grayscale=0.2,
-                 short_side=None, normalise=True):
-        self.size, self.mean, self.std, self.normalise = size, list(mean), list(std), normalise
+                 short_side=None, normalise=True, defer_colour=False):
+        self.size, self.mean, self.std = size, list(mean), list(std)
+        self.normalise, self.defer_colour = normalise and not defer_colour, defer_colour
         self.scales, self.flip, self.color_jitter, self.grayscale = scales, flip, color_jitter, grayscale
         self.short_side = short_side or round(size * 256 / 224)  # 256 for 224 inputs, as the official code
 
@@ -273,11 +302,11 @@ class TrainTransform:
         x = F.resize(frames.permute(0, 3, 1, 2), [self.short_side], antialias=True)  # (T,3,H',W')
         x = F.resized_crop(x, *self._crop_box(*x.shape[-2:], rng), [self.size, self.size], antialias=True)  # (T,3,S,S)
         if self.flip and rng.random() < 0.5:
-            x = F.horizontal_flip(x)
-        if rng.random() < self.color_jitter:
-            x = _color_jitter(x, rng=rng)
-        if rng.random() < self.grayscale:
-            x = F.rgb_to_grayscale(x, num_output_channels=3)
+            x = F.horizontal_flip(x)   # (the colour ops act on each pixel alone or on whole frames: a flip commutes)
+        draws = _colour_draws(rng, self.color_jitter, self.grayscale)
+        if self.defer_colour:
+            return x, draws
+        x = colour(x, draws)
         return normalise(x, self.mean, self.std) if self.normalise else x
 
 
@@ -367,10 +396,13 @@ class VideoDataset(torch.utils.data.Dataset):
     out of the batch and hands it on as batch.skipped, for the caller to count and report.
     seed: a training clip's frames and augmentation are drawn from random.Random((seed, epoch, i)), not from
     the worker's random state, so they do not depend on which worker loads it or on a restart; the epoch comes
-    with the key EpochSampler hands out, epoch * len(self) + i (a plain i is epoch 0)."""
+    with the key EpochSampler hands out, epoch * len(self) + i (a plain i is epoch 0).
+    clips_per_video K > 1 (train): one decoding pass, K clips sampled and augmented each their own way ->
+    video (K,T,3,S,S). A transform that defers its colour (TrainTransform(defer_colour=True)) adds the clip's
+    colour draws after the label: (video, label, draws[, index])."""
 
     def __init__(self, list_file, root, num_frames, transform, mode="segment", stride=1, train=False, num_clips=1,
-                 return_index=False, skip_bad=False, seed=0):
+                 return_index=False, skip_bad=False, seed=0, clips_per_video=1):
         if isinstance(list_file, (str, os.PathLike)):
             self.samples = [(os.path.join(root, path), label) for path, label in read_list(list_file)]
             source, hint = list_file, f"check the root folder ({root}) or the list"
@@ -386,7 +418,7 @@ class VideoDataset(torch.utils.data.Dataset):
                                     f"e.g. {missing[0]}; {hint}")
         self.num_frames, self.transform, self.mode, self.stride = num_frames, transform, mode, stride
         self.train, self.num_clips, self.return_index, self.skip_bad = train, num_clips, return_index, skip_bad
-        self.seed = seed
+        self.seed, self.clips_per_video = seed, clips_per_video
 
     def __len__(self):
         return len(self.samples)
@@ -395,19 +427,25 @@ class VideoDataset(torch.utils.data.Dataset):
         epoch, i = divmod(key, len(self.samples))
         try:
             rng = random.Random(f"{self.seed}:{epoch}:{i}") if self.train else None   # test views draw nothing
-            video, label = self._load(i, rng)
+            item = self._load(i, rng)
         except VideoError as e:
             if not self.skip_bad:
                 raise
             return Skipped(self.samples[i][0], str(e))
-        return (video, label, i) if self.return_index else (video, label)
+        return (*item, i) if self.return_index else item
 
     def _load(self, i, rng):
         path, label = self.samples[i]
         n, T = video_length(path), self.num_frames
         if self.train:
-            indices = sample_indices(n, T, self.mode, self.stride, train=True, rng=rng)
-            return self.transform(read_frames(path, indices), rng), label
+            K = self.clips_per_video
+            draws = [sample_indices(n, T, self.mode, self.stride, train=True, rng=rng) for _ in range(K)]
+            frames = read_frames(path, [j for clip in draws for j in clip])    # one decoding pass: (K*T,H,W,3)
+            clips = [self.transform(frames[k * T:(k + 1) * T], rng) for k in range(K)]
+            if not isinstance(clips[0], tuple):   # (video,) or (video, colour draws)
+                clips = [(clip,) for clip in clips]
+            parts = clips[0] if K == 1 else [torch.stack(part) for part in zip(*clips)]  # (T,3,S,S) or (K,T,3,S,S)
+            return parts[0], label, *parts[1:]
         clips = [sample_indices(n, T, self.mode, self.stride, clip=k, num_clips=self.num_clips)
                  for k in range(self.num_clips)]
         frames = read_frames(path, [j for clip in clips for j in clip])  # one decoding pass: (num_clips*T,H,W,3)

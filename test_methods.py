@@ -662,6 +662,63 @@ def test_uint8_clips_normalised_on_the_device_equal_the_transforms_own_normalisa
         assert torch.equal(data.normalise(batch, data.CLIP_MEAN, data.CLIP_STD)[1], done)
 
 
+def test_colour_applied_to_the_batch_on_the_device_equals_the_transform_applying_it():
+    """TrainTransform(defer_colour=True) hands the colour draws on; data.colour_batch applies them to a batch
+    (on the GPU in training): on the CPU the same bits as the transform colouring each clip itself."""
+    frames = torch.randint(0, 256, (4, 40, 56, 3), dtype=torch.uint8)
+    whole = data.TrainTransform(32, data.CLIP_MEAN, data.CLIP_STD, normalise=False)
+    deferred = data.TrainTransform(32, data.CLIP_MEAN, data.CLIP_STD, defer_colour=True)
+    clips, draws, done = [], [], []
+    for seed in range(24):
+        clip, d = deferred(frames, random.Random(seed))
+        clips.append(clip)
+        draws.append(d)
+        done.append(whole(frames, random.Random(seed)))
+    draws = torch.stack(draws)                                          # (24, 10)
+    assert draws[:, 0].any() and (draws[:, 0] == 0).any() and draws[:, 9].any()   # jitter, none, grayscale
+    assert len({tuple(d[5:9].tolist()) for d in draws if d[0]}) > 1    # the four ops in more than one order
+    assert torch.equal(data.colour_batch(torch.stack(clips), draws), torch.stack(done))
+
+
+def test_clips_per_video_come_from_one_decoding_pass_each_its_own_draw(tmp_path, monkeypatch):
+    path = str(tmp_path / "v.mp4")
+    data.write_video(path, data.render_clip("circle", "moving left", np.random.default_rng(1), T=24))
+    transform = data.TrainTransform(32, data.CLIP_MEAN, data.CLIP_STD, defer_colour=True)
+    one = data.VideoDataset([(path, 3)], "", 4, transform, train=True, seed=5)
+    three = data.VideoDataset([(path, 3)], "", 4, transform, train=True, seed=5, clips_per_video=3,
+                              return_index=True)
+    decoded, read = [], data.read_frames
+    monkeypatch.setattr(data, "read_frames", lambda p, i: decoded.append(list(i)) or read(p, i))
+    video, label, draws, index = three[0]
+    assert video.shape == (3, 4, 3, 32, 32) and draws.shape == (3, 10) and (label, index) == (3, 0)
+    assert len(decoded) == 1 and len(decoded[0]) == 12                  # 3 clips x 4 frames, one pass
+    assert not torch.equal(video[0], video[1]) and not torch.equal(video[1], video[2])
+    clip, label, d = one[0]                                             # K = 1: what a clip always was
+    rng = random.Random("5:0:0")
+    expected = transform(read(path, data.sample_indices(24, 4, train=True, rng=rng)), rng)
+    assert torch.equal(clip, expected[0]) and torch.equal(d, expected[1])
+
+
+def test_cli_clips_per_video_and_colour_on_the_device_give_the_numbers_of_colour_in_the_workers(tmp_path, monkeypatch,
+                                                                                                  capsys):
+    """The training loop's GPU path (colour drawn in the workers, applied to the batch), taken on the CPU, with
+    2 clips per video: every figure equals the run that colours in the workers."""
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    argv = tiny_run_args(paths, "--epochs", "1", "--clips-per-video", "2", "--val-every", "0", "--test-clips", "1")
+    train.main(argv + ["--out", str(tmp_path / "workers")])
+    assert "batch 4 (2 videos x 2 clips) x 1 accumulation = 4" in capsys.readouterr().out
+
+    class Deferred(data.TrainTransform):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "defer_colour": True})
+    monkeypatch.setattr(data, "TrainTransform", Deferred)
+    train.main(argv + ["--out", str(tmp_path / "device")])
+    drop = ("seconds", "clips_per_s", "data_wait", "weights")
+    a, b = ([{k: v for k, v in r.items() if k not in drop} for r in train.read_metrics(str(tmp_path / run / "metrics.jsonl"))]
+            for run in ("workers", "device"))
+    assert a == b and len(a) == 3
+
+
 def test_temporal_twins_are_the_time_reversed_classes():
     names = data.synthetic_classes()
     twins = data.temporal_twins(names)

@@ -150,6 +150,10 @@ def get_args(argv=None):
                    help="decoding processes, one FFmpeg thread each (default: every core but the one the main "
                         "process trains on, under torchrun this process's share of the cores); lower it if "
                         "memory runs short")
+    g.add_argument("--clips-per-video", type=at_least(1), default=1, help=(
+        "training clips cut from each decoded video, each sampled and augmented its own way (repeated "
+        "augmentation): decoding, most of the loader's work, is shared by K clips. A change to the recipe: an epoch "
+        "then trains on K clips of every video, K times the steps, so divide --epochs by K to keep its clip count"))
     g.add_argument("--skip-bad-videos", action="store_true", help=(
         "leave out videos that cannot be decoded (damaged, unreadable) instead of stopping at the first; each one "
         "is listed in the run's skipped.txt and counted in the epoch lines and the tests. Default: stop, naming it"))
@@ -631,11 +635,14 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
     loader = make_loader(args, device, samples[:args.step_batch * (args.benchmark + 2)], train=True)
     waited = [0.0]
     for i, (batch, _) in enumerate(zip(batches(loader, None, "benchmark", waited), range(args.benchmark + 1))):
-        data.normalise(batch[0].to(device), *STATS[args.mean])   # what the training loop does with each batch
+        video = batch[0].to(device).flatten(0, -5)                # what the training loop does with each batch
+        if loader.dataset.transform.defer_colour:
+            video = data.colour_batch(video, batch[2].flatten(0, -2))
+        data.normalise(video, *STATS[args.mean])
         if i == 0:   # the workers' start-up is not throughput
             start, count = time.perf_counter(), 0
         else:
-            count += len(batch[1])
+            count += len(video)
     loaded = count / (time.perf_counter() - start)
     bound = "the data loader" if loaded < clips else "the model"
     print(f"the data loader: {loaded:.1f} clips/s with {args.workers} workers on {args.train_list}; training is "
@@ -844,16 +851,19 @@ def protocol_data(args, seed, trained_names=None):
 def make_loader(args, device, samples, train=False, views=False, with_index=False):
     """A DataLoader over samples: one random clip (train), one centre view (per-epoch val), or the test views."""
     mean, std = STATS[args.mean]
-    if train:
+    if train:   # on a GPU the colour augmentation runs there, in the batch (data.colour_batch)
         transform = data.TrainTransform(args.size, mean, std, flip=args.flip, color_jitter=args.color_jitter,
-                                        grayscale=args.grayscale, normalise=False)
+                                        grayscale=args.grayscale, normalise=False, defer_colour=device.type != "cpu")
     else:
         transform = data.TestTransform(args.size, mean, std, crops=args.test_crops if views else 1, normalise=False)
     dataset = data.VideoDataset(samples, "", args.frames, transform, args.sampling, args.stride, train=train,
                                 num_clips=args.test_clips if views else 1, return_index=with_index or (
                                     not train and WORLD > 1),   # evaluate() gathers the shards by index
-                                skip_bad=args.skip_bad_videos, seed=args.seed)
-    batch = max(1, args.step_batch // (args.test_clips * args.test_crops)) if views else args.step_batch
+                                skip_bad=args.skip_bad_videos, seed=args.seed,
+                                clips_per_video=args.clips_per_video if train else 1)
+    # A batch holds about --batch-size clips: fewer videos when each gives several views or clips.
+    batch = max(1, args.step_batch // (args.test_clips * args.test_crops if views else
+                                       args.clips_per_video if train else 1))
     # The training order and each clip's augmentation follow from (seed, epoch, video) alone, and the loader
     # draws its workers' seeds from a generator of its own, not from the global one that mixup uses: a run
     # resumed from any checkpoint, with any number of workers, sees the same clips as an uninterrupted one.
@@ -970,9 +980,11 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
     val_loader = make_loader(args, device, val_samples) if args.val_every else None
     train_loader = make_loader(args, device, samples, train=True, with_index=getattr(model, "needs_paths", False))
     # The recipe's batch is kept whatever the number of processes: batch_size = step_batch x processes x accum.
-    accum = args.accum_steps or max(1, args.batch_size // (args.step_batch * WORLD))
-    split = f"{args.step_batch} x {WORLD} processes" if WORLD > 1 else f"{args.step_batch}"
-    print(f"batch {split} x {accum} accumulation = {args.step_batch * WORLD * accum} (recipe {args.batch_size}), "
+    clips = train_loader.batch_size * args.clips_per_video   # --batch-size, or the multiple of K below it
+    accum = args.accum_steps or max(1, args.batch_size // (clips * WORLD))
+    split = (f"{clips}" + (f" ({train_loader.batch_size} videos x {args.clips_per_video} clips)" if
+                            args.clips_per_video > 1 else "") + (f" x {WORLD} processes" if WORLD > 1 else ""))
+    print(f"batch {split} x {accum} accumulation = {clips * WORLD * accum} (recipe {args.batch_size}), "
           f"chance {100 / len(names):.1f}%" + (f"; val: 1 view of the {len(val_samples)} {val_title} videos " + (
               f"every {args.val_every} epochs and after the last" if args.val_every > 1 else "after every epoch")
               if args.val_every else "; no val, only the final test"))
@@ -1019,6 +1031,7 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
                  if len(rngs) != WORLD else ""))
     step_fn = getattr(model, "train_step", None) or (lambda *a: default_train_step(model, *a))
     params = [p for p in model.parameters() if p.requires_grad]
+    deferred = train_loader.dataset.transform.defer_colour
 
     def backward(loss):
         scaler.scale(loss / accum).backward()
@@ -1041,7 +1054,7 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
         if partial:   # a checkpoint from within this epoch: go on from its step, with what the epoch had summed
             seen, loss_sum, micro, steps = partial["seen"], partial["loss_sum"].to(device), partial["micro"], partial["steps"]
             bar.update(steps)
-        train_loader.sampler.set_epoch(epoch, start=steps * accum * args.step_batch)
+        train_loader.sampler.set_epoch(epoch, start=steps * accum * train_loader.batch_size)
         partial, skipped, waited, step_loss = None, skips.count, [0.0], torch.zeros((), device=device)
         # Under torchrun a batch whose videos were all left out as bad still counts as a micro-batch (with no
         # loss), so that every process reaches each optimizer step's all-reduce together.
@@ -1050,9 +1063,18 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
                 with autocast():
                     model.begin_step()
             if len(batch):
-                video, label, *index = batch
+                video, label, *rest = batch
+                draws = rest.pop(0) if deferred else None
+                if video.dim() == 6:   # K clips per video: (B,K,T,3,S,S) -> (B*K,T,3,S,S), each with its label
+                    K = video.shape[1]
+                    video, label, rest = video.flatten(0, 1), label.repeat_interleave(K), [
+                        r.repeat_interleave(K) for r in rest]
+                    draws = draws.flatten(0, 1) if deferred else None
                 video, label = video.to(device, non_blocking=True), label.to(device, non_blocking=True)
+                if deferred:   # colour on the device, each clip as its draws say
+                    video = data.colour_batch(video, draws)
                 video = data.normalise(video, *STATS[args.mean])                 # uint8 from the workers
+                index = rest
                 target = soft_targets(label, len(names), args.smoothing)
                 video, target = mix(video, target, args.mixup, args.cutmix, args.mix_switch)
                 extra = dict(paths=[train_loader.dataset.samples[i][0] for i in index[0].tolist()]) if index else {}
