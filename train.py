@@ -479,15 +479,22 @@ def tensor_bytes(obj):
 
 
 def rng_state():
-    return dict(python=random.getstate(), torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    """The random states. CUDA's: every GPU's on one process; under torchrun only this process's own GPU
+    (asking for all would make every process start a context on every GPU)."""
+    cuda = None
+    if torch.cuda.is_available():
+        cuda = [torch.cuda.get_rng_state()] if WORLD > 1 else torch.cuda.get_rng_state_all()
+    return dict(python=random.getstate(), torch=torch.get_rng_state(), cuda=cuda)
 
 
 def set_rng_state(state):
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        if WORLD > 1 or len(state["cuda"]) != torch.cuda.device_count():
+            torch.cuda.set_rng_state(state["cuda"][0])
+        else:
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @functools.lru_cache(maxsize=1)
