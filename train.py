@@ -1147,9 +1147,9 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
 # ---------------------------------------------------------------------------------------------------------
 
 RUNS = "runs"
-# What --resume takes from this command line rather than from the run it continues.
-RUN_CONTROL = ("resume", "eval_only", "overwrite", "out", "explicit", "run", "argv", "workers", "threads", "device",
-               "dist_timeout")
+# What --resume takes from this command line rather than from the run it continues (the decoding workers, which
+# change no number, are this machine's: under torchrun each process's share of the cores).
+RUN_CONTROL = ("resume", "eval_only", "overwrite", "out", "explicit", "run", "argv", "workers", "dist_timeout")
 
 
 def saved_args(args):
@@ -1362,9 +1362,11 @@ def main(argv=None):
         return run(args, method, None, None)
     # Rank 0 decides where the run goes and what it continues, and generates the embedded set; every process
     # then runs with rank 0's settings (the run folder and the videos must be on a filesystem they all see).
-    ready, device = prepare(args) if RANK == 0 else None, args.device
+    device = args.device
+    ready = prepare(args) if RANK == 0 else None
     args, ready = share((args, ready))
-    args.device = device   # this process's own GPU
+    if WORLD > 1:
+        args.device = device   # this process's own GPU
     if not ready:
         return None
     if not os.path.isdir(args.out):
