@@ -14,6 +14,7 @@ import sys
 import time
 import types
 import warnings
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -585,6 +586,221 @@ def test_damaged_frames_are_refused_naming_the_file_and_frame_the_others_come_ou
         data.read_frames(bad, range(24))
     assert torch.equal(data.read_frames(bad, [0, 2, 4]), frames[[0, 2, 4]])        # before the damage
     assert torch.equal(data.read_frames(bad, [16, 20, 23]), frames[[16, 20, 23]])  # after the next clean key frame
+
+
+PICT = av.video.frame.PictureType   # frame.pict_type is a bare int in PyAV 18
+# read_frames lets the H.264 decoder skip the non-reference frames it is not asked for (skip_frame NONREF): the
+# frames must be those of a plain decode of every frame, for any indices, and odd files (timestamps with a gap
+# or a repeat, damage) must come out as they did without skipping.
+
+FRAMES = 300   # frames: a key-frame interval of 250 leaves a second, short group of pictures
+
+
+def moving_texture(T, height=64, width=96, seed=0):
+    """(T,H,W,3) uint8: a blotchy, grainy texture panning diagonally, with a bright square crossing it: every
+    frame differs, as in real video, so x264 makes P- and B-frames that all carry data."""
+    rng = np.random.default_rng(seed)
+    H, W = height + T // 2 + 1, width + T + 1
+    blotches = np.kron(rng.uniform(0, 255, (H // 8 + 2, W // 8 + 2, 3)), np.ones((8, 8, 1)))[:H, :W]
+    texture = 0.5 * blotches + rng.normal(0, 20, (H, W, 3)) + 40
+    frames = np.empty((T, height, width, 3), np.uint8)
+    for t in range(T):
+        frame = texture[t // 2:t // 2 + height, t:t + width].copy()
+        x = (2 * t) % (width - 16)
+        frame[20:36, x:x + 16] = 240
+        frames[t] = frame.clip(0, 255)
+    return frames
+
+
+def decode_all(path):
+    """Every frame of a plain decode (FFmpeg's default threads, nothing skipped): [(pts, (H,W,3) uint8)]."""
+    with av.open(path) as container:
+        return [(f.pts, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+
+
+@pytest.fixture(scope="module", params=[250, 16, 5])
+def textured_video(request, tmp_path_factory):
+    keyint = request.param
+    path = str(tmp_path_factory.mktemp(f"keyint{keyint}") / "video.mp4")
+    data.write_video(path, moving_texture(FRAMES), fps=30, keyint=keyint)
+    return path, keyint, np.stack([a for _, a in decode_all(path)])
+
+
+def test_x264_writes_non_reference_b_frames_that_nonref_skips(textured_video):
+    path, keyint, every = textured_video
+    with av.open(path) as container:
+        keys = sum(e.is_keyframe for e in container.streams.video[0].index_entries)
+        types = [PICT(f.pict_type).name for f in container.decode(video=0)]
+    assert len(types) == FRAMES and keys == types.count("I") == -(-FRAMES // keyint) and types.count("B") > FRAMES // 3
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.skip_frame = "NONREF"
+        kept = {round(f.pts * stream.time_base * 30): f.to_ndarray(format="rgb24") for f in container.decode(stream)}
+    assert FRAMES // 4 < FRAMES - len(kept) < types.count("B")        # most B-frames are skipped, the reference ones not
+    assert all(np.array_equal(a, every[i]) for i, a in kept.items())
+
+
+def index_sets(n, seed):
+    rng = random.Random(seed)
+    for T in (8, 16, 32):
+        for _ in range(3):
+            yield data.sample_indices(n, T, "segment", train=True, rng=rng)
+        for clip in range(3):
+            yield data.sample_indices(n, T, "segment", clip=clip, num_clips=3)
+    for _ in range(3):
+        yield data.sample_indices(n, 8, "dense", stride=16, train=True, rng=rng)
+        yield data.sample_indices(n, 16, "dense", stride=4, train=True, rng=rng)
+        yield data.sample_indices(n, 32, "dense", stride=2, train=True, rng=rng)
+    for clip in range(3):
+        yield data.sample_indices(n, 8, "dense", stride=16, clip=clip, num_clips=3)
+    yield list(range(n))                                                   # dense: every frame
+    yield list(range(100, 140))
+    for size in (2, 5, 40):
+        yield sorted(rng.sample(range(n), size))
+        yield rng.sample(range(n), size)                                   # any order
+    for i in [0, 1, 2, 3, 5, 16, 17, 249, 250, 251, 298, n - 1]:
+        yield [i]                                                          # single frames, the last one
+    yield [n - 1, 0]
+    yield [5, 5, 5, 6, 5]                                                  # repeats
+    yield [n - 1, n - 1, 120, 119, 119]
+    yield [3, 4] + [7] * 3 + [250, 251, 252]
+
+
+def test_read_frames_are_exactly_the_frames_of_a_full_decode(textured_video):
+    path, keyint, every = textured_video
+    for wanted in index_sets(FRAMES, keyint):
+        got = data.read_frames(path, wanted)
+        assert got.dtype == torch.uint8 and np.array_equal(got.numpy(), every[wanted]), (keyint, wanted)
+
+
+def test_skipping_changes_no_frame_of_the_code_without_it(textured_video):
+    path, keyint, every = textured_video
+    for wanted in list(index_sets(FRAMES, keyint + 1))[::8]:   # some of every kind
+        wanted = sorted(set(wanted))
+        with_skip, without = data._decode(path, wanted, True), data._decode(path, wanted, True, skip=False)
+        assert with_skip.keys() == without.keys() and all(np.array_equal(with_skip[k], without[k]) for k in wanted)
+
+
+def encode(path, frames, pts, pyramid=True):
+    """frames -> mkv (millisecond timestamps `pts`), x264 with 3 B-frames, reference B-frames only if pyramid."""
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"qp": "20", "preset": "veryfast", "x264-params":
+                                      f"bframes=3:b-adapt=0:scenecut=0:b-pyramid={'normal' if pyramid else 'none'}"})
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for frame, t in zip(frames, pts):
+            f = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            f.pts, f.time_base = t, Fraction(1, 1000)
+            container.mux(stream.encode(f))
+        container.mux(stream.encode())
+
+
+def test_a_gap_in_the_timestamps_gives_the_next_frame_as_without_skipping(tmp_path):
+    """No reference B-frames: B-frames 1, 2, 3 of each group of 4 are all skippable. With no frame at 80 ms
+    (number 2) and 880 ms (22), frame 2 asked for is the next one, 3, which skipping would have skipped."""
+    frames = moving_texture(40, seed=1)
+    path = str(tmp_path / "gap.mkv")
+    kept = [i for i in range(40) if i not in (2, 22)]
+    encode(path, frames[kept], [40 * i for i in kept], pyramid=False)
+    with av.open(path) as container:
+        assert container.streams.video[0].average_rate == 25
+        assert [PICT(f.pict_type).name for f in container.decode(video=0)][:5] == ["I", "B", "B", "B", "P"]
+    plain = dict(decode_all(path))                                 # {pts: frame}
+    first_from = lambda k: plain[min(p for p in plain if p >= 40 * k)]
+    with pytest.raises(data._Skipped):
+        data._decode(path, [2], True)
+    for wanted in ([2], [1, 2], [2, 3], [2, 22], [0, 2, 10, 22, 39], list(range(40)), [22, 2, 2]):
+        got = data.read_frames(path, wanted).numpy()
+        assert all(np.array_equal(g, first_from(k)) for g, k in zip(got, wanted)), wanted
+        without = data._decode(path, sorted(set(wanted)), True, skip=False)
+        assert all(np.array_equal(g, without[k]) for g, k in zip(got, wanted)), wanted
+
+
+def test_repeated_timestamps_fall_back_to_counting_frames_as_without_skipping(tmp_path):
+    """Frames 5 and 6 one millisecond apart (both numbered 5) and 6..: timestamps cannot place the frames, so
+    frames are counted from the start, also when the two were skipped and only their numbers seen."""
+    frames = moving_texture(40, seed=2)
+    path = str(tmp_path / "repeat.mkv")
+    pts = [40 * i for i in range(40)]
+    pts[6] = pts[5] + 1
+    encode(path, frames, pts, pyramid=False)
+    plain = [a for _, a in decode_all(path)]
+    with pytest.raises(data._Skipped):                          # frames 5 and 6 were skipped, their numbers seen
+        data._decode(path, [4, 30], True)
+    with pytest.raises(data._BadTimestamps):
+        data._decode(path, [4, 30], True, skip=False)
+    for wanted in ([4, 30], [3, 7], [5], [6], [0, 39], list(range(40))):
+        got = data.read_frames(path, wanted).numpy()
+        assert all(np.array_equal(g, plain[k]) for g, k in zip(got, wanted)), wanted
+
+
+def flipped(good, bad, frame):
+    """A copy of `good` with 6 bytes flipped in the middle of the packet of frame number `frame` (pts order)."""
+    with av.open(good) as container:
+        stream = container.streams.video[0]
+        packets = {round(p.pts * stream.time_base * stream.average_rate): (p.pos, p.size)
+                   for p in container.demux(stream) if p.size}
+    pos, size = packets[frame]
+    content = bytearray(open(good, "rb").read())
+    for i in range(pos + size // 2, pos + size // 2 + 6):
+        content[i] ^= 0x5A
+    open(bad, "wb").write(bytes(content))
+
+
+def test_damage_is_refused_every_time_and_the_clean_frames_come_out_exact(tmp_path):
+    good, bad = str(tmp_path / "good.mp4"), str(tmp_path / "bad.mp4")
+    data.write_video(good, moving_texture(48, seed=3), fps=30, keyint=16)        # key frames 0, 16, 32
+    every = data.read_frames(good, range(48))
+    flipped(good, bad, 16)                                                       # the second key frame
+    for _ in range(3):                                   # again and again: the log must be heard every time
+        with pytest.raises(data.VideoError, match=r"bad.mp4: frame 20 may be damaged"):
+            data.read_frames(bad, [20])
+        with pytest.raises(data.VideoError, match=r"bad.mp4: frame \d+ may be damaged"):
+            data.read_frames(bad, [2, 13, 18, 40])
+    assert torch.equal(data.read_frames(bad, [0, 5, 9]), every[[0, 5, 9]])       # before the damage
+    assert torch.equal(data.read_frames(bad, [32, 40, 47]), every[[32, 40, 47]])  # after the next clean key frame
+
+
+def test_a_damaged_video_read_again_is_refused_again(tmp_path):
+    """PyAV drops a log message identical to the one before it, even from an earlier file: damage that logs one
+    kind of message (two frames missing: 'mmco: unref short failure') must be refused at every read."""
+    good, bad = str(tmp_path / "good.mp4"), str(tmp_path / "bad.mp4")
+    data.write_video(good, data.render_clip("square", "moving right", np.random.default_rng(0), T=150), keyint=250)
+    with av.open(good) as inp, av.open(bad, "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(video=0):
+            if packet.size and round(packet.pts * packet.time_base * 8) not in (50, 51):
+                packet.stream = stream
+                out.mux(packet)
+    for _ in range(3):
+        with pytest.raises(data.VideoError, match=r"bad.mp4: frame \d+ may be damaged.*'mmco: unref short failure'"):
+            data.read_frames(bad, range(148))
+
+
+def test_damage_in_a_skipped_frame_harms_no_other_frame_and_a_wanted_one_is_refused(tmp_path):
+    """Without skipping, a broken B-frame that nothing refers to made every frame after it, up to the next key
+    frame, refused; skipped, it harms none. (FFmpeg does not notice every broken B-frame: take one it does.)"""
+    good, bad = str(tmp_path / "good.mp4"), str(tmp_path / "bad.mp4")
+    data.write_video(good, moving_texture(48, seed=4), fps=30, keyint=250)
+    every = data.read_frames(good, range(48))
+    with av.open(good) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.skip_frame = "NONREF"
+        kept = {round(f.pts * stream.time_base * 30) for f in container.decode(stream)}
+    for nonref in sorted(set(range(10, 40)) - kept):                           # frames nothing refers to
+        flipped(good, bad, nonref)
+        with av.logging.Capture() as logs, av.open(bad) as container:
+            frames = list(container.decode(video=0))
+        if logs or any(f.is_corrupt for f in frames):
+            break
+    else:
+        pytest.skip("FFmpeg noticed none of the broken B-frames")
+    with pytest.raises(data.VideoError, match=rf"bad.mp4: frame {nonref} may be damaged"):
+        data.read_frames(bad, [nonref])
+    others = [i for i in range(0, 48, 3) if i != nonref]
+    assert torch.equal(data.read_frames(bad, others), every[others])
+    with pytest.raises(data.VideoError, match=r"bad.mp4: frame \d+ may be damaged"):
+        data._decode(bad, others, True, skip=False)                           # as it was without skipping
 
 
 def test_rotation_flag_is_applied_and_a_size_change_is_brought_to_the_first_size(tmp_path):
