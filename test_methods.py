@@ -568,7 +568,11 @@ def damaged_copy(good, bad, gop=1):
     FFmpeg decodes it without an error, concealing the broken blocks, as with a real damaged download."""
     with av.open(good) as container:
         keys = [(p.pos, p.size) for p in container.demux(video=0) if p.size and p.is_keyframe]
-    pos, size = keys[gop]
+    flip_bytes(good, bad, *keys[gop])
+
+
+def flip_bytes(good, bad, pos, size):
+    """bad = good with 6 bytes flipped in the middle of the packet at byte `pos`, `size` bytes long."""
     content = bytearray(open(good, "rb").read())
     for i in range(pos + size // 2, pos + size // 2 + 6):
         content[i] ^= 0x5A
@@ -740,11 +744,7 @@ def flipped(good, bad, frame):
         stream = container.streams.video[0]
         packets = {round(p.pts * stream.time_base * stream.average_rate): (p.pos, p.size)
                    for p in container.demux(stream) if p.size}
-    pos, size = packets[frame]
-    content = bytearray(open(good, "rb").read())
-    for i in range(pos + size // 2, pos + size // 2 + 6):
-        content[i] ^= 0x5A
-    open(bad, "wb").write(bytes(content))
+    flip_bytes(good, bad, *packets[frame])
 
 
 def test_damage_is_refused_every_time_and_the_clean_frames_come_out_exact(tmp_path):
