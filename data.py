@@ -116,9 +116,10 @@ def _decode(path, wanted, by_timestamp, skip=True):
 
     Frames come out as a player shows them: the stream's rotation flag (phones record upright video sideways
     and flag it) is applied, and a video whose size changes midway is brought to its first frame's size.
-    A frame is never returned damaged: FFmpeg conceals broken packets and carries on, so a frame it marks
-    corrupt, or an error it logs, makes every frame from there to the next clean key frame refused with a
-    VideoError naming the file and the frame. (The log arrives a few frames early, B-frames being reordered,
+    A frame FFmpeg knows to be damaged is never returned: it conceals broken packets and carries on, so a frame
+    it marks corrupt, or an error it logs, makes every frame from there to the next clean key frame refused
+    with a VideoError naming the file and the frame. (Damage it does not notice, as in some broken B-frames or
+    a lost packet of a reference frame, nothing here can see either.) (The log arrives a few frames early, B-frames being reordered,
     so a few clean frames before the damage are refused too: the file is damaged either way.)
     skip (by_timestamp, H.264 only): frames not wanted that no other frame refers to are not decoded at all."""
     with _open(path) as container, av.logging.Capture(local=False) as logs:

@@ -724,11 +724,13 @@ def sum_over_processes(x):
 def rank_zero_first():
     """Work that writes a shared cache (the stand-in CLIP's pretraining): rank 0 does it while the others
     wait, then they read what it wrote."""
+    wait = functools.partial(torch.distributed.barrier, **(
+        dict(device_ids=[LOCAL_RANK]) if WORLD > 1 and comm_device().type == "cuda" else {}))
     if RANK > 0:
-        torch.distributed.barrier()
+        wait()
     yield
     if RANK == 0 and WORLD > 1:
-        torch.distributed.barrier()
+        wait()
 
 
 def seed_process(seed, rank):
