@@ -1677,7 +1677,10 @@ def test_cli_predict(tmp_path, capsys):
 # More than one process: train.py under torchrun (gloo on the CPU), against one process
 # ---------------------------------------------------------------------------------------------------------
 
-def torchrun(*argv, cwd, processes=2, ok=True):
+PROCESSES = int(os.environ.get("TORCHRUN_PROCESSES", 2))   # TORCHRUN_PROCESSES=4 pytest -k torchrun: with 4
+
+
+def torchrun(*argv, cwd, processes=PROCESSES, ok=True):
     """train.py started by torchrun, as a user would start it; -> (return code, stdout + stderr)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--standalone",
                os.path.abspath(train.__file__), *argv]
@@ -1715,24 +1718,25 @@ def test_epoch_shards_together_hold_the_whole_batch_and_test_shards_each_video_o
     assert sorted(sum(tested, [])) == list(range(11))                  # nothing padded, nothing twice
 
 
-def test_torchrun_two_processes_train_test_and_resume_as_one_process_with_the_whole_batch(tmp_path, monkeypatch):
-    """b videos on each of two processes = 2b videos on one: the same weights (to 1e-5; 3e-8 measured), the
-    same val and test figures over an odd number of test videos, and a resume under two processes lands where
+def test_torchrun_processes_train_test_and_resume_as_one_process_with_the_whole_batch(tmp_path, monkeypatch):
+    """b videos on each of P processes = P b videos on one: the same weights (to 1e-5; 3e-8 measured with two),
+    the same val and test figures over an odd number of test videos, and a resume under P processes lands where
     the one-process resume does."""
     paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
     odd = tmp_path / "odd.txt"
     odd.write_text("".join(open(paths["val"]).readlines()[:11]))         # 11 test videos: 6 + 5 on two processes
+    P = PROCESSES
     monkeypatch.chdir(tmp_path)
     argv = tiny_run_args(paths, "--val-list", str(odd), "--mixup", "0", "--cutmix", "0", "--epochs", "1",
                          "--val-every", "1")
-    train.main(argv + ["--out", "one"])
+    train.main(argv + ["--batch-size", str(2 * P), "--out", "one"])
     first = torch.load(os.path.join("one", "last.pt"), weights_only=False)
     printed, _ = torchrun(*argv, "--batch-size", "2", "--workers", "1", "--out", "two", cwd=tmp_path)
-    assert "batch 2 x 2 processes x 1 accumulation = 4" in printed
+    assert f"batch 2 x {P} processes x 1 accumulation = {2 * P}" in printed
     assert printed.count("run folder") == 1                              # one voice: rank 0's
     two = torch.load(os.path.join("two", "last.pt"), weights_only=False)
     assert weight_gap(first["model"], two["model"]) < 1e-5
-    assert len(two["rngs"]) == 2 and not torch.equal(two["rngs"][0]["torch"], two["rngs"][1]["torch"])
+    assert len(two["rngs"]) == P and not torch.equal(two["rngs"][0]["torch"], two["rngs"][1]["torch"])
 
     def figures(run):   # [{name: number}] of each line: the loss, and the val and test figures
         keep = ("loss", "videos", "top1", "top5", "mean_class", "twins")
@@ -1755,8 +1759,8 @@ def test_torchrun_two_processes_train_test_and_resume_as_one_process_with_the_wh
 
 
 def test_torchrun_openvclip_each_process_takes_its_own_alpha_and_the_gradients_are_averaged(tmp_path, monkeypatch):
-    """The interpolated-weight step under two processes: each process draws its own alpha (as each GPU of the
-    official runs), and the step equals one process averaging the gradients of the two half-batches, each
+    """The interpolated-weight step under P processes: each process draws its own alpha (as each GPU of the
+    official runs), and the step equals one process averaging the gradients of the P shares of the batch, each
     taken at its own alpha, then clipping and stepping once."""
     paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
     monkeypatch.chdir(tmp_path)
@@ -1778,8 +1782,8 @@ def test_torchrun_openvclip_each_process_takes_its_own_alpha_and_the_gradients_a
     dataset = train.make_loader(args, torch.device("cpu"), samples, train=True).dataset
     params = [p for p in model.parameters() if p.requires_grad]
     grads, alphas = [], []
-    for rank in (0, 1):
-        keys = list(data.EpochSampler(len(samples), args.seed, rank, 2))[:2]   # this process's first micro-batch
+    for rank in range(PROCESSES):
+        keys = list(data.EpochSampler(len(samples), args.seed, rank, PROCESSES))[:2]   # its first micro-batch
         video, label = data.collate([dataset[k] for k in keys])
         video = data.normalise(video, *train.STATS[args.mean])
         target = train.soft_targets(label, len(names), args.smoothing)
@@ -1790,9 +1794,9 @@ def test_torchrun_openvclip_each_process_takes_its_own_alpha_and_the_gradients_a
         model.zero_grad(set_to_none=True)
         model.train_step(video, target, train.soft_cross_entropy, lambda loss: loss.backward(), contextlib.nullcontext)
         grads.append([p.grad.clone() for p in params])
-    assert alphas[0] != alphas[1]
-    for p, g0, g1 in zip(params, *grads):
-        p.grad = (g0 + g1) / 2
+    assert len(set(alphas)) == PROCESSES
+    for p, *g in zip(params, *grads):
+        p.grad = sum(g) / PROCESSES
     if args.grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
     torch.optim.AdamW(model.param_groups(args.lr, args.weight_decay), lr=args.lr, betas=tuple(args.betas),
@@ -1805,14 +1809,15 @@ def test_torchrun_a_failing_process_ends_the_run_with_its_message(tmp_path):
     torchrun ends process 0 (waiting for process 1's gradients) at once instead of letting it hang."""
     paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
     samples = data.read_list(paths["train"])
-    path = os.path.join(paths["root"], samples[list(data.EpochSampler(len(samples), 0, 1, 2))[0]][0])
+    path = os.path.join(paths["root"], samples[list(data.EpochSampler(len(samples), 0, 1, PROCESSES))[0]][0])
     damaged_copy(path, path + ".bad.mp4", gop=0)
     os.replace(path + ".bad.mp4", path)
     printed, seconds = torchrun(*tiny_run_args(paths, "--batch-size", "2", "--epochs", "1", "--mixup", "0"),
                                 "--out", str(tmp_path / "run"), cwd=tmp_path, ok=False)
-    cause = rf"process 1 of 2: error: {re.escape(path)}: frame \d+ may be damaged"
+    cause = rf"process 1 of {PROCESSES}: error: {re.escape(path)}: frame \d+ may be damaged"
     assert re.search(cause, printed) and re.search(cause, printed.split("Root Cause")[1])   # torchrun's summary too
-    assert "process 0 of 2: stopped because another process stopped" in printed and "[rank0]: Traceback" not in printed
+    assert f"process 0 of {PROCESSES}: stopped because another process" in printed
+    assert not re.search(r"\[rank\d+\]: Traceback", printed)                # no process's traceback
     assert seconds < 120
 
 
