@@ -683,7 +683,7 @@ def start_processes(args):
         args.device = f"cuda:{LOCAL_RANK}"   # one GPU per process, whatever --device said
     torch.distributed.init_process_group("nccl" if gpu else "gloo",
                                          timeout=datetime.timedelta(minutes=args.dist_timeout))
-    if RANK > 0:   # one voice: the others' errors still reach stderr, prefixed with their rank (see __main__)
+    if RANK > 0:   # one voice: the others' errors still reach stderr, saying which process (one_line)
         sys.stdout = open(os.devnull, "w")
 
 
@@ -757,8 +757,8 @@ def average_gradients(params, bucket_bytes=2**26):
     the methods run their own backward passes (Open-VCLIP two per micro-batch at two weights, ViFi-CLIP one
     through the text tower after the last micro-batch). Whatever a method adds into .grad, averaging the sums
     afterwards is the gradient of the global batch's mean loss, exactly. It costs one all-reduce of the
-    trainable weights per optimizer step, which DDP would overlap with the last backward pass; with the
-    recipes' 4 to 16 micro-batches per step that is a small share of a step. Gradients are sent in flat
+    trainable weights per optimizer step, which DDP would overlap with the last backward pass; the recipes
+    pay it once per 4 to 16 micro-batches (their accumulation on 8 GPUs). Gradients are sent in flat
     buckets (one call per 64 MB, not one per tensor). A parameter that got no gradient on some processes
     counts as zero there; one that got none on any process keeps .grad None, as on one process."""
     if WORLD == 1:
