@@ -1804,9 +1804,11 @@ def test_torchrun_openvclip_each_process_takes_its_own_alpha_and_the_gradients_a
     assert weight_gap(model.state_dict(), trained) < 1e-5
 
 
-def test_torchrun_a_failing_process_ends_the_run_with_its_message(tmp_path):
+def test_torchrun_a_failing_process_ends_the_run_with_its_message_or_its_bad_video_is_left_out(tmp_path):
     """A damaged video in process 1's first batch: process 1 stops with the one-line error naming it, and
-    torchrun ends process 0 (waiting for process 1's gradients) at once instead of letting it hang."""
+    torchrun ends process 0 (waiting for process 1's gradients) at once instead of letting it hang. With
+    --skip-bad-videos and one video per batch, process 1's first batch holds nothing: it still counts as a
+    micro-batch, so the processes stay in step, and the video is listed and counted once."""
     paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
     samples = data.read_list(paths["train"])
     path = os.path.join(paths["root"], samples[list(data.EpochSampler(len(samples), 0, 1, PROCESSES))[0]][0])
@@ -1819,6 +1821,13 @@ def test_torchrun_a_failing_process_ends_the_run_with_its_message(tmp_path):
     assert f"process 0 of {PROCESSES}: stopped because another process" in printed
     assert not re.search(r"\[rank\d+\]: Traceback", printed)                # no process's traceback
     assert seconds < 120
+
+    torchrun(*tiny_run_args(paths, "--batch-size", "1", "--epochs", "1", "--skip-bad-videos", "--val-every", "0",
+                            "--steps-per-epoch", "1000", "--dist-timeout", "1"),   # every batch: none to spare
+             "--out", str(tmp_path / "skipping"), cwd=tmp_path)
+    epoch, test = train.read_metrics(str(tmp_path / "skipping" / "metrics.jsonl"))[:2]
+    assert epoch["skipped"] == 1 and "skipped" not in test
+    assert [line.split("\t")[1] for line in open(tmp_path / "skipping" / "skipped.txt")] == [path]
 
 
 def omniclip_omni(state, **kwargs):
