@@ -1294,7 +1294,8 @@ def headline(results, args):
 
 def compare(argv):
     """--method all: every method in turn with the same flags, each in a run folder of its own, then one table
-    of their results and of the CPU time each took (this process and its decoding workers, user + system)."""
+    of their results and of the CPU time each took (this process and its decoding workers, user + system; under
+    torchrun, process 0's alone)."""
     def cpu_seconds():
         t = os.times()
         return t.user + t.system + t.children_user + t.children_system
