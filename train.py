@@ -780,7 +780,7 @@ def average_gradients(params, bucket_bytes=2**26):
     for bucket in buckets:
         if not bucket:
             continue
-        flat = torch.cat([g.reshape(-1) for g in bucket])                     # (total numel,) on the GPU
+        flat = torch.cat([g.reshape(-1) for g in bucket])      # (total numel,) where the gradients are
         torch.distributed.all_reduce(flat)
         flat /= WORLD
         for g, piece in zip(bucket, flat.split([g.numel() for g in bucket])):
