@@ -486,8 +486,8 @@ class VideoDataset(torch.utils.data.Dataset):
         n, T = video_length(path), self.num_frames
         if self.train:
             K = self.clips_per_video
-            draws = [sample_indices(n, T, self.mode, self.stride, train=True, rng=rng) for _ in range(K)]
-            frames = read_frames(path, [j for clip in draws for j in clip])    # one decoding pass: (K*T,H,W,3)
+            picks = [sample_indices(n, T, self.mode, self.stride, train=True, rng=rng) for _ in range(K)]
+            frames = read_frames(path, [j for clip in picks for j in clip])    # one decoding pass: (K*T,H,W,3)
             clips = [self.transform(frames[k * T:(k + 1) * T], rng) for k in range(K)]
             if not isinstance(clips[0], tuple):   # (video,) or (video, colour draws)
                 clips = [(clip,) for clip in clips]
