@@ -118,9 +118,9 @@ def _decode(path, wanted, by_timestamp, skip=True):
     and flag it) is applied, and a video whose size changes midway is brought to its first frame's size.
     A frame FFmpeg knows to be damaged is never returned: it conceals broken packets and carries on, so a frame
     it marks corrupt, or an error it logs, makes every frame from there to the next clean key frame refused
-    with a VideoError naming the file and the frame. (Damage it does not notice, as in some broken B-frames or
-    a lost packet of a reference frame, nothing here can see either.) (The log arrives a few frames early, B-frames being reordered,
-    so a few clean frames before the damage are refused too: the file is damaged either way.)
+    with a VideoError naming the file and the frame. (The log arrives a few frames early, B-frames being
+    reordered, so a few clean frames before the damage are refused too: the file is damaged either way. Damage
+    FFmpeg does not notice, as in some broken B-frames or a lost packet of a reference frame, passes here too.)
     skip (by_timestamp, H.264 only): frames not wanted that no other frame refers to are not decoded at all."""
     with _open(path) as container, av.logging.Capture(local=False) as logs:
         stream = container.streams.video[0]
@@ -221,14 +221,15 @@ def read_frames(path, indices) -> torch.Tensor:
     indices = [int(i) for i in indices]
     if not indices or min(indices) < 0:
         raise ValueError(f"read_frames({path}): indices must be a non-empty list of frame numbers >= 0, got {indices}")
+    wanted = sorted(set(indices))
     try:
         try:
             try:
-                arrays = _decode(path, sorted(set(indices)), by_timestamp=True)
+                arrays = _decode(path, wanted, by_timestamp=True)
             except _Skipped:    # rare (timestamps with gaps or repeats): the frames a full decode gives, exactly
-                arrays = _decode(path, sorted(set(indices)), by_timestamp=True, skip=False)
+                arrays = _decode(path, wanted, by_timestamp=True, skip=False)
         except _BadTimestamps:  # count frames from the start instead: slower, but needs no timestamps
-            arrays = _decode(path, sorted(set(indices)), by_timestamp=False)
+            arrays = _decode(path, wanted, by_timestamp=False)
     except av.FFmpegError as e:
         raise VideoError(f"{path}: decoding failed ({e}); {_FIX}") from e
     return torch.from_numpy(np.stack([arrays[i] for i in indices]))  # (len(indices),H,W,3)
