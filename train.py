@@ -294,6 +294,22 @@ def compile_model(model, backend="inductor"):
     return model
 
 
+def training_batch(batch, device, stats, deferred):
+    """A training batch as the workers hand it over -> video (N,T,3,S,S) normalised on the device, label (N,),
+    [index (N,)] if the loader gives indices. K clips per video are flattened to N = B*K, each with its video's
+    label and index; deferred: the colour augmentation drawn in the workers is applied here, on the device."""
+    video, label, *index = batch
+    draws = index.pop(0) if deferred else None                                  # (B,10) or (B,K,10)
+    if video.dim() == 6:   # K clips per video: (B,K,T,3,S,S) -> (B*K,T,3,S,S)
+        K = video.shape[1]
+        video, label, index = video.flatten(0, 1), label.repeat_interleave(K), [i.repeat_interleave(K) for i in index]
+        draws = draws.flatten(0, 1) if deferred else None                       # (B*K,10)
+    video, label = video.to(device, non_blocking=True), label.to(device, non_blocking=True)
+    if deferred:
+        video = data.colour_batch(video, draws)
+    return data.normalise(video, *stats), label, index                          # uint8 from the workers -> float
+
+
 def soft_targets(label, num_classes, smoothing):
     """(B,) class ids -> (B, C) targets with label smoothing (off value smoothing/C, as timm does)."""
     off = smoothing / num_classes
@@ -642,10 +658,7 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
     loader = make_loader(args, device, samples[:args.step_batch * (args.benchmark + 2)], train=True)
     waited = [0.0]
     for i, (batch, _) in enumerate(zip(batches(loader, None, "benchmark", waited), range(args.benchmark + 1))):
-        video = batch[0].to(device).flatten(0, -5)                # what the training loop does with each batch
-        if loader.dataset.transform.defer_colour:
-            video = data.colour_batch(video, batch[2].flatten(0, -2))
-        data.normalise(video, *STATS[args.mean])
+        video, _, _ = training_batch(batch, device, STATS[args.mean], loader.dataset.transform.defer_colour)
         if i == 0:   # the workers' start-up is not throughput
             start, count = time.perf_counter(), 0
         else:
@@ -1072,18 +1085,7 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
                 with autocast():
                     model.begin_step()
             if len(batch):
-                video, label, *rest = batch
-                draws = rest.pop(0) if deferred else None
-                if video.dim() == 6:   # K clips per video: (B,K,T,3,S,S) -> (B*K,T,3,S,S), each with its label
-                    K = video.shape[1]
-                    video, label, rest = video.flatten(0, 1), label.repeat_interleave(K), [
-                        r.repeat_interleave(K) for r in rest]
-                    draws = draws.flatten(0, 1) if deferred else None
-                video, label = video.to(device, non_blocking=True), label.to(device, non_blocking=True)
-                if deferred:   # colour on the device, each clip as its draws say
-                    video = data.colour_batch(video, draws)
-                video = data.normalise(video, *STATS[args.mean])                 # uint8 from the workers
-                index = rest
+                video, label, index = training_batch(batch, device, STATS[args.mean], deferred)
                 target = soft_targets(label, len(names), args.smoothing)
                 video, target = mix(video, target, args.mixup, args.cutmix, args.mix_switch)
                 extra = dict(paths=[train_loader.dataset.samples[i][0] for i in index[0].tolist()]) if index else {}
