@@ -325,12 +325,14 @@ def encode_text(clip, tokens, embeds=None):
 
 
 def cosine_logits(video, text, logit_scale):
-    """video (B, E), text (C, E) or (B, C, E) -> (B, C) = exp(s) * cos(video, text)."""
-    video = F.normalize(video, dim=-1)
-    text = F.normalize(text, dim=-1)
-    if text.dim() == 3:
-        return logit_scale.exp() * torch.einsum("be,bce->bc", video, text)
-    return logit_scale.exp() * video @ text.t()
+    """video (B, E), text (C, E) or (B, C, E) -> (B, C) = exp(s) * cos(video, text), in float32 whatever the
+    autocast: logits of 10-35 in bf16 are rounded to steps of 0.06-0.25, enough to swap close classes."""
+    with torch.autocast(video.device.type, enabled=False):
+        video = F.normalize(video.float(), dim=-1)
+        text = F.normalize(text.float(), dim=-1)
+        if text.dim() == 3:
+            return logit_scale.float().exp() * torch.einsum("be,bce->bc", video, text)
+        return logit_scale.float().exp() * video @ text.t()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -4,14 +4,16 @@ demos generate in seconds. Nothing here knows about models.
 
     list line "videos/a.mp4 3" --read_list--> (path, label)
     UCF101 / HMDB51 split files, Kinetics CSV, SSv2 JSON --read_dataset--> [(path, label)], class names
-    video_length(path) = n --sample_indices(n, T)--> T frame indices
+    video_info(path) = n frames, fps, ticks --sample_indices(n, T)--> T frame indices (clip_indices does both)
     read_frames(path, indices) -> uint8 (T,H,W,3) --TrainTransform--> uint8 (T,3,S,S) [and colour draws]
     DataLoader -> video (B,T,3,S,S), label (B,) --colour_batch, normalise (on the GPU)--> float (B,T,3,S,S)
 
 At test time VideoDataset returns V = num_clips * crops views per video, (V,T,3,S,S), for the caller to fuse.
-Two samplers cover the four methods: "segment" (TSN; X-CLIP, ViFi-CLIP, OmniCLIP) takes one frame from each of
-T equal segments, so a clip spans the whole video; "dense" (PySlowFast; Open-VCLIP) takes T frames at a fixed
-stride, so a clip covers a fixed stretch of time (8 frames at stride 16: ~3.7 s at 30 fps).
+The four methods come with two official pipelines, and data.py offers both exactly as their code has them, for
+each recipe to name its own: the frames, "segment" (TSN, mmaction2's SampleFrames; X-CLIP, ViFi-CLIP, OmniCLIP:
+one frame from each of T equal segments, so a clip spans the whole video) or "dense" (PySlowFast's decoder;
+Open-VCLIP: T frames over a fixed stretch of time, 8 frames at stride 16 of a 30 fps video: ~3.7 s, whatever the
+video's frame rate); the crops, "tsn" or "slowfast" (the transforms' section says how each resizes and crops).
 read_frames is the only function that touches a decoder. A video that cannot be decoded raises VideoError
 naming the file; it never becomes a tensor of zeros, which would quietly train the model on blank clips.
 
@@ -28,6 +30,7 @@ import bisect
 import csv
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -237,77 +240,146 @@ def read_frames(path, indices) -> torch.Tensor:
 # -----------------------------------------------------------------------------
 # which frames
 
+TARGET_FPS = 30   # PySlowFast's DATA.TARGET_FPS: a dense clip's stride counts frames of a 30 fps video
 
-def sample_indices(num_frames, T, mode="segment", stride=1, train=False, clip=0, num_clips=1, rng=None):
+
+def video_info(path):
+    """(frames, fps, ticks) of the video at `path`: its frame count (video_length), frame rate, and timestamp ticks
+    per frame (the stream's duration / frames, None when the container stores no duration, as webm often does).
+    What PySlowFast's pyav decoder reads to place a dense clip in time."""
+    n = video_length(path)
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or TARGET_FPS)
+        ticks = stream.duration / stream.frames if stream.duration and stream.frames else None
+    return n, fps, ticks
+
+
+def sample_indices(num_frames, T, mode="segment", stride=1, train=False, clip=0, num_clips=1, rng=None, fps=TARGET_FPS,
+                   ticks=None):
     """T sorted frame indices in [0, num_frames): random when train (from `rng`, default the `random` module),
-    else deterministic, clip k of num_clips giving view k.
-    segment: T equal segments; train takes a random frame of each, test the point (k + 0.5) / num_clips of the
-      way through each (the midpoint for one clip). The official ViFi-CLIP and X-CLIP code draws multi-clip test
-      views with the random training sampler; we keep test deterministic.
-    dense: T frames `stride` apart; train starts anywhere, test spreads the num_clips starts evenly from the
-      first possible start to the last (the middle one for one clip), as PySlowFast does.
-    Short videos: segment mode with num_frames < T repeats frames in order, floor((i + 0.5) * num_frames / T) at
-      test, sorted random frames in training (as the official code). Dense mode whose span (T-1)*stride+1
-      exceeds the video shrinks the stride to fit; under T frames it falls back to segment mode."""
+    else clip k of num_clips.
+
+    segment (TSN, the mmaction2 SampleFrames of X-CLIP, ViFi-CLIP and OmniCLIP's code, with one frame per clip):
+      train: T segments of n // T frames, a random frame of each (the last n mod T frames are never drawn); for
+      n < T the frames round(i * n / T) (numpy's around: halves to even), the same every time.
+      test, one clip: frame int(i * a + a / 2) of segment i, a = n / T (the middle of each segment).
+      test, several clips: each clip is a training draw, as the official multi-view test samples them (X-CLIP's
+      build.py builds it with the training sampler); VideoDataset seeds it per video, so a test is repeatable.
+    dense (PySlowFast's pyav decoder, Open-VCLIP): a window of stride * (T - 1) frames of a TARGET_FPS video,
+      i.e. ceil(stride * (T - 1) / 30 * fps) frames of this one, starts at random in training and at k / num_clips
+      of the free range for test clip k (0, 1/3, 2/3: the fork's decoder ignores USE_OFFSET_SAMPLING). The frames
+      from its first timestamp to its last, and one more, are kept; the T indices are linspace(0, stride * T / 30 *
+      fps - 1, T) into them (float32, truncated), clamped to the last kept frame: at 30 fps a window of 113 frames
+      gives 0, 18, .., 108, 112, and a short video repeats its last frame. ticks (timestamp ticks per frame) places
+      the window's ends as the decoder does (int(start * ticks)); a video without a duration is decoded whole
+      and sampled from linspace(start, start + stride * T / 30 * fps - 1, T), its test clips at k * (free range //
+      (num_clips - 1)) or the middle for one clip (USE_OFFSET_SAMPLING on that path)."""
     rng = random if rng is None else rng
     if num_frames < 1 or T < 1 or not 0 <= clip < num_clips or mode not in ("segment", "dense"):
         raise ValueError(f"sample_indices: need num_frames >= 1, T >= 1, 0 <= clip < num_clips and mode 'segment' "
                          f"or 'dense'; got {num_frames}, {T}, {clip}, {num_clips}, {mode!r}")
-    if mode == "dense":
-        if (T - 1) * stride + 1 > num_frames:
-            stride = max(1, (num_frames - 1) // (T - 1))  # T > 1 here
-        last_start = num_frames - ((T - 1) * stride + 1)
-        if last_start >= 0:
-            spread = last_start // 2 if num_clips == 1 else round(clip * last_start / (num_clips - 1))
-            begin = rng.randint(0, last_start) if train else spread
-            return [begin + i * stride for i in range(T)]
-        # fewer than T frames: no stride fits, so fall through to the segment sampler
-    if train and num_frames < T:
-        return sorted(rng.randrange(num_frames) for _ in range(T))
-    if train:  # segment i is [i*n//T, (i+1)*n//T), never empty since n >= T
-        return [rng.randrange(i * num_frames // T, (i + 1) * num_frames // T) for i in range(T)]
-    offset = (clip + 0.5) / num_clips
-    return [int((i + offset) * num_frames / T) for i in range(T)]
+    n = num_frames
+    if mode == "segment":
+        if not train and num_clips == 1:
+            a = n / T
+            return [int(i * a + a / 2.0) for i in range(T)]
+        if n < T:   # np.around(arange(T) * n / T): Python's round also takes halves to even
+            return [round(i * (n / T)) for i in range(T)]
+        a = n // T
+        return [i * a + rng.randrange(a) for i in range(T)]
+    span = stride * T / TARGET_FPS * fps                                  # the clip's length in this video's frames
+    if ticks is None:   # decoded whole: the clip is cut from all n frames
+        delta = max(n - span, 0)
+        start = rng.uniform(0, delta) if train else \
+            math.floor(delta / 2) if num_clips == 1 else clip * math.floor(delta / (num_clips - 1))
+        first, kept, end = 0, n, start + max(1.0, span) - 1
+    else:   # selective decoding: the frames between two timestamps (and one more) are kept
+        window = max(1.0, math.ceil(stride * (T - 1) / TARGET_FPS * fps))
+        delta = max(n - window, 0)
+        start = rng.uniform(0, delta) if train else delta * clip / num_clips
+        first_pts, last_pts = int(start * ticks), int((start + window - 1) * ticks)
+        first = math.ceil(first_pts / ticks)                               # the first frame at or after first_pts
+        last = min(math.floor(last_pts / ticks) + 1, n - 1)                # the last at or before, and one more
+        kept, start, end = last - first + 1, 0, max(1.0, span) - 1
+    picks = torch.linspace(start, end, T).clamp(0, kept - 1).long()       # float32, as torch.linspace
+    return [first + int(p) for p in picks]
+
+
+def clip_indices(path, T, mode="segment", stride=1, train=False, num_clips=1, rng=None):
+    """[T frame indices of each of num_clips clips] of the video at `path` (training: num_clips random clips):
+    sample_indices with the video's own length, and for dense sampling its frame rate and timestamps."""
+    n, fps, ticks = video_info(path) if mode == "dense" else (video_length(path), TARGET_FPS, None)
+    return [sample_indices(n, T, mode, stride, train=train, clip=0 if train else k, num_clips=1 if train else num_clips,
+                           rng=rng, fps=fps, ticks=ticks) for k in range(num_clips)]
 
 # -----------------------------------------------------------------------------
-# transforms: uint8 (T,H,W,3) -> normalised float, the same random draw for every frame of a video
+# transforms: uint8 (T,H,W,3) -> normalised float. Two official pipelines, each recipe names its own (crop=):
+#   "tsn"      X-CLIP's datasets/build.py (ViFi-CLIP ships the same file; OmniCLIP takes X-CLIP's recipe), mmaction2
+#              style: short side to 256/224 of the input, MultiScaleCrop, resize to S x S, flip, per-frame colour
+#              jitter, grayscale; test: short side 256/224 S and the centre, or short side S and three crops.
+#   "slowfast" Open-VCLIP's slowfast/datasets/utils.py spatial_sampling: a random short side in [S, 256/224 S], a
+#              random S x S crop, flip; test: short side S, the centre crop, or three crops along the long side.
+# Both resize with plain bilinear interpolation (cv2's INTER_LINEAR in mmcv, F.interpolate in PySlowFast), without
+# antialiasing, and here on uint8 frames: the official PySlowFast resizes floats, so our pixels may differ from
+# its by the rounding to whole levels (at most half a level).
 
 
-# The colour augmentation of a training clip, as numbers drawn in a worker and applied wherever the clip is:
-# [jitter?, brightness, contrast, saturation, hue factors, the order of the four (op indices), grayscale?].
+def resize(x, height, width):
+    """(..., 3, H, W) uint8 -> (..., 3, height, width), bilinear without antialiasing, as both official pipelines."""
+    return F.resize(x, [height, width], antialias=False)
+
+
+def short_side_size(height, width, short, rule):
+    """(H', W') of a frame resized so that its short side is `short`. mmcv (X-CLIP's Resize, mmcv.rescale_size):
+    both sides scaled and rounded half up; slowfast (random_short_side_scale_jitter): the long side floored."""
+    if rule == "mmcv":
+        scale = short / min(height, width)
+        return int(height * scale + 0.5), int(width * scale + 0.5)
+    if width < height:
+        return int(math.floor(height / width * short)), short
+    return short, int(math.floor(width / height * short))
+
+
+# The colour augmentation of a training clip, as numbers drawn in a worker and applied wherever the clip is, one
+# row per frame: [jitter?, brightness, contrast, saturation, hue factors, the order of the four (op indices), grayscale?].
 _COLOUR_OPS = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
 
 
-def _colour_draws(rng, color_jitter, grayscale, strengths=(0.4, 0.4, 0.2, 0.1)):
-    """torchvision's ColorJitter (factors drawn once, applied in random order) then RandomGrayscale, drawn for
-    a whole clip -> (10,) float64 (the factors exactly as drawn). The official ViFi-CLIP/X-CLIP code draws
-    the factors per frame; one draw per clip keeps the frames consistent, so the flicker does not look like
-    motion to the temporal modules."""
-    draws = torch.zeros(10, dtype=torch.float64)
+def _colour_draws(rng, T, color_jitter, grayscale, strengths=(0.4, 0.4, 0.2, 0.1)):
+    """X-CLIP's ColorJitter then GrayScale (datasets/pipeline.py), drawn for a clip of T frames -> (T, 10) float64,
+    the factors exactly as drawn. Whether to jitter is drawn once per clip (probability color_jitter); then
+    torchvision's ColorJitter runs on every frame on its own, drawing its four factors and their order per frame.
+    Grayscale is drawn once per clip."""
+    draws = torch.zeros(T, 10, dtype=torch.float64)
     if rng.random() < color_jitter:
         b, c, s, h = strengths
-        draws[:5] = torch.tensor([1, rng.uniform(1 - b, 1 + b), rng.uniform(1 - c, 1 + c), rng.uniform(1 - s, 1 + s),
-                                  rng.uniform(-h, h)], dtype=torch.float64)
-        order = [0, 1, 2, 3]
-        rng.shuffle(order)
-        draws[5:9] = torch.tensor(order, dtype=torch.float64)
-    draws[9] = rng.random() < grayscale
+        for t in range(T):
+            order = [0, 1, 2, 3]
+            rng.shuffle(order)
+            draws[t, :9] = torch.tensor([1, rng.uniform(1 - b, 1 + b), rng.uniform(1 - c, 1 + c),
+                                         rng.uniform(1 - s, 1 + s), rng.uniform(-h, h), *order], dtype=torch.float64)
+    draws[:, 9] = float(rng.random() < grayscale)
     return draws
 
 
 def colour(x, draws):
-    """(..., 3, H, W) uint8 frames of one clip, coloured as its (10,) draws say (on any device)."""
-    draws = draws.tolist()
-    if draws[0]:
-        for k in map(int, draws[5:9]):
-            x = _COLOUR_OPS[k](x, draws[1 + k])
-    if draws[9]:
+    """(T, 3, H, W) uint8 frames of one clip, coloured as its (T, 10) draws say (on any device)."""
+    rows = draws.tolist()
+    if any(row[0] for row in rows):
+        frames = []
+        for frame, row in zip(x, rows):
+            for k in map(int, row[5:9]):
+                frame = _COLOUR_OPS[k](frame, row[1 + k])
+            frames.append(frame)
+        x = torch.stack(frames)                                          # (T,3,H,W)
+    if rows[0][9]:
         x = F.rgb_to_grayscale(x, num_output_channels=3)
     return x
 
 
 def colour_batch(video, draws):
-    """(B, T, 3, S, S) uint8 clips and their (B, 10) draws -> uint8: TrainTransform's colour augmentation, each
+    """(B, T, 3, S, S) uint8 clips and their (B, T, 10) draws -> uint8: TrainTransform's colour augmentation, each
     clip its own, run where the batch is (a GPU) instead of in the decoding workers, where it was 4/5 of the
     transforms' CPU time. The same function the transform runs itself, so on the CPU the bits are the same."""
     return torch.stack([colour(v, d) for v, d in zip(video, draws)])
@@ -321,37 +393,48 @@ def normalise(x, mean, std):
 
 
 class TrainTransform:
-    """The ViFi-CLIP / X-CLIP training augmentation (their configs' TRAIN pipeline): resize the short side to
-    short_side, MultiScaleCrop, resize to size x size (aspect ratio not kept), flip, colour jitter, grayscale,
-    normalise. (T,H,W,3) uint8 -> (T,3,size,size) float. Every draw comes from `rng` (default: the random
-    module), so that VideoDataset can make a clip's augmentation a function of the seed, epoch and video.
+    """A training clip's augmentation, crop="tsn" or "slowfast" (see above). (T,H,W,3) uint8 -> (T,3,size,size)
+    float. Every draw comes from `rng` (default: the random module), so that VideoDataset can make a clip's
+    augmentation a function of the seed, epoch and video. short_side: the TSN resize, and the top of the
+    slowfast jitter (default 256/224 of size: 256 for 224, as both official pipelines).
     normalise=False stops before the last step and returns uint8, for normalise() to finish on the device.
-    defer_colour=True (implies normalise=False) also leaves out the colour: -> (uint8 clip, its (10,) colour
+    defer_colour=True (implies normalise=False) also leaves out the colour: -> (uint8 clip, its (T,10) colour
     draws), for colour_batch() to apply on the device."""
 
-    def __init__(self, size, mean, std, scales=(1, .875, .75, .66), flip=True, color_jitter=0.8, grayscale=0.2,
-                 short_side=None, normalise=True, defer_colour=False):
-        self.size, self.mean, self.std = size, list(mean), list(std)
+    def __init__(self, size, mean, std, crop="tsn", scales=(1, .875, .75, .66), flip=True, color_jitter=0.8,
+                 grayscale=0.2, short_side=None, normalise=True, defer_colour=False):
+        if crop not in ("tsn", "slowfast"):
+            raise ValueError(f"TrainTransform: crop must be 'tsn' or 'slowfast', got {crop!r}")
+        self.size, self.mean, self.std, self.crop = size, list(mean), list(std), crop
         self.normalise, self.defer_colour = normalise and not defer_colour, defer_colour
         self.scales, self.flip, self.color_jitter, self.grayscale = scales, flip, color_jitter, grayscale
-        self.short_side = short_side or round(size * 256 / 224)  # 256 for 224 inputs, as the official code
+        self.short_side = short_side or int(256 / 224 * size)   # build.py's scale_resize
 
     def _crop_box(self, height, width, rng=random):
-        """MultiScaleCrop (TSN): each side is one of scales * short side, the two scale indices at most one
-        apart, and the crop sits at one of 5 fixed places (4 corners, centre)."""
+        """MultiScaleCrop (TSN, random_crop=False): each side is one of scales * short side, the two scale indices
+        at most one apart, a side within 3 pixels of the input size snapped to it, and the crop at one of 5 fixed
+        places (4 corners, centre) -> (top, left, h, w)."""
         sides = [int(min(height, width) * s) for s in self.scales]
         pairs = [(h, w) for i, h in enumerate(sides) for j, w in enumerate(sides) if abs(i - j) <= 1]
-        h, w = rng.choice(pairs)
+        h, w = (self.size if abs(side - self.size) < 3 else side for side in rng.choice(pairs))
         dy, dx = (height - h) // 4, (width - w) // 4
         top, left = rng.choice([(0, 0), (0, 4 * dx), (4 * dy, 0), (4 * dy, 4 * dx), (2 * dy, 2 * dx)])
         return top, left, h, w
 
     def __call__(self, frames, rng=random):
-        x = F.resize(frames.permute(0, 3, 1, 2), [self.short_side], antialias=True)  # (T,3,H',W')
-        x = F.resized_crop(x, *self._crop_box(*x.shape[-2:], rng), [self.size, self.size], antialias=True)  # (T,3,S,S)
+        x, S = frames.permute(0, 3, 1, 2), self.size                                   # (T,3,H,W)
+        if self.crop == "tsn":
+            x = resize(x, *short_side_size(*x.shape[-2:], self.short_side, "mmcv"))     # (T,3,H',W')
+            top, left, h, w = self._crop_box(*x.shape[-2:], rng)
+            x = resize(x[..., top:top + h, left:left + w], S, S)                         # (T,3,S,S)
+        else:   # the short side drawn from [S, short_side] and rounded (numpy's round: halves to even, as Python's)
+            x = resize(x, *short_side_size(*x.shape[-2:], int(round(rng.uniform(S, self.short_side))), "slowfast"))
+            height, width = x.shape[-2:]   # numpy's randint(0, height - S): the last offset is never drawn
+            top, left = (rng.randrange(side - S) if side > S else 0 for side in (height, width))
+            x = x[..., top:top + S, left:left + S]                                         # (T,3,S,S)
         if self.flip and rng.random() < 0.5:
             x = F.horizontal_flip(x)   # (the colour ops act on each pixel alone or on whole frames: a flip commutes)
-        draws = _colour_draws(rng, self.color_jitter, self.grayscale)
+        draws = _colour_draws(rng, len(x), self.color_jitter, self.grayscale)
         if self.defer_colour:
             return x, draws
         x = colour(x, draws)
@@ -359,27 +442,45 @@ class TrainTransform:
 
 
 class TestTransform:
-    """Deterministic test views. crops=1: short side to short_side, centre crop. crops=3: short side to size
-    (as the official three-crop test), then crops at the start, middle and end of the long side.
-    (T,H,W,3) uint8 -> (crops,T,3,size,size) float (uint8 with normalise=False, as TrainTransform)."""
+    """Deterministic test views, crop="tsn" or "slowfast" (see above). (T,H,W,3) uint8 -> (crops,T,3,size,size)
+    float (uint8 with normalise=False, as TrainTransform).
+    tsn, crops=1: short side to short_side (256/224 of size), the centre ((H - S) // 2, (W - S) // 2).
+    tsn, crops=3: short side to size, ThreeCrop along the long side at 0, 2 * ((L - S) // 2) and (L - S) // 2
+      (the 'right' crop is one pixel short of the edge when L - S is odd).
+    slowfast: short side to size (TRAIN_JITTER_SCALES[0] for one crop, TEST_CROP_SIZE for three: both the input
+      size in the released configs), the centre at ceil((L - S) / 2); three crops at 0, the centre and L - S."""
 
-    def __init__(self, size, mean, std, crops=1, short_side=None, normalise=True):
-        if crops not in (1, 3):
-            raise ValueError(f"TestTransform: crops must be 1 or 3, got {crops}")
-        self.size, self.mean, self.std, self.crops = size, list(mean), list(std), crops
+    def __init__(self, size, mean, std, crops=1, crop="tsn", short_side=None, normalise=True):
+        if crops not in (1, 3) or crop not in ("tsn", "slowfast"):
+            raise ValueError(f"TestTransform: crops must be 1 or 3 and crop 'tsn' or 'slowfast', got {crops}, {crop!r}")
+        self.size, self.mean, self.std, self.crops, self.crop = size, list(mean), list(std), crops, crop
         self.normalise = normalise
-        self.short_side = short_side or round(size * 256 / 224)
+        self.short_side = short_side or int(256 / 224 * size)
+
+    def boxes(self, height, width):
+        """(resized (H', W'), [(top, left) of each crop]) for a frame of height x width."""
+        S = self.size
+        if self.crop == "tsn":
+            H, W = short_side_size(height, width, self.short_side if self.crops == 1 else S, "mmcv")
+            step = (max(H, W) - S) // 2
+            along = [0, 2 * step, step] if self.crops == 3 else None
+            centre = ((H - S) // 2, (W - S) // 2)
+        else:
+            H, W = short_side_size(height, width, S, "slowfast")
+            along = [0, math.ceil((max(H, W) - S) / 2), max(H, W) - S] if self.crops == 3 else None
+            centre = (math.ceil((H - S) / 2), math.ceil((W - S) / 2))
+        if along is None:
+            return (H, W), [centre]
+        # tsn: ThreeCrop moves along the width when the height is the crop's (a square frame too); slowfast's
+        # uniform_crop along the height only when the frame is taller than wide
+        tall = H > W if self.crop == "slowfast" else H != S
+        return (H, W), [(o, centre[1]) if tall else (centre[0], o) for o in along]
 
     def __call__(self, frames):
-        x = frames.permute(0, 3, 1, 2)  # (T,3,H,W)
-        if self.crops == 1:
-            views = [F.center_crop(F.resize(x, [self.short_side], antialias=True), [self.size])]
-        else:
-            x = F.resize(x, [self.size], antialias=True)  # (T,3,H',W'), short side = size
-            h, w = x.shape[-2:]
-            s, extra = self.size, max(h, w) - self.size
-            views = [x[..., o:o + s, :] if h > w else x[..., :, o:o + s] for o in (0, extra // 2, extra)]
-        x = torch.stack(views)  # (crops,T,3,S,S)
+        x, S = frames.permute(0, 3, 1, 2), self.size                                   # (T,3,H,W)
+        (H, W), offsets = self.boxes(*x.shape[-2:])
+        x = resize(x, H, W)                                                               # (T,3,H',W')
+        x = torch.stack([x[..., top:top + S, left:left + S] for top, left in offsets])    # (crops,T,3,S,S)
         return normalise(x, self.mean, self.std) if self.normalise else x
 
 # -----------------------------------------------------------------------------
@@ -474,7 +575,8 @@ class VideoDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         epoch, i = divmod(key, len(self.samples))
         try:
-            rng = random.Random(f"{self.seed}:{epoch}:{i}") if self.train else None   # test views draw nothing
+            # A test view draws only where the official test does (several TSN clips): from the video alone.
+            rng = random.Random(f"{self.seed}:{epoch}:{i}" if self.train else f"{self.seed}:test:{i}")
             item = self._load(i, rng)
         except VideoError as e:
             if not self.skip_bad:
@@ -484,18 +586,17 @@ class VideoDataset(torch.utils.data.Dataset):
 
     def _load(self, i, rng):
         path, label = self.samples[i]
-        n, T = video_length(path), self.num_frames
+        T = self.num_frames
         if self.train:
             K = self.clips_per_video
-            picks = [sample_indices(n, T, self.mode, self.stride, train=True, rng=rng) for _ in range(K)]
+            picks = clip_indices(path, T, self.mode, self.stride, train=True, num_clips=K, rng=rng)
             frames = read_frames(path, [j for clip in picks for j in clip])    # one decoding pass: (K*T,H,W,3)
             clips = [self.transform(frames[k * T:(k + 1) * T], rng) for k in range(K)]
             if not isinstance(clips[0], tuple):   # (video,) or (video, colour draws)
                 clips = [(clip,) for clip in clips]
             parts = clips[0] if K == 1 else [torch.stack(part) for part in zip(*clips)]  # (T,3,S,S) or (K,T,3,S,S)
             return parts[0], label, *parts[1:]
-        clips = [sample_indices(n, T, self.mode, self.stride, clip=k, num_clips=self.num_clips)
-                 for k in range(self.num_clips)]
+        clips = clip_indices(path, T, self.mode, self.stride, num_clips=self.num_clips, rng=rng)
         frames = read_frames(path, [j for clip in clips for j in clip])  # one decoding pass: (num_clips*T,H,W,3)
         views = [self.transform(frames[k * T:(k + 1) * T]) for k in range(self.num_clips)]
         views = [v if v.dim() == 5 else v.unsqueeze(0) for v in views]  # a (T,3,S,S) transform gives one view

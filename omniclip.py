@@ -56,8 +56,9 @@ What is the paper's, and what is ours:
 Where the X-CLIP-style pieces differ from X-CLIP's code, and why:
 - The prompt generator's q/k/v projections have biases (nn.MultiheadAttention through common.attention,
   so the one SDPA path serves every attention here); its MLP uses GELU, not QuickGELU.
-- The cosine schedule ends at lr_min_ratio of each group's own peak; X-CLIP's floor is LR/100 absolute for
-  every group, so its 10x groups end at 1/1000 of their peak.
+- The pipeline is X-CLIP's as its code has it (data.py's segment sampling and tsn crops, per-frame colour,
+  randperm mixup partners; train.py's timm schedule with the floor LR/100 for every group, so the 10x groups
+  end at 1/1000 of their peak). The final similarity is computed in float32 (common.cosine_logits).
 """
 import math
 
@@ -73,9 +74,11 @@ from common import (PHOTO_TEMPLATE, attention, cosine_logits, count_params, enco
 RECIPE = dict(
     frames=8,                  # DATA.NUM_FRAMES of X-CLIP k400/16_8
     sampling="segment",        # TSN segments (X-CLIP datasets/pipeline.py SampleFrames)
+    crop="tsn",                # X-CLIP datasets/build.py
     stride=1,
     lr=8e-6,                   # TRAIN.LR: the CLIP weights (with --finetune-visual); new modules get 10x = 8e-5
-    lr_min_ratio=0.01,         # cosine to LR/100 (utils/tools.py build_scheduler)
+    lr_min_ratio=0.01,         # cosine to LR/100 for every group (X-CLIP utils/optimizer.py build_scheduler)
+    schedule="timm", schedule_accum=4,   # X-CLIP's timm schedule per micro-batch, ACCUMULATION_STEPS 4 (16_8.yaml)
     weight_decay=1e-3,         # TRAIN.WEIGHT_DECAY; none on 1-D params, biases, embeddings (utils/optimizer.py)
     betas=(0.9, 0.98), eps=1e-8,
     epochs=30, warmup_epochs=5,
@@ -84,16 +87,18 @@ RECIPE = dict(
     mean="imagenet",           # X-CLIP datasets/build.py normalises with ImageNet statistics
     flip=True, color_jitter=0.8, grayscale=0.2,
     mixup=0.8, cutmix=1.0, mix_switch=0.5, smoothing=0.1,   # AUG defaults of X-CLIP
-    test_clips=4, test_crops=3,                             # X-CLIP README test command
+    test_clips=4, test_crops=3,                             # X-CLIP main.py's test after training
     template=PHOTO_TEMPLATE,   # [D] CLIP's photo template, as ViFi-CLIP (X-CLIP itself uses the bare class name)
     new_lr_scale=10.0,         # X-CLIP utils/optimizer.py: message, MIT and prompt modules at 10x TRAIN.LR
 )
 
 VARIANTS = {
-    # Few-shot HMDB51/UCF101 K = 2/4/8/16 from CLIP: X-CLIP configs/hmdb51/16_32.yaml, 1 view (TEST defaults).
-    "few-shot": dict(frames=32, lr=2e-6, epochs=50, batch_size=64, test_clips=1, test_crops=1),
-    # Train on K400 for zero-shot transfer: ViFi-CLIP configs/zero_shot/train/k400/16_16_vifi_clip.yaml.
-    "zero-shot": dict(frames=32, lr=8e-6, epochs=10, batch_size=256, test_clips=1, test_crops=1),
+    # Few-shot HMDB51/UCF101 K = 2/4/8/16 from CLIP: X-CLIP configs/hmdb51/16_32.yaml; X-CLIP's main.py tests
+    # every training run with 4 clips x 3 crops, few-shot included.
+    "few-shot": dict(frames=32, lr=2e-6, epochs=50, batch_size=64, schedule_accum=2),
+    # Train on K400 for zero-shot transfer: ViFi-CLIP configs/zero_shot/train/k400/16_16_vifi_clip.yaml; the
+    # transfer is tested as X-CLIP's --only_test does, with utils/config.py's default 1 clip x 1 crop.
+    "zero-shot": dict(frames=32, lr=8e-6, epochs=10, batch_size=256, schedule_accum=8, test_clips=1, test_crops=1),
 }
 
 # The embedded demo trains only the new modules of a frozen tiny CLIP, so their LR is the one that matters, and

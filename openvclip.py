@@ -52,9 +52,9 @@ Where we differ from the official code, and why:
   e >= --swa-start (1-based, default = warm-up epochs = 2, the official files 2..22); the average and the
   interpolation are applied at the last epoch's on_epoch_end, so the last validation, the checkpoint and
   the final test all use theta_test. Ask for none of it with --no-swa and --interp-lambda 0.
-- train.py's schedule: warm-up from 0 (official 3.33e-8) and a cosine over all epochs (official
-  COSINE_AFTER_WARMUP: over epochs 2..22); multi-scale crops (data.py) instead of short side in [224, 256]
-  then a random crop; test views averaged as softmax (official: raw logits summed); bf16 where available.
+- Training runs under bf16 autocast where the GPU has it (the official TRAIN.MIXED_PRECISION is fp16); the test
+  runs in float32, as the official one. Frames are resized as uint8, the official code resizes floats: pixels
+  may differ by rounding to whole levels.
 - The classifier is built from the frozen text tower for set_classes' names on first use (the official
   builds it once at construction); identical, and it works for any class list. No gradient checkpointing for L/14.
 """
@@ -76,9 +76,11 @@ TEMPLATES = [f"{opening} {body}." for opening in ("a photo of", "a video of", "a
 # script/training/temporal_b16/train_tclip_interpolation_0.0-0.6_ratio0.5.sh, which overrides
 # configs/Kinetics/TemporalCLIP_vitb16_8x16_STAdapter.yaml; test views from script/testing/temporal_test_b16/*.
 RECIPE = dict(
-    frames=8, sampling="dense", stride=16,   # DATA.NUM_FRAMES 8, SAMPLING_RATE 16
+    frames=8, sampling="dense", stride=16,   # DATA.NUM_FRAMES 8, SAMPLING_RATE 16 at TARGET_FPS 30 (decoder.py, pyav)
+    crop="slowfast",             # TRAIN_JITTER_SCALES [224, 256], random 224 crop, flip; test: short side 224, centre
     lr=3.33e-6,                  # SOLVER.BASE_LR (script), for a batch of 64
     lr_min_ratio=0.01,           # SOLVER.COSINE_END_LR 3.33e-8 = BASE_LR / 100
+    schedule="slowfast", warmup_start_ratio=0.01,   # lr_policy.py per iteration, WARMUP_START_LR 3.33e-8, COSINE_AFTER_WARMUP
     weight_decay=0.01,           # SOLVER.WEIGHT_DECAY (yaml), ZERO_WD_1D_PARAM True (see param_groups)
     betas=(0.9, 0.999), eps=1e-8,   # OPTIMIZING_METHOD adamw, torch defaults
     epochs=22, warmup_epochs=2,  # SOLVER.MAX_EPOCH 22, WARMUP_EPOCHS 2.0 (script)
@@ -88,6 +90,7 @@ RECIPE = dict(
     flip=True, color_jitter=0.0, grayscale=0.0,   # AUG.ENABLE False: crops and flips only
     mixup=0.0, cutmix=0.0, smoothing=0.0,         # MIXUP.ENABLE False, soft_cross_entropy on hard labels
     test_clips=3, test_crops=1,  # TEST.NUM_ENSEMBLE_VIEWS 3, NUM_SPATIAL_CROPS 1
+    test_fusion="sum", test_amp=False,   # DATA.ENSEMBLE_METHOD sum of the raw logits (meters.py); test in float32
     temporal_window=1,           # MODEL.TEMPORAL_MODELING_TYPE expand_temporal_view
     iwo_alpha=0.6, iwo_ratio=0.5,   # TRAIN.LINEAR_CONNECT_SAMPLE_R 0.6 (L 0.0), LINEAR_CONNECT_LOSS_RATIO 0.5
     swa_start=None,              # weight_average_tool.py wa_start 2 = the warm-up epochs (None: take those)
@@ -255,8 +258,11 @@ class Model(nn.Module):
         return F.normalize(f, dim=-1).view(B, T, -1)               # (B, T, E)
 
     def logits(self, f):
-        """(B, T, E) frame embeddings -> (B, C): the per-frame logits, averaged (not renormalised)."""
-        return (self.clip.logit_scale.exp() * f @ self.classifier().to(f.dtype).t()).mean(1)   # (B, T, C) -> (B, C)
+        """(B, T, E) frame embeddings -> (B, C): the per-frame logits, averaged (not renormalised), in float32
+        whatever the autocast (bf16 would round them to steps of up to 0.25)."""
+        with torch.autocast(f.device.type, enabled=False):
+            scores = self.clip.logit_scale.float().exp() * f.float() @ self.classifier().float().t()   # (B, T, C)
+        return scores.mean(1)                                                                         # (B, C)
 
     def forward(self, video):
         return self.logits(self.frame_embeddings(video))

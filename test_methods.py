@@ -530,24 +530,69 @@ def test_reencode_keeps_the_frames_at_a_short_side_with_frequent_key_frames(tmp_
     assert out.shape == (40, 32, 48, 3) and (out.float() - smaller).abs().mean() < 6   # x264 crf 23 on a tiny clip
 
 
-def test_segment_and_dense_sampling():
+class Start:
+    """A stand-in rng whose uniform() returns a chosen clip start (the official decoder's random.uniform)."""
+    def __init__(self, start):
+        self.start = start
+
+    def uniform(self, low, high):
+        return self.start
+
+
+def test_tsn_sampling_is_mmaction2s_sample_frames():
+    """The official SampleFrames(clip_len=1, num_clips=T) (X-CLIP's datasets/pipeline.py), worked by hand."""
+    # test: int(i * a + a / 2), a = n / T
     assert data.sample_indices(80, 8, "segment") == [5, 15, 25, 35, 45, 55, 65, 75]
-    rng = random.Random(0)
-    for _ in range(20):
-        idx = data.sample_indices(80, 8, "segment", train=True, rng=rng)
-        assert all(10 * i <= f < 10 * (i + 1) for i, f in enumerate(idx))
-    dense = data.sample_indices(300, 8, "dense", stride=16)
-    assert np.all(np.diff(dense) == 16) and dense[0] == (300 - 113) // 2
-    clips = [data.sample_indices(300, 8, "dense", stride=16, clip=k, num_clips=3) for k in range(3)]
-    assert clips[0][0] == 0 and clips[2][-1] == 299 and len({c[0] for c in clips}) == 3
+    assert data.sample_indices(37, 8, "segment") == [2, 6, 11, 16, 20, 25, 30, 34]
+    # n < T, train and test alike: np.around(arange(8) * 5 / 8) = around(0, .625, 1.25, 1.875, 2.5, ..) (2.5 -> 2)
+    assert data.sample_indices(5, 8, "segment", train=True) == [0, 1, 1, 2, 2, 3, 4, 4]
+    assert data.sample_indices(5, 8, "segment") == [0, 0, 1, 2, 2, 3, 4, 4]   # int(i * .625 + .3125)
+    # train, n mod T > 0: segments of n // T = 4 frames, so frames 32..36 are never drawn
+    rng, seen = random.Random(0), set()
+    for _ in range(300):
+        idx = data.sample_indices(37, 8, "segment", train=True, rng=rng)
+        assert all(4 * i <= f < 4 * i + 4 for i, f in enumerate(idx))
+        seen.update(idx)
+    assert seen == set(range(32))
+    # several test clips are training draws (X-CLIP's multi-view test uses the training sampler), seeded per video
+    views = [data.sample_indices(80, 8, "segment", clip=k, num_clips=4, rng=random.Random(f"0:test:{k}"))
+             for k in range(4)]
+    assert all(all(10 * i <= f < 10 * (i + 1) for i, f in enumerate(v)) for v in views) and len(set(map(tuple, views))) > 1
 
 
-def test_short_videos_repeat_frames_in_order():
-    idx = data.sample_indices(5, 8, "segment")
-    assert len(idx) == 8 and idx == sorted(idx) and set(idx) == set(range(5))
-    idx = data.sample_indices(20, 8, "dense", stride=16)            # span 113 > 20: stride shrinks
-    assert len(idx) == 8 and max(idx) < 20 and idx == sorted(idx)
-    assert data.sample_indices(3, 8, "dense", stride=4) == sorted(data.sample_indices(3, 8, "dense", stride=4))
+def test_dense_sampling_is_the_official_pyav_decoders():
+    """Open-VCLIP's decoder.py (pyav, TARGET_FPS 30, SAMPLING_RATE 16, 8 frames), worked by hand: the window is
+    ceil(16 * 7 / 30 * fps) frames from start = free * k / 3 (test) or uniform(0, free) (train); the frames with
+    timestamps int(start * ticks) .. int((start + window - 1) * ticks) and one more are kept, and the picks are
+    linspace(0, 16 * 8 / 30 * fps - 1, 8), truncated and clamped to the kept ones. The official decoder run on
+    such files (300 frames at 30 and 25 fps, 60 frames) returns the same frames."""
+    def dense(n, fps, **k):
+        return data.sample_indices(n, 8, "dense", 16, fps=fps, ticks=512, **k)
+    # 300 frames at 30 fps: window 112, free 188; starts 0, 62.67, 125.33 -> kept frames 0..112, 63..174, 126..237
+    assert dense(300, 30, clip=0, num_clips=3) == [0, 18, 36, 54, 72, 90, 108, 112]
+    assert dense(300, 30, clip=1, num_clips=3) == [63, 81, 99, 117, 135, 153, 171, 174]
+    assert dense(300, 30, clip=2, num_clips=3) == [126, 144, 162, 180, 198, 216, 234, 237]
+    # 25 fps: window ceil(93.3) = 94, picks linspace(0, 105.67, 8) clamped to the 95 kept frames
+    assert dense(300, 25, clip=0, num_clips=3) == [0, 15, 30, 45, 60, 75, 90, 94]
+    # start 137.33: kept frames 138..231 (94 of them, so the last pick, 105.67, is clamped to 93)
+    assert dense(300, 25, clip=2, num_clips=3) == [138, 153, 168, 183, 198, 213, 228, 231]
+    # 60 frames: the window does not fit, every frame is kept and the last one repeats
+    assert dense(60, 30, clip=1, num_clips=3) == [0, 18, 36, 54, 59, 59, 59, 59]
+    # training windows: start 10.3 keeps frames 11..122 (timestamps from int(5273.6) to int(62105.6), and one more)
+    assert dense(300, 30, train=True, rng=Start(10.3)) == [11, 29, 47, 65, 83, 101, 119, 122]
+    assert dense(300, 30, train=True, rng=Start(188.0)) == [188, 206, 224, 242, 260, 278, 296, 299]
+
+
+def test_dense_sampling_reads_the_videos_own_rate_and_timestamps(tmp_path):
+    frames = np.zeros((60, 16, 16, 3), np.uint8)
+    for fps in (30, 25):
+        path = str(tmp_path / f"v{fps}.mp4")
+        data.write_video(path, frames, fps=fps, keyint=30)
+        n, rate, ticks = data.video_info(path)
+        assert (n, rate) == (60, fps) and ticks and float(ticks).is_integer()
+        clips = data.clip_indices(path, 8, "dense", 16, num_clips=3)
+        assert clips[0] == data.sample_indices(60, 8, "dense", 16, fps=fps, ticks=ticks)
+    assert clips == [[0, 15, 30, 45, 59, 59, 59, 59]] * 3          # 25 fps: window 94 > 60 frames
 
 
 def test_bad_inputs_name_the_file(tmp_path):
@@ -890,10 +935,16 @@ def test_colour_applied_to_the_batch_on_the_device_equals_the_transform_applying
         clips.append(clip)
         draws.append(d)
         done.append(whole(frames, random.Random(seed)))
-    draws = torch.stack(draws)                                          # (24, 10)
-    assert draws[:, 0].any() and (draws[:, 0] == 0).any() and draws[:, 9].any()   # jitter, none, grayscale
-    assert len({tuple(d[5:9].tolist()) for d in draws if d[0]}) > 1    # the four ops in more than one order
+    draws = torch.stack(draws)                                          # (24, T=4, 10)
+    assert draws[:, 0, 0].any() and (draws[:, 0, 0] == 0).any() and draws[:, 0, 9].any()  # jitter, none, grayscale
+    # X-CLIP's ColorJitter: jitter or not, and grayscale, once per clip; the factors and their order per frame
+    assert (draws[:, :, [0, 9]] == draws[:, :1, [0, 9]]).all()
+    jittered = draws[draws[:, 0, 0] == 1]                               # (n, T, 10)
+    assert (jittered[:, 1:, 1:5] != jittered[:, :1, 1:5]).all()       # every frame its own factors
+    assert len({tuple(frame[5:9].tolist()) for clip in jittered for frame in clip}) > 1   # and orders
     assert torch.equal(data.colour_batch(torch.stack(clips), draws), torch.stack(done))
+    one = data.colour(clips[0][:1], draws[0][:1])                       # a frame coloured alone: the same pixels
+    assert torch.equal(one[0], done[0][0])
 
 
 def test_clips_per_video_come_from_one_decoding_pass_each_its_own_draw(tmp_path, monkeypatch):
@@ -906,7 +957,7 @@ def test_clips_per_video_come_from_one_decoding_pass_each_its_own_draw(tmp_path,
     decoded, read = [], data.read_frames
     monkeypatch.setattr(data, "read_frames", lambda p, i: decoded.append(list(i)) or read(p, i))
     video, label, draws, index = three[0]
-    assert video.shape == (3, 4, 3, 32, 32) and draws.shape == (3, 10) and (label, index) == (3, 0)
+    assert video.shape == (3, 4, 3, 32, 32) and draws.shape == (3, 4, 10) and (label, index) == (3, 0)
     assert len(decoded) == 1 and len(decoded[0]) == 12                  # 3 clips x 4 frames, one pass
     assert not torch.equal(video[0], video[1]) and not torch.equal(video[1], video[2])
     clip, label, d = one[0]                                             # K = 1: what a clip always was
@@ -1238,8 +1289,6 @@ def test_data_camel_words():
 # ---------------------------------------------------------------------------------------------------------
 
 def test_schedule_and_mixing():
-    assert train.lr_factor(0, 10, 100, 0.01) == 0 and train.lr_factor(5, 10, 100, 0.01) == 0.5
-    assert abs(train.lr_factor(100, 10, 100, 0.01) - 0.01) < 1e-9
     target = train.soft_targets(torch.tensor([0, 2]), 4, 0.1)
     torch.testing.assert_close(target.sum(1), torch.ones(2))
     assert target[0, 0] == pytest.approx(0.925)
@@ -2258,7 +2307,8 @@ def test_xclip_forward_refuses_another_frame_count(tiny_clip_state):
 def test_xclip_recipe_values():
     assert xclip.RECIPE["lr"] == 8e-6 and xclip.RECIPE["batch_size"] == 256 and xclip.RECIPE["template"] == "{}"
     assert xclip.RECIPE["mean"] == "imagenet" and xclip.RECIPE["betas"] == (0.9, 0.98)
-    assert xclip.VARIANTS["few-shot"] == dict(frames=32, lr=2e-6, epochs=50, batch_size=64)
+    assert xclip.VARIANTS["few-shot"] == dict(frames=32, lr=2e-6, epochs=50, batch_size=64, schedule_accum=2)
+    assert (xclip.VARIANTS["zero-shot"]["test_clips"], xclip.VARIANTS["zero-shot"]["test_crops"]) == (1, 1)   # --only_test
 
 
 def test_xclip_cli_train_with_checkpointing_then_eval(tmp_path):

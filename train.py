@@ -64,19 +64,21 @@ PROTOCOLS = ("supervised", "zero-shot", "few-shot", "base2novel")
 # with two decoding workers beside it a second thread cost 30% more CPU time for the same wall time (measured
 # on 2 cores). 20 epochs with a val pass every 10 keep the default run within 150 CPU-seconds on 2 cores.
 EMBEDDED = dict(model="tiny", pretrained="synthetic", frames=8, epochs=20, val_every=10, batch_size=32, step_batch=32,
-                lr=1e-3, warmup_epochs=1, weight_decay=0.05, mixup=0.0, cutmix=0.0, smoothing=0.0, test_clips=2,
+                lr=1e-3, warmup_epochs=1, schedule_accum=1, weight_decay=0.05, mixup=0.0, cutmix=0.0, smoothing=0.0, test_clips=2,
                 test_crops=1, flip=False, threads=1)
 
 # What a recipe key falls back to when a method's RECIPE does not mention it.
-BASE = dict(frames=8, sampling="segment", stride=1, lr=1e-4, lr_min_ratio=0.01, weight_decay=0.0, betas=(0.9, 0.999),
-            eps=1e-8, epochs=10, val_every=1, threads=0, warmup_epochs=0, batch_size=32, step_batch=8, grad_clip=0.0,
-            mean="clip", flip=True,
+BASE = dict(frames=8, sampling="segment", crop="tsn", stride=1, lr=1e-4, lr_min_ratio=0.01, weight_decay=0.0,
+            betas=(0.9, 0.999), eps=1e-8, epochs=10, val_every=1, threads=0, warmup_epochs=0, warmup_start_ratio=0.0,
+            schedule="timm", schedule_accum=1, batch_size=32, step_batch=8, grad_clip=0.0, mean="clip", flip=True,
+            test_fusion="softmax", test_amp=True,
             color_jitter=0.0, grayscale=0.0, mixup=0.0, cutmix=0.0, mix_switch=0.5, smoothing=0.0,
             test_clips=1, test_crops=1, model="ViT-B-16", class_words=False)
 
 # What --weights carries over from the run that wrote the checkpoint, unless given again (with the
 # method's own options).
-INHERITED = ("model", "quick_gelu", "frames", "sampling", "stride", "size", "mean", "test_clips", "test_crops")
+INHERITED = ("model", "quick_gelu", "frames", "sampling", "crop", "stride", "size", "mean", "test_clips", "test_crops",
+             "test_fusion", "test_amp")
 
 # The cores this process may use: all of them, or under torchrun an equal share per process on the machine.
 PROCESS_CORES = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
@@ -142,9 +144,11 @@ def get_args(argv=None):
                    "(UCF101's ApplyEyeMakeup -> Apply Eye Makeup), as Open-VCLIP does; default from the recipe")
     g.add_argument("--embedded-dir", default="data/embedded", help="where the synthetic set is generated (once)")
     g.add_argument("--frames", type=at_least(1), help="frames per clip (T); more frames cost time linearly")
-    g.add_argument("--sampling", choices=["segment", "dense"], help="segment: one frame per equal part (TSN); "
-                                                                     "dense: consecutive frames at --stride")
-    g.add_argument("--stride", type=at_least(1), help="frame stride of dense sampling")
+    g.add_argument("--sampling", choices=["segment", "dense"], help="segment: one frame per equal part (TSN, as "
+                   "X-CLIP's code); dense: T frames --stride apart at 30 fps, spaced by time (PySlowFast's, Open-VCLIP)")
+    g.add_argument("--stride", type=at_least(1), help="frame stride of dense sampling, counted at 30 fps")
+    g.add_argument("--crop", choices=["tsn", "slowfast"], help="the resizing and cropping, train and test: tsn (X-CLIP's "
+                   "multi-scale crops) or slowfast (Open-VCLIP's short-side jitter); default from the recipe")
     g.add_argument("--size", type=at_least(8), help="input side in pixels; default: the CLIP's own")
     g.add_argument("--workers", type=at_least(0), default=max(0, PROCESS_CORES - 1),
                    help="decoding processes, one FFmpeg thread each (default: every core but the one the main "
@@ -317,14 +321,16 @@ def soft_targets(label, num_classes, smoothing):
 
 
 def mix(video, target, mixup, cutmix, switch):
-    """Mixup or CutMix with the reversed batch as partner (timm's Mixup, used by X-CLIP and ViFi-CLIP).
-    video (B, T, 3, S, S); CutMix cuts one box shared by all frames of a video."""
+    """Mixup or CutMix as X-CLIP's datasets/blending.py CutmixMixupBlending (ViFi-CLIP ships the same file): one
+    lambda per batch, each video's partner from torch.randperm(B), so a video may be paired with itself and stay
+    as it was. video (B, T, 3, S, S); CutMix cuts one box shared by all frames of a video."""
     if (mixup <= 0 and cutmix <= 0) or video.shape[0] < 2:
         return video, target
     use_cutmix = cutmix > 0 and (mixup <= 0 or torch.rand(()) < switch)
     alpha = cutmix if use_cutmix else mixup
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    partner = video.flip(0)
+    order = torch.randperm(video.shape[0]).to(video.device)
+    partner = video[order]
     if use_cutmix:
         S_h, S_w = video.shape[-2:]
         h, w = int(S_h * math.sqrt(1 - lam)), int(S_w * math.sqrt(1 - lam))
@@ -336,7 +342,7 @@ def mix(video, target, mixup, cutmix, switch):
         lam = 1 - (y1 - y0) * (x1 - x0) / (S_h * S_w)            # the box was clipped at the border
     else:
         video = lam * video + (1 - lam) * partner
-    return video, lam * target + (1 - lam) * target.flip(0)
+    return video, lam * target + (1 - lam) * target[order]
 
 
 def soft_cross_entropy(logits, target):
@@ -352,18 +358,34 @@ def default_train_step(model, video, target, loss_fn, backward, autocast):
     return loss.detach()
 
 
-def lr_factor(step, warmup, total, min_ratio):
-    """Linear warm-up from 0, then cosine to min_ratio, evaluated at the global step (as timm's
-    CosineLRScheduler without warmup_prefix, which the official codes use)."""
-    if step < warmup:
-        return step / warmup
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+def lr_factor(step, args, steps_per_epoch, floor, start=0.0):
+    """A group's learning rate after `step` optimizer steps, as a fraction of its peak. floor and start: the
+    schedule's end and warm-up start for this group, as fractions of its peak (the recipes set them absolute,
+    the same for every group, so a group at 10x the rate ends at a tenth of its own floor). args.schedule:
+    timm: CosineLRScheduler as X-CLIP's and ViFi-CLIP's utils/optimizer.py build it: warm-up from 0, then a cosine
+      over all epochs, counted in the official micro-batches (args.schedule_accum per optimizer step) and updated
+      after each optimizer step, so step j runs at the value for micro-batch accum * (j - 1) - 1 (step 1 at 0).
+    slowfast: PySlowFast's lr_policy as Open-VCLIP runs it (COSINE_AFTER_WARMUP): set before every step from
+      the fractional epoch, a linear warm-up from `start` to the peak, then a cosine from the warm-up's end."""
+    warmup, epochs = args.warmup_epochs, args.epochs
+    if args.schedule == "timm":
+        per_epoch = steps_per_epoch * args.schedule_accum                 # micro-batches
+        t, warmup, total = max(args.schedule_accum * step - 1, 0), int(warmup * per_epoch), epochs * per_epoch
+        if t < warmup:
+            return t / warmup
+        return floor if t >= total else floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t / total))
+    epoch = step / steps_per_epoch
+    if epoch < warmup:   # the cosine at the warm-up's end is the peak itself
+        return start + epoch * (1 - start) / warmup
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / (epochs - warmup)))
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None, stats=None):
-    """Accuracy of softmax-averaged views. The loader yields video (B, V, T, 3, S, S) with V = clips x crops:
-    uint8 to be normalised on the device with stats = (mean, std), or float already normalised.
+def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None, stats=None, fusion="softmax", amp=True):
+    """Accuracy of a video's fused views: fusion "softmax" averages their softmax (X-CLIP's and ViFi-CLIP's
+    main.py validate), "sum" adds their raw logits (PySlowFast's TestMeter, ensemble_method sum: Open-VCLIP);
+    amp=False tests in float32 (Open-VCLIP's test). The loader yields video (B, V, T, 3, S, S) with V = clips x
+    crops: uint8 to be normalised on the device with stats = (mean, std), or float already normalised.
     twins[c] is the class with class c's frames in reverse order (or -1); 'twins' accuracy is how often the
     true class beats its twin, the figure a model that cannot see frame order leaves at 50%."""
     model.eval()
@@ -372,9 +394,9 @@ def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None, st
         B, V = video.shape[:2]
         video = video.to(device, non_blocking=True)
         video = data.normalise(video, *stats) if stats else video
-        with autocast():
-            logits = model(video.flatten(0, 1))                              # (B*V, C)
-        probs.append(logits.float().softmax(-1).view(B, V, -1).mean(1).cpu())  # (B, C)
+        with autocast() if amp else contextlib.nullcontext():
+            logits = model(video.flatten(0, 1)).float().view(B, V, -1)      # (B*V, C) -> (B, V, C)
+        probs.append((logits.softmax(-1).mean(1) if fusion == "softmax" else logits.sum(1)).cpu())  # (B, C)
         labels.append(label)
         index += i
     skipped = (skips.count - before) if skips else 0
@@ -578,13 +600,11 @@ def predict(args, model, method, device, autocast, ckpt):
     model.set_classes(names)
     model.to(device).eval()
     mean, std = STATS[args.mean]
-    transform = data.TestTransform(args.size, mean, std, crops=args.test_crops)
-    n = data.video_length(args.predict)
-    clips = [transform(data.read_frames(args.predict, data.sample_indices(
-        n, args.frames, args.sampling, args.stride, clip=k, num_clips=args.test_clips)))
-        for k in range(args.test_clips)]
-    video = torch.cat(clips).to(device)                              # (V, T, 3, S, S)
-    with torch.no_grad(), autocast():
+    transform = data.TestTransform(args.size, mean, std, crops=args.test_crops, crop=args.crop)
+    clips = data.clip_indices(args.predict, args.frames, args.sampling, args.stride, num_clips=args.test_clips,
+                              rng=random.Random(f"{args.seed}:test:0"))
+    video = torch.cat([transform(data.read_frames(args.predict, clip)) for clip in clips]).to(device)  # (V,T,3,S,S)
+    with torch.no_grad(), autocast() if args.test_amp else contextlib.nullcontext():
         probs = model(video).float().softmax(-1).mean(0)             # (C,)
     print(f"{args.predict} ({args.test_clips} clips x {args.test_crops} crops):")
     for p, c in zip(*probs.topk(min(5, len(names)))):
@@ -874,10 +894,11 @@ def make_loader(args, device, samples, train=False, views=False, with_index=Fals
     """A DataLoader over samples: one random clip (train), one centre view (per-epoch val), or the test views."""
     mean, std = STATS[args.mean]
     if train:   # on a GPU the colour augmentation runs there, in the batch (data.colour_batch)
-        transform = data.TrainTransform(args.size, mean, std, flip=args.flip, color_jitter=args.color_jitter,
+        transform = data.TrainTransform(args.size, mean, std, args.crop, flip=args.flip, color_jitter=args.color_jitter,
                                         grayscale=args.grayscale, normalise=False, defer_colour=device.type != "cpu")
     else:
-        transform = data.TestTransform(args.size, mean, std, crops=args.test_crops if views else 1, normalise=False)
+        transform = data.TestTransform(args.size, mean, std, crops=args.test_crops if views else 1, crop=args.crop,
+                                       normalise=False)
     dataset = data.VideoDataset(samples, "", args.frames, transform, args.sampling, args.stride, train=train,
                                 num_clips=args.test_clips if views else 1, return_index=with_index or (
                                     not train and WORLD > 1),   # evaluate() gathers the shards by index
@@ -983,7 +1004,8 @@ def run(args, method, seed, out):
     for title, samples, test_names in tests:
         model.set_classes(test_names)
         m = evaluate(model, make_loader(args, device, samples, views=True), device, autocast,
-                     data.temporal_twins(test_names), f"{title} ({views})", skips, STATS[args.mean])
+                     data.temporal_twins(test_names), f"{title} ({views})", skips, STATS[args.mean], args.test_fusion,
+                     args.test_amp)
         left_out = f", {m['skipped']} left out as bad (listed in {skips.path})" if m.get("skipped") else ""
         print(f"{title} ({views}, {len(samples)} videos{left_out}): {format_metrics(m)}")
         record = dict(test=title, protocol=args.protocol, views=views, weights=weights, **m)
@@ -1016,7 +1038,6 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
     if steps_per_epoch == 0:
         raise SystemExit(f"{len(samples)} training videos make no optimizer step of batch {split} x {accum} "
                          f"accumulation steps: lower --batch-size or --accum-steps")
-    total, warmup = args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch)
     model.set_classes(names)
     # On CUDA: AdamW's fused kernel (one launch for all parameters instead of several per tensor), and TF32
     # for the matrix products that run in float32 (--no-amp, or outside autocast), as PyTorch advises for
@@ -1025,8 +1046,9 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     optimizer = torch.optim.AdamW(model.param_groups(args.lr, args.weight_decay), lr=args.lr,
                                   betas=tuple(args.betas), eps=args.eps, fused=device.type == "cuda" or None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup, total, args.lr_min_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [functools.partial(
+        lr_factor, args=args, steps_per_epoch=steps_per_epoch, floor=args.lr_min_ratio * args.lr / group["lr"],
+        start=args.warmup_start_ratio * args.lr / group["lr"]) for group in optimizer.param_groups])
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     start_epoch, best, partial = 0, 0.0, None
 
@@ -1130,7 +1152,7 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
         if args.val_every and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs):
             model.set_classes(val_names)
             line["val"] = evaluate(model, val_loader, device, autocast, data.temporal_twins(val_names), "val", skips,
-                                   STATS[args.mean])
+                                   STATS[args.mean], args.test_fusion, args.test_amp)
             model.set_classes(names)
             best = max(best, line["val"]["top1"])
             shown = f"  val {format_metrics(line['val'])}"

@@ -53,11 +53,12 @@ Where we differ from the official code, and why:
   its gradient dL/dW to a detached copy, and one backward pass takes the sum through the text tower. The
   gradients are the same (the chain rule is linear in dL/dW); the text tower, 52% of a micro-batch's FLOPs
   with Kinetics-400's 400 classes at B/16, runs once instead of accumulation-steps times.
-- Colour jitter is drawn once per video (data.py), the official pipeline draws it per frame.
 - Weights stay fp32 with autocast on the GPU; the official code relies on apex O1 and casts inputs to
-  fp16 by hand in its model's forward. Prompts are cast to the activations' dtype, not forced to fp16.
-- The learning rate follows the cosine per optimizer step, the official one per micro-batch; with no
-  gradient accumulation these are the same.
+  fp16 by hand in its model's forward. Prompts are cast to the activations' dtype, not forced to fp16. The
+  final similarity is computed in float32 (common.cosine_logits).
+- The official validation loader drops the last odd video of each GPU's shard (drop_last with 2 videos per
+  batch); we test every video. The pipeline (frames, crops, colour per frame, mixup partners, the schedule
+  counted in micro-batches) is the official one: data.py and train.py say how.
 - Prompting: the class tokens are embedded by the frozen token_embedding at each pass, not stored as
   prefix/suffix buffers (identical, and any class list works). The placeholders come before --template;
   the prompt recipes set "{}.", which gives the official "X X .. X {c}.". Word-initialised context
@@ -75,9 +76,11 @@ from common import (PHOTO_TEMPLATE, block, cosine_logits, frame_head, freeze, lo
 RECIPE = dict(
     frames=16,                 # DATA.NUM_FRAMES
     sampling="segment",        # TSN: one frame per equal segment (datasets/pipeline.py SampleFrames)
+    crop="tsn",                # datasets/build.py (the same file as X-CLIP's)
     stride=1,                  # (input side: 224, the CLIP's own; train.py takes it from the model)
     lr=2.2e-5,                 # TRAIN.LR (absolute, not scaled by batch)
-    lr_min_ratio=0.01,         # timm cosine with lr_min = LR / 100 (utils/tools.py build_scheduler)
+    lr_min_ratio=0.01,         # timm cosine with lr_min = LR / 100 (utils/optimizer.py build_scheduler)
+    schedule="timm", schedule_accum=16,   # counted per micro-batch; ACCUMULATION_STEPS 16 (16_16_vifi_clip.yaml)
     weight_decay=1e-3,         # TRAIN.WEIGHT_DECAY, on every parameter (utils/optimizer.py)
     betas=(0.9, 0.98), eps=1e-8,
     epochs=30, warmup_epochs=5,
@@ -95,20 +98,20 @@ RECIPE = dict(
 # The other official settings, as overrides of RECIPE (chosen with --recipe NAME).
 VARIANTS = {
     # configs/zero_shot/train/k400/16_16_vifi_clip.yaml: K400 training for zero-shot transfer (32 frames).
-    "zero-shot": dict(frames=32, lr=8e-6, epochs=10, batch_size=256, test_clips=1, test_crops=1),
+    "zero-shot": dict(frames=32, lr=8e-6, epochs=10, batch_size=256, schedule_accum=8, test_clips=1, test_crops=1),
     # configs/few_shot/finetuning_few_shot/*: 2/4/8/16-shot fine-tuning from CLIP.
-    "few-shot": dict(frames=32, lr=2e-6, epochs=50, batch_size=64, test_clips=1, test_crops=1),
+    "few-shot": dict(frames=32, lr=2e-6, epochs=50, batch_size=64, schedule_accum=2, test_clips=1, test_crops=1),
     # configs/base2novel/finetuning_base2novel/*: base-class fine-tuning from CLIP.
-    "base2novel": dict(frames=32, lr=2e-6, epochs=11, batch_size=64, test_clips=1, test_crops=1),
+    "base2novel": dict(frames=32, lr=2e-6, epochs=11, batch_size=64, schedule_accum=2, test_clips=1, test_crops=1),
     # configs/fully_supervised/k400/16_16_image_tuned_clip.yaml (text-FT has the same numbers): add --tune.
-    "one-tower": dict(lr=8e-6, batch_size=256),
+    "one-tower": dict(lr=8e-6, batch_size=256, schedule_accum=8),
     # Bridge and prompt from a K400 ViFi-CLIP (--weights): configs/base2novel/prompting_base2novel/
     # {hmdb,ucf,ssv2}/16_32_prompting*_s{1,2,3}.yaml. Their CTX_INIT "a photo of a" is ignored for 16 tokens.
-    "prompt-base2novel": dict(frames=32, lr=4e-2, epochs=11, batch_size=64, test_clips=1, test_crops=1,
+    "prompt-base2novel": dict(frames=32, lr=4e-2, epochs=11, batch_size=64, schedule_accum=2, test_clips=1, test_crops=1,
                               template="{}.", prompt_tokens_text=16, prompt_tokens_vision=16,
                               prompt_depth_text=9, prompt_depth_vision=9),
     # configs/few_shot/prompting_few_shot/{hmdb51,ucf101,ssv2}/16_32_prompting_{2,4,8,16}_shot.yaml.
-    "prompt-few-shot": dict(frames=32, lr=8e-3, epochs=50, batch_size=64, test_clips=1, test_crops=1,
+    "prompt-few-shot": dict(frames=32, lr=8e-3, epochs=50, batch_size=64, schedule_accum=2, test_clips=1, test_crops=1,
                             template="{}.", prompt_tokens_text=10, prompt_tokens_vision=10,
                             prompt_depth_text=12, prompt_depth_vision=12),
 }
