@@ -326,8 +326,13 @@ def clip_indices(path, T, mode="segment", stride=1, train=False, num_clips=1, rn
 
 
 def resize(x, height, width):
-    """(..., 3, H, W) uint8 -> (..., 3, height, width), bilinear without antialiasing, as both official pipelines."""
-    return F.resize(x, [height, width], antialias=False)
+    """(T, 3, H, W) uint8 -> (T, 3, height, width), bilinear without antialiasing, as both official pipelines,
+    computed in float and rounded: within half a level of PySlowFast's float frames (torchvision's own uint8
+    kernel is off by up to one level), and of cv2's fixed-point INTER_LINEAR by at most one."""
+    if x.shape[-2:] == (height, width):
+        return x
+    out = torch.nn.functional.interpolate(x.float(), size=(height, width), mode="bilinear", align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def short_side_size(height, width, short, rule):

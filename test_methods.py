@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import pickle
+import argparse
 import random
 import re
 import subprocess
@@ -1294,6 +1295,73 @@ def test_schedule_and_mixing():
     assert target[0, 0] == pytest.approx(0.925)
     x, y = train.mix(torch.randn(4, 2, 3, 8, 8), train.soft_targets(torch.arange(4), 4, 0.0), 0.8, 1.0, 0.5)
     torch.testing.assert_close(y.sum(1), torch.ones(4))
+
+
+def test_crop_boxes_are_the_official_ones():
+    """Sizes and offsets as X-CLIP's mmaction2 pipeline (mmcv.rescale_size rounds, CenterCrop floors, ThreeCrop
+    left, right = 2 * ((L - S) // 2), middle) and Open-VCLIP's spatial_sampling (the long side floored, the
+    centre ceiled, uniform_crop 0 / centre / L - S) give them, as their code computes them for 224 inputs."""
+    def boxes(crop, crops, height, width):
+        return data.TestTransform(224, data.CLIP_MEAN, data.CLIP_STD, crops=crops, crop=crop).boxes(height, width)
+    assert boxes("tsn", 1, 256, 340) == ((256, 340), [(16, 58)])
+    assert boxes("tsn", 1, 360, 480) == ((256, 341), [(16, 58)])                  # 341.33 rounds to 341
+    assert boxes("tsn", 3, 256, 340) == ((224, 298), [(0, 0), (0, 74), (0, 37)])   # 297.5 rounds up to 298
+    assert boxes("tsn", 3, 720, 1280) == ((224, 398), [(0, 0), (0, 174), (0, 87)])
+    assert boxes("tsn", 3, 340, 256) == ((298, 224), [(0, 0), (74, 0), (37, 0)])   # portrait: down the height
+    assert boxes("slowfast", 1, 256, 340) == ((224, 297), [(0, 37)])               # 297.5 floored, 36.5 ceiled
+    assert boxes("slowfast", 3, 256, 340) == ((224, 297), [(0, 0), (0, 37), (0, 73)])
+    assert boxes("slowfast", 3, 340, 256) == ((297, 224), [(0, 0), (37, 0), (73, 0)])
+    assert data.short_side_size(144, 176, 256, "mmcv") == (256, 313)              # 312.9: torchvision says 312
+    tsn = data.TrainTransform(224, data.CLIP_MEAN, data.CLIP_STD)
+    sizes = {tsn._crop_box(256, 340, random.Random(s))[2:] for s in range(400)}
+    assert sizes == {(h, w) for h in (256, 224, 192, 168) for w in (256, 224, 192, 168)
+                     if abs((256, 224, 192, 168).index(h) - (256, 224, 192, 168).index(w)) <= 1}
+    frames = torch.randint(0, 256, (2, 256, 340, 3), dtype=torch.uint8)
+    jitter = data.TrainTransform(224, data.CLIP_MEAN, data.CLIP_STD, crop="slowfast", normalise=False)
+    assert jitter(frames, random.Random(0)).shape == (2, 3, 224, 224)
+    # the official resize is plain bilinear (no antialiasing): the test view equals F.interpolate's, rounded
+    view = data.TestTransform(224, data.CLIP_MEAN, data.CLIP_STD, crop="slowfast", normalise=False)(frames)[0]
+    plain = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float(), size=(224, 297), mode="bilinear",
+                                            align_corners=False)[..., 37:37 + 224]
+    assert (view.float() - plain).abs().max() <= 0.5 + 1e-3
+
+
+def test_schedules_give_the_official_learning_rates():
+    """X-CLIP's timm CosineLRScheduler (K400: 100 micro-batches an epoch, accumulation 4, 30 epochs, 5 warm-up,
+    lr_min LR / 100 for both the 1x and the 10x groups) and Open-VCLIP's lr_policy (22 epochs, 2 warm-up from
+    3.33e-8, cosine after the warm-up to 3.33e-8), as their code gives them at these steps."""
+    def lr(args, steps_per_epoch, peak, step, base):   # the rate optimizer step `step` (1-based) runs at
+        return peak * train.lr_factor(step - 1, args, steps_per_epoch, floor=0.01 * base / peak,
+                                      start=args.warmup_start_ratio * base / peak)
+    xclip_args = argparse.Namespace(schedule="timm", schedule_accum=4, warmup_epochs=5, epochs=30, warmup_start_ratio=0)
+    official = {1: (0, 0), 2: (4.800e-8, 4.800e-7), 126: (7.984e-6, 7.984e-5), 127: (7.463e-6, 7.458e-5),
+                375: (4.061e-6, 4.025e-5), 750: (8.005e-8, 8.055e-8)}
+    for step, values in official.items():
+        got = [lr(xclip_args, 25, peak, step, 8e-6) for peak in (8e-6, 8e-5)]
+        assert got == pytest.approx(values, rel=5e-4, abs=1e-12), step
+    ovc = argparse.Namespace(schedule="slowfast", schedule_accum=1, warmup_epochs=2, epochs=22, warmup_start_ratio=0.01)
+    official = {0: 3.33e-8, 1: 4.978e-8, 100: 1.682e-6, 199: 3.314e-6, 200: 3.33e-6, 1200: 1.682e-6, 2199: 3.330e-8}
+    for iteration, value in official.items():
+        assert lr(ovc, 100, 3.33e-6, iteration + 1, 3.33e-6) == pytest.approx(value, rel=5e-4), iteration
+
+
+def test_mixup_partners_are_a_random_permutation_as_the_official_blending():
+    """X-CLIP's CutmixMixupBlending.do_mixup: lam from Beta, then torch.randperm(B) partners (a video may meet
+    itself); with the same torch seed ours draws the same numbers in the same order."""
+    video, target = torch.randn(4, 2, 3, 8, 8), train.soft_targets(torch.arange(4), 4, 0.0)
+    torch.manual_seed(3)
+    mixed, mixed_target = train.mix(video, target, 0.8, 0.0, 0.5)
+    torch.manual_seed(3)
+    lam = torch.distributions.Beta(0.8, 0.8).sample()
+    partner = torch.randperm(4)
+    torch.testing.assert_close(mixed, lam * video + (1 - lam) * video[partner])
+    torch.testing.assert_close(mixed_target, lam * target + (1 - lam) * target[partner])
+    fixed = 0
+    for seed in range(50):   # about one video in four keeps its own partner, and so its own label
+        torch.manual_seed(seed)
+        _, t = train.mix(video, target, 0.8, 0.0, 0.5)
+        fixed += int((t.max(1).values == 1).sum())
+    assert 20 < fixed < 100
 
 
 def test_harmonic_mean_and_split_summary_by_hand():
