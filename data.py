@@ -397,6 +397,31 @@ def normalise(x, mean, std):
     return F.normalize(x.float() / 255, list(mean), list(std))
 
 
+def mix(video, target, mixup, cutmix, switch):
+    """Mixup or CutMix of a training batch as X-CLIP's datasets/blending.py (ViFi-CLIP ships the same file): one
+    lambda per batch, each video's partner from torch.randperm(B), so a video may be paired with itself and stay
+    as it was. video (B, T, 3, S, S) on any device, target (B, C); CutMix cuts one box for all frames of a video."""
+    if (mixup <= 0 and cutmix <= 0) or video.shape[0] < 2:
+        return video, target
+    use_cutmix = cutmix > 0 and (mixup <= 0 or torch.rand(()) < switch)
+    alpha = cutmix if use_cutmix else mixup
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    order = torch.randperm(video.shape[0]).to(video.device)
+    partner = video[order]
+    if use_cutmix:
+        S_h, S_w = video.shape[-2:]
+        h, w = int(S_h * math.sqrt(1 - lam)), int(S_w * math.sqrt(1 - lam))
+        cy, cx = int(torch.randint(S_h, ())), int(torch.randint(S_w, ()))
+        y0, y1 = max(cy - h // 2, 0), min(cy + h // 2, S_h)
+        x0, x1 = max(cx - w // 2, 0), min(cx + w // 2, S_w)
+        video = video.clone()
+        video[..., y0:y1, x0:x1] = partner[..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (S_h * S_w)            # the box was clipped at the border
+    else:
+        video = lam * video + (1 - lam) * partner
+    return video, lam * target + (1 - lam) * target[order]
+
+
 class TrainTransform:
     """A training clip's augmentation, crop="tsn" or "slowfast" (see above). (T,H,W,3) uint8 -> (T,3,size,size)
     float. Every draw comes from `rng` (default: the random module), so that VideoDataset can make a clip's

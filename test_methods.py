@@ -172,7 +172,7 @@ def test_vificlip_text_once_per_optimizer_step_gives_the_per_micro_batch_gradien
         if shared:
             model.begin_step()
         for k in range(3):
-            clips, target = train.mix(video(seed=k).double(), train.soft_targets(labels[k], C, 0.1).double(),
+            clips, target = data.mix(video(seed=k).double(), train.soft_targets(labels[k], C, 0.1).double(),
                                       0.8, 1.0, 0.5)
             loss = -(target * model(clips).log_softmax(-1)).sum(-1).mean() / 3
             loss.backward()
@@ -1293,7 +1293,7 @@ def test_schedule_and_mixing():
     target = train.soft_targets(torch.tensor([0, 2]), 4, 0.1)
     torch.testing.assert_close(target.sum(1), torch.ones(2))
     assert target[0, 0] == pytest.approx(0.925)
-    x, y = train.mix(torch.randn(4, 2, 3, 8, 8), train.soft_targets(torch.arange(4), 4, 0.0), 0.8, 1.0, 0.5)
+    x, y = data.mix(torch.randn(4, 2, 3, 8, 8), train.soft_targets(torch.arange(4), 4, 0.0), 0.8, 1.0, 0.5)
     torch.testing.assert_close(y.sum(1), torch.ones(4))
 
 
@@ -1350,7 +1350,7 @@ def test_mixup_partners_are_a_random_permutation_as_the_official_blending():
     itself); with the same torch seed ours draws the same numbers in the same order."""
     video, target = torch.randn(4, 2, 3, 8, 8), train.soft_targets(torch.arange(4), 4, 0.0)
     torch.manual_seed(3)
-    mixed, mixed_target = train.mix(video, target, 0.8, 0.0, 0.5)
+    mixed, mixed_target = data.mix(video, target, 0.8, 0.0, 0.5)
     torch.manual_seed(3)
     lam = torch.distributions.Beta(0.8, 0.8).sample()
     partner = torch.randperm(4)
@@ -1359,7 +1359,7 @@ def test_mixup_partners_are_a_random_permutation_as_the_official_blending():
     fixed = 0
     for seed in range(50):   # about one video in four keeps its own partner, and so its own label
         torch.manual_seed(seed)
-        _, t = train.mix(video, target, 0.8, 0.0, 0.5)
+        _, t = data.mix(video, target, 0.8, 0.0, 0.5)
         fixed += int((t.max(1).values == 1).sum())
     assert 20 < fixed < 100
 
@@ -1482,6 +1482,47 @@ def test_cli_protocols(tmp_path, capsys):
     tested = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert "mean over 2 test sets" in capsys.readouterr().out and tested[-1]["summary"] == "zero-shot"
     assert tested[-1]["top1"] == pytest.approx((tested[0]["top1"] + tested[1]["top1"]) / 2)
+
+
+def test_released_split_files_load_as_they_are(tmp_path):
+    """ViFi-CLIP's released splits: a few-shot list is trained on as it is (no --shots, no draw), and the base
+    lists, one per seed, count their labels 0..B-1 in the base class file: each maps through its name."""
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=3, val_per_class=2, T=12)
+    names, train_list = data.synthetic_classes(), data.read_list(paths["train"])
+    shots = tmp_path / "train1_few_shot_2.txt"
+    shots.write_text("".join(f"{p} {c}\n" for p, c in train_list if p.endswith(("_0.mp4", "_2.mp4"))))
+    common_args = ["--method", "vificlip", "--data-root", paths["root"], "--val-list", paths["val"],
+                   "--classes", paths["classes"]]
+    args, _ = train.get_args(common_args + ["--protocol", "few-shot", "--train-list", str(shots)])
+    train_samples, _, _ = train.protocol_data(args, seed=1)
+    assert args.shots is None and train_samples == [(os.path.join(paths["root"], p), c) for p, c in
+                                                    data.read_list(str(shots))]
+    base = [names[c] for c in (7, 2, 9, 4, 11, 0)]                      # a base class file in its own order
+    (tmp_path / "base.csv").write_text("id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(base)))
+    for seed in (1, 2):   # fs_base_s{seed}_train.txt: each seed's own videos, labels local to base.csv
+        (tmp_path / f"fs_base_s{seed}_train.txt").write_text("".join(
+            f"{p} {base.index(names[c])}\n" for p, c in train_list if names[c] in base and p.endswith(f"_{seed}.mp4")))
+    args, _ = train.get_args(common_args + ["--protocol", "base2novel", "--base-classes", str(tmp_path / "base.csv"),
+                                            "--train-list", str(tmp_path / "fs_base_s{seed}_train.txt")])
+    assert args.shots is None and args.shot_seeds == [1, 2, 3]
+    for seed in (1, 2):
+        train_samples, trained, tests = train.protocol_data(args, seed)
+        assert trained == base and len(train_samples) == 6               # relabelled 0..5 in the file's order
+        for path, label in train_samples:   # the video's own class, whatever the file's numbering
+            assert path.endswith(f"_{seed}.mp4") and names[int(os.path.basename(path).split("_")[1])] == trained[label]
+        assert [t for t, _, _ in tests] == ["test base", "test novel"]
+        assert [len(s) for _, s, _ in tests] == [12, 12]
+
+
+def test_released_weights_test_on_a_plain_list_with_its_class_file(tmp_path):
+    """--eval-only with the authors' weights (no checkpoint of ours to carry the names): the class file names
+    a plain test list's labels, for every protocol."""
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=1, val_per_class=1, T=12)
+    for protocol in ("supervised", "few-shot"):
+        args, _ = train.get_args(["--method", "xclip", "--protocol", protocol, "--eval-only", "--val-list",
+                                  paths["val"], "--classes", paths["classes"], "--data-root", paths["root"]])
+        train_samples, names, tests = train.protocol_data(args, seed=1)
+        assert train_samples is None and names == data.synthetic_classes() and len(tests[0][1]) == 12
 
 
 def test_zero_shot_unseen_only_keeps_the_classes_training_never_saw(tmp_path):

@@ -64,16 +64,15 @@ PROTOCOLS = ("supervised", "zero-shot", "few-shot", "base2novel")
 # with two decoding workers beside it a second thread cost 30% more CPU time for the same wall time (measured
 # on 2 cores). 20 epochs with a val pass every 10 keep the default run within 150 CPU-seconds on 2 cores.
 EMBEDDED = dict(model="tiny", pretrained="synthetic", frames=8, epochs=20, val_every=10, batch_size=32, step_batch=32,
-                lr=1e-3, warmup_epochs=1, schedule_accum=1, weight_decay=0.05, mixup=0.0, cutmix=0.0, smoothing=0.0, test_clips=2,
-                test_crops=1, flip=False, threads=1)
+                lr=1e-3, warmup_epochs=1, schedule_accum=1, weight_decay=0.05, mixup=0.0, cutmix=0.0, smoothing=0.0,
+                test_clips=2, test_crops=1, flip=False, threads=1)
 
 # What a recipe key falls back to when a method's RECIPE does not mention it.
 BASE = dict(frames=8, sampling="segment", crop="tsn", stride=1, lr=1e-4, lr_min_ratio=0.01, weight_decay=0.0,
             betas=(0.9, 0.999), eps=1e-8, epochs=10, val_every=1, threads=0, warmup_epochs=0, warmup_start_ratio=0.0,
             schedule="timm", schedule_accum=1, batch_size=32, step_batch=8, grad_clip=0.0, mean="clip", flip=True,
-            test_fusion="softmax", test_amp=True,
-            color_jitter=0.0, grayscale=0.0, mixup=0.0, cutmix=0.0, mix_switch=0.5, smoothing=0.0,
-            test_clips=1, test_crops=1, model="ViT-B-16", class_words=False)
+            test_fusion="softmax", test_amp=True, color_jitter=0.0, grayscale=0.0, mixup=0.0, cutmix=0.0, mix_switch=0.5,
+            smoothing=0.0, test_clips=1, test_crops=1, model="ViT-B-16", class_words=False)
 
 # What --weights carries over from the run that wrote the checkpoint, unless given again (with the
 # method's own options).
@@ -189,11 +188,14 @@ def get_args(argv=None):
 
     g = p.add_argument_group("protocols (see --protocol)")
     g.add_argument("--shots", type=at_least(1), help="videos per class drawn from the training data (few-shot: 2, 4, 8 or "
-                                             "16; base2novel default 16)")
-    g.add_argument("--shot-seeds", type=int, nargs="+", help="one training run per draw of --shots videos, "
-                   "figures averaged (default 1; base2novel 1 2 3)")
+                   "16; base2novel default 16). Leave it out to train on a released split file as it is "
+                   "(ViFi-CLIP's train1_few_shot_K.txt), which the papers' low-shot numbers come from")
+    g.add_argument("--shot-seeds", type=int, nargs="+", help="one training run per draw of --shots videos, or per "
+                   "file when --train-list holds {seed} (fs_base_s{seed}_train.txt); figures averaged (default 1; "
+                   "base2novel 1 2 3)")
     g.add_argument("--base-classes", help='base2novel: "id,name" CSV of the base classes (default: the more '
-                                          "frequent half of the training data, ViFi-CLIP's rule)")
+                   "frequent half of the training data, ViFi-CLIP's rule). A plain training list whose labels all "
+                   "fall below its count is read as labelled by it, as ViFi-CLIP's released base lists are")
     g.add_argument("--unseen-only", action="store_true", help="zero-shot: drop test classes that are training "
                                                               "classes (Kinetics-600's 220 classes new to K400)")
     g.add_argument("--class-subsets", nargs="+", metavar="CSV|NxSIZE", help='zero-shot: test on subsets of the '
@@ -261,10 +263,11 @@ def get_args(argv=None):
     p.set_defaults(**{key: unset for key in vars(args)})
     args.explicit = sorted(k for k, v in vars(p.parse_args(argv)).items() if v is not unset)
     args.run, args.argv = None, list(argv if argv is not None else sys.argv[1:])   # place_run() sets run
-    args.shots = args.shots or (16 if args.protocol == "base2novel" else None)
+    # Released split files (ViFi-CLIP's train1_few_shot_K.txt, fs_base_s{seed}_train.txt) are the shots already:
+    # without --shots few-shot trains on the list as it is, and a {seed} in --train-list names each seed's file.
+    released = "{seed}" in (args.train_list or "")
+    args.shots = args.shots or (16 if args.protocol == "base2novel" and not released else None)
     args.shot_seeds = args.shot_seeds or ([1, 2, 3] if args.protocol == "base2novel" else [1])
-    if args.protocol in ("few-shot", "base2novel") and not args.shots:
-        raise SystemExit("--protocol few-shot needs --shots K (the papers use 2, 4, 8 and 16)")
     return args, method
 
 
@@ -320,31 +323,6 @@ def soft_targets(label, num_classes, smoothing):
     return F.one_hot(label, num_classes).float() * (1 - smoothing) + off
 
 
-def mix(video, target, mixup, cutmix, switch):
-    """Mixup or CutMix as X-CLIP's datasets/blending.py CutmixMixupBlending (ViFi-CLIP ships the same file): one
-    lambda per batch, each video's partner from torch.randperm(B), so a video may be paired with itself and stay
-    as it was. video (B, T, 3, S, S); CutMix cuts one box shared by all frames of a video."""
-    if (mixup <= 0 and cutmix <= 0) or video.shape[0] < 2:
-        return video, target
-    use_cutmix = cutmix > 0 and (mixup <= 0 or torch.rand(()) < switch)
-    alpha = cutmix if use_cutmix else mixup
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    order = torch.randperm(video.shape[0]).to(video.device)
-    partner = video[order]
-    if use_cutmix:
-        S_h, S_w = video.shape[-2:]
-        h, w = int(S_h * math.sqrt(1 - lam)), int(S_w * math.sqrt(1 - lam))
-        cy, cx = int(torch.randint(S_h, ())), int(torch.randint(S_w, ()))
-        y0, y1 = max(cy - h // 2, 0), min(cy + h // 2, S_h)
-        x0, x1 = max(cx - w // 2, 0), min(cx + w // 2, S_w)
-        video = video.clone()
-        video[..., y0:y1, x0:x1] = partner[..., y0:y1, x0:x1]
-        lam = 1 - (y1 - y0) * (x1 - x0) / (S_h * S_w)            # the box was clipped at the border
-    else:
-        video = lam * video + (1 - lam) * partner
-    return video, lam * target + (1 - lam) * target[order]
-
-
 def soft_cross_entropy(logits, target):
     return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
@@ -359,25 +337,21 @@ def default_train_step(model, video, target, loss_fn, backward, autocast):
 
 
 def lr_factor(step, args, steps_per_epoch, floor, start=0.0):
-    """A group's learning rate after `step` optimizer steps, as a fraction of its peak. floor and start: the
-    schedule's end and warm-up start for this group, as fractions of its peak (the recipes set them absolute,
-    the same for every group, so a group at 10x the rate ends at a tenth of its own floor). args.schedule:
-    timm: CosineLRScheduler as X-CLIP's and ViFi-CLIP's utils/optimizer.py build it: warm-up from 0, then a cosine
-      over all epochs, counted in the official micro-batches (args.schedule_accum per optimizer step) and updated
-      after each optimizer step, so step j runs at the value for micro-batch accum * (j - 1) - 1 (step 1 at 0).
-    slowfast: PySlowFast's lr_policy as Open-VCLIP runs it (COSINE_AFTER_WARMUP): set before every step from
-      the fractional epoch, a linear warm-up from `start` to the peak, then a cosine from the warm-up's end."""
+    """A group's learning rate after `step` optimizer steps, as a fraction of its peak; floor and start (the end
+    and the warm-up's start) are the recipe's absolute values over this group's peak. args.schedule: timm, as
+    X-CLIP's and ViFi-CLIP's utils/optimizer.py: warm-up from 0, then a cosine over all epochs, counted in the
+    official micro-batches (schedule_accum a step) and updated after each step, so step j runs at micro-batch
+    accum * (j - 1) - 1; slowfast, PySlowFast's lr_policy (Open-VCLIP): set before each step from the fractional
+    epoch, a warm-up from `start`, then a cosine from the warm-up's end (COSINE_AFTER_WARMUP)."""
     warmup, epochs = args.warmup_epochs, args.epochs
     if args.schedule == "timm":
         per_epoch = steps_per_epoch * args.schedule_accum                 # micro-batches
         t, warmup, total = max(args.schedule_accum * step - 1, 0), int(warmup * per_epoch), epochs * per_epoch
-        if t < warmup:
-            return t / warmup
-        return floor if t >= total else floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t / total))
-    epoch = step / steps_per_epoch
-    if epoch < warmup:   # the cosine at the warm-up's end is the peak itself
-        return start + epoch * (1 - start) / warmup
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / (epochs - warmup)))
+        return t / warmup if t < warmup else floor if t >= total else \
+            floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t / total))
+    epoch = step / steps_per_epoch   # a warm-up to the cosine's value at its start, the peak itself
+    return start + epoch * (1 - start) / warmup if epoch < warmup else \
+        floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / (epochs - warmup)))
 
 
 @torch.no_grad()
@@ -507,13 +481,8 @@ def save_checkpoint(path, state):
 
 def tensor_bytes(obj):
     """The bytes of every tensor in a nested state (what a checkpoint of it holds, give or take a little)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(tensor_bytes(v) for v in obj)
-    return 0
+    leaves = torch.utils._pytree.tree_leaves(obj)
+    return sum(t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor))
 
 
 def rng_state():
@@ -599,11 +568,8 @@ def predict(args, model, method, device, autocast, ckpt):
     names = class_names(args, ckpt)
     model.set_classes(names)
     model.to(device).eval()
-    mean, std = STATS[args.mean]
-    transform = data.TestTransform(args.size, mean, std, crops=args.test_crops, crop=args.crop)
-    clips = data.clip_indices(args.predict, args.frames, args.sampling, args.stride, num_clips=args.test_clips,
-                              rng=random.Random(f"{args.seed}:test:0"))
-    video = torch.cat([transform(data.read_frames(args.predict, clip)) for clip in clips]).to(device)  # (V,T,3,S,S)
+    video = make_loader(args, device, [(args.predict, 0)], views=True).dataset[0][0]   # the test's views (V,T,3,S,S)
+    video = data.normalise(video.to(device), *STATS[args.mean])
     with torch.no_grad(), autocast() if args.test_amp else contextlib.nullcontext():
         probs = model(video).float().softmax(-1).mean(0)             # (C,)
     print(f"{args.predict} ({args.test_clips} clips x {args.test_crops} crops):")
@@ -846,15 +812,27 @@ def class_ids(wanted, names, source):
 def protocol_data(args, seed, trained_names=None):
     """The training videos, their class names, and the test sets [(title, samples, names)] of args.protocol.
     Names are the datasets' own (UCF101 CamelCase, HMDB51 with spaces); --class-words turns them to text last."""
-    train, names = (read_videos(args.train_list, args.data_root, (args.split or [1])[0], True, args.classes)
-                    if args.train_list else (None, trained_names))
+    train_list = args.train_list and args.train_list.replace("{seed}", str(seed))   # a released file per seed
+    if train_list:
+        train, names = read_videos(train_list, args.data_root, (args.split or [1])[0], True, args.classes)
+    else:   # testing released weights: the class names come from --classes (or our checkpoint)
+        train, names = None, trained_names or (data.load_classes(args.classes) if args.classes and os.path.isfile(
+            args.classes) else None)
     if args.protocol == "base2novel":
+        if names is None or not (train or args.base_classes):
+            raise SystemExit("--protocol base2novel without --train-list needs the classes (--classes) and the base "
+                             "classes (--base-classes)")
         base = (class_ids(data.load_classes(args.base_classes), names, args.base_classes) if args.base_classes
                 else data.base_novel(train, len(names))[0])
+        if args.base_classes and train and data.dataset_format(train_list) == "list" and max(c for _, c in train) < len(base):
+            train = [(path, base[c]) for path, c in train]   # ViFi-CLIP's released lists count 0..B-1 in the base file
         novel = [c for c in range(len(names)) if c not in base]
-        train = data.select_classes(train, base)
+        train = train and data.select_classes(train, base)
     if args.shots and train is not None:
         train = data.few_shot(train, args.shots, seed)
+    elif train and args.protocol in ("few-shot", "base2novel"):
+        counts = [sum(1 for _, c in train if c == k) for k in sorted({c for _, c in train})]
+        print(f"{train_list}: the shots as listed (no --shots, no draw), {min(counts)} to {max(counts)} videos per class")
 
     if not args.val_list:
         raise SystemExit("give the test videos with --val-list (any format --train-list takes)")
@@ -1109,7 +1087,7 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
             if len(batch):
                 video, label, index = training_batch(batch, device, STATS[args.mean], deferred)
                 target = soft_targets(label, len(names), args.smoothing)
-                video, target = mix(video, target, args.mixup, args.cutmix, args.mix_switch)
+                video, target = data.mix(video, target, args.mixup, args.cutmix, args.mix_switch)
                 extra = dict(paths=[train_loader.dataset.samples[i][0] for i in index[0].tolist()]) if index else {}
                 loss = step_fn(video, target, soft_cross_entropy, backward, autocast, **extra)
                 step_loss, seen = step_loss + loss.float(), seen + video.shape[0]   # no GPU sync
