@@ -51,6 +51,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # -----------------------------------------------------------------------------
 # decoding
 
+TARGET_FPS = 30  # PySlowFast's DATA.TARGET_FPS: a dense clip's stride counts frames of a 30 fps video
 SEEK_GAP = 32  # frames; without a key-frame index, seek only over gaps longer than this
 SEEK_SAVES = 4  # frames; with an index, seek when the key frame before the wanted frame skips more than this
 _FIX = ("check that the file plays (ffprobe FILE), re-encode it (ffmpeg -i FILE -c:v libx264 OUT.mp4), "
@@ -79,15 +80,24 @@ def _open(path):
 
 def video_length(path) -> int:
     """Number of frames of the video at `path`, from the container's count or, if it has none, by demuxing."""
+    return video_info(path)[0]
+
+
+def video_info(path):
+    """(frames, fps, ticks) of the video at `path`: its frame count (the container's, or by demuxing), frame rate,
+    and timestamp ticks per frame (the stream's duration / frames; None when the container stores no duration, as
+    webm often does): what PySlowFast's pyav decoder reads to place a dense clip in time."""
     with _open(path) as container:
         stream = container.streams.video[0]
         try:  # webm, avi and raw streams often store no count (0): count packets then, which needs no decoding
             n = stream.frames or sum(1 for packet in container.demux(stream) if packet.size > 0)
         except av.FFmpegError as e:
             raise VideoError(f"{path}: cannot be read ({e}); {_FIX}") from e
+        fps = float(stream.average_rate or TARGET_FPS)
+        ticks = stream.duration / stream.frames if stream.duration and stream.frames else None
     if n <= 0:
         raise VideoError(f"{path}: holds no video frames; {_FIX}")
-    return n
+    return n, fps, ticks
 
 
 class _BadTimestamps(Exception):
@@ -240,21 +250,6 @@ def read_frames(path, indices) -> torch.Tensor:
 # -----------------------------------------------------------------------------
 # which frames
 
-TARGET_FPS = 30   # PySlowFast's DATA.TARGET_FPS: a dense clip's stride counts frames of a 30 fps video
-
-
-def video_info(path):
-    """(frames, fps, ticks) of the video at `path`: its frame count (video_length), frame rate, and timestamp ticks
-    per frame (the stream's duration / frames, None when the container stores no duration, as webm often does).
-    What PySlowFast's pyav decoder reads to place a dense clip in time."""
-    n = video_length(path)
-    with _open(path) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or TARGET_FPS)
-        ticks = stream.duration / stream.frames if stream.duration and stream.frames else None
-    return n, fps, ticks
-
-
 def sample_indices(num_frames, T, mode="segment", stride=1, train=False, clip=0, num_clips=1, rng=None, fps=TARGET_FPS,
                    ticks=None):
     """T sorted frame indices in [0, num_frames): random when train (from `rng`, default the `random` module),
@@ -309,7 +304,7 @@ def sample_indices(num_frames, T, mode="segment", stride=1, train=False, clip=0,
 def clip_indices(path, T, mode="segment", stride=1, train=False, num_clips=1, rng=None):
     """[T frame indices of each of num_clips clips] of the video at `path` (training: num_clips random clips):
     sample_indices with the video's own length, and for dense sampling its frame rate and timestamps."""
-    n, fps, ticks = video_info(path) if mode == "dense" else (video_length(path), TARGET_FPS, None)
+    n, fps, ticks = video_info(path)
     return [sample_indices(n, T, mode, stride, train=train, clip=0 if train else k, num_clips=1 if train else num_clips,
                            rng=rng, fps=fps, ticks=ticks) for k in range(num_clips)]
 

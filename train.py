@@ -306,11 +306,11 @@ def training_batch(batch, device, stats, deferred):
     [index (N,)] if the loader gives indices. K clips per video are flattened to N = B*K, each with its video's
     label and index; deferred: the colour augmentation drawn in the workers is applied here, on the device."""
     video, label, *index = batch
-    draws = index.pop(0) if deferred else None                                  # (B,10) or (B,K,10)
+    draws = index.pop(0) if deferred else None                                  # (B,T,10) or (B,K,T,10)
     if video.dim() == 6:   # K clips per video: (B,K,T,3,S,S) -> (B*K,T,3,S,S)
         K = video.shape[1]
         video, label, index = video.flatten(0, 1), label.repeat_interleave(K), [i.repeat_interleave(K) for i in index]
-        draws = draws.flatten(0, 1) if deferred else None                       # (B*K,10)
+        draws = draws.flatten(0, 1) if deferred else None                       # (B*K,T,10)
     video, label = video.to(device, non_blocking=True), label.to(device, non_blocking=True)
     if deferred:
         video = data.colour_batch(video, draws)
