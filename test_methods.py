@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as F_v2
 
 import common
 import data
@@ -946,6 +947,24 @@ def test_colour_applied_to_the_batch_on_the_device_equals_the_transform_applying
     assert torch.equal(data.colour_batch(torch.stack(clips), draws), torch.stack(done))
     one = data.colour(clips[0][:1], draws[0][:1])                       # a frame coloured alone: the same pixels
     assert torch.equal(one[0], done[0][0])
+
+
+def test_colour_of_many_frames_at_once_is_torchvisions_per_frame():
+    """data.colour runs each operation on all the frames it concerns at once, each frame with its own factor: the
+    formulas of torchvision's adjust_* on uint8 images, run frame by frame, to within rounding."""
+    ops = (F_v2.adjust_brightness, F_v2.adjust_contrast, F_v2.adjust_saturation, F_v2.adjust_hue)
+    rng, diffs = random.Random(0), []
+    for _ in range(20):
+        x = torch.randint(0, 256, (6, 3, 12, 20), dtype=torch.uint8)
+        draws = data._colour_draws(rng, 6, 1.0, 0.3)
+        frames = []
+        for frame, row in zip(x, draws.tolist()):
+            for k in map(int, row[5:9]):
+                frame = ops[k](frame, row[1 + k])
+            frames.append(F_v2.rgb_to_grayscale(frame, num_output_channels=3) if row[9] else frame)
+        diffs.append((data.colour(x, draws).int() - torch.stack(frames).int()).abs())
+    diffs = torch.stack(diffs)
+    assert diffs.max() <= 2 and diffs.float().mean() < 1e-3
 
 
 def test_clips_per_video_come_from_one_decoding_pass_each_its_own_draw(tmp_path, monkeypatch):
