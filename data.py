@@ -104,6 +104,12 @@ class _BadTimestamps(Exception):
     """A video's timestamps cannot place its frames: missing, not increasing, a seek that overshoots."""
 
 
+class _SeekDamage(Exception):
+    """The decoder reported trouble after a seek. In valid video a seek can cause it: frames just after an open-GOP
+    I-frame or an intra-refresh recovery point refer to frames before it, which a decode starting there never saw.
+    Decode again from the start: only what that decode also reports is damage."""
+
+
 class _Skipped(Exception):
     """A frame the decoder skipped might have changed what a full decode returns (a gap or a repeat in the
     timestamps, a frame before the one a seek lands on): decode again without skipping."""
@@ -122,7 +128,7 @@ logging.getLogger("libav").addHandler(logging.NullHandler())
 logging.getLogger("libav").propagate = False
 
 
-def _decode(path, wanted, by_timestamp, skip=True):
+def _decode(path, wanted, by_timestamp, skip=True, seek=True):
     """Decode the sorted frame numbers `wanted` -> {number: uint8 (H,W,3)}. by_timestamp: a frame's number
     comes from its timestamp, which stays right after a seek, so gaps are skipped by seeking. Otherwise
     frames are counted from the start, which is always right but decodes every frame up to the last one wanted.
@@ -134,7 +140,8 @@ def _decode(path, wanted, by_timestamp, skip=True):
     with a VideoError naming the file and the frame. (The log arrives a few frames early, B-frames being
     reordered, so a few clean frames before the damage are refused too: the file is damaged either way. Damage
     FFmpeg does not notice, as in some broken B-frames or a lost packet of a reference frame, passes here too.)
-    skip (by_timestamp, H.264 only): frames not wanted that no other frame refers to are not decoded at all."""
+    skip (by_timestamp, H.264 only): frames not wanted that no other frame refers to are not decoded at all.
+    seek=False decodes from the start (read_frames does, when the decoder reported trouble after a seek)."""
     with _open(path) as container, av.logging.Capture(local=False) as logs:
         stream = container.streams.video[0]
         # One decoding thread: the DataLoader workers are the parallelism (FFmpeg's own frame threads cost 40%
@@ -174,7 +181,8 @@ def _decode(path, wanted, by_timestamp, skip=True):
                         skippable[packet.pts] = number
                 yield from packet.decode()
 
-        arrays, frames, current, seeking, seeked_from = {}, decode(), -1, by_timestamp, None
+        arrays, frames, current, seeking, seeked_from = {}, decode(), -1, by_timestamp and seek, None
+        seeked = False   # whether any seek was made: trouble reported after one may be the seek's, not the file's
         # One converter for the whole video: frame.to_ndarray(format=...) builds a new one for every frame, which
         # cost 4 times the decoding itself on small videos. The pixels are the same (same swscale settings).
         to_rgb = VideoReformatter()
@@ -184,7 +192,7 @@ def _decode(path, wanted, by_timestamp, skip=True):
             key = keys[at - 1] if at else -1   # the key frame at or before k (-1: none known)
             if seeking and (key - current > SEEK_SAVES if keys else k - current > SEEK_GAP):
                 container.seek(start + int(k * ticks), stream=stream)  # to the keyframe at or before frame k
-                frames, seeked_from = decode(), current
+                frames, seeked_from, seeked = decode(), current, True
                 skippable.clear()
             while current < k or seeked_from is not None:  # take the first frame numbered k or more
                 frame = next(frames, None)
@@ -219,6 +227,8 @@ def _decode(path, wanted, by_timestamp, skip=True):
                     damage = damage or (number, errors[0] if errors else "a frame the decoder marks corrupt")
                 elif frame.key_frame:
                     damage = None   # a clean key frame: what follows no longer depends on the damage
+            if damage and seeked:
+                raise _SeekDamage
             if damage:   # the report comes as the frames before the broken one leave the decoder: it is near
                 raise VideoError(f"{path}: frame {k} may be damaged: near frame {damage[0]} the decoder reports "
                                  f"'{damage[1]}' and conceals it until the next clean key frame; {_FIX}")
@@ -234,17 +244,19 @@ def read_frames(path, indices) -> torch.Tensor:
     indices = [int(i) for i in indices]
     if not indices or min(indices) < 0:
         raise ValueError(f"read_frames({path}): indices must be a non-empty list of frame numbers >= 0, got {indices}")
-    wanted = sorted(set(indices))
-    try:
+    wanted, how = sorted(set(indices)), dict(by_timestamp=True)
+    while True:   # each fall-back is slower and asks less of the file; none comes twice
         try:
-            try:
-                arrays = _decode(path, wanted, by_timestamp=True)
-            except _Skipped:    # rare (timestamps with gaps or repeats): the frames a full decode gives, exactly
-                arrays = _decode(path, wanted, by_timestamp=True, skip=False)
+            arrays = _decode(path, wanted, **how)
+            break
+        except _Skipped:      # rare (timestamps with gaps or repeats): the frames a full decode gives, exactly
+            how["skip"] = False
+        except _SeekDamage:   # trouble after a seek (open GOPs, intra refresh): decode from the start
+            how["seek"] = False
         except _BadTimestamps:  # count frames from the start instead: slower, but needs no timestamps
-            arrays = _decode(path, wanted, by_timestamp=False)
-    except av.FFmpegError as e:
-        raise VideoError(f"{path}: decoding failed ({e}); {_FIX}") from e
+            how = dict(by_timestamp=False)
+        except av.FFmpegError as e:
+            raise VideoError(f"{path}: decoding failed ({e}); {_FIX}") from e
     return torch.from_numpy(np.stack([arrays[i] for i in indices]))  # (len(indices),H,W,3)
 
 # -----------------------------------------------------------------------------
@@ -342,7 +354,7 @@ def short_side_size(height, width, short, rule):
 
 
 # The colour augmentation of a training clip, as numbers drawn in a worker and applied wherever the clip is, one
-# row per frame: [jitter?, brightness, contrast, saturation, hue factors, the order of the four (op indices), grayscale?].
+# row per frame: [jitter?, brightness, contrast, saturation, hue factors, the order of the four ops, grayscale?].
 
 
 def _colour_draws(rng, T, color_jitter, grayscale, strengths=(0.4, 0.4, 0.2, 0.1)):

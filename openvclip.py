@@ -80,7 +80,7 @@ RECIPE = dict(
     crop="slowfast",             # TRAIN_JITTER_SCALES [224, 256], random 224 crop, flip; test: short side 224, centre
     lr=3.33e-6,                  # SOLVER.BASE_LR (script), for a batch of 64
     lr_min_ratio=0.01,           # SOLVER.COSINE_END_LR 3.33e-8 = BASE_LR / 100
-    schedule="slowfast", warmup_start_ratio=0.01,   # lr_policy.py per iteration, WARMUP_START_LR 3.33e-8, COSINE_AFTER_WARMUP
+    schedule="slowfast", warmup_start_ratio=0.01,   # lr_policy.py, WARMUP_START_LR 3.33e-8, COSINE_AFTER_WARMUP
     weight_decay=0.01,           # SOLVER.WEIGHT_DECAY (yaml), ZERO_WD_1D_PARAM True (see param_groups)
     betas=(0.9, 0.999), eps=1e-8,   # OPTIMIZING_METHOD adamw, torch defaults
     epochs=22, warmup_epochs=2,  # SOLVER.MAX_EPOCH 22, WARMUP_EPOCHS 2.0 (script)

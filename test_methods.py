@@ -724,6 +724,25 @@ def test_read_frames_are_exactly_the_frames_of_a_full_decode(textured_video):
         assert got.dtype == torch.uint8 and np.array_equal(got.numpy(), every[wanted]), (keyint, wanted)
 
 
+@pytest.fixture(scope="module", params=["open-gop=1:keyint=24:min-keyint=24:bframes=3:b-pyramid=normal:scenecut=0",
+                                        "open-gop=1:keyint=24:min-keyint=24:bframes=2:b-pyramid=none:scenecut=0",
+                                        "intra-refresh=1:keyint=60"])
+def valid_after_seek_video(request, tmp_path_factory):
+    """Valid H.264 whose frames just after a seek point refer to frames before it (open GOPs, intra refresh):
+    a decode that starts at the seek point reports trouble a decode from the start does not."""
+    path = str(tmp_path_factory.mktemp("seek") / "video.mp4")
+    keyint = int(re.search(r"keyint=(\d+)", request.param)[1])
+    data.write_video(path, moving_texture(FRAMES), fps=30, keyint=keyint, options={"x264-params": request.param})
+    return path, np.stack([a for _, a in decode_all(path)])
+
+
+def test_valid_video_is_not_refused_for_what_a_seek_makes_the_decoder_report(valid_after_seek_video):
+    path, every = valid_after_seek_video
+    for wanted in [[45], [0, 30, 60], [60], [200], *index_sets(FRAMES, 7)]:
+        got = data.read_frames(path, wanted)
+        assert np.array_equal(got.numpy(), every[wanted]), wanted
+
+
 def test_skipping_changes_no_frame_of_the_code_without_it(textured_video):
     path, keyint, every = textured_video
     for wanted in list(index_sets(FRAMES, keyint + 1))[::8]:   # some of every kind
