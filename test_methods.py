@@ -1683,6 +1683,58 @@ def test_cli_resume_cuts_the_metrics_back_to_the_checkpoint(tmp_path, capsys):
     lines = train.read_metrics(metrics)
     assert [r["epoch"] for r in lines if "epoch" in r] == [1, 2] and "val" not in lines[1]
     assert [("test" in r, "result" in r) for r in lines[2:]] == [(True, False), (False, True)]
+    # Killed after epoch 2's checkpoint, before its line: the checkpoint holds the line, and puts it back.
+    epoch2 = lines[1]
+    with open(metrics, "w") as f:
+        f.write(json.dumps(lines[0]) + "\n")
+    train.main(tiny_run_args(paths, "--epochs", "3", "--resume", out, "--val-every", "0"))
+    lines = train.read_metrics(metrics)
+    assert [r["epoch"] for r in lines if "epoch" in r] == [1, 2, 3] and lines[1] == epoch2
+
+
+def test_cli_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again_in_place(tmp_path, monkeypatch,
+                                                                                          capsys):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    out, real_train = str(tmp_path / "run"), train.train
+    monkeypatch.setattr(train, "train", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):   # killed at once: config.json written, no checkpoint, no epoch line
+        train.main(tiny_run_args(paths, "--epochs", "1", "--out", out))
+    assert os.path.isfile(os.path.join(out, "config.json")) and not os.path.exists(os.path.join(out, "last.pt"))
+    monkeypatch.setattr(train, "train", real_train)
+    with pytest.raises(SystemExit, match=rf"--resume {re.escape(out)}"):   # the plain command points to --resume ...
+        train.main(tiny_run_args(paths, "--epochs", "1", "--out", out))
+    train.main(["--method", "vificlip", "--resume", out])                 # ... which works
+    assert "stopped before its first checkpoint: starting it again" in capsys.readouterr().out
+    assert [r.get("epoch") for r in train.read_metrics(os.path.join(out, "metrics.jsonl"))][0] == 1
+    assert os.path.isfile(os.path.join(out, "last.pt"))
+    with pytest.raises(SystemExit, match=r"--resume .*nowhere: no such folder or file"):
+        train.main(["--method", "vificlip", "--resume", str(tmp_path / "nowhere")])
+
+
+def test_an_unwritable_run_folder_is_not_called_full(tmp_path, monkeypatch):
+    def read_only(state, path):
+        raise RuntimeError("[enforce fail at inline_container.cc:747] . open file failed with strerror: "
+                           "Read-only file system")
+    monkeypatch.setattr(torch, "save", read_only)
+    with pytest.raises(SystemExit) as stop:
+        train.save_checkpoint(str(tmp_path / "last.pt"), dict(a=torch.zeros(3)))
+    assert f"cannot write to {tmp_path}: it is read-only" in str(stop.value) and "space" not in str(stop.value)
+    monkeypatch.setattr(torch, "save", lambda state, path: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(SystemExit, match="no space left on"):
+        train.save_checkpoint(str(tmp_path / "last.pt"), dict(a=torch.zeros(3)))
+
+
+def test_help_shows_every_flag_and_modes_are_one_at_a_time(capsys):
+    with pytest.raises(SystemExit):
+        train.get_args(["--help"])
+    shown = capsys.readouterr().out
+    flags = set(re.findall(r'add_argument\(\s*"(--[\w-]+)"', open(train.__file__).read()))
+    assert len(flags) > 40 and [f for f in flags if f not in shown] == []
+    with pytest.raises(SystemExit):
+        train.get_args(["--method", "xclip", "--help"])
+    assert "--grad-checkpointing" in capsys.readouterr().out        # a method's own flags, with --method
+    with pytest.raises(SystemExit, match="three different runs"):
+        train.get_args(["--predict", "clip.mp4", "--benchmark"])
 
 
 def test_same_command_same_numbers_first_run_included(tmp_path, monkeypatch):
@@ -1819,6 +1871,8 @@ def test_cli_killed_mid_epoch_with_workers_resumes_to_exactly_the_uninterrupted_
         return [{k: v for k, v in r.items() if k not in drop}
                 for r in train.read_metrics(os.path.join(tmp_path, run, "metrics.jsonl"))]
     assert len(figures("whole")) == 4 and figures("killed") == figures("whole") and resumed == whole
+    epoch1 = train.read_metrics(os.path.join(tmp_path, "killed", "metrics.jsonl"))[0]   # steps 5, 6 after the resume
+    assert epoch1["clips_per_s"] * epoch1["seconds"] == pytest.approx(2 * 4, rel=0.05)
     a, b = (torch.load(os.path.join(tmp_path, run, "last.pt"), weights_only=False)["model"] for run in ("whole", "killed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -1,7 +1,7 @@
 """Train, evaluate, predict and benchmark any method of this repository on one GPU (or a CPU), or on several
 with torchrun (the same command after `torchrun --nproc_per_node N`).
 
-    python train.py --method vificlip                     # embedded synthetic videos, tiny CLIP, 2 minutes on a CPU
+    python train.py --method vificlip                     # embedded synthetic videos, tiny CLIP, minutes on a CPU
     python train.py --method all                          # the four methods, then a table of their results
     python train.py --method xclip --model ViT-B-16 --pretrained openai \\
         --train-list k400/train.txt --val-list k400/val.txt --data-root k400/videos --classes k400/classes.csv
@@ -26,6 +26,7 @@ novel class halves (base2novel).
 import argparse
 import contextlib
 import datetime
+import errno
 import functools
 import gc
 import glob
@@ -98,7 +99,8 @@ def at_least(low):
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # --help is added last: the first parse, which only looks for --method, must not answer it with one flag
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
     p.add_argument("--method", choices=(*METHODS, "all"), default="vificlip", help=(
         "which method file to train; all: the four one after another, each in its own run folder, then a table "
         "of their results and CPU time side by side"))
@@ -232,6 +234,7 @@ def get_args(argv=None):
     shared = set(vars(p.parse_args([])))
     if hasattr(method, "add_args"):
         method.add_args(p.add_argument_group(f"{method_name} options"))
+    p.add_argument("-h", "--help", action="help", help="show every flag and exit (a method's own flags: with --method)")
     args = p.parse_args(argv)
     own = set(vars(args)) - shared   # the method's own options
 
@@ -263,6 +266,8 @@ def get_args(argv=None):
     p.set_defaults(**{key: unset for key in vars(args)})
     args.explicit = sorted(k for k, v in vars(p.parse_args(argv)).items() if v is not unset)
     args.run, args.argv = None, list(argv if argv is not None else sys.argv[1:])   # place_run() sets run
+    if sum((args.eval_only, bool(args.predict), args.benchmark is not None)) > 1:
+        raise SystemExit("--eval-only, --predict and --benchmark are three different runs: give one of them")
     # Released split files (ViFi-CLIP's train1_few_shot_K.txt, fs_base_s{seed}_train.txt) are the shots already:
     # without --shots few-shot trains on the list as it is, and a {seed} in --train-list names each seed's file.
     released = "{seed}" in (args.train_list or "")
@@ -325,6 +330,31 @@ def soft_targets(label, num_classes, smoothing):
 
 def soft_cross_entropy(logits, target):
     return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+def make_optimizer(args, model, device, dtype, steps_per_epoch):
+    """(optimizer, schedule, loss scaler) as training and --benchmark use them: AdamW with the recipe's betas and
+    eps, on CUDA its fused kernel (one launch for all parameters, not several per tensor) and TF32 for the matrix
+    products that run in float32, as PyTorch advises from Ampere on; the loss scaler only for fp16."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    optimizer = torch.optim.AdamW(model.param_groups(args.lr, args.weight_decay), lr=args.lr,
+                                  betas=tuple(args.betas), eps=args.eps, fused=device.type == "cuda" or None)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [functools.partial(
+        lr_factor, args=args, steps_per_epoch=steps_per_epoch, floor=args.lr_min_ratio * args.lr / group["lr"],
+        start=args.warmup_start_ratio * args.lr / group["lr"]) for group in optimizer.param_groups])
+    return optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+
+def optimizer_step(args, model, optimizer, scheduler, scaler):
+    """The optimizer step after the gradients are in (and averaged over processes): clipping, AdamW, the schedule."""
+    if args.grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
 
 
 def default_train_step(model, video, target, loss_fn, backward, autocast):
@@ -473,9 +503,13 @@ def save_checkpoint(path, state):
     except (OSError, RuntimeError) as e:   # torch reports a full disk as "... unexpected pos ..."
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        reason = str(e).strip().splitlines()[0]   # torch words an unwritable file as "open file failed with strerror"
+        if getattr(e, "errno", None) in (errno.EROFS, errno.EACCES) or re.search("Read-only file|Permission denied", reason):
+            raise SystemExit(f"cannot write to {folder}: it is read-only or not ours ({reason}). The previous checkpoint "
+                             f"is as it was: make the folder writable again (or copy the run elsewhere) and --resume it") from None
         need, free = tensor_bytes(state) / 2**20, shutil.disk_usage(folder).free / 2**20
         raise SystemExit(f"no space left on {folder}: need about {need:.0f} MB for {os.path.basename(path)}, "
-                         f"{free:.0f} MB free ({str(e).strip().splitlines()[0]}). The previous checkpoint is as it "
+                         f"{free:.0f} MB free ({reason}). The previous checkpoint is as it "
                          f"was: free some space and --resume, or move the run folder elsewhere") from None
 
 
@@ -589,7 +623,7 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
     data loader's clips/s on those videos with the run's workers, and which of the two bounds training."""
     model.set_classes([f"class {i}" for i in range(400)])
     model.to(device).train()
-    opt = torch.optim.AdamW(model.param_groups(args.lr, args.weight_decay))
+    optimizer, scheduler, scaler = make_optimizer(args, model, device, dtype, args.benchmark)   # the training step's
     video = torch.randn(args.step_batch, args.frames, 3, args.size, args.size, device=device)
     target = soft_targets(torch.randint(400, (args.step_batch,), device=device), 400, 0.0)
     step = getattr(model, "train_step", None) or (lambda *a: default_train_step(model, *a))
@@ -600,12 +634,11 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
         if hasattr(model, "begin_step"):
             with autocast():
                 model.begin_step()
-        step(video, target, soft_cross_entropy, lambda loss: loss.backward(), autocast)
+        step(video, target, soft_cross_entropy, lambda loss: scaler.scale(loss).backward(), autocast)
         if hasattr(model, "end_step"):
             model.end_step()
         average_gradients(params)   # under torchrun: what each optimizer step costs in communication
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(args, model, optimizer, scheduler, scaler)
 
     from torch.utils.flop_counter import FlopCounterMode
     one_step()   # the first step fills caches (a frozen text side is encoded once): count a later one
@@ -1017,18 +1050,8 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
         raise SystemExit(f"{len(samples)} training videos make no optimizer step of batch {split} x {accum} "
                          f"accumulation steps: lower --batch-size or --accum-steps")
     model.set_classes(names)
-    # On CUDA: AdamW's fused kernel (one launch for all parameters instead of several per tensor), and TF32
-    # for the matrix products that run in float32 (--no-amp, or outside autocast), as PyTorch advises for
-    # training on Ampere and later GPUs.
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    optimizer = torch.optim.AdamW(model.param_groups(args.lr, args.weight_decay), lr=args.lr,
-                                  betas=tuple(args.betas), eps=args.eps, fused=device.type == "cuda" or None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [functools.partial(
-        lr_factor, args=args, steps_per_epoch=steps_per_epoch, floor=args.lr_min_ratio * args.lr / group["lr"],
-        start=args.warmup_start_ratio * args.lr / group["lr"]) for group in optimizer.param_groups])
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    start_epoch, best, partial = 0, 0.0, None
+    optimizer, scheduler, scaler = make_optimizer(args, model, device, dtype, steps_per_epoch)
+    start_epoch, best, partial, line = 0, 0.0, None, None   # line: the last finished epoch's, kept in every checkpoint
 
     checkpoint = os.path.join(out, "last.pt")
     if WORLD > 1:   # every process draws its own mixup / Open-VCLIP alpha (a resumed run restores its state below)
@@ -1044,9 +1067,9 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
             set_rng_state(rngs[RANK])
         elif WORLD == 1:
             set_rng_state(state["rng"])
-        start_epoch, best, partial = state["epoch"], state["best"], state.get("partial")
+        start_epoch, best, partial, line = state["epoch"], state["best"], state.get("partial"), state.get("line")
         if RANK == 0:
-            trim_metrics(metrics_file, start_epoch)
+            trim_metrics(metrics_file, start_epoch, line)
         print(f"resumed {checkpoint} after epoch {start_epoch}" + (f", step {partial['steps']}" if partial else "")
               + (" (all its epochs were done: testing it)" if start_epoch >= args.epochs else "")
               + (f"; it ran on {len(rngs)} processes, so mixup's draws differ from an uninterrupted run's"
@@ -1060,13 +1083,14 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
 
     def save(epoch, **extra):
         """The checkpoint (rank 0 writes it); `epoch` epochs are complete. It holds every process's random
-        state, so that a resume on as many processes continues each one's draws."""
+        state, so that a resume on as many processes continues each one's draws, and the last epoch's metrics
+        line, so that a kill between the checkpoint and that line's append loses nothing."""
         rngs = gather(rng_state())
         if RANK == 0:
             save_checkpoint(checkpoint, dict(
                 model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                 scaler=scaler.state_dict(), epoch=epoch, best=best, rng=rngs[0], classes=names,
-                args=saved_args(args), **(dict(rngs=rngs) if WORLD > 1 else {}), **extra))
+                args=saved_args(args), line=line, **(dict(rngs=rngs) if WORLD > 1 else {}), **extra))
 
     for epoch in range(start_epoch, args.epochs):
         model.train()
@@ -1076,6 +1100,7 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
         if partial:   # a checkpoint from within this epoch: go on from its step, with what the epoch had summed
             seen, loss_sum, micro, steps = partial["seen"], partial["loss_sum"].to(device), partial["micro"], partial["steps"]
             bar.update(steps)
+        resumed_at = seen   # clips/s counts the clips of this process's own time
         train_loader.sampler.set_epoch(epoch, start=steps * accum * train_loader.batch_size)
         partial, skipped, waited, step_loss = None, skips.count, [0.0], torch.zeros((), device=device)
         # Under torchrun a batch whose videos were all left out as bad still counts as a micro-batch (with no
@@ -1104,18 +1129,12 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
                     f"diverged. {checkpoint} is the last good checkpoint and is kept: lower --lr (now {args.lr:g})"
                     f"{' or add --no-amp' if dtype else ''}, then --resume {out}")
             loss_sum, step_loss = loss_sum + step_loss, torch.zeros((), device=device)
-            if args.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            optimizer_step(args, model, optimizer, scheduler, scaler)
             steps += 1
             if not bar.disable:
                 bar.update()
-                bar.set_postfix(loss=f"{loss_sum.item() / micro:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                                clips_s=f"{WORLD * seen / (time.perf_counter() - tic):.1f}",
+                bar.set_postfix(loss=f"{loss_sum.item() / (steps * accum):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                                clips_s=f"{WORLD * (seen - resumed_at) / (time.perf_counter() - tic):.1f}",
                                 data=f"{waited[0] / (time.perf_counter() - tic):.0%}")
             if steps >= steps_per_epoch:
                 break
@@ -1124,7 +1143,8 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
         bar.close()
         if hasattr(model, "on_epoch_end"):
             model.on_epoch_end(epoch, args.epochs)
-        line = dict(epoch=epoch + 1, loss=loss_sum.item() / max(micro, 1), lr=scheduler.get_last_lr()[0],
+        # the loss of the micro-batches whose steps were taken (not those of an accumulation the epoch cut short)
+        line = dict(epoch=epoch + 1, loss=loss_sum.item() / max(steps * accum, 1), lr=scheduler.get_last_lr()[0],
                     data_wait=waited[0] / (time.perf_counter() - tic))
         shown = ""
         if args.val_every and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs):
@@ -1134,7 +1154,7 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
             model.set_classes(names)
             best = max(best, line["val"]["top1"])
             shown = f"  val {format_metrics(line['val'])}"
-        seen, left_out = sum_over_processes(seen), sum_over_processes(skips.count - skipped)   # all processes
+        seen, left_out = sum_over_processes(seen - resumed_at), sum_over_processes(skips.count - skipped)   # all
         line.update(seconds=time.perf_counter() - tic, clips_per_s=seen / (time.perf_counter() - tic))
         if left_out:
             line["skipped"] = int(left_out)
@@ -1173,10 +1193,11 @@ def read_metrics(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def trim_metrics(path, epoch):
-    """Cut a resumed run's metrics.jsonl back to the epochs its checkpoint holds (a kill may have come between
-    a checkpoint and its line, or after later epochs' lines of an older checkpoint; tests are rerun)."""
+def trim_metrics(path, epoch, line=None):
+    """Cut a resumed run's metrics.jsonl back to the epochs its checkpoint holds (later epochs' lines of an older
+    checkpoint go; tests are rerun), and put back the checkpoint's own last epoch line if a kill took it."""
     kept = [r for r in read_metrics(path) if r.get("epoch", epoch + 1) <= epoch]
+    kept += [line] if line and line["epoch"] not in [r.get("epoch") for r in kept] else []
     with open(f"{path}.tmp", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
     os.replace(f"{path}.tmp", path)
@@ -1228,12 +1249,17 @@ def place_run(args):
             if folder is None:
                 raise SystemExit(f"--resume: no {args.method} {args.protocol} run in {RUNS}/ to continue; start one "
                                  f"without --resume, or name its folder: --resume {RUNS}/NAME")
+        elif not os.path.exists(args.resume):
+            raise SystemExit(f"--resume {args.resume}: no such folder or file; give a run folder (runs/NAME) or its last.pt")
         else:
             folder = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
             if re.fullmatch(r"seed\d+", os.path.basename(folder)) and read_config(os.path.dirname(folder)):
                 folder = os.path.dirname(folder)   # a shot seed's checkpoint: the run is the folder above
-        if not checkpoints(folder):
+        fresh = read_config(folder) and not any("epoch" in r for r in read_metrics(os.path.join(folder, "metrics.jsonl")))
+        if not checkpoints(folder) and not fresh:
             raise SystemExit(f"--resume: {folder} holds no checkpoint (last.pt); start without --resume")
+        if not checkpoints(folder):   # stopped before its first checkpoint: nothing to lose, start it again in place
+            print(f"{folder} stopped before its first checkpoint: starting it again from the beginning, in that folder")
         saved = read_config(folder) or read_checkpoint(checkpoints(folder)[0])["args"]
         if saved.get("method") != args.method:
             raise SystemExit(f"--resume: {folder} is a run of --method {saved.get('method')}; add --method "
