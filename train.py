@@ -57,16 +57,14 @@ import data
 METHODS = ("vificlip", "xclip", "openvclip", "omniclip")
 PROTOCOLS = ("supervised", "zero-shot", "few-shot", "base2novel")
 
-# Used when no --train-list is given: what the papers' recipes become at the scale of the embedded data
-# (600 videos of 24 frames at 64 px) and of the tiny CLIP, so the default run finishes in minutes on a CPU.
-# No horizontal flip: it turns "moving left" into "moving right" (the official codes flip even SSv2, whose
-# classes have the same problem). A method may adjust these with an EMBEDDED dict of its own.
-# One thread for the model's operations: the tiny CLIP's matrices are too small to share between cores, and
-# with two decoding workers beside it a second thread cost 30% more CPU time for the same wall time (measured
-# on 2 cores). 20 epochs with a val pass every 10 keep the default run within 150 CPU-seconds on 2 cores.
+# Used when no --train-list is given: what the papers' recipes become at the scale of the embedded data (900
+# videos of 24 frames at 64 px) and of the tiny CLIP: 20 epochs and a val pass every 10, minutes on a CPU (the
+# README has the figures). No horizontal flip: it turns "moving left" into "moving right" (the official codes
+# flip even SSv2, whose classes have the same problem). One thread for the model: its matrices are too small to
+# share, and beside two decoding workers a second thread cost 30% more CPU for the same wall time (2 cores).
 EMBEDDED = dict(model="tiny", pretrained="synthetic", frames=8, epochs=20, val_every=10, batch_size=32, step_batch=32,
                 lr=1e-3, warmup_epochs=1, schedule_accum=1, weight_decay=0.05, mixup=0.0, cutmix=0.0, smoothing=0.0,
-                test_clips=2, test_crops=1, flip=False, threads=1)
+                test_clips=2, test_crops=1, flip=False, threads=1)   # a method may adjust these (its own EMBEDDED)
 
 # What a recipe key falls back to when a method's RECIPE does not mention it.
 BASE = dict(frames=8, sampling="segment", crop="tsn", stride=1, lr=1e-4, lr_min_ratio=0.01, weight_decay=0.0,
@@ -85,9 +83,7 @@ PROCESS_CORES = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_
 STATS = {"imagenet": (data.IMAGENET_MEAN, data.IMAGENET_STD), "clip": (data.CLIP_MEAN, data.CLIP_STD)}
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------------------
+# ---- Command line ---------------------------------------------------------------------------------------
 
 def at_least(low):
     """An argparse type: an integer >= low (argparse then refuses --frames 0 in one line, naming the flag)."""
@@ -276,18 +272,12 @@ def get_args(argv=None):
     return args, method
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Pieces of the loop
-# ---------------------------------------------------------------------------------------------------------
+# ---- Pieces of the loop ---------------------------------------------------------------------------------
 
 def pick_device(name):
     if name != "auto":
         return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
 
 
 def amp_context(device, disabled):
@@ -594,9 +584,7 @@ def class_names(args, ckpt):
     raise SystemExit("give the class names: --classes classes.csv or --classes 'name one,name two,...'")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Modes
-# ---------------------------------------------------------------------------------------------------------
+# ---- Modes ----------------------------------------------------------------------------------------------
 
 def predict(args, model, method, device, autocast, ckpt):
     names = class_names(args, ckpt)
@@ -690,13 +678,10 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
               loaded < clips else ""))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# More than one GPU: torchrun starts one process per GPU, each training on its own share of every batch
-# ---------------------------------------------------------------------------------------------------------
-# torchrun sets RANK, WORLD_SIZE and LOCAL_RANK in each process it starts; without them this file runs as one
-# process, as it always has. Every process builds the same model from the same seed, reads its own shard of
-# each epoch (data.EpochSampler), and once per optimizer step the gradients are averaged over the processes
-# (average_gradients); only rank 0 prints and writes the run's files.
+# ---- More than one GPU: one process per GPU (torchrun), each on its own share of every batch --------------
+# torchrun sets RANK, WORLD_SIZE and LOCAL_RANK in each process; without them this file runs as one process.
+# Every process builds the same model from the same seed, reads its own shard of each epoch (data.EpochSampler),
+# and averages the gradients once per optimizer step (average_gradients); only rank 0 prints and writes files.
 
 RANK, WORLD, LOCAL_RANK = 0, 1, 0
 
@@ -819,9 +804,7 @@ def average_gradients(params, bucket_bytes=2**26):
             g.copy_(piece.view_as(g))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Data and protocols
-# ---------------------------------------------------------------------------------------------------------
+# ---- Data and protocols ---------------------------------------------------------------------------------
 
 def read_videos(path, root, split, train, names=None):
     """(samples, names) of one side of a dataset in any format data.read_dataset knows. `names` is a list of
@@ -953,9 +936,7 @@ def harmonic_mean(base, novel):
     return 2 * base * novel / (base + novel) if base + novel else 0.0
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Training and testing one run
-# ---------------------------------------------------------------------------------------------------------
+# ---- Training and testing one run -----------------------------------------------------------------------
 
 def run(args, method, seed, out):
     """Build, train (unless --eval-only) and test one model in the folder `out`; -> {test title: metrics}."""
@@ -1166,9 +1147,7 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, metric
             append_metrics(metrics_file, line)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Run folders: every run writes into a folder of its own, and a later run never replaces an earlier one
-# ---------------------------------------------------------------------------------------------------------
+# ---- Run folders: each run writes into a folder of its own, and never into another run's --------------------
 
 RUNS = "runs"
 # What --resume takes from this command line rather than from the run it continues (the decoding workers, which
@@ -1187,9 +1166,7 @@ def append_metrics(path, record):
 
 
 def read_metrics(path):
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
+    with open(path) if os.path.isfile(path) else contextlib.nullcontext([]) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -1214,10 +1191,8 @@ def checkpoints(folder):
 
 def read_config(folder):
     path = os.path.join(folder, "config.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    with open(path) if os.path.isfile(path) else contextlib.nullcontext() as f:
+        return f and json.load(f)
 
 
 def new_folder(stem):
@@ -1381,11 +1356,9 @@ def prepare(args):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--method")
-    if first.parse_known_args(argv)[0].method == "all":
-        return compare(argv)
     args, method = get_args(argv)
+    if args.method == "all":
+        return compare(argv)
     start_processes(args)
     if args.predict and WORLD > 1:
         raise SystemExit("--predict reads one video on one device: run it without torchrun")
