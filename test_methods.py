@@ -1793,6 +1793,20 @@ def test_cli_bad_videos_stop_the_run_or_are_left_out_counted_and_listed(tmp_path
     assert f"skipped     3 videos that could not be decoded, listed in {out}/skipped.txt" in printed
 
 
+def test_the_epoch_loss_counts_only_the_micro_batches_of_steps_taken(tmp_path, monkeypatch):
+    """A bad video left out of a one-video batch leaves the epoch's last accumulation cut short: its loss never
+    reached a step, so the epoch's loss is the mean over the steps' micro-batches (every loss 1 here: 1, not 11/12)."""
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    video = os.path.join(paths["root"], data.read_list(paths["train"])[0][0])
+    os.replace(video, video + ".good")
+    damaged_copy(video + ".good", video, gop=0)
+    monkeypatch.setattr(train, "soft_cross_entropy", lambda logits, target: logits.float().sum() * 0 + 1.0)
+    train.main(tiny_run_args(paths, "--epochs", "1", "--batch-size", "1", "--accum-steps", "2", "--steps-per-epoch",
+                             "100", "--skip-bad-videos", "--val-every", "0", "--out", str(tmp_path / "run")))
+    line = train.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))[0]
+    assert line["skipped"] == 1 and line["loss"] == 1.0
+
+
 def test_cli_a_full_disk_a_diverged_loss_and_a_cut_checkpoint_lose_nothing(tmp_path, monkeypatch, capsys):
     paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
     out = str(tmp_path / "run")
