@@ -414,11 +414,12 @@ def _hue(x, f):
     v, p = top, ((1.0 - s) * top).clamp_(0, 1)
     q, t = ((1.0 - s * frac) * top).clamp_(0, 1), ((s * frac + 1.0 - s) * top).clamp_(0, 1)
     vpqt = torch.stack((v, p, q, t), -3)                                              # (N,4,H,W)
-    select = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=x.device)
-    rgb = vpqt.gather(-3, select[:, i.long().remainder_(6)].moveaxis(0, -3))           # (N,3,H,W)
+    select = _HUE_SECTORS.to(x.device, non_blocking=True)[:, i.long().remainder_(6)]   # (3,N,H,W)
+    rgb = vpqt.gather(-3, select.moveaxis(0, -3))                                     # (N,3,H,W)
     return rgb.mul_(255 + 1.0 - 1e-3).trunc_()                                         # to uint8 as torchvision
 
 
+_HUE_SECTORS = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]])   # rgb from (v,p,q,t)
 _COLOUR_OPS = (_brightness, _contrast, _saturation, _hue)
 
 
@@ -427,18 +428,19 @@ def colour(x, draws):
     any device: each frame's four operations in its own order, then grayscale. One call per operation and
     position for all the frames, not one per frame (5.6 CPU-ms a clip of 8 frames of 32 px, against 1.4 for one
     draw per clip: the cost was the calls, not the pixels)."""
+    draws = draws.cpu()   # which frames get what is decided on the CPU: a GPU batch is never waited for
     on, grey = draws[:, 0] > 0, draws[:, 9] > 0
     if not on.any() and not grey.any():
         return x
-    y, draws = x.float(), draws.to(x.device)
-    factors = draws[:, 1:5, None, None, None]                                            # (T,4,1,1,1)
+    y, factors = x.float(), draws[:, 1:5, None, None, None].to(x.device)                # (T,4,1,1,1)
     for position in range(4):
         for k, op in enumerate(_COLOUR_OPS):
-            frames = on & (draws[:, 5 + position] == k)
-            if frames.any():
+            frames = (on & (draws[:, 5 + position] == k)).nonzero().flatten().to(x.device)   # frame indices
+            if len(frames):
                 y[frames] = op(y[frames], factors[frames, k])
     if grey.any():
-        y[grey] = _luma(y[grey]).trunc_().expand(-1, 3, -1, -1)
+        frames = grey.nonzero().flatten().to(x.device)
+        y[frames] = _luma(y[frames]).trunc_().expand(-1, 3, -1, -1)
     return y.to(torch.uint8)
 
 
