@@ -1561,6 +1561,15 @@ def test_released_weights_test_on_a_plain_list_with_its_class_file(tmp_path):
                                   paths["val"], "--classes", paths["classes"], "--data-root", paths["root"]])
         train_samples, names, tests = train.protocol_data(args, seed=1)
         assert train_samples is None and names == data.synthetic_classes() and len(tests[0][1]) == 12
+    base = data.synthetic_classes()[6:]                                 # base-to-novel: one seed's released file
+    (tmp_path / "base.csv").write_text("id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(base)))
+    argv = ["--method", "vificlip", "--protocol", "base2novel", "--eval-only", "--val-list", paths["val"],
+            "--classes", paths["classes"], "--data-root", paths["root"], "--shot-seeds", "1"]
+    args, _ = train.get_args(argv + ["--base-classes", str(tmp_path / "base.csv")])
+    _, names, tests = train.protocol_data(args, seed=1)
+    assert names == base and [(t, len(s), len(n)) for t, s, n in tests] == [("test base", 6, 6), ("test novel", 6, 6)]
+    with pytest.raises(SystemExit, match="needs the classes .* and the base classes"):
+        train.protocol_data(train.get_args(argv)[0], seed=1)
 
 
 def test_zero_shot_unseen_only_keeps_the_classes_training_never_saw(tmp_path):
