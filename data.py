@@ -446,7 +446,7 @@ def colour(x, draws):
 
 def colour_batch(video, draws):
     """(B, T, 3, S, S) uint8 clips and their (B, T, 10) draws -> uint8: TrainTransform's colour augmentation, each
-    clip its own, run where the batch is (a GPU) instead of in the decoding workers, where it was 4/5 of the
+    frame its own, run where the batch is (a GPU) instead of in the decoding workers, where it is most of the
     transforms' CPU time. The same function the transform runs itself, so on the CPU the bits are the same."""
     return colour(video.flatten(0, 1), draws.flatten(0, 1)).view(video.shape)    # (B*T,3,S,S) -> (B,T,3,S,S)
 

@@ -493,10 +493,10 @@ def save_checkpoint(path, state):
     except (OSError, RuntimeError) as e:   # torch reports a full disk as "... unexpected pos ..."
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        reason = str(e).strip().splitlines()[0]   # torch words an unwritable file as "open file failed with strerror"
-        if getattr(e, "errno", None) in (errno.EROFS, errno.EACCES) or re.search("Read-only file|Permission denied", reason):
-            raise SystemExit(f"cannot write to {folder}: it is read-only or not ours ({reason}). The previous checkpoint "
-                             f"is as it was: make the folder writable again (or copy the run elsewhere) and --resume it") from None
+        reason = str(e).strip().splitlines()[0]   # torch's words for an unwritable file: "open file failed with strerror"
+        if getattr(e, "errno", None) in (errno.EROFS, errno.EACCES) or re.search("Read-only file|Permission den", reason):
+            raise SystemExit(f"cannot write to {folder}: it is read-only or not ours ({reason}). The previous checkpoint is "
+                             f"as it was: make the folder writable again (or copy the run elsewhere) and --resume") from None
         need, free = tensor_bytes(state) / 2**20, shutil.disk_usage(folder).free / 2**20
         raise SystemExit(f"no space left on {folder}: need about {need:.0f} MB for {os.path.basename(path)}, "
                          f"{free:.0f} MB free ({reason}). The previous checkpoint is as it "
@@ -1166,8 +1166,8 @@ def append_metrics(path, record):
 
 
 def read_metrics(path):
-    with open(path) if os.path.isfile(path) else contextlib.nullcontext([]) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    lines = open(path).read().splitlines() if os.path.isfile(path) else []
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def trim_metrics(path, epoch, line=None):
@@ -1191,8 +1191,7 @@ def checkpoints(folder):
 
 def read_config(folder):
     path = os.path.join(folder, "config.json")
-    with open(path) if os.path.isfile(path) else contextlib.nullcontext() as f:
-        return f and json.load(f)
+    return json.loads(open(path).read()) if os.path.isfile(path) else None
 
 
 def new_folder(stem):
@@ -1230,10 +1229,9 @@ def place_run(args):
             folder = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
             if re.fullmatch(r"seed\d+", os.path.basename(folder)) and read_config(os.path.dirname(folder)):
                 folder = os.path.dirname(folder)   # a shot seed's checkpoint: the run is the folder above
-        fresh = read_config(folder) and not any("epoch" in r for r in read_metrics(os.path.join(folder, "metrics.jsonl")))
-        if not checkpoints(folder) and not fresh:
-            raise SystemExit(f"--resume: {folder} holds no checkpoint (last.pt); start without --resume")
-        if not checkpoints(folder):   # stopped before its first checkpoint: nothing to lose, start it again in place
+        if not checkpoints(folder):   # stopped before its first checkpoint (no epoch line): start it again in place
+            if not read_config(folder) or any("epoch" in r for r in read_metrics(os.path.join(folder, "metrics.jsonl"))):
+                raise SystemExit(f"--resume: {folder} holds no checkpoint (last.pt); start without --resume")
             print(f"{folder} stopped before its first checkpoint: starting it again from the beginning, in that folder")
         saved = read_config(folder) or read_checkpoint(checkpoints(folder)[0])["args"]
         if saved.get("method") != args.method:
