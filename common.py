@@ -16,16 +16,19 @@ A method copies the loop it needs and changes one line of it.
 
 Shapes: B videos, T frames, N patches, D width, E joint embedding, C classes, L text tokens.
 """
+import collections
 import json
 import logging
 import math
 import os
 import pickle
+import re
 import socket
 import sys
 import tempfile
 import time
 import urllib.parse
+import zipfile
 
 import open_clip
 import torch
@@ -219,38 +222,70 @@ def tokenize(clip, texts):
     return clip.tokenizer(list(texts)).to(clip.logit_scale.device)
 
 
-def load_state_dict(path):
-    """Read a state dict from any checkpoint an official repository released.
+class CheckpointError(ValueError):
+    """A file that is not loaded as a checkpoint, in one line: the file, why, and what to do."""
 
-    Official checkpoints are {"model": state_dict, "optimizer": ..., "config": <yacs CfgNode>, ...} with a
-    "module." prefix from DistributedDataParallel. Unpickling the config would need yacs (and the whole official
-    code base) installed, so classes outside torch/numpy/collections load as empty stand-ins: we only want
-    the tensors. Returns the state dict with "module." stripped.
-    """
-    class Stub(dict):   # a dict, because yacs' CfgNode is one and is pickled with its items
-        def __init__(self, *args, **kwargs):
-            pass
 
-        def __setstate__(self, state):
-            pass
+class _Inert:
+    """Stands in for the one class besides tensors that the authors' released checkpoints name: their yacs config
+    object (X-CLIP and ViFi-CLIP pickle it; PySlowFast's fvcore config is a yacs subclass). It is built as a plain
+    OrderedDict holding the config's values: no code of yacs, or of the file, runs."""
+    def __new__(cls, *args, **kwargs):
+        return collections.OrderedDict()
 
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module, name):
-            if module.split(".")[0] in ("torch", "numpy", "collections", "builtins", "_codecs"):
-                return super().find_class(module, name)
-            return Stub
 
-    pickle_module = type(pickle)("stub_pickle")
-    pickle_module.__dict__.update(vars(pickle), Unpickler=Unpickler)
+STAND_INS = [(_Inert, "yacs.config.CfgNode"), (_Inert, "fvcore.common.config.CfgNode")]
+
+
+def load_checkpoint(path, what="checkpoint"):
+    """A checkpoint (or another file torch.save wrote: `what`), ours or a released one, read with PyTorch's safe loader (weights_only=True): it builds
+    tensors, numbers, strings and containers, and refuses any other class or function a file names, since
+    unpickling one would run code from the file. Only the STAND_INS are admitted besides, by their exact names.
+    Our own checkpoints need nothing more: their settings, class names, random states and metrics are plain."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=pickle_module)
-    except (OSError, RuntimeError, pickle.UnpicklingError) as e:
-        raise RuntimeError(f"{path}: not a readable PyTorch checkpoint ({e}). Check the download.") from e
+        with torch.serialization.safe_globals(STAND_INS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        try:   # what the file names besides what the safe loader and STAND_INS admit, read without running it
+            named = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except (RuntimeError, ValueError, OSError):   # not torch.save's zip format: the message names the first
+            named = re.findall(r"GLOBAL (\S+) (?:was not an allowed global|whose module)", str(e))
+        named = [n for n in named if n not in {name for _, name in STAND_INS}]
+        if named:
+            raise CheckpointError(
+                f"{path}: not loaded, because reading it would run code (it names {', '.join(named)}), which a {what} "
+                f"never needs. If you trust the file and where it came from, load it once yourself "
+                f"(torch.load(FILE, weights_only=False)), torch.save the plain data you need from it (its state "
+                f"dict), and give that file") from None
+        reason = str(e).strip().splitlines()[-1]
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
+        reason = str(e).strip().splitlines()[0]
+    raise CheckpointError(f"{path}: not a whole {what} ({reason[:200]}); it was cut short or is no {what} at all: "
+                          f"take another copy, or start without it")
+
+
+def load_state_dict(path):
+    """The state dict of a checkpoint an official repository released ({"model": state_dict, "config": ...,
+    ...}, "module." prefixed by DistributedDataParallel; PySlowFast's "model_state"), "module." stripped."""
+    ckpt = load_checkpoint(path)
     for key in ("model", "state_dict", "model_state"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
             break
     return {k.removeprefix("module."): v for k, v in ckpt.items()}
+
+
+def check_fits(model, state, path, what):
+    """Refuse, in one line, a released checkpoint whose tensors do not fit `model` (another --model): the
+    file, what it holds, the first tensor that differs, and the flag to change."""
+    own = model.state_dict()
+    wrong = [k for k in sorted(own.keys() & state.keys()) if own[k].shape != state[k].shape]
+    conv = next((v for k, v in state.items() if k.endswith("visual.conv1.weight")), None)   # (width, 3, patch, patch)
+    holds = f"a ViT of width {conv.shape[0]} with {conv.shape[-1]}-px patches" if conv is not None else "another model"
+    if wrong:
+        raise CheckpointError(f"{path}: {what} of {holds}, which does not fit this --model ({wrong[0]} is "
+                              f"{tuple(state[wrong[0]].shape)} there, {tuple(own[wrong[0]].shape)} here; "
+                              f"{len(wrong)} tensors differ): give the --model it was trained with")
 
 
 # ---------------------------------------------------------------------------------------------------------

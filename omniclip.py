@@ -78,11 +78,11 @@ RECIPE = dict(
     stride=1,
     lr=8e-6,                   # TRAIN.LR: the CLIP weights (with --finetune-visual); new modules get 10x = 8e-5
     lr_min_ratio=0.01,         # cosine to LR/100 for every group (X-CLIP utils/optimizer.py build_scheduler)
-    schedule="timm", schedule_accum=4,   # X-CLIP's timm schedule per micro-batch, ACCUMULATION_STEPS 4 (16_8.yaml)
+    schedule="timm", official_accum=4,   # X-CLIP's timm schedule per micro-batch, ACCUMULATION_STEPS 4 (16_8.yaml)
     weight_decay=1e-3,         # TRAIN.WEIGHT_DECAY; none on 1-D params, biases, embeddings (utils/optimizer.py)
     betas=(0.9, 0.98), eps=1e-8,
     epochs=30, warmup_epochs=5,
-    batch_size=256,            # 8 per GPU x 4 accumulation x 8 GPUs (README)
+    global_batch=256,          # 8 per GPU x 4 accumulation x 8 GPUs (README)
     grad_clip=0.0,             # none in X-CLIP
     mean="imagenet",           # X-CLIP datasets/build.py normalises with ImageNet statistics
     flip=True, color_jitter=0.8, grayscale=0.2,
@@ -95,10 +95,10 @@ RECIPE = dict(
 VARIANTS = {
     # Few-shot HMDB51/UCF101 K = 2/4/8/16 from CLIP: X-CLIP configs/hmdb51/16_32.yaml; X-CLIP's main.py tests
     # every training run with 4 clips x 3 crops, few-shot included.
-    "few-shot": dict(frames=32, lr=2e-6, epochs=50, batch_size=64, schedule_accum=2),
+    "few-shot": dict(frames=32, lr=2e-6, epochs=50, global_batch=64, official_accum=2),
     # Train on K400 for zero-shot transfer: ViFi-CLIP configs/zero_shot/train/k400/16_16_vifi_clip.yaml; the
     # transfer is tested as X-CLIP's --only_test does, with utils/config.py's default 1 clip x 1 crop.
-    "zero-shot": dict(frames=32, lr=8e-6, epochs=10, batch_size=256, schedule_accum=8, test_clips=1, test_crops=1),
+    "zero-shot": dict(frames=32, lr=8e-6, epochs=10, global_batch=256, official_accum=8, test_clips=1, test_crops=1),
 }
 
 # The embedded demo trains only the new modules of a frozen tiny CLIP, so their LR is the one that matters, and

@@ -66,7 +66,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import encode_text, frame_head, freeze, load_state_dict, param_groups, patch_embed, tokenize
+from common import (CheckpointError, check_fits, encode_text, frame_head, freeze, load_checkpoint, load_state_dict,
+                    param_groups, patch_embed, tokenize)
 
 # temporalclip_video_model.py text_prompt: 4 openings x 7 bodies ("a example" sic).
 TEMPLATES = [f"{opening} {body}." for opening in ("a photo of", "a video of", "a example of", "a demonstration of")
@@ -84,7 +85,7 @@ RECIPE = dict(
     weight_decay=0.01,           # SOLVER.WEIGHT_DECAY (yaml), ZERO_WD_1D_PARAM True (see param_groups)
     betas=(0.9, 0.999), eps=1e-8,   # OPTIMIZING_METHOD adamw, torch defaults
     epochs=22, warmup_epochs=2,  # SOLVER.MAX_EPOCH 22, WARMUP_EPOCHS 2.0 (script)
-    batch_size=64,               # TRAIN.BATCH_SIZE 64: global over 8 GPUs
+    global_batch=64,             # TRAIN.BATCH_SIZE 64: global over 8 GPUs
     grad_clip=1.0,               # SOLVER.CLIP_GRAD_L2NORM
     mean="clip",                 # DATA.MEAN / STD are CLIP's
     flip=True, color_jitter=0.0, grayscale=0.0,   # AUG.ENABLE False: crops and flips only
@@ -188,7 +189,7 @@ def load_captions(path):
         with open(path) as f:
             captions = json.load(f)
     else:
-        captions = torch.load(path, weights_only=True)
+        captions = load_checkpoint(path, "caption file")   # PyTorch's safe loader: nothing in the file runs
     if not isinstance(captions, dict):
         raise ValueError(f"{path}: expected a dict {{video path: caption}}, got {type(captions).__name__}")
     for key, text in captions.items():
@@ -350,11 +351,12 @@ def load_official(model, path, interp_lambda=None):
     state = {"clip." + k.removeprefix("model."): v for k, v in load_state_dict(path).items()}
     state = {k: v for k, v in state.items() if k not in ("clip.input_resolution", "clip.context_length",
                                                          "clip.vocab_size")}   # OpenAI JIT metadata, if any
+    check_fits(model, state, path, "an Open-VCLIP checkpoint")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(("theta0", "swa_"))]
     if missing or unexpected:
-        raise RuntimeError(f"{path} is not an Open-VCLIP checkpoint for this architecture: "
-                           f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(f"{path} is not an Open-VCLIP checkpoint of this model: it lacks {missing[:3]} "
+                              f"({len(missing)}) and holds {unexpected[:3]} ({len(unexpected)}); check --method")
     model.interpolate_to_clip(model.interp_lambda if interp_lambda is None else interp_lambda)
     model.train(model.training)   # the text tower may have changed: rebuild the classifier on next use
 

@@ -225,10 +225,15 @@ def test_vificlip_loads_an_official_checkpoint(tiny_clip_state, tmp_path, monkey
     path = tmp_path / "vifi.pth"
     # The real files also pickle a yacs CfgNode: save one from a stand-in module that is gone at load time.
     yacs = types.ModuleType("yacs.config")
-    yacs.CfgNode = type("CfgNode", (dict,), {"__module__": "yacs.config"})
+
+    class CfgNode(dict):   # as yacs' own: a dict with attributes of its own, pickled with both
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.__dict__.update(__immutable__=True, __deprecated_keys__=set(), __renamed_keys__={})
+    CfgNode.__module__, CfgNode.__qualname__, yacs.CfgNode = "yacs.config", "CfgNode", CfgNode
     monkeypatch.setitem(sys.modules, "yacs", types.ModuleType("yacs"))
     monkeypatch.setitem(sys.modules, "yacs.config", yacs)
-    torch.save(dict(model=official, config=yacs.CfgNode(TRAIN={"LR": 2.2e-5}), epoch=9), path)
+    torch.save(dict(model=official, config=CfgNode(TRAIN=CfgNode(LR=2.2e-5)), epoch=9, max_accuracy=80.1), path)
     monkeypatch.delitem(sys.modules, "yacs.config")
     monkeypatch.delitem(sys.modules, "yacs")
     model = build("vificlip", tiny_clip_state)
@@ -238,7 +243,7 @@ def test_vificlip_loads_an_official_checkpoint(tiny_clip_state, tmp_path, monkey
         torch.testing.assert_close(model(video()), source(video()))
     del official["module.image_encoder.proj"]
     torch.save(dict(model=official), path)
-    with pytest.raises(RuntimeError, match="missing"):
+    with pytest.raises(common.CheckpointError, match="lacks"):
         vificlip.load_official(model, str(path))
 
 
@@ -336,9 +341,9 @@ def test_vificlip_prompts_official_prompt_checkpoint_round_trip(tiny_clip_state,
     vificlip.load_official(model, str(tmp_path / "prompt.pth"))
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(video()), source.eval()(video()), rtol=0, atol=0)
-    with pytest.raises(RuntimeError, match="--prompt-"):       # into a plain model: the prompts are unexpected
+    with pytest.raises(common.CheckpointError, match="--prompt-"):   # into a plain model: the prompts are unexpected
         vificlip.load_official(build("vificlip", tiny_clip_state), str(tmp_path / "prompt.pth"))
-    with pytest.raises(RuntimeError, match="missing"):         # a deeper model than the file: partial prompts
+    with pytest.raises(common.CheckpointError, match="lacks"):   # a deeper model than the file: partial prompts
         vificlip.load_official(build("vificlip", tiny_clip_state, **{**PROMPTS, "prompt_depth_vision": 3}), str(tmp_path / "prompt.pth"))
 
 
@@ -437,11 +442,11 @@ def test_vificlip_prompts_options_and_recipes():
     assert a.template == "a photo of a {}." and a.tune == "both"
     a = get("--recipe", "prompt-base2novel")
     assert (a.prompt_tokens_text, a.prompt_depth_text, a.prompt_tokens_vision, a.prompt_depth_vision) == (16, 9, 16, 9)
-    assert (a.lr, a.epochs, a.frames, a.batch_size, a.test_clips, a.test_crops, a.template) == \
+    assert (a.lr, a.epochs, a.frames, a.global_batch, a.test_clips, a.test_crops, a.template) == \
         (4e-2, 11, 32, 64, 1, 1, "{}.")
     a = get("--recipe", "prompt-few-shot", "--prompt-depth-vision", "0", "--template", "a video of {}.")
     assert (a.prompt_tokens_text, a.prompt_depth_text, a.prompt_tokens_vision, a.prompt_depth_vision) == (10, 12, 10, 0)
-    assert (a.lr, a.epochs, a.frames, a.batch_size, a.template) == (8e-3, 50, 32, 64, "a video of {}.")
+    assert (a.lr, a.epochs, a.frames, a.global_batch, a.template) == (8e-3, 50, 32, 64, "a video of {}.")
     assert get("--tune", "image").tune == "image"
 
 
@@ -560,6 +565,40 @@ def test_tsn_sampling_is_mmaction2s_sample_frames():
     views = [data.sample_indices(80, 8, "segment", clip=k, num_clips=4, rng=random.Random(f"0:test:{k}"))
              for k in range(4)]
     assert all(all(10 * i <= f < 10 * (i + 1) for i, f in enumerate(v)) for v in views) and len(set(map(tuple, views))) > 1
+
+
+@pytest.mark.parametrize("n,T,official", [
+    (1, 8, [0] * 8),
+    (3, 8, [0, 0, 1, 1, 2, 2, 2, 0]),   # around(7 * 3 / 8) = 3, looped to 0
+    (7, 8, [0, 1, 2, 3, 4, 4, 5, 6]),
+    (20, 32, [0, 1, 1, 2, 2, 3, 4, 4, 5, 6, 6, 7, 8, 8, 9, 9, 10, 11, 11, 12, 12, 13, 14, 14, 15, 16, 16, 17, 18, 18,
+              19, 19]),
+])
+def test_a_video_shorter_than_the_clip_gets_the_official_looped_frames(n, T, official):
+    """SampleFrames with out_of_bound_opt "loop", its default: np.around(arange(T) * n / T) mod n, in training and
+    in a test of several clips; never an index outside [0, n), on either sampler and every test path."""
+    assert data.sample_indices(n, T, "segment", train=True) == official
+    assert data.sample_indices(n, T, "segment", clip=1, num_clips=3) == official
+    for kwargs in (dict(train=True), dict(), dict(clip=2, num_clips=3)):
+        for mode, extra in (("segment", {}), ("dense", dict(stride=16, fps=25.0)), ("dense", dict(stride=8, ticks=512))):
+            idx = data.sample_indices(n, T, mode, rng=random.Random(0), **extra, **kwargs)
+            assert len(idx) == T and all(0 <= i < n for i in idx), (mode, extra, kwargs, idx)
+
+
+def test_cli_videos_of_1_and_3_frames_train_and_test(tmp_path):
+    """Valid videos shorter than the clip (--frames 8), on both samplers: the run finishes."""
+    rng = np.random.default_rng(0)
+    for name, n in (("one.mp4", 1), ("three.mp4", 3)):
+        data.write_video(str(tmp_path / name), rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8))
+        assert data.video_info(str(tmp_path / name))[0] == n
+    (tmp_path / "list.txt").write_text("one.mp4 0\nthree.mp4 1\n")
+    (tmp_path / "classes.csv").write_text("0,a\n1,b\n")
+    for sampling in ("segment", "dense"):
+        results = train.main(["--train-list", str(tmp_path / "list.txt"), "--val-list", str(tmp_path / "list.txt"),
+                              "--data-root", str(tmp_path), "--classes", str(tmp_path / "classes.csv"), "--model", "tiny",
+                              "--frames", "8", "--batch-size", "2", "--accum-steps", "1", "--epochs", "1", "--workers", "0",
+                              "--sampling", sampling, "--test-clips", "2", "--out", str(tmp_path / sampling)])
+        assert results["test"][0]["videos"] == 2
 
 
 def test_dense_sampling_is_the_official_pyav_decoders():
@@ -912,9 +951,14 @@ def test_lists_and_class_files_as_people_write_them(tmp_path):
     classes.write_bytes('\ufeffid,name\r\n0,"push, then pull"\r\n1,"say ""hi"""\r\n2,plain, unquoted\r\n'.encode())
     assert data.load_classes(str(classes)) == ["push, then pull", 'say "hi"', "plain, unquoted"]
     empty = tmp_path / "empty.txt"
-    empty.write_text("# nothing yet\n\n")
+    empty.write_text("\n  \n")
     with pytest.raises(data.DataError, match="empty.txt: lists no videos"):
         data.read_list(str(empty))
+    # No comments: HMDB51 names videos "#437_...", listed without a folder by ViFi-CLIP's released lists
+    hashed = tmp_path / "fs_base_s1_train.txt"
+    hashed.write_text("#437_How_To_Ride_A_Bike_ride_bike_f_cm_np1_ba_med_1.avi 5\nc.mp4 1\n# a note 2\n")
+    assert data.read_list(str(hashed)) == [("#437_How_To_Ride_A_Bike_ride_bike_f_cm_np1_ba_med_1.avi", 5),
+                                            ("c.mp4", 1), ("# a note", 2)]   # a video too: a missing one is refused
     gap = tmp_path / "gap.csv"
     gap.write_text("0,a\n2,c\n")
     with pytest.raises(data.DataError, match="gap.csv: class ids must run 0..C-1 without gaps.*no id 1"):
@@ -1138,6 +1182,34 @@ def test_data_hmdb51(tmp_path):
         data.read_dataset(str(splits), root)
     with pytest.raises(FileNotFoundError, match="_test_split4"):
         data.read_dataset(str(splits), root, split=4)
+
+
+def test_every_line_the_official_loaders_keep_is_a_sample_hash_names_included(tmp_path):
+    """Against the official loaders on the same files: mmaction2's list reader (X-CLIP, ViFi-CLIP) takes every
+    non-blank line; HMDB51's split files every video of the mark; no reader has comments."""
+    listed = tmp_path / "list.txt"
+    lines = ["#437_How_To_Ride_A_Bike_ride_bike_f_cm_np1_ba_med_1.avi 5", "ride_bike/#1 jump.avi 5", "a.avi 0"]
+    listed.write_text("\n".join(lines[:2]) + "\n\n" + lines[2] + "\n")
+    official = [(line.rsplit(maxsplit=1)[0], int(line.rsplit(maxsplit=1)[1])) for line in lines]
+    assert data.read_list(str(listed)) == official
+    samples, _ = data.read_dataset(str(listed), "root", classes=[str(c) for c in range(6)])
+    assert samples == [(os.path.join("root", path), label) for path, label in official]
+    splits = hmdb_fixture(tmp_path)
+    write_text(str(splits / "ride_bike_test_split1.txt"), "#437_How_To_Ride_A_Bike_ride_bike_f_cm_np1_ba_med_1.avi 1 \r\n"
+               "v_ride_bike_1.avi 2 \r\n")
+    train, _ = data.read_dataset(str(splits), "hmdb51")
+    assert train[-1] == (os.path.join("hmdb51", "ride_bike", "#437_How_To_Ride_A_Bike_ride_bike_f_cm_np1_ba_med_1.avi"), 1)
+
+
+def test_cli_a_list_of_one_hash_named_video_trains(tmp_path):
+    data.write_video(str(tmp_path / "#437_ride_bike.mp4"), np.zeros((8, 32, 32, 3), dtype=np.uint8))
+    (tmp_path / "list.txt").write_text("#437_ride_bike.mp4 0\n")
+    (tmp_path / "classes.csv").write_text("0,ride bike\n")
+    results = train.main(["--train-list", str(tmp_path / "list.txt"), "--val-list", str(tmp_path / "list.txt"),
+                          "--data-root", str(tmp_path), "--classes", str(tmp_path / "classes.csv"), "--model", "tiny",
+                          "--frames", "4", "--batch-size", "1", "--accum-steps", "1", "--epochs", "1", "--workers", "0",
+                          "--out", str(tmp_path / "run")])
+    assert results["test"][0]["videos"] == 1
 
 
 # ---------------------------------------------------------------- Kinetics
@@ -1371,13 +1443,13 @@ def test_schedules_give_the_official_learning_rates():
     def lr(args, steps_per_epoch, peak, step, base):   # the rate optimizer step `step` (1-based) runs at
         return peak * train.lr_factor(step - 1, args, steps_per_epoch, floor=0.01 * base / peak,
                                       start=args.warmup_start_ratio * base / peak)
-    xclip_args = argparse.Namespace(schedule="timm", schedule_accum=4, warmup_epochs=5, epochs=30, warmup_start_ratio=0)
+    xclip_args = argparse.Namespace(schedule="timm", official_accum=4, warmup_epochs=5, epochs=30, warmup_start_ratio=0)
     official = {1: (0, 0), 2: (4.800e-8, 4.800e-7), 126: (7.984e-6, 7.984e-5), 127: (7.463e-6, 7.458e-5),
                 375: (4.061e-6, 4.025e-5), 750: (8.005e-8, 8.055e-8)}
     for step, values in official.items():
         got = [lr(xclip_args, 25, peak, step, 8e-6) for peak in (8e-6, 8e-5)]
         assert got == pytest.approx(values, rel=5e-4, abs=1e-12), step
-    ovc = argparse.Namespace(schedule="slowfast", schedule_accum=1, warmup_epochs=2, epochs=22, warmup_start_ratio=0.01)
+    ovc = argparse.Namespace(schedule="slowfast", official_accum=1, warmup_epochs=2, epochs=22, warmup_start_ratio=0.01)
     official = {0: 3.33e-8, 1: 4.978e-8, 100: 1.682e-6, 199: 3.314e-6, 200: 3.33e-6, 1200: 1.682e-6, 2199: 3.330e-8}
     for iteration, value in official.items():
         assert lr(ovc, 100, 3.33e-6, iteration + 1, 3.33e-6) == pytest.approx(value, rel=5e-4), iteration
@@ -1415,26 +1487,58 @@ def test_harmonic_mean_and_split_summary_by_hand():
     figures, line = train.summarise("zero-shot", results)
     assert figures["top1"] == pytest.approx(70.0) and figures["top1_std"] == pytest.approx((200 / 3) ** 0.5)
     assert "70.0 ± 8.2" in line
-    assert train.summarise("supervised", {"test": [dict(top1=1.0, top5=2.0)]}) == (None, None)
+    one = dict(videos=4, classes=12, top1=25.0, top1_se=21.7, top5=50.0, mean_class=25.0)
+    figures, line = train.summarise("supervised", {"test": [one]})   # one test: its own figures
+    assert figures == {k: pytest.approx(v) for k, v in one.items()} and line.startswith("test top1  25.0 ±21.7")
 
 
-def test_evaluate_averages_softmax_over_views_by_hand():
-    # One video, two views. View 1 prefers class 0 strongly, view 2 class 1 mildly: summed logits would pick
-    # class 0 either way, averaged softmax picks class 0 here (0.5*(0.88+0.27) = 0.58 > 0.42).
-    view_logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+@pytest.mark.parametrize("view_logits,by_softmax,by_sum", [
+    # 2 views, 3 classes. softmax: (0.909, 0.045, 0.045) and (0.011, 0.519, 0.470), mean (0.460, 0.282, 0.258);
+    # sum (3.0, 4.0, 3.9)
+    ([[3.0, 0.0, 0.0], [0.0, 4.0, 3.9]], 0, 1),
+    # 3 views, 2 classes. softmax: (0.993, 0.007) and twice (0.182, 0.818), mean (0.453, 0.547); sum (5.0, 3.0)
+    ([[5.0, 0.0], [0.0, 1.5], [0.0, 1.5]], 1, 0),
+])
+def test_evaluate_fuses_the_views_as_each_official_test_does(view_logits, by_softmax, by_sum):
+    """A video's views where the two official fusions pick different classes: averaged softmax (X-CLIP's and
+    ViFi-CLIP's test) and summed logits (PySlowFast's, Open-VCLIP's). (With 2 views of 2 classes they always agree.)"""
+    view_logits = torch.tensor(view_logits)
+    V, C = view_logits.shape
 
     class Fixed(torch.nn.Module):
         def forward(self, video):                  # video (B*V, T, 3, S, S); the first pixel says which view
             return view_logits[video[:, 0, 0, 0, 0].long()]
 
-    video = torch.zeros(1, 2, 1, 3, 2, 2)
-    video[0, 1] = 1                                # view index 1
-    loader = [(video, torch.tensor([0]))]
-    m = train.evaluate(Fixed(), loader, torch.device("cpu"), contextlib.nullcontext, [-1, -1])
-    p = view_logits.softmax(-1).mean(0)
-    assert p[0] > p[1] and m["top1"] == 100.0
-    view_logits[1] = torch.tensor([0.0, 3.0])    # now the average prefers class 1: 0.5*(0.88+0.05) < 0.5
-    assert train.evaluate(Fixed(), loader, torch.device("cpu"), contextlib.nullcontext, [-1, -1])["top1"] == 0.0
+    video = torch.arange(V, dtype=torch.float32).view(1, V, 1, 1, 1, 1).expand(1, V, 1, 3, 2, 2)   # view k is all k
+    for fusion, picked in (("softmax", by_softmax), ("sum", by_sum)):
+        for label in range(C):
+            m = train.evaluate(Fixed(), [(video, torch.tensor([label]))], torch.device("cpu"), contextlib.nullcontext,
+                               [-1] * C, fusion=fusion)
+            assert m["top1"] == (100.0 if label == picked else 0.0), (fusion, label)
+    assert train.fuse(view_logits[None], "softmax")[0].argmax() == by_softmax
+    assert torch.equal(train.fuse(view_logits[None], "sum")[0], view_logits.sum(0))
+
+
+def test_predict_ranks_with_the_methods_own_fusion(tmp_path, capsys):
+    """--predict fuses the test's views as the method's test does: where averaged softmax and summed logits
+    disagree, each fusion ranks its own class first."""
+    view_logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 4.0, 3.9]])   # softmax picks a, sum picks b (see above)
+
+    class Fixed(torch.nn.Module):
+        def set_classes(self, names):
+            pass
+
+        def forward(self, video):                  # (V, T, 3, S, S) -> the same (V, C) logits for any video
+            return view_logits
+
+    path = str(tmp_path / "clip.mp4")
+    data.write_video(path, np.zeros((8, 32, 32, 3), dtype=np.uint8))
+    for fusion, first in (("softmax", "a"), ("sum", "b")):
+        args, method = train.get_args(["--method", "vificlip", "--predict", path, "--classes", "a,b,c", "--model", "tiny",
+                                       "--workers", "0", "--test-clips", "2", "--test-crops", "1"])
+        args.size, args.test_fusion = 32, fusion
+        train.predict(args, Fixed(), method, torch.device("cpu"), contextlib.nullcontext, None)
+        assert capsys.readouterr().out.splitlines()[1].split()[-1] == first, fusion
 
 
 def test_synthetic_stills_show_what_their_captions_say():
@@ -1595,14 +1699,14 @@ def test_weights_load_strictly_except_new_trainable_tensors(tiny_clip_state, tmp
     train.save_checkpoint(path, dict(model=plain.state_dict(), args=dict(method="vificlip")))
     train.read_checkpoint.cache_clear()
     prompted = build("vificlip", tiny_clip_state, prompt_tokens_vision=2, prompt_depth_vision=1)
-    train.load_weights(prompted, vificlip, path)          # the bridge: only the new prompt is missing
+    train.load_weights(prompted, vificlip, path, argparse.Namespace())   # the bridge: only the new prompt is missing
     assert torch.equal(prompted.clip.visual.proj, plain.clip.visual.proj)
     state = plain.state_dict()
     del state["clip.visual.proj"]                         # a frozen tensor missing: not the same model
     train.save_checkpoint(path, dict(model=state, args=dict(method="vificlip")))
     train.read_checkpoint.cache_clear()
-    with pytest.raises(RuntimeError, match="clip.visual.proj"):
-        train.load_weights(prompted, vificlip, path)
+    with pytest.raises(SystemExit, match="does not fit this model .1 tensors, e.g. clip.visual.proj"):
+        train.load_weights(prompted, vificlip, path, argparse.Namespace())
     train.read_checkpoint.cache_clear()
 
 
@@ -1699,6 +1803,31 @@ def test_cli_resume_cuts_the_metrics_back_to_the_checkpoint(tmp_path, capsys):
     train.main(tiny_run_args(paths, "--epochs", "3", "--resume", out, "--val-every", "0"))
     lines = train.read_metrics(metrics)
     assert [r["epoch"] for r in lines if "epoch" in r] == [1, 2, 3] and lines[1] == epoch2
+
+
+def test_cli_a_run_written_before_the_setting_renames_resumes_to_the_uninterrupted_numbers(tmp_path):
+    """config.json and last.pt of the earlier format (step_batch, batch_size, schedule_accum; the unused best)
+    resume under today's names, to the weights of a run that was never stopped."""
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    whole, old = str(tmp_path / "whole"), str(tmp_path / "old")
+    train.main(tiny_run_args(paths, "--epochs", "2", "--out", whole, "--val-every", "0"))
+    train.main(tiny_run_args(paths, "--epochs", "1", "--out", old, "--val-every", "0"))
+    before = {new: was for was, new in train.RENAMED.items()}
+    config = json.load(open(os.path.join(old, "config.json")))
+    json.dump({before.get(k, k): v for k, v in config.items()}, open(os.path.join(old, "config.json"), "w"))
+    state = torch.load(os.path.join(old, "last.pt"), weights_only=False)
+    state.update(best=0.0, args={before.get(k, k): v for k, v in state["args"].items()})
+    torch.save(state, os.path.join(old, "last.pt"))
+    assert "schedule_accum" in state["args"] and "official_accum" not in state["args"]
+    train.main(tiny_run_args(paths, "--epochs", "2", "--resume", old, "--val-every", "0"))
+    config = json.load(open(os.path.join(old, "config.json")))
+    assert config["official_accum"] == vificlip.RECIPE["official_accum"] and "schedule_accum" not in config
+    a, b = (torch.load(os.path.join(run, "last.pt"), weights_only=False)["model"] for run in (whole, old))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    json.dump(dict(config, schedule_accum=3, batch_size=24), open(os.path.join(old, "config.json"), "w"))
+    args, _ = train.get_args(tiny_run_args(paths, "--resume", old))
+    train.place_run(args)   # an old name's value is the run's own setting under the new name
+    assert (args.official_accum, args.global_batch) == (3, 24)
 
 
 def test_cli_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again_in_place(tmp_path, monkeypatch,
@@ -1836,6 +1965,8 @@ def test_cli_a_full_disk_a_diverged_loss_and_a_cut_checkpoint_lose_nothing(tmp_p
     with pytest.raises(SystemExit, match=r"no space left on .*run: need about \d+ MB for last.pt"):
         train.main(["--method", "vificlip", "--resume", out, "--epochs", "2"])
     assert unchanged()
+    nested = dict(a=torch.zeros(3), b=[torch.zeros(2, dtype=torch.int64), (torch.zeros(1, dtype=torch.uint8), "x", 5)])
+    assert train.tensor_bytes(dict(nested, c=None)) == 3 * 4 + 2 * 8 + 1   # the estimate: every tensor's bytes
     monkeypatch.setattr(torch, "save", real_save)
 
     monkeypatch.setattr(train, "soft_cross_entropy", lambda logits, target: logits.sum() * float("nan"))
@@ -1867,6 +1998,87 @@ def test_cli_bad_input_is_one_line_without_a_traceback(tmp_path):
     assert done.returncode == 1 and done.stderr.strip().splitlines() == [
         f"error: {bad}:2: expected 'relative/path.mp4 label' with label an integer class id >= 0, got 'clip.mp4 one'; "
         f"fix or remove the line"]
+
+
+class Payload:
+    """What a malicious pickle holds: reading it runs `how` (os.system or exec), which would create `marker`."""
+    def __init__(self, marker, how):
+        self.marker, self.how = str(marker), how
+
+    def __reduce__(self):
+        if self.how == "system":
+            return os.system, (f"touch {self.marker}",)
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def refused_in_one_line(call, marker, names):
+    """call() stops with one line that names the global the file asks for, and the payload never ran."""
+    with pytest.raises((SystemExit, common.CheckpointError)) as e:
+        call()
+    message = str(e.value.code if isinstance(e.value, SystemExit) else e.value)
+    assert "\n" not in message and "would run code" in message and names in message, message
+    assert not os.path.exists(marker)
+    return message
+
+
+def test_cli_files_that_would_run_code_are_refused_in_one_line_in_every_layout(tiny_clip_state, tmp_path):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    marker, run = tmp_path / "ran", str(tmp_path / "run")
+    train.main(tiny_run_args(paths, "--epochs", "1", "--out", run, "--val-every", "0"))
+    ours = torch.load(os.path.join(run, "last.pt"), weights_only=True)
+    weights = str(tmp_path / "evil.pt")
+    tiny = ["--model", "tiny", "--val-list", paths["val"], "--data-root", paths["root"], "--classes", paths["classes"]]
+    layouts = {   # our own checkpoint; X-CLIP's and ViFi-CLIP's releases (with their config); Open-VCLIP's
+        "vificlip": dict(ours, evil=Payload(marker, "system")),
+        "xclip": dict(model=build("xclip", tiny_clip_state).state_dict(), config=Payload(marker, "exec"), epoch=29),
+        "openvclip": {"model_state": {"model.logit_scale": torch.ones(())}, "cfg": Payload(marker, "system")},
+    }
+    for name, state in layouts.items():
+        train.read_checkpoint.cache_clear()
+        torch.save(state, weights)
+        refused_in_one_line(lambda: train.main(["--method", name, "--eval-only", "--weights", weights, *tiny]), marker,
+                            "posix.system" if name != "xclip" else "builtins.exec")
+    torch.save(dict(ours, evil=Payload(marker, "exec")), os.path.join(run, "last.pt"))   # a run folder's last.pt
+    train.read_checkpoint.cache_clear()
+    for extra in (["--epochs", "2"], ["--eval-only"]):
+        refused_in_one_line(lambda: train.main(tiny_run_args(paths, "--resume", run, *extra)), marker, "builtins.exec")
+    torch.save({"videos/train_0_0.mp4": Payload(marker, "system")}, weights)            # Open-VCLIP++'s captions
+    refused_in_one_line(lambda: openvclip.load_captions(weights), marker, "posix.system")
+    (tmp_path / "cut.pt").write_bytes(open(os.path.join(run, "config.json"), "rb").read())   # no checkpoint at all
+    with pytest.raises(SystemExit, match=r"cut.pt: not a whole checkpoint .*take another copy"):
+        train.main(["--method", "vificlip", "--eval-only", "--weights", str(tmp_path / "cut.pt"), *tiny])
+
+
+def test_cli_a_checkpoint_that_does_not_fit_the_command_is_one_line_naming_the_flag(tmp_path):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    run = str(tmp_path / "run")
+    train.main(tiny_run_args(paths, "--method", "xclip", "--epochs", "1", "--out", run, "--val-every", "0"))
+    weights, test = os.path.join(run, "last.pt"), ["--val-list", paths["val"], "--data-root", paths["root"],
+                                                   "--classes", paths["classes"], "--eval-only", "--workers", "0"]
+    cases = [(["--method", "vificlip"], "was trained with --method xclip, not vificlip: add --method xclip"),
+             (["--method", "xclip", "--model", "tiny-64"], "give --model tiny, or leave those flags out"),
+             (["--method", "xclip", "--frames", "8"], "give --frames 4, or leave those flags out")]
+    for flags, says in cases:
+        train.read_checkpoint.cache_clear()
+        with pytest.raises(SystemExit) as e:
+            train.main([*flags, "--weights", weights, *test])
+        assert "\n" not in str(e.value.code) and says in e.value.code and weights in e.value.code, e.value.code
+
+
+def test_cli_predict_with_resume_uses_that_runs_checkpoint_and_names_its_weights(tmp_path, monkeypatch, capsys):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    monkeypatch.chdir(tmp_path)
+    train.main(tiny_run_args(paths, "--epochs", "1", "--val-every", "0"))
+    video = os.path.join(paths["root"], data.read_list(paths["val"])[0][0])
+    capsys.readouterr()
+    train.main(["--method", "vificlip", "--predict", video, "--resume", "runs/vificlip-supervised", "--workers", "0"])
+    trained = capsys.readouterr().out
+    assert "weights runs/vificlip-supervised/last.pt" in trained and "circle" in trained   # its own class names
+    train.main(["--method", "vificlip", "--predict", video, "--classes", paths["classes"], "--model", "tiny",
+                "--workers", "0"])
+    bare = capsys.readouterr().out
+    assert "weights none: the CLIP as pretrained" in bare and "knows only the embedded set" in bare
+    assert trained.splitlines()[1:3] != bare.splitlines()[1:3]
 
 
 def test_cli_killed_mid_epoch_with_workers_resumes_to_exactly_the_uninterrupted_numbers(tmp_path, monkeypatch):
@@ -1924,8 +2136,8 @@ def test_compile_gives_the_eager_logits_and_gradients(tiny_clip_state):
     runs = []
     for model in (eager, compiled):   # one training step each (the test mode would be a second compilation)
         logits = []
-        loss = train.default_train_step(lambda v: logits.append(model(v)) or logits[0], x, target,
-                                        train.soft_cross_entropy, lambda loss: loss.backward(), contextlib.nullcontext)
+        loss = train.forward_backward(lambda v: logits.append(model(v)) or logits[0], x, target,
+                                      train.soft_cross_entropy, lambda loss: loss.backward(), contextlib.nullcontext)
         runs.append((logits[0].detach(), loss, [p.grad for p in model.parameters() if p.requires_grad]))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     assert all(torch.equal(a, b) for a, b in zip(runs[0][2], runs[1][2]))
@@ -2519,7 +2731,7 @@ def test_xclip_loads_an_official_checkpoint_and_refuses_another_frame_count(tiny
     state = source.state_dict()
     del state["visual.transformer.resblocks.1.message_ln.weight"]
     torch.save(dict(model=state), path)
-    with pytest.raises(RuntimeError, match="missing"):
+    with pytest.raises(common.CheckpointError, match="lacks 1 of this model's tensors"):
         xclip.load_official(model, str(path))
 
 
@@ -2529,9 +2741,9 @@ def test_xclip_forward_refuses_another_frame_count(tiny_clip_state):
 
 
 def test_xclip_recipe_values():
-    assert xclip.RECIPE["lr"] == 8e-6 and xclip.RECIPE["batch_size"] == 256 and xclip.RECIPE["template"] == "{}"
+    assert xclip.RECIPE["lr"] == 8e-6 and xclip.RECIPE["global_batch"] == 256 and xclip.RECIPE["template"] == "{}"
     assert xclip.RECIPE["mean"] == "imagenet" and xclip.RECIPE["betas"] == (0.9, 0.98)
-    assert xclip.VARIANTS["few-shot"] == dict(frames=32, lr=2e-6, epochs=50, batch_size=64, schedule_accum=2)
+    assert xclip.VARIANTS["few-shot"] == dict(frames=32, lr=2e-6, epochs=50, global_batch=64, official_accum=2)
     assert (xclip.VARIANTS["zero-shot"]["test_clips"], xclip.VARIANTS["zero-shot"]["test_crops"]) == (1, 1)   # --only_test
 
 
@@ -2805,7 +3017,7 @@ def test_openvclip_loads_the_released_swa_checkpoint_and_interpolates(tiny_clip_
         torch.testing.assert_close(model.eval()(video()), source.eval()(video()))
     del swa["model.visual.proj"]
     torch.save({"model_state": swa}, path)
-    with pytest.raises(RuntimeError, match="missing"):
+    with pytest.raises(common.CheckpointError, match="lacks"):
         openvclip.load_official(model, path)
 
 

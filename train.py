@@ -1,28 +1,25 @@
-"""Train, evaluate, predict and benchmark any method of this repository on one GPU (or a CPU), or on several
-with torchrun (the same command after `torchrun --nproc_per_node N`).
+"""Train and test any method of this repository on a GPU or a CPU, or on several GPUs with torchrun (the same
+command after `torchrun --nproc_per_node N`). Each run writes a folder of its own: runs/METHOD-PROTOCOL[-N].
 
     python train.py --method vificlip                     # embedded synthetic videos, tiny CLIP, minutes on a CPU
     python train.py --method all                          # the four methods, then a table of their results
     python train.py --method xclip --model ViT-B-16 --pretrained openai \\
         --train-list k400/train.txt --val-list k400/val.txt --data-root k400/videos --classes k400/classes.csv
     python train.py --method vificlip --resume            # continue the latest runs/vificlip-supervised[-N]
-    python train.py --method vificlip --eval-only --resume runs/vificlip-supervised   # test it again
-    python train.py --method vificlip --weights runs/vificlip-supervised/last.pt --predict clip.mp4 --classes "a,b,c"
-    python train.py --method vificlip --benchmark --model ViT-B-16
-    torchrun --nproc_per_node 8 train.py --method xclip --model ViT-B-16 --pretrained openai ...   # 8 GPUs
     python train.py --method xclip --protocol zero-shot                  # also few-shot --shots K, base2novel
-
-Each run writes into a folder of its own (runs/METHOD-PROTOCOL, then -2, -3, ...): config.json with every
-setting as resolved, metrics.jsonl, last.pt. Nothing a run writes replaces another run's files.
-
-Every method file exposes RECIPE, Model (set_classes, forward, param_groups) and build(clip, args); this
-file never looks inside one. Defaults come from the method's RECIPE (and a VARIANT of it with --recipe);
-any flag you pass wins. With no --train-list the run uses the embedded synthetic set written by data.py
-and the EMBEDDED settings below, which scale the recipe down to a tiny CLIP on a CPU, pretrained here on
-still images (common.synthetic_clip). --protocol chooses how the run is judged: the training classes
-(supervised), another dataset's or held-out classes (zero-shot), K videos per class (few-shot), or base and
-novel class halves (base2novel).
 """
+# Reading guide. First the lesson: how any method is trained and tested, in the order it runs, never looking
+# inside a method file (each exposes RECIPE, Model with set_classes / forward / param_groups, and build):
+#   1. the recipe resolved into settings: BASE (every recipe key and what it means), EMBEDDED, settings
+#   2. the batches: soft_targets, micro_batches (data.py decodes, samples and augments)
+#   3. the optimizer and the learning rate: make_optimizer, lr_factor
+#   4. one training step: training_step (micro-batches, backward, gradient average, clipping, AdamW, schedule)
+#   5. the loop: train, batch_plan, make_loader
+#   6. the test: evaluate (a video's views, fused as the method's official test fuses them)
+#   7. the protocols (what --protocol trains and tests on); 8. one run, main
+# One X-CLIP training step is training_step here, xclip.py (its RECIPE, Model.forward, param_groups) and data.py's
+# TrainTransform and mix. Below the line "What makes this script a tool": the flags, checkpoints and resume,
+# --predict, --benchmark, torchrun (RANK and WORLD: this process and the count, 0 and 1 without), run folders.
 import argparse
 import contextlib
 import datetime
@@ -36,7 +33,6 @@ import itertools
 import json
 import math
 import os
-import pickle
 import random
 import re
 import shlex
@@ -45,7 +41,6 @@ import statistics
 import sys
 import time
 import traceback
-import zipfile
 
 import torch
 import torch.nn.functional as F
@@ -57,33 +52,594 @@ import data
 METHODS = ("vificlip", "xclip", "openvclip", "omniclip")
 PROTOCOLS = ("supervised", "zero-shot", "few-shot", "base2novel")
 
-# Used when no --train-list is given: what the papers' recipes become at the scale of the embedded data (900
-# videos of 24 frames at 64 px) and of the tiny CLIP: 20 epochs and a val pass every 10, minutes on a CPU (the
-# README has the figures). No horizontal flip: it turns "moving left" into "moving right" (the official codes
-# flip even SSv2, whose classes have the same problem). One thread for the model: its matrices are too small to
-# share, and beside two decoding workers a second thread cost 30% more CPU for the same wall time (2 cores).
-EMBEDDED = dict(model="tiny", pretrained="synthetic", frames=8, epochs=20, val_every=10, batch_size=32, step_batch=32,
-                lr=1e-3, warmup_epochs=1, schedule_accum=1, weight_decay=0.05, mixup=0.0, cutmix=0.0, smoothing=0.0,
-                test_clips=2, test_crops=1, flip=False, threads=1)   # a method may adjust these (its own EMBEDDED)
 
-# What a recipe key falls back to when a method's RECIPE does not mention it.
-BASE = dict(frames=8, sampling="segment", crop="tsn", stride=1, lr=1e-4, lr_min_ratio=0.01, weight_decay=0.0,
-            betas=(0.9, 0.999), eps=1e-8, epochs=10, val_every=1, threads=0, warmup_epochs=0, warmup_start_ratio=0.0,
-            schedule="timm", schedule_accum=1, batch_size=32, step_batch=8, grad_clip=0.0, mean="clip", flip=True,
-            test_fusion="softmax", test_amp=True, color_jitter=0.0, grayscale=0.0, mixup=0.0, cutmix=0.0, mix_switch=0.5,
-            smoothing=0.0, test_clips=1, test_crops=1, model="ViT-B-16", class_words=False)
+# ==============================================================================================================
+# The lesson: one method trained and tested, in the order it runs
+# ==============================================================================================================
 
-# What --weights carries over from the run that wrote the checkpoint, unless given again (with the
-# method's own options).
+# ---- 1. The recipe, resolved into settings ------------------------------------------------------------------
+# Every key a method's RECIPE or VARIANTS may set, what it means, and its value where the recipe says nothing.
+# A method file gives each of its values with the official config line it comes from.
+BASE = dict(
+    model="ViT-B-16", frames=8,      # the open_clip architecture; T, frames per clip
+    sampling="segment", stride=1,    # which frames: segment (one per T equal parts), dense (stride apart at 30 fps)
+    crop="tsn", mean="clip",         # resize and crops (tsn: X-CLIP's, slowfast: PySlowFast's); clip or imagenet stats
+    flip=True, color_jitter=0.0, grayscale=0.0,   # training augmentation, each a probability
+    mixup=0.0, cutmix=0.0, mix_switch=0.5,        # Beta alphas (0: off); with both, the chance a batch takes CutMix
+    smoothing=0.0,                   # label smoothing
+    global_batch=32, micro_batch=8,  # videos per optimizer step over all processes; per forward pass (--batch-size)
+    lr=1e-4, lr_min_ratio=0.01,      # the peak for global_batch (param_groups may scale groups); the end, over lr
+    schedule="timm",                 # lr_factor: timm (X-CLIP's and ViFi-CLIP's) or slowfast (PySlowFast's)
+    official_accum=1,                # the official run's accumulation steps: timm's schedule counts its micro-batches
+    warmup_epochs=0, warmup_start_ratio=0.0,        # the warm-up, and (slowfast) where it starts, over lr
+    weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8, grad_clip=0.0,   # AdamW; the gradient norm's cap (0: none)
+    epochs=10, val_every=1,          # training epochs; a 1-view validation every val_every epochs (0: none)
+    test_clips=1, test_crops=1,      # the final test's views of a video: clips in time x crops in space
+    test_fusion="softmax", test_amp=True,   # evaluate: average the views' softmax, or sum their logits; amp or fp32
+    class_words=False, threads=0,    # UCF101's CamelCase names as words; CPU threads (0: one per core)
+)
+
+# The embedded demo (no --train-list) scales a recipe down to its 900 videos of 24 frames at 64 px and a tiny CLIP
+# pretrained here on still images (common.synthetic_clip), minutes on a CPU. What it changes, and the flags that
+# give the recipe's own values back: the stand-in CLIP (--model, --pretrained); 8 frames, 20 epochs, validation
+# every 10 (--frames, --epochs, --val-every); lr 1e-3, a variant's in its ratio to RECIPE's, weight decay 0.05,
+# 1 warm-up epoch (--lr, --weight-decay, --warmup-epochs); a global batch of 32 in one pass, the schedule counting
+# optimizer steps (--batch-size, --accum-steps; official_accum has no flag); no mixup, CutMix or smoothing
+# (--mixup, --cutmix, --smoothing); 2 clips x 1 crop in the test (--test-clips, --test-crops); one thread
+# (--threads: beside two decoding workers a second cost 30% more CPU for the same wall time). No horizontal flip
+# (no flag): it turns "moving left" into "moving right" (the official codes flip even SSv2, whose classes have
+# the same problem). A method's own EMBEDDED adjusts more (xclip.py: lr; openvclip.py: IWO, interpolation, stride).
+EMBEDDED = dict(model="tiny", pretrained="synthetic", frames=8, epochs=20, val_every=10, global_batch=32,
+                micro_batch=32, lr=1e-3, warmup_epochs=1, official_accum=1, weight_decay=0.05, mixup=0.0, cutmix=0.0,
+                smoothing=0.0, test_clips=2, test_crops=1, flip=False, threads=1)
+
+# What --weights carries over from the run that wrote the checkpoint (with the method's own options), unless given.
 INHERITED = ("model", "quick_gelu", "frames", "sampling", "crop", "stride", "size", "mean", "test_clips", "test_crops",
              "test_fusion", "test_amp")
 
-# The cores this process may use: all of them, or under torchrun an equal share per process on the machine.
-PROCESS_CORES = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+def settings(args, method, own):
+    """Fill every setting not given on the command line from, in this order: EMBEDDED (the embedded demo, and
+    --predict or --benchmark without a model), the --recipe variant, the method's RECIPE, BASE. A checkpoint of
+    ours given with --weights brings the settings its model needs (INHERITED, and the method's own options
+    `own`), except where the chosen variant sets them."""
+    variants = getattr(method, "VARIANTS", {})
+    args.recipe = args.recipe or (args.protocol if args.protocol in variants else None)
+    variant = variants.get(args.recipe, {})
+    recipe = {**BASE, **method.RECIPE, **variant}
+    mode = args.predict or args.benchmark is not None
+    args.embedded = args.train_list is None and args.val_list is None and not mode
+    if args.embedded or mode and args.model is None and args.weights is None:
+        recipe.update(EMBEDDED, **getattr(method, "EMBEDDED", {}))
+        # A variant's learning rate keeps its ratio to the recipe's: few-shot fine-tuning of a pretrained CLIP
+        # wants a gentler step than supervised training (ViFi-CLIP: 2e-6 against 2.2e-5).
+        recipe["lr"] *= variant.get("lr", method.RECIPE.get("lr", 1)) / method.RECIPE.get("lr", 1)
+        if not args.embedded or args.weights:   # no need to pretrain a CLIP whose weights are replaced
+            recipe["pretrained"] = None
+    saved = (read_checkpoint(args.weights) or {}).get("args", {}) if args.weights else {}
+    recipe.update({k: saved[k] for k in (*INHERITED, *own) if saved.get(k) is not None and k not in variant})
+    for key, value in recipe.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    # Released split files (ViFi-CLIP's train1_few_shot_K.txt, fs_base_s{seed}_train.txt) are the shots already:
+    # without --shots few-shot trains on the list as it is, and a {seed} in --train-list names each seed's file.
+    released = "{seed}" in (args.train_list or "")
+    args.shots = args.shots or (16 if args.protocol == "base2novel" and not released else None)
+    args.shot_seeds = args.shot_seeds or ([1, 2, 3] if args.protocol == "base2novel" else [1])
+    return args
+
+
+# ---- 2. The batches (their loaders: make_loader, after the loop) ----------------------------------------------
 STATS = {"imagenet": (data.IMAGENET_MEAN, data.IMAGENET_STD), "clip": (data.CLIP_MEAN, data.CLIP_STD)}
 
 
-# ---- Command line ---------------------------------------------------------------------------------------
+def soft_targets(label, num_classes, smoothing):
+    """(B,) class ids -> (B, C) targets with label smoothing (off value smoothing/C, as timm does)."""
+    off = smoothing / num_classes
+    return F.one_hot(label, num_classes).float() * (1 - smoothing) + off
+
+
+def soft_cross_entropy(logits, target):
+    return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+def micro_batches(batches, args, device, num_classes, loader):
+    """The micro-batches of one optimizer step, made ready as the step takes them. A batch comes from the workers
+    as (video, label[, colour draws][, index]) in uint8, and leaves as (video (N,T,3,S,S) coloured and normalised
+    on the device, target (N,C) smoothed and mixed, extra: the videos' paths for a method that asks, Open-VCLIP++
+    for its captions); K clips of a video are N = B*K clips. None: a batch whose videos were all left out as bad."""
+    for batch in batches:
+        if not len(batch):
+            yield None
+            continue
+        video, label, *rest = batch
+        draws = rest.pop(0) if loader.dataset.transform.defer_colour else None      # (B,[K,]T,10), drawn in a worker
+        index = rest[0] if rest else None                                           # (B,)
+        if video.dim() == 6:   # K clips per video: (B,K,T,3,S,S) -> (B*K,T,3,S,S)
+            K = video.shape[1]
+            video, label = video.flatten(0, 1), label.repeat_interleave(K)
+            index = None if index is None else index.repeat_interleave(K)
+            draws = None if draws is None else draws.flatten(0, 1)                  # (B*K,T,10)
+        video, label = video.to(device, non_blocking=True), label.to(device, non_blocking=True)
+        if draws is not None:
+            video = data.colour_batch(video, draws)
+        video = data.normalise(video, *STATS[args.mean])                            # uint8 -> float
+        target = soft_targets(label, num_classes, args.smoothing)                   # (N, C)
+        video, target = data.mix(video, target, args.mixup, args.cutmix, args.mix_switch)
+        extra = {} if index is None else dict(paths=[loader.dataset.samples[i][0] for i in index.tolist()])
+        yield video, target, extra
+
+
+# ---- 3. The optimizer and the learning rate -----------------------------------------------------------------
+def make_optimizer(args, model, device, dtype, steps_per_epoch):
+    """(optimizer, schedule, loss scaler): AdamW with the recipe's betas and eps over the method's parameter
+    groups, on CUDA its fused kernel (one launch for all parameters, not several per tensor) and TF32 for the
+    matrix products that run in float32, as PyTorch advises from Ampere on; the loss scaler only for fp16."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    optimizer = torch.optim.AdamW(model.param_groups(args.lr, args.weight_decay), lr=args.lr,
+                                  betas=tuple(args.betas), eps=args.eps, fused=device.type == "cuda" or None)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [functools.partial(
+        lr_factor, args=args, steps_per_epoch=steps_per_epoch, floor=args.lr_min_ratio * args.lr / group["lr"],
+        start=args.warmup_start_ratio * args.lr / group["lr"]) for group in optimizer.param_groups])
+    return optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+
+def lr_factor(step, args, steps_per_epoch, floor, start=0.0):
+    """A group's learning rate after `step` optimizer steps, as a fraction of its peak; floor and start (the end
+    and the warm-up's start) are the recipe's absolute values over this group's peak. args.schedule: timm, as
+    X-CLIP's and ViFi-CLIP's utils/optimizer.py: warm-up from 0, then a cosine over all epochs, counted in the
+    official micro-batches (official_accum a step) and updated after each step, so step j runs at micro-batch
+    accum * (j - 1) - 1; slowfast, PySlowFast's lr_policy (Open-VCLIP): set before each step from the fractional
+    epoch, a warm-up from `start`, then a cosine from the warm-up's end (COSINE_AFTER_WARMUP)."""
+    warmup, epochs = args.warmup_epochs, args.epochs
+    if args.schedule == "timm":
+        per_epoch = steps_per_epoch * args.official_accum                 # micro-batches
+        t, warmup, total = max(args.official_accum * step - 1, 0), int(warmup * per_epoch), epochs * per_epoch
+        return t / warmup if t < warmup else floor if t >= total else \
+            floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t / total))
+    epoch = step / steps_per_epoch   # a warm-up to the cosine's value at its start, the peak itself
+    return start + epoch * (1 - start) / warmup if epoch < warmup else \
+        floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / (epochs - warmup)))
+
+
+# ---- 4. One training step -----------------------------------------------------------------------------------
+def forward_backward(model, video, target, loss_fn, backward, autocast):
+    """One micro-batch's forward and backward pass -> its loss. A method can replace it with its own
+    `train_step` (the same arguments but the model), to take e.g. an extra pass at other weights (Open-VCLIP)."""
+    with autocast():
+        loss = loss_fn(model(video), target)
+    backward(loss)
+    return loss.detach()
+
+
+def training_step(model, micro, accum, opt, args, autocast):
+    """One optimizer step over the `accum` micro-batches of `micro` -> (the step's loss: the sum of its
+    micro-batches' mean losses, averaged over the processes; the clips it trained on). The loss is None when
+    `micro` ran out before the step's last micro-batch (an epoch's end): then no step is taken."""
+    optimizer, scheduler, scaler = opt
+    step = getattr(model, "train_step", None) or functools.partial(forward_backward, model)
+    loss, taken, clips = torch.zeros((), device=next(model.parameters()).device), 0, 0
+    for batch in micro:
+        if taken == 0 and hasattr(model, "begin_step"):   # work shared by the step's micro-batches (ViFi-CLIP's text)
+            with autocast():
+                model.begin_step()
+        taken += 1
+        if batch is None:   # under torchrun it still counts, so that every process reaches the all-reduce below
+            continue
+        video, target, extra = batch
+        # Each micro-batch's loss divided by the accumulation: the gradients add up to those of the step's mean.
+        loss = loss + step(video, target, soft_cross_entropy, lambda l: scaler.scale(l / accum).backward(),
+                           autocast, **extra).float()
+        clips += video.shape[0]
+    if taken < accum:
+        return None, clips
+    if hasattr(model, "end_step"):
+        model.end_step()
+    average_gradients([p for p in model.parameters() if p.requires_grad])   # the mean over processes (torchrun)
+    loss = sum_over_processes(loss) / WORLD                                  # the same on every process
+    if not math.isfinite(loss.item()):   # one sync per optimizer step, not per micro-batch
+        raise FloatingPointError(f"the loss is {loss.item() / accum} and training has diverged")
+    if args.grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()   # the learning rate of the next step (lr_factor)
+    return loss, clips
+
+
+# ---- 5. The loop --------------------------------------------------------------------------------------------
+def train(args, model, samples, names, val, device, autocast, dtype, out, skips):
+    """Train in `out`: each epoch's optimizer steps, then its records: validation, the checkpoint, a line in
+    metrics.jsonl (resume_training continues a run from its checkpoint, mid-epoch included)."""
+    val_title, val_samples, val_names = val
+    loader = make_loader(args, device, samples, train=True, with_index=getattr(model, "needs_paths", False))
+    val_loader = make_loader(args, device, val_samples) if args.val_every else None
+    accum, steps_per_epoch = batch_plan(args, loader, names, val_samples, val_title)
+    model.set_classes(names)
+    opt = make_optimizer(args, model, device, dtype, steps_per_epoch)
+    checkpoint = os.path.join(out, "last.pt")
+    if WORLD > 1:   # every process draws its own mixup / Open-VCLIP alpha (a resumed run restores its state below)
+        seed_process(args.seed, RANK)
+    start_epoch, partial, record = resume_training(checkpoint, model, opt, args) if args.run and os.path.isfile(
+        checkpoint) else (0, None, None)   # a shot seed the resumed run had not reached starts afresh
+    for epoch in range(start_epoch, args.epochs):
+        model.train()
+        opt[0].zero_grad(set_to_none=True)
+        # a checkpoint from within this epoch: go on from its step, with what the epoch had summed
+        steps, seen, loss_sum = (partial["steps"], partial["seen"], partial["loss_sum"].to(device)) if partial \
+            else (0, 0, torch.zeros((), device=device))
+        partial = None
+        clock = dict(tic=time.perf_counter(), resumed_at=seen, waited=[0.0], skipped=skips.count)
+        bar = progress(total=steps_per_epoch, initial=steps, desc=f"epoch {epoch + 1}/{args.epochs}")
+        loader.sampler.set_epoch(epoch, start=steps * accum * loader.batch_size)
+        # Under torchrun a batch whose videos were all left out as bad still comes (empty), as a micro-batch.
+        loaded = batches(loader, skips, f"epoch {epoch + 1}", clock["waited"], keep_empty=WORLD > 1)
+        while steps < steps_per_epoch:
+            micro = micro_batches(itertools.islice(loaded, accum), args, device, len(names), loader)
+            try:
+                loss, clips = training_step(model, micro, accum, opt, args, autocast)
+            except FloatingPointError as e:
+                raise SystemExit(f"epoch {epoch + 1}, step {steps + 1}: {e}. {checkpoint} is the last good checkpoint "
+                                 f"and is kept: lower --lr (now {args.lr:g}){' or add --no-amp' if dtype else ''}, "
+                                 f"then --resume {out}") from None
+            seen += clips
+            if loss is None:   # the loader ran out (videos left out as bad)
+                break
+            loss_sum, steps = loss_sum + loss, steps + 1
+            if not bar.disable:   # on a terminal only: reading the loss waits for the GPU
+                elapsed = time.perf_counter() - clock["tic"]
+                bar.update()
+                bar.set_postfix(loss=f"{loss_sum.item() / (steps * accum):.3f}", lr=f"{opt[1].get_last_lr()[0]:.2e}",
+                                clips_s=f"{WORLD * (seen - clock['resumed_at']) / elapsed:.1f}",
+                                data=f"{clock['waited'][0] / elapsed:.0%}")
+            if args.save_every and steps % args.save_every == 0 and steps < steps_per_epoch:
+                save_training(checkpoint, model, opt, epoch, names, args, record,
+                              partial=dict(steps=steps, seen=seen, loss_sum=loss_sum.cpu()))
+        bar.close()
+        if hasattr(model, "on_epoch_end"):
+            model.on_epoch_end(epoch, args.epochs)
+        # the loss of the micro-batches whose steps were taken (not those of an accumulation the epoch cut short)
+        record = dict(epoch=epoch + 1, loss=loss_sum.item() / max(steps * accum, 1), lr=opt[1].get_last_lr()[0],
+                      data_wait=clock["waited"][0] / (time.perf_counter() - clock["tic"]))
+        if args.val_every and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs):
+            model.set_classes(val_names)
+            record["val"] = evaluate(model, val_loader, device, autocast, data.temporal_twins(val_names), "val",
+                                     skips, STATS[args.mean], args.test_fusion, args.test_amp)
+            model.set_classes(names)
+        record_epoch(record, args, seen, skips, clock)
+        save_training(checkpoint, model, opt, epoch + 1, names, args, record)
+        if RANK == 0:
+            append_metrics(os.path.join(out, "metrics.jsonl"), record)
+
+
+def batch_plan(args, loader, names, val_samples, val_title):
+    """-> (accumulation steps, optimizer steps per epoch), printed. The recipe's global batch is kept whatever the
+    number of processes: global_batch = micro-batch x processes x accumulation."""
+    clips = loader.batch_size * args.clips_per_video   # --batch-size, or the multiple of K below it
+    accum = args.accum_steps or max(1, args.global_batch // (clips * WORLD))
+    split = (f"{clips}" + (f" ({loader.batch_size} videos x {args.clips_per_video} clips)" if
+                            args.clips_per_video > 1 else "") + (f" x {WORLD} processes" if WORLD > 1 else ""))
+    print(f"batch {split} x {accum} accumulation = {clips * WORLD * accum} (recipe {args.global_batch}), "
+          f"chance {100 / len(names):.1f}%" + (f"; val: 1 view of the {len(val_samples)} {val_title} videos " + (
+              f"every {args.val_every} epochs and after the last" if args.val_every > 1 else "after every epoch")
+              if args.val_every else "; no val, only the final test"))
+    steps_per_epoch = len(loader) // accum
+    if args.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, args.steps_per_epoch)
+    if steps_per_epoch == 0:
+        raise SystemExit(f"{len(loader.dataset)} training videos make no optimizer step of batch {split} x {accum} "
+                         f"accumulation steps: lower --batch-size or --accum-steps")
+    return accum, steps_per_epoch
+
+
+def make_loader(args, device, samples, train=False, views=False, with_index=False):
+    """A DataLoader over samples: one random clip (train), one centre view (per-epoch val), or the test views."""
+    mean, std = STATS[args.mean]
+    if train:   # on a GPU the colour augmentation runs there, in the batch (data.colour_batch)
+        transform = data.TrainTransform(args.size, mean, std, args.crop, flip=args.flip, color_jitter=args.color_jitter,
+                                        grayscale=args.grayscale, normalise=False, defer_colour=device.type != "cpu")
+    else:
+        transform = data.TestTransform(args.size, mean, std, crops=args.test_crops if views else 1, crop=args.crop,
+                                       normalise=False)
+    dataset = data.VideoDataset(samples, "", args.frames, transform, args.sampling, args.stride, train=train,
+                                num_clips=args.test_clips if views else 1, return_index=with_index or (
+                                    not train and WORLD > 1),   # evaluate() gathers the shards by index
+                                skip_bad=args.skip_bad_videos, seed=args.seed,
+                                clips_per_video=args.clips_per_video if train else 1)
+    # A batch holds about --batch-size clips: fewer videos when each gives several views or clips.
+    batch = max(1, args.micro_batch // (args.test_clips * args.test_crops if views else
+                                        args.clips_per_video if train else 1))
+    # The training order and each clip's augmentation follow from (seed, epoch, video) alone, and the loader
+    # draws its workers' seeds from a generator of its own, not from the global one that mixup uses: a run
+    # resumed from any checkpoint, with any number of workers, sees the same clips as an uninterrupted one.
+    # Under torchrun each process reads its own shard: of every epoch's order (training), or of the videos.
+    sampler = data.EpochSampler(len(dataset), args.seed, RANK, WORLD) if train else \
+        data.ShardSampler(len(dataset), RANK, WORLD) if WORLD > 1 else None
+    return torch.utils.data.DataLoader(dataset, batch, sampler=sampler, drop_last=train, num_workers=args.workers,
+                                       collate_fn=data.collate, pin_memory=device.type == "cuda",
+                                       persistent_workers=args.workers > 0, generator=torch.Generator(),
+                                       timeout=args.loader_timeout if args.workers > 0 else 0)
+
+
+# ---- 6. The test --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None, stats=None, fusion="softmax", amp=True):
+    """Accuracy of a video's fused views: fusion "softmax" averages their softmax (X-CLIP's and ViFi-CLIP's
+    main.py validate), "sum" adds their raw logits (PySlowFast's TestMeter, ensemble_method sum: Open-VCLIP);
+    amp=False tests in float32 (Open-VCLIP's test). The loader yields video (B, V, T, 3, S, S) with V = clips x
+    crops: uint8 to be normalised on the device with stats = (mean, std), or float already normalised.
+    twins[c] is the class with class c's frames in reverse order (or -1); 'twins' accuracy is how often the
+    true class beats its twin, the figure a model that cannot see frame order leaves at 50%."""
+    model.eval()
+    probs, labels, index, before = [], [], [], skips.count if skips else 0
+    for video, label, *i in progress(batches(loader, skips, desc), total=len(loader), desc=desc, leave=False):
+        B, V = video.shape[:2]
+        video = video.to(device, non_blocking=True)
+        video = data.normalise(video, *stats) if stats else video
+        with autocast() if amp else contextlib.nullcontext():
+            logits = model(video.flatten(0, 1)).float().view(B, V, -1)      # (B*V, C) -> (B, V, C)
+        probs.append(fuse(logits, fusion).cpu())                            # (B, C)
+        labels.append(label)
+        index += i
+    skipped = (skips.count - before) if skips else 0
+    if WORLD > 1:   # each process tested its shard of the videos (with_index): every video once, in order.
+        # A video's views are one item, so they were fused on the process that computed them all.
+        shards = gather((probs, labels, index, skipped))
+        probs, labels, index = ([t for shard in shards for t in shard[k]] for k in range(3))
+        order = torch.cat(index).argsort()
+        probs, labels, skipped = [torch.cat(probs)[order]], [torch.cat(labels)[order]], sum(n for *_, n in shards)
+    probs, labels = torch.cat(probs), torch.cat(labels)                      # (videos, C), (videos,)
+    C = probs.shape[1]
+    top = probs.topk(min(5, C), dim=1).indices
+    hit = top[:, 0] == labels
+    result = dict(videos=len(labels), classes=C, top1=100 * hit.float().mean().item(), top1_se=standard_error(hit),
+                  **({"skipped": skipped} if skipped else {}),
+                  top5=100 * (top == labels[:, None]).any(1).float().mean().item())
+    per_class = [hit[labels == c].float().mean().item() for c in labels.unique()]
+    result["mean_class"] = 100 * sum(per_class) / len(per_class)
+    twin = torch.tensor(twins)[labels]
+    has = twin >= 0
+    if has.any():
+        beats = probs[has].gather(1, labels[has, None]) > probs[has].gather(1, twin[has, None])   # (n, 1)
+        result.update(twins=100 * beats.float().mean().item(), twins_se=standard_error(beats))
+    return result
+
+
+def fuse(logits, fusion):
+    """(B, V, C) logits of V views -> (B, C) scores: the mean of the views' softmax, or the sum of their logits."""
+    return logits.softmax(-1).mean(1) if fusion == "softmax" else logits.sum(1)
+
+
+def standard_error(hits):
+    """The standard error of an accuracy over n videos, in points: 100 sqrt(p (1 - p) / n). Two of them either
+    side of a figure is roughly where a rerun on other videos of the same kind would land."""
+    p = hits.float().mean().item()
+    return 100 * math.sqrt(p * (1 - p) / hits.numel())
+
+
+# ---- 7. The protocols: what a run trains and tests on -------------------------------------------------------
+def protocol_data(args, seed, trained_names=None):
+    """The training videos, their class names, and the test sets [(title, samples, names)] of args.protocol.
+    Names are the datasets' own (UCF101 CamelCase, HMDB51 with spaces); --class-words turns them to text last."""
+    train_list = args.train_list and args.train_list.replace("{seed}", str(seed))   # a released file per seed
+    if train_list:
+        train, names = read_videos(train_list, args.data_root, (args.split or [1])[0], True, args.classes)
+    else:   # testing released weights: the class names come from --classes (or our checkpoint)
+        train, names = None, trained_names or (data.load_classes(args.classes) if args.classes and os.path.isfile(
+            args.classes) else None)
+    if args.protocol == "base2novel":
+        if names is None or not (train or args.base_classes):
+            raise SystemExit("--protocol base2novel without --train-list needs the classes (--classes) and the base "
+                             "classes (--base-classes)")
+        base = (class_ids(data.load_classes(args.base_classes), names, args.base_classes) if args.base_classes
+                else data.base_novel(train, len(names))[0])
+        if args.base_classes and train and data.dataset_format(train_list) == "list" and max(c for _, c in train) < len(base):
+            train = [(path, base[c]) for path, c in train]   # ViFi-CLIP's released lists count 0..B-1 in the base file
+        novel = [c for c in range(len(names)) if c not in base]
+        train = train and data.select_classes(train, base)
+    if args.shots and train is not None:
+        train = data.few_shot(train, args.shots, seed)
+    elif train and args.protocol in ("few-shot", "base2novel"):
+        counts = [sum(1 for _, c in train if c == k) for k in sorted({c for _, c in train})]
+        print(f"{train_list}: the shots as listed (no --shots, no draw), {min(counts)} to {max(counts)} videos per class")
+
+    if not args.val_list:
+        raise SystemExit("give the test videos with --val-list (any format --train-list takes)")
+    if args.val_classes and args.protocol != "zero-shot":
+        raise SystemExit("--val-classes names a test list's own classes, which only --protocol zero-shot tests on; "
+                         "the other protocols test on the training classes (--classes): leave it out")
+    fmt = data.dataset_format(args.val_list)
+    has_splits = fmt in ("ucf101", "hmdb51")
+    splits = args.split or ([1, 2, 3] if args.protocol == "zero-shot" and has_splits else [1])
+    own_names = args.protocol == "zero-shot"   # zero-shot tests on the test data's classes, the others on ours
+    tests = []
+    for split in splits if has_splits else splits[:1]:
+        given = (args.val_classes or args.classes) if fmt == "list" else None
+        samples, val_names = read_videos(args.val_list, args.val_root or args.data_root, split, False,
+                                         given if own_names else names)
+        tag = f"split {split}" if len(splits) > 1 else "test"
+        if args.protocol == "base2novel":   # each half scored with a classifier over its own classes only
+            groups = [(f"{tag} base", base), (f"{tag} novel", novel)]
+        else:   # every test class, or those training never saw (--unseen-only), or --class-subsets of them
+            keep = [c for c in range(len(val_names)) if not (args.unseen_only and val_names[c] in (names or []))]
+            groups = [(tag, keep)]
+            if args.class_subsets and re.fullmatch(r"\d+x\d+", args.class_subsets[0]):
+                n, size = map(int, args.class_subsets[0].split("x"))
+                rng = random.Random(args.seed)   # the same subsets for every method and run
+                groups = [(f"{tag} subset {k + 1}", sorted(rng.sample(keep, size))) for k in range(n)]
+            elif args.class_subsets:
+                groups = [(f"{tag} {os.path.basename(f)}", class_ids(data.load_classes(f), val_names, f))
+                          for f in args.class_subsets]
+        tests += [(title, data.select_classes(samples, ids), [val_names[c] for c in ids]) for title, ids in groups]
+    if args.protocol == "base2novel":
+        names = [names[c] for c in base]
+    text = data.camel_words if args.class_words else (lambda n: n)
+    return train, [text(n) for n in names or []], [(t, s, [text(n) for n in ns]) for t, s, ns in tests]
+
+
+def read_videos(path, root, split, train, names=None):
+    """(samples, names) of one side of a dataset in any format data.read_dataset knows. `names` is a list of
+    names, or an "id,name" CSV, for a plain list, and maps a Kinetics CSV's labels to the training ids."""
+    names = data.load_classes(names) if isinstance(names, str) else names
+    samples, names = data.read_dataset(path, root, split=split, train=train, classes=names)
+    data.check_videos(path, root, samples)
+    if names is None:
+        raise SystemExit(f"{path} is a plain list: give its class names with --classes (--val-classes for a test "
+                         f"list with other classes)")
+    return samples, names
+
+
+def class_ids(wanted, names, source):
+    missing = [n for n in wanted if n not in names]
+    if missing:
+        raise SystemExit(f"{source}: {len(missing)} classes are not classes of the data, e.g. {missing[0]!r}")
+    return [names.index(n) for n in wanted]
+
+
+def summarise(protocol, results):
+    """results {title: [metrics of each shot seed]} -> (figures, the run's result line): the protocol's headline,
+    or the one test's figures."""
+    if len(results) == 1 and protocol != "base2novel":
+        (title, ms), = results.items()
+        figures = {k: statistics.fmean(m[k] for m in ms) for k in ms[0] if isinstance(ms[0][k], (int, float))}
+        return figures, f"{title} {format_metrics(figures)}"
+    mean = {t: {k: statistics.fmean(m[k] for m in ms) for k in ("top1", "top5")} for t, ms in results.items()}
+    runs = len(next(iter(results.values())))
+    over = f" (averaged over {runs} shot seeds)" if runs > 1 else ""
+    if protocol == "base2novel":
+        b = statistics.fmean(m["top1"] for t, m in mean.items() if t.endswith("base"))
+        n = statistics.fmean(m["top1"] for t, m in mean.items() if t.endswith("novel"))
+        return dict(base=b, novel=n, hm=harmonic_mean(b, n)), f"base {b:.1f}  novel {n:.1f}  HM {harmonic_mean(b, n):.1f}{over}"
+    top1, top5 = [m["top1"] for m in mean.values()], [m["top5"] for m in mean.values()]
+    figures = dict(top1=statistics.fmean(top1), top1_std=statistics.pstdev(top1), top5=statistics.fmean(top5),
+                   top5_std=statistics.pstdev(top5))
+    return figures, (f"mean over {len(mean)} test sets: top1 {figures['top1']:.1f} ± {figures['top1_std']:.1f}  "
+                     f"top5 {figures['top5']:.1f} ± {figures['top5_std']:.1f}{over}")
+
+
+def harmonic_mean(base, novel):
+    """Base-to-novel's headline: 2BN / (B + N), from the seed-averaged accuracies (ViFi-CLIP README)."""
+    return 2 * base * novel / (base + novel) if base + novel else 0.0
+
+
+# ---- 8. One run, and main -----------------------------------------------------------------------------------
+def run(args, method, seed, out):
+    """Build, train (unless --eval-only) and test one model in the folder `out`; -> {test title: metrics}."""
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    device, autocast, dtype = device_and_precision(args)
+    if args.threads or WORLD > 1:   # under torchrun, the processes of a machine share its cores
+        torch.set_num_threads(args.threads or PROCESS_CORES)
+    try:   # under torchrun a download or the stand-in's pretraining happens once, on rank 0, the others wait
+        with rank_zero_first():
+            clip = common.load_clip(args.model, args.pretrained, args.quick_gelu)
+    except (ValueError, RuntimeError) as e:   # an unknown architecture or tag, no network, a broken weights file
+        raise SystemExit(f"--model {args.model} --pretrained {args.pretrained}: {e}") from None
+    args.quick_gelu = clip.quick_gelu
+    if not args.pretrained and not args.weights and not args.model.startswith("tiny"):
+        print(f"note: {args.model} starts from random weights; the papers start from --pretrained openai")
+    args.size = args.size or clip.visual.image_size[0]
+    model = method.build(clip, args)
+    if args.run:   # testing a run's checkpoint, or resuming it (train() then loads the checkpoint)
+        tested = os.path.join(seed_folder(args.run, seed, args), "last.pt") if args.eval_only else None
+    else:
+        tested = args.weights
+    ckpt = load_weights(model, method, tested, args) if tested else None
+    share_weights(model)
+    if args.predict:
+        return predict(args, model, method, device, autocast, ckpt)
+    if args.benchmark is not None:
+        return benchmark(args, model, device, autocast, dtype)
+
+    train_samples, names, tests = protocol_data(args, seed, ckpt and ckpt.get("classes"))
+    if train_samples is None and not args.eval_only:
+        raise SystemExit("give the training videos with --train-list, or test a model with --eval-only --weights")
+    model.to(device)
+    if args.compile:
+        compile_model(model)
+    val_title, val_samples, val_names = tests[0]
+    seen = f"{len(train_samples)} train videos ({len(names)} classes), " if train_samples and not args.eval_only else ""
+    print(f"{args.method}, {args.protocol}{f' (shot seed {seed})' if len(args.shot_seeds) > 1 else ''}: "
+          f"{common.count_params(model, trainable=True) / 1e6:.2f}M trainable of {common.count_params(model) / 1e6:.2f}M "
+          f"parameters, {seen}{len(val_samples)} {val_title} videos ({len(val_names)} classes), {args.frames} frames "
+          f"at {args.size}px, device {device}" + (f" ({dtype})" if dtype else ""))
+    os.makedirs(out, exist_ok=True)
+    skips = SkipLog(out)
+    if args.eval_only:
+        print(f"testing {tested}" if tested else f"testing the CLIP as pretrained ({args.pretrained or 'random weights'})"
+              f", and whatever {args.method} adds to it at its initialisation: no video training (give --weights "
+              f"or --resume RUN to test a trained model)")
+        weights = tested or f"pretrained {args.pretrained or 'none'}, no video training"
+    else:
+        train(args, model, train_samples, names, tests[0], device, autocast, dtype, out, skips)
+        weights = os.path.join(out, "last.pt")
+    results, views = {}, f"{args.test_clips} clips x {args.test_crops} crops"
+    for title, samples, test_names in tests:   # the recipe's views, fused as the method's official test fuses them
+        model.set_classes(test_names)
+        m = evaluate(model, make_loader(args, device, samples, views=True), device, autocast,
+                     data.temporal_twins(test_names), f"{title} ({views})", skips, STATS[args.mean], args.test_fusion,
+                     args.test_amp)
+        left_out = f", {m['skipped']} left out as bad (listed in {skips.path})" if m.get("skipped") else ""
+        print(f"{title} ({views}, {len(samples)} videos{left_out}): {format_metrics(m)}")
+        record = dict(test=title, protocol=args.protocol, views=views, weights=weights, **m)
+        if args.shots:
+            record["shot_seed"] = seed
+        if RANK == 0:
+            append_metrics(os.path.join(out, "metrics.jsonl"), record)
+        results[title] = m
+    return results
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, method = get_args(argv)
+    if args.method == "all":
+        return compare(argv)
+    start_processes(args)
+    if args.predict and WORLD > 1:
+        raise SystemExit("--predict reads one video on one device: run it without torchrun")
+    if args.predict or args.benchmark is not None:
+        return run(args, method, None, None)
+    # Rank 0 decides where the run goes and what it continues, and generates the embedded set; every process
+    # then runs with rank 0's settings (the run folder and the videos must be on a filesystem they all see).
+    device = args.device
+    ready = prepare(args) if RANK == 0 else None
+    args, ready = share((args, ready))
+    if WORLD > 1:
+        args.device = device   # this process's own GPU
+    if not ready:
+        return None
+    if not os.path.isdir(args.out):
+        raise SystemExit(f"process {RANK} cannot see the run folder {args.out} that process 0 made: under torchrun "
+                         f"on several machines, put the run (--out) and the videos on a filesystem all of them share")
+    results = {}
+    for seed in args.shot_seeds:
+        for title, m in run(args, method, seed, seed_folder(args.out, seed, args)).items():
+            results.setdefault(title, []).append(m)
+    figures, result_line = summarise(args.protocol, results)
+    record = dict(result=result_line, protocol=args.protocol, **figures)
+    if len(args.shot_seeds) > 1 or len(results) > 1:
+        print(f"{args.protocol}: {result_line}")
+        record["summary"] = args.protocol
+    if RANK == 0:
+        append_metrics(os.path.join(args.out, "metrics.jsonl"), record)
+    closing_lines(args, result_line)
+    return results
+
+
+# ==============================================================================================================
+# What makes this script a tool: the flags, the device, checkpoints and resume, --predict and --benchmark,
+# torchrun, run folders and records, one-line errors
+# ==============================================================================================================
+
+# ---- The command line ---------------------------------------------------------------------------------------
+
+# The cores this process may use: all of them, or under torchrun an equal share per process on the machine.
+PROCESS_CORES = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
 
 def at_least(low):
     """An argparse type: an integer >= low (argparse then refuses --frames 0 in one line, naming the flag)."""
@@ -97,16 +653,14 @@ def at_least(low):
 def get_args(argv=None):
     # --help is added last: the first parse, which only looks for --method, must not answer it with one flag
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
-    p.add_argument("--method", choices=(*METHODS, "all"), default="vificlip", help=(
-        "which method file to train; all: the four one after another, each in its own run folder, then a table "
-        "of their results and CPU time side by side"))
+    p.add_argument("--method", choices=(*METHODS, "all"), default="vificlip", help="which method file to train; all: "
+                   "the four one after another, each in its own run folder, then a table of results and CPU time")
     method_name = p.parse_known_args(argv)[0].method
     if method_name == "all":   # main() runs each method with its own parser; this one only serves --help
         method_name = METHODS[0]
     method = importlib.import_module(method_name)
-    p.add_argument("--recipe", choices=sorted(getattr(method, "VARIANTS", {})), default=None,
-                   help="one of the method's other official settings (see VARIANTS in its file); default: the "
-                        "variant named like --protocol if the method has one, else RECIPE")
+    p.add_argument("--recipe", choices=sorted(getattr(method, "VARIANTS", {})), help="one of the method's other "
+                   "official settings (VARIANTS in its file); default: the one named like --protocol, else RECIPE")
     p.add_argument("--protocol", choices=PROTOCOLS, default="supervised", help=(
         "supervised: train and test on the same classes. zero-shot: test on the test data's own classes "
         "(another dataset, or the embedded set's held-out classes), over every --split. few-shot: train on "
@@ -147,10 +701,9 @@ def get_args(argv=None):
     g.add_argument("--crop", choices=["tsn", "slowfast"], help="the resizing and cropping, train and test: tsn (X-CLIP's "
                    "multi-scale crops) or slowfast (Open-VCLIP's short-side jitter); default from the recipe")
     g.add_argument("--size", type=at_least(8), help="input side in pixels; default: the CLIP's own")
-    g.add_argument("--workers", type=at_least(0), default=max(0, PROCESS_CORES - 1),
-                   help="decoding processes, one FFmpeg thread each (default: every core but the one the main "
-                        "process trains on, under torchrun this process's share of the cores); lower it if "
-                        "memory runs short")
+    g.add_argument("--workers", type=at_least(0), default=max(0, PROCESS_CORES - 1), help="decoding processes, one "
+                   "FFmpeg thread each (default: every core but the one the main process trains on, under torchrun "
+                   "this process's share of the cores); lower it if memory runs short")
     g.add_argument("--clips-per-video", type=at_least(1), default=1, help=(
         "training clips cut from each decoded video, each sampled and augmented its own way (repeated "
         "augmentation): decoding, most of the loader's work, is shared by K clips. A change to the recipe: an epoch "
@@ -165,12 +718,11 @@ def get_args(argv=None):
 
     g = p.add_argument_group("optimisation (defaults: the method's RECIPE)")
     g.add_argument("--epochs", type=at_least(1))
-    g.add_argument("--batch-size", type=at_least(1), dest="step_batch",
-                   help="videos per forward pass of one process (default 8); lower it if you run out of memory, "
-                        "and the accumulation steps rise to keep the recipe's batch")
+    g.add_argument("--batch-size", type=at_least(1), dest="micro_batch", help="videos per forward pass of one process "
+                   "(default 8); lower it if you run out of memory: the accumulation rises to keep the recipe's batch")
     g.add_argument("--accum-steps", type=at_least(1), help="forward passes per optimizer step; default: enough to reach "
-                   "the recipe's effective batch (its batch_size) with --batch-size on every process")
-    g.add_argument("--lr", type=float, help="peak learning rate (after warm-up); the recipe's is for its batch size")
+                   "the recipe's global batch with --batch-size on every process")
+    g.add_argument("--lr", type=float, help="peak learning rate (after warm-up); the recipe's is for its global batch")
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--warmup-epochs", type=float)
     g.add_argument("--grad-clip", type=float, help="clip the gradient norm to this (0: off)")
@@ -204,9 +756,9 @@ def get_args(argv=None):
     g.add_argument("--test-crops", type=int, choices=[1, 3], help="spatial crops per clip in the final test")
     g.add_argument("--eval-only", action="store_true", help="only run the final test (with --weights or --resume)")
     g.add_argument("--predict", metavar="VIDEO", help="print the most likely classes of one video and exit")
-    g.add_argument("--benchmark", type=at_least(1), nargs="?", const=20, metavar="STEPS",
-                   help="time STEPS (default 20) training steps on random input, 400 classes, and exit: clips/s, "
-                        "FLOPs, MFU, peak memory; with --train-list also the data loader, and which one bounds")
+    g.add_argument("--benchmark", type=at_least(1), nargs="?", const=20, metavar="STEPS", help="time STEPS (default 20) "
+                   "training steps on random input, 400 classes, and exit: clips/s, FLOPs, MFU, peak memory; with "
+                   "--train-list also the data loader, and which one bounds")
     g.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for --benchmark's MFU (known for "
                                                      "common GPUs)")
 
@@ -219,44 +771,29 @@ def get_args(argv=None):
         "the latest run of this --method and --protocol. With --eval-only: test that run's checkpoint"))
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps or cpu")
     g.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA (bf16, else fp16)")
-    g.add_argument("--compile", action="store_true", help=(
-        "compile the model's forward pass with torch.compile: faster steps on a GPU, after compiling for a minute "
-        "or more at the start and again for each new class list; seldom worth it on a CPU"))
+    g.add_argument("--compile", action="store_true", help="compile the model's forward pass with torch.compile: faster "
+                   "steps on a GPU, after a minute or more of compiling, again for each new class list; seldom on a CPU")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--dist-timeout", type=at_least(1), default=30, help=(
-        "torchrun only: minutes a process waits for the others before the run stops with an error instead of "
-        "hanging (one process stuck or dead); raise it if a first run's set-up on rank 0 takes longer"))
+    g.add_argument("--dist-timeout", type=at_least(1), default=30, help="torchrun only: minutes a process waits for "
+                   "the others before stopping with an error (one stuck or dead); raise it if rank 0's set-up is longer")
 
     shared = set(vars(p.parse_args([])))
     if hasattr(method, "add_args"):
         method.add_args(p.add_argument_group(f"{method_name} options"))
     p.add_argument("-h", "--help", action="help", help="show every flag and exit (a method's own flags: with --method)")
     args = p.parse_args(argv)
-    own = set(vars(args)) - shared   # the method's own options
-
-    # Defaults: flag > EMBEDDED (embedded data only) > --recipe variant > RECIPE > BASE.
-    # With --weights from a run of ours, the model and the input it was trained on are read from the checkpoint.
-    variants = getattr(method, "VARIANTS", {})
-    args.recipe = args.recipe or (args.protocol if args.protocol in variants else None)
-    recipe = {**BASE, **method.RECIPE, **variants.get(args.recipe, {})}
-    mode = args.predict or args.benchmark is not None
-    args.embedded = args.train_list is None and args.val_list is None and not mode
-    if args.embedded or mode and args.model is None and args.weights is None:
-        recipe.update(EMBEDDED, **getattr(method, "EMBEDDED", {}))
-        # A variant's learning rate keeps its ratio to the recipe's: few-shot fine-tuning of a pretrained CLIP
-        # wants a gentler step than supervised training (ViFi-CLIP: 2e-6 against 2.2e-5).
-        recipe["lr"] *= variants.get(args.recipe, {}).get("lr", method.RECIPE.get("lr", 1)) / method.RECIPE.get("lr", 1)
-        if not args.embedded or args.weights:   # no need to pretrain a CLIP whose weights are replaced
-            recipe["pretrained"] = None
-    # A checkpoint of ours brings the settings its model needs, except where the chosen variant sets them
-    # (ViFi-CLIP's prompt variants add prompts to a checkpoint trained without).
-    saved = (read_checkpoint(args.weights) or {}).get("args", {}) if args.weights else {}
-    recipe.update({k: saved[k] for k in (*INHERITED, *own) if saved.get(k) is not None
-                   and k not in variants.get(args.recipe, {})})
-    for key, value in recipe.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    args.recipe_values = recipe
+    if args.predict and args.resume:   # --predict --resume RUN: that run's checkpoint, as --eval-only tests it
+        if args.weights:
+            raise SystemExit("--predict takes the weights of --resume RUN or of --weights FILE: give one of them")
+        args.weights = latest_run(method_name, args.protocol) if args.resume == "auto" else args.resume
+        if args.weights is None:
+            raise SystemExit(f"--resume: no {method_name} {args.protocol} run in {RUNS}/; name one: --resume {RUNS}/NAME")
+    if args.weights and os.path.isdir(args.weights):   # a run folder: its checkpoint
+        found = checkpoints(args.weights)
+        if not found:
+            raise SystemExit(f"{args.weights}: this folder holds no checkpoint (last.pt); give a training run's folder")
+        args.weights = found[0]
+    settings(args, method, own=set(vars(args)) - shared)   # the recipe's values for every setting not given
     # Which flags this command line gave: a resumed run keeps its own settings for all the others.
     unset = object()
     p.set_defaults(**{key: unset for key in vars(args)})
@@ -264,226 +801,67 @@ def get_args(argv=None):
     args.run, args.argv = None, list(argv if argv is not None else sys.argv[1:])   # place_run() sets run
     if sum((args.eval_only, bool(args.predict), args.benchmark is not None)) > 1:
         raise SystemExit("--eval-only, --predict and --benchmark are three different runs: give one of them")
-    # Released split files (ViFi-CLIP's train1_few_shot_K.txt, fs_base_s{seed}_train.txt) are the shots already:
-    # without --shots few-shot trains on the list as it is, and a {seed} in --train-list names each seed's file.
-    released = "{seed}" in (args.train_list or "")
-    args.shots = args.shots or (16 if args.protocol == "base2novel" and not released else None)
-    args.shot_seeds = args.shot_seeds or ([1, 2, 3] if args.protocol == "base2novel" else [1])
     return args, method
 
 
-# ---- Pieces of the loop ---------------------------------------------------------------------------------
-
-def pick_device(name):
-    if name != "auto":
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
-
-
-def amp_context(device, disabled):
-    """Mixed precision on CUDA only: bf16 where the GPU has it (no loss scaling needed), else fp16."""
-    if device.type != "cuda" or disabled:
-        return contextlib.nullcontext, None
+# ---- The device and the CLIP --------------------------------------------------------------------------------
+def device_and_precision(args):
+    """(device, autocast, dtype): --device (auto: cuda, then mps, then cpu), and mixed precision on CUDA only:
+    bf16 where the GPU has it (no loss scaling needed), else fp16."""
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else
+                          "mps" if torch.backends.mps.is_available() else "cpu")
+    if device.type != "cuda" or args.no_amp:
+        return device, contextlib.nullcontext, None
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return (lambda: torch.autocast("cuda", dtype=dtype)), dtype
+    return device, (lambda: torch.autocast("cuda", dtype=dtype)), dtype
 
 
 def compile_model(model, backend="inductor"):
-    """torch.compile of the model's forward, in place (nn.Module.compile): the model keeps its own methods
-    (set_classes, train_step, ...), and every call of it, including those inside a method's train_step, runs
-    the compiled code. A test checks the logits and gradients equal the eager ones."""
+    """torch.compile of the model's forward, in place: the model keeps its methods, and every call of it, inside a
+    method's train_step too, runs the compiled code (a test checks the logits and gradients equal the eager ones)."""
     model.compile(backend=backend)
     return model
 
 
-def training_batch(batch, device, stats, deferred):
-    """A training batch as the workers hand it over -> video (N,T,3,S,S) normalised on the device, label (N,),
-    [index (N,)] if the loader gives indices. K clips per video are flattened to N = B*K, each with its video's
-    label and index; deferred: the colour augmentation drawn in the workers is applied here, on the device."""
-    video, label, *index = batch
-    draws = index.pop(0) if deferred else None                                  # (B,T,10) or (B,K,T,10)
-    if video.dim() == 6:   # K clips per video: (B,K,T,3,S,S) -> (B*K,T,3,S,S)
-        K = video.shape[1]
-        video, label, index = video.flatten(0, 1), label.repeat_interleave(K), [i.repeat_interleave(K) for i in index]
-        draws = draws.flatten(0, 1) if deferred else None                       # (B*K,T,10)
-    video, label = video.to(device, non_blocking=True), label.to(device, non_blocking=True)
-    if deferred:
-        video = data.colour_batch(video, draws)
-    return data.normalise(video, *stats), label, index                          # uint8 from the workers -> float
+# ---- Checkpoints and resume ---------------------------------------------------------------------------------
+def resume_training(checkpoint, model, opt, args):
+    """Continue a run from its checkpoint: the model, optimizer, schedule and loss scaler as they were, every
+    process's random state, and metrics.jsonl cut back to the checkpoint's epoch -> (epochs done, the state of a
+    part-done epoch or None, the last finished epoch's record)."""
+    state = load_checkpoint(checkpoint)   # every process reads the same file: the run folder must be shared
+    for part, key in zip((model, *opt), ("model", "optimizer", "scheduler", "scaler")):
+        part.load_state_dict(state[key])
+    rngs = state.get("rngs") or [state["rng"]]
+    if len(rngs) == WORLD:
+        set_rng_state(rngs[RANK])
+    elif WORLD == 1:
+        set_rng_state(state["rng"])
+    epoch, partial, record = state["epoch"], state.get("partial"), state.get("line")
+    if RANK == 0:
+        trim_metrics(os.path.join(os.path.dirname(checkpoint), "metrics.jsonl"), epoch, record)
+    print(f"resumed {checkpoint} after epoch {epoch}" + (f", step {partial['steps']}" if partial else "")
+          + (" (all its epochs were done: testing it)" if epoch >= args.epochs else "")
+          + (f"; it ran on {len(rngs)} processes, so mixup's draws differ from an uninterrupted run's"
+             if len(rngs) != WORLD else ""))
+    return epoch, partial, record
 
 
-def soft_targets(label, num_classes, smoothing):
-    """(B,) class ids -> (B, C) targets with label smoothing (off value smoothing/C, as timm does)."""
-    off = smoothing / num_classes
-    return F.one_hot(label, num_classes).float() * (1 - smoothing) + off
-
-
-def soft_cross_entropy(logits, target):
-    return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-
-
-def make_optimizer(args, model, device, dtype, steps_per_epoch):
-    """(optimizer, schedule, loss scaler) as training and --benchmark use them: AdamW with the recipe's betas and
-    eps, on CUDA its fused kernel (one launch for all parameters, not several per tensor) and TF32 for the matrix
-    products that run in float32, as PyTorch advises from Ampere on; the loss scaler only for fp16."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    optimizer = torch.optim.AdamW(model.param_groups(args.lr, args.weight_decay), lr=args.lr,
-                                  betas=tuple(args.betas), eps=args.eps, fused=device.type == "cuda" or None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [functools.partial(
-        lr_factor, args=args, steps_per_epoch=steps_per_epoch, floor=args.lr_min_ratio * args.lr / group["lr"],
-        start=args.warmup_start_ratio * args.lr / group["lr"]) for group in optimizer.param_groups])
-    return optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-
-
-def optimizer_step(args, model, optimizer, scheduler, scaler):
-    """The optimizer step after the gradients are in (and averaged over processes): clipping, AdamW, the schedule."""
-    if args.grad_clip:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
-
-
-def default_train_step(model, video, target, loss_fn, backward, autocast):
-    """One forward and backward pass. A method can replace it with its own `train_step` (same arguments
-    minus the model) to, e.g., take an extra pass at other weights (Open-VCLIP)."""
-    with autocast():
-        loss = loss_fn(model(video), target)
-    backward(loss)
-    return loss.detach()
-
-
-def lr_factor(step, args, steps_per_epoch, floor, start=0.0):
-    """A group's learning rate after `step` optimizer steps, as a fraction of its peak; floor and start (the end
-    and the warm-up's start) are the recipe's absolute values over this group's peak. args.schedule: timm, as
-    X-CLIP's and ViFi-CLIP's utils/optimizer.py: warm-up from 0, then a cosine over all epochs, counted in the
-    official micro-batches (schedule_accum a step) and updated after each step, so step j runs at micro-batch
-    accum * (j - 1) - 1; slowfast, PySlowFast's lr_policy (Open-VCLIP): set before each step from the fractional
-    epoch, a warm-up from `start`, then a cosine from the warm-up's end (COSINE_AFTER_WARMUP)."""
-    warmup, epochs = args.warmup_epochs, args.epochs
-    if args.schedule == "timm":
-        per_epoch = steps_per_epoch * args.schedule_accum                 # micro-batches
-        t, warmup, total = max(args.schedule_accum * step - 1, 0), int(warmup * per_epoch), epochs * per_epoch
-        return t / warmup if t < warmup else floor if t >= total else \
-            floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t / total))
-    epoch = step / steps_per_epoch   # a warm-up to the cosine's value at its start, the peak itself
-    return start + epoch * (1 - start) / warmup if epoch < warmup else \
-        floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / (epochs - warmup)))
-
-
-@torch.no_grad()
-def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None, stats=None, fusion="softmax", amp=True):
-    """Accuracy of a video's fused views: fusion "softmax" averages their softmax (X-CLIP's and ViFi-CLIP's
-    main.py validate), "sum" adds their raw logits (PySlowFast's TestMeter, ensemble_method sum: Open-VCLIP);
-    amp=False tests in float32 (Open-VCLIP's test). The loader yields video (B, V, T, 3, S, S) with V = clips x
-    crops: uint8 to be normalised on the device with stats = (mean, std), or float already normalised.
-    twins[c] is the class with class c's frames in reverse order (or -1); 'twins' accuracy is how often the
-    true class beats its twin, the figure a model that cannot see frame order leaves at 50%."""
-    model.eval()
-    probs, labels, index, before = [], [], [], skips.count if skips else 0
-    for video, label, *i in progress(batches(loader, skips, desc), total=len(loader), desc=desc, leave=False):
-        B, V = video.shape[:2]
-        video = video.to(device, non_blocking=True)
-        video = data.normalise(video, *stats) if stats else video
-        with autocast() if amp else contextlib.nullcontext():
-            logits = model(video.flatten(0, 1)).float().view(B, V, -1)      # (B*V, C) -> (B, V, C)
-        probs.append((logits.softmax(-1).mean(1) if fusion == "softmax" else logits.sum(1)).cpu())  # (B, C)
-        labels.append(label)
-        index += i
-    skipped = (skips.count - before) if skips else 0
-    if WORLD > 1:   # each process tested its shard of the videos (with_index): every video once, in order.
-        # A video's views are one item, so they were fused on the process that computed them all.
-        shards = gather((probs, labels, index, skipped))
-        probs, labels, index = ([t for shard in shards for t in shard[k]] for k in range(3))
-        order = torch.cat(index).argsort()
-        probs, labels, skipped = [torch.cat(probs)[order]], [torch.cat(labels)[order]], sum(n for *_, n in shards)
-    probs, labels = torch.cat(probs), torch.cat(labels)                      # (videos, C), (videos,)
-    C = probs.shape[1]
-    top = probs.topk(min(5, C), dim=1).indices
-    hit = top[:, 0] == labels
-    result = dict(videos=len(labels), classes=C, top1=100 * hit.float().mean().item(), top1_se=standard_error(hit),
-                  **({"skipped": skipped} if skipped else {}),
-                  top5=100 * (top == labels[:, None]).any(1).float().mean().item())
-    per_class = [hit[labels == c].float().mean().item() for c in labels.unique()]
-    result["mean_class"] = 100 * sum(per_class) / len(per_class)
-    twin = torch.tensor(twins)[labels]
-    has = twin >= 0
-    if has.any():
-        beats = probs[has].gather(1, labels[has, None]) > probs[has].gather(1, twin[has, None])   # (n, 1)
-        result.update(twins=100 * beats.float().mean().item(), twins_se=standard_error(beats))
-    return result
-
-
-def standard_error(hits):
-    """The standard error of an accuracy over n videos, in points: 100 sqrt(p (1 - p) / n). Two of them either
-    side of a figure is roughly where a rerun on other videos of the same kind would land."""
-    p = hits.float().mean().item()
-    return 100 * math.sqrt(p * (1 - p) / hits.numel())
-
-
-def format_metrics(m):
-    """top-1 (with its standard error and chance), mean-class accuracy, top-5 where there are enough classes
-    for it to say something (50 or more), and twins on the embedded set."""
-    s = f"top1 {m['top1']:5.1f} ±{m['top1_se']:.1f} (chance {100 / m['classes']:.1f})  mean-class {m['mean_class']:5.1f}"
-    if m["classes"] >= 50:
-        s += f"  top5 {m['top5']:5.1f}"
-    if "twins" in m:
-        s += f"  twins {m['twins']:5.1f} ±{m['twins_se']:.1f} (chance 50)"
-    return s
-
-
-class SkipLog:
-    """The videos --skip-bad-videos left out: each one is written to the run's skipped.txt and counted."""
-
-    def __init__(self, folder):
-        self.path, self.count = os.path.join(folder, "skipped.txt"), 0
-
-    def add(self, batch, where):
-        for path, reason in getattr(batch, "skipped", ()):
-            self.count += 1
-            with open(self.path, "a") as f:
-                f.write(f"{where}\t{path}\t{reason}\n")
-
-
-def batches(loader, skips, where, waited=None, keep_empty=False):
-    """The loader's batches that hold videos (and, with keep_empty, those that hold none). Skipped videos go to
-    `skips`; decoding workers that deliver nothing for the loader's timeout stop the run in one line instead of
-    hanging it. waited[0] adds up the seconds spent waiting for the next batch: the share of an epoch that data
-    loading, not the model, decided."""
-    it = iter(loader)
-    while True:
-        try:
-            tic = time.perf_counter()
-            batch = next(it)
-            if waited is not None:
-                waited[0] += time.perf_counter() - tic
-        except StopIteration:
-            return
-        except RuntimeError as e:
-            if "timed out" not in str(e):
-                raise
-            raise SystemExit(f"{where}: no batch from the decoding workers in {loader.timeout:.0f} s, so one of them is "
-                             f"stuck (on a video that hangs the decoder?); rerun with --workers 0 to see which video, "
-                             f"or raise --loader-timeout") from None
-        if skips is not None:
-            skips.add(batch, where)
-        if len(batch) or keep_empty:
-            yield batch
-
-
-def progress(iterable=None, **kwargs):
-    """A tqdm bar on a terminal; nothing when the output goes to a file or a pipe, where the one plain line per
-    epoch says what the bar would have (and a log does not fill with carriage-return frames)."""
-    return tqdm(iterable, disable=not sys.stderr.isatty() or RANK > 0, dynamic_ncols=True, **kwargs)
+def save_training(checkpoint, model, opt, epoch, names, args, record, **extra):
+    """The checkpoint (rank 0 writes it); `epoch` epochs are complete. It holds every process's random state, so
+    that a resume on as many processes continues each one's draws, and the last epoch's record (key "line"), so
+    that a kill between the checkpoint and that record's append to metrics.jsonl loses nothing."""
+    rngs = gather(rng_state())
+    if RANK == 0:
+        optimizer, scheduler, scaler = opt
+        save_checkpoint(checkpoint, dict(
+            model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+            scaler=scaler.state_dict(), epoch=epoch, rng=rngs[0], classes=names, args=saved_args(args), line=record,
+            **(dict(rngs=rngs) if WORLD > 1 else {}), **extra))
 
 
 def save_checkpoint(path, state):
-    """torch.save to a temporary file, then an atomic rename: a crash never leaves a half-written checkpoint.
-    A failed write (a full disk) removes the temporary file, leaves the previous checkpoint as it was, and
-    stops the run saying how much room a checkpoint needs."""
+    """torch.save to a temporary file, then an atomic rename: a crash never leaves a half-written checkpoint. A
+    failed write removes the temporary file, keeps the previous checkpoint, and stops saying what to do."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp"
@@ -505,13 +883,13 @@ def save_checkpoint(path, state):
 
 def tensor_bytes(obj):
     """The bytes of every tensor in a nested state (what a checkpoint of it holds, give or take a little)."""
-    leaves = torch.utils._pytree.tree_leaves(obj)
-    return sum(t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor))
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    return sum(map(tensor_bytes, obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()))
 
 
 def rng_state():
-    """The random states. CUDA's: every GPU's on one process; under torchrun only this process's own GPU
-    (asking for all would make every process start a context on every GPU)."""
+    """The random states; CUDA's of every GPU, or under torchrun of this process's own (not a context on each)."""
     cuda = None
     if torch.cuda.is_available():
         cuda = [torch.cuda.get_rng_state()] if WORLD > 1 else torch.cuda.get_rng_state_all()
@@ -532,45 +910,57 @@ def set_rng_state(state):
 def read_checkpoint(path):
     """A checkpoint written by this file, or None for any other file (an official release)."""
     if not os.path.isfile(path):
-        raise SystemExit(f"--weights: no file at {path}")
-    try:
-        ckpt = load_checkpoint(path)
-    except (ModuleNotFoundError, AttributeError):   # an official checkpoint whose pickles need its code base
-        return None
+        raise SystemExit(f"--weights: no file at {path}; give a checkpoint file, or a run folder (its last.pt)")
+    ckpt = load_checkpoint(path)
     return ckpt if isinstance(ckpt, dict) and "model" in ckpt and "args" in ckpt else None
 
 
 def load_checkpoint(path):
-    """torch.load, with a one-line refusal for a file that is not a whole checkpoint (cut short by a full disk
-    or a kill while it was copied: our own saves are atomic)."""
+    """common.load_checkpoint: nothing in the file runs; a file refused stops the run in one line."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        raise SystemExit(f"{path}: not a whole checkpoint ({str(e).strip().splitlines()[0]}); it was cut short "
-                         f"or is no checkpoint at all: take another copy, or start without it") from None
+        return common.load_checkpoint(path)
+    except common.CheckpointError as e:
+        raise SystemExit(str(e)) from None
 
 
-def load_weights(model, method, path):
-    """Our own checkpoints load strictly; anything else goes to the method's load_official."""
+def load_weights(model, method, path, args):
+    """Our own checkpoints load strictly, but for trainable tensors new to this model: a new stage that adds
+    modules to a trained model (ViFi-CLIP's prompts on a fine-tuned ViFi-CLIP) starts them from their init.
+    Anything else goes to the method's load_official. A checkpoint that does not fit is refused in one line."""
     ckpt = read_checkpoint(path)
-    if ckpt is not None:
-        if ckpt["args"].get("method") != method.__name__:
-            raise SystemExit(f"{path} was trained with --method {ckpt['args'].get('method')}, not {method.__name__}: "
-                             f"add --method {ckpt['args'].get('method')}")
-        # Strict, except for trainable parameters the checkpoint's model did not have: a new stage that adds
-        # modules to a trained model (ViFi-CLIP's prompts on a fine-tuned ViFi-CLIP) starts them from their init.
-        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-        if unexpected or set(missing) - trainable:
-            model.load_state_dict(ckpt["model"])   # raises, listing every mismatch
-        if missing:
-            print(f"{path}: {len(missing)} trainable tensors new to this model start from their initialisation "
-                  f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
-        return ckpt
-    if not hasattr(method, "load_official"):
-        raise SystemExit(f"{path} is not a checkpoint of this repository and {method.__name__} reads no official one")
-    method.load_official(model, path)
-    return None
+    if ckpt is None:
+        if not hasattr(method, "load_official"):
+            raise SystemExit(f"{path} is not a checkpoint of this repository and {method.__name__} reads no official one")
+        try:
+            return method.load_official(model, path)
+        except ValueError as e:   # common.CheckpointError among them: the file, what it holds, the flag
+            raise SystemExit(str(e)) from None
+    saved, state, own = ckpt["args"], ckpt["model"], model.state_dict()
+    if saved.get("method") != method.__name__:
+        raise SystemExit(f"{path} was trained with --method {saved.get('method')}, not {method.__name__}: "
+                         f"add --method {saved.get('method')}")
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    wrong = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+    wrong += sorted(own.keys() - state.keys() - trainable) + sorted(state.keys() - own.keys())
+    if wrong:
+        flags = [f"--{k.replace('_', '-')} {saved[k]}" for k in (*INHERITED, *method_options(method))
+                 if k in saved and saved[k] != getattr(args, k, None) and saved[k] is not None]
+        raise SystemExit(f"{path}: a {method.__name__} checkpoint of --model {saved.get('model')} ({saved.get('frames')} "
+                         f"frames, {saved.get('size')} px) that does not fit this model ({len(wrong)} tensors, e.g. "
+                         f"{wrong[0]}): " + (f"give {' '.join(flags)}, or leave those flags out" if flags else
+                                            "give the flags it was trained with (its run's config.json)"))
+    missing, _ = model.load_state_dict(state, strict=False)
+    if missing:
+        print(f"{path}: {len(missing)} trainable tensors new to this model start from their initialisation "
+              f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    return ckpt
+
+
+def method_options(method):
+    """The settings a method's own flags (its add_args) hold."""
+    parser = argparse.ArgumentParser(add_help=False)
+    getattr(method, "add_args", lambda p: None)(parser)
+    return [a.dest for a in parser._actions]
 
 
 def class_names(args, ckpt):
@@ -584,19 +974,24 @@ def class_names(args, ckpt):
     raise SystemExit("give the class names: --classes classes.csv or --classes 'name one,name two,...'")
 
 
-# ---- Modes ----------------------------------------------------------------------------------------------
-
+# ---- --predict and --benchmark ------------------------------------------------------------------------------
 def predict(args, model, method, device, autocast, ckpt):
+    """The most likely classes of one video: the test's views, fused as the method's own test fuses them."""
     names = class_names(args, ckpt)
     model.set_classes(names)
     model.to(device).eval()
     video = make_loader(args, device, [(args.predict, 0)], views=True).dataset[0][0]   # the test's views (V,T,3,S,S)
     video = data.normalise(video.to(device), *STATS[args.mean])
     with torch.no_grad(), autocast() if args.test_amp else contextlib.nullcontext():
-        probs = model(video).float().softmax(-1).mean(0)             # (C,)
-    print(f"{args.predict} ({args.test_clips} clips x {args.test_crops} crops):")
+        scores = fuse(model(video).float()[None], args.test_fusion)[0]               # (C,)
+    probs = scores if args.test_fusion == "softmax" else scores.softmax(-1)        # summed logits, ranked the same
+    made = args.weights or f"none: the CLIP as pretrained ({args.pretrained or 'random'}), no video training"
+    print(f"{args.predict} ({args.test_clips} clips x {args.test_crops} crops; weights {made}):")
     for p, c in zip(*probs.topk(min(5, len(names)))):
         print(f"  {100 * p:5.1f}%  {names[c]}")
+    if args.model.startswith("tiny"):
+        print(f"note: --model {args.model} knows only the embedded set's synthetic shapes and motions; for real videos "
+              f"use --model ViT-B-16 --pretrained openai, or weights trained on your classes")
 
 
 # Dense peak TFLOP/s of common GPUs in bf16/fp16 (and fp32) from their data sheets, for MFU; --peak-tflops
@@ -611,28 +1006,19 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
     data loader's clips/s on those videos with the run's workers, and which of the two bounds training."""
     model.set_classes([f"class {i}" for i in range(400)])
     model.to(device).train()
-    optimizer, scheduler, scaler = make_optimizer(args, model, device, dtype, args.benchmark)   # the training step's
-    video = torch.randn(args.step_batch, args.frames, 3, args.size, args.size, device=device)
-    target = soft_targets(torch.randint(400, (args.step_batch,), device=device), 400, 0.0)
-    step = getattr(model, "train_step", None) or (lambda *a: default_train_step(model, *a))
+    opt = make_optimizer(args, model, device, dtype, args.benchmark)   # the training step's, at accumulation 1
+    video = torch.randn(args.micro_batch, args.frames, 3, args.size, args.size, device=device)
+    target = soft_targets(torch.randint(400, (args.micro_batch,), device=device), 400, 0.0)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    params = [p for p in model.parameters() if p.requires_grad]
 
-    def one_step():
-        if hasattr(model, "begin_step"):
-            with autocast():
-                model.begin_step()
-        step(video, target, soft_cross_entropy, lambda loss: scaler.scale(loss).backward(), autocast)
-        if hasattr(model, "end_step"):
-            model.end_step()
-        average_gradients(params)   # under torchrun: what each optimizer step costs in communication
-        optimizer_step(args, model, optimizer, scheduler, scaler)
+    def one_step():   # under torchrun it includes what each optimizer step costs in communication
+        training_step(model, [(video, target, {})], 1, opt, args, autocast)
 
     from torch.utils.flop_counter import FlopCounterMode
     one_step()   # the first step fills caches (a frozen text side is encoded once): count a later one
     with FlopCounterMode(display=False) as counter:
         one_step()
-    flops = counter.get_total_flops() / args.step_batch                  # per training clip
+    flops = counter.get_total_flops() / args.micro_batch                  # per training clip
     if args.compile:   # counted before: the counter does not see inside compiled code (compiled in warm-up)
         compile_model(model)
     if device.type == "cuda":
@@ -643,7 +1029,7 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
             start = time.perf_counter()
         one_step()
     sync()
-    clips = args.benchmark * args.step_batch / (time.perf_counter() - start)
+    clips = args.benchmark * args.micro_batch / (time.perf_counter() - start)
     if device.type == "cuda":
         mem = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB peak GPU memory"
     else:
@@ -655,17 +1041,17 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
         " (MFU: give the device's peak with --peak-tflops)"
     together = f" ({sum_over_processes(clips):.1f} clips/s over the {WORLD} processes)" if WORLD > 1 else ""
     print(f"benchmark {args.method} {args.model} on {device}{f' ({name})' if name else ''} ({dtype or torch.float32}):"
-          f" batch {args.step_batch} x {args.frames} frames x {args.size}px, 400 classes: {clips:.1f} clips/s "
+          f" batch {args.micro_batch} x {args.frames} frames x {args.size}px, 400 classes: {clips:.1f} clips/s "
           f"training{together}, {flops / 1e9:.4g} GFLOP per clip, {flops * clips / 1e12:.3g} TFLOP/s{mfu}, {mem}"
           + (" (per process)" if WORLD > 1 else ""))
     if not args.train_list:
         print("the data loader: give --train-list (with --data-root, --classes) to time it on your videos too")
         return
-    samples, _ = read_videos(args.train_list, args.data_root, (args.split or [1])[0], True, args.classes)
-    loader = make_loader(args, device, samples[:args.step_batch * (args.benchmark + 2)], train=True)
+    samples, names = read_videos(args.train_list, args.data_root, (args.split or [1])[0], True, args.classes)
+    loader = make_loader(args, device, samples[:args.micro_batch * (args.benchmark + 2)], train=True)
     waited = [0.0]
-    for i, (batch, _) in enumerate(zip(batches(loader, None, "benchmark", waited), range(args.benchmark + 1))):
-        video, _, _ = training_batch(batch, device, STATS[args.mean], loader.dataset.transform.defer_colour)
+    micro = micro_batches(batches(loader, None, "benchmark", waited), args, device, len(names), loader)
+    for i, (video, _, _) in enumerate(itertools.islice(micro, args.benchmark + 1)):
         if i == 0:   # the workers' start-up is not throughput
             start, count = time.perf_counter(), 0
         else:
@@ -682,14 +1068,12 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
 # torchrun sets RANK, WORLD_SIZE and LOCAL_RANK in each process; without them this file runs as one process.
 # Every process builds the same model from the same seed, reads its own shard of each epoch (data.EpochSampler),
 # and averages the gradients once per optimizer step (average_gradients); only rank 0 prints and writes files.
-
 RANK, WORLD, LOCAL_RANK = 0, 1, 0
 
 
 def start_processes(args):
-    """Join torchrun's process group (once per process): NCCL between GPUs, gloo on CPUs. --dist-timeout bounds
-    how long a process waits for the others, so that a rank that died or hangs ends the run instead of
-    leaving the rest waiting (torchrun itself also stops the others as soon as one process exits with an error)."""
+    """Join torchrun's process group (once per process): NCCL between GPUs, gloo on CPUs. --dist-timeout bounds a
+    wait for the others: a rank that died or hangs ends the run (torchrun stops the rest when one exits in error)."""
     global RANK, WORLD, LOCAL_RANK
     if "RANK" not in os.environ or torch.distributed.is_initialized():
         return
@@ -768,16 +1152,13 @@ def share_weights(model):
 
 
 def average_gradients(params, bucket_bytes=2**26):
-    """The mean of every process's .grad, once per optimizer step, after the step's last backward pass.
-
-    Not DistributedDataParallel: its reducer fires during one backward of the wrapped model's forward, while
-    the methods run their own backward passes (Open-VCLIP two per micro-batch at two weights, ViFi-CLIP one
-    through the text tower after the last micro-batch). Whatever a method adds into .grad, averaging the sums
-    afterwards is the gradient of the global batch's mean loss, exactly. It costs one all-reduce of the
-    trainable weights per optimizer step, which DDP would overlap with the last backward pass; the recipes
-    pay it once per 4 to 16 micro-batches (their accumulation on 8 GPUs). Gradients are sent in flat
-    buckets (one call per 64 MB, not one per tensor). A parameter that got no gradient on some processes
-    counts as zero there; one that got none on any process keeps .grad None, as on one process."""
+    """The mean of every process's .grad, once per optimizer step, after the step's last backward pass. Not
+    DistributedDataParallel, whose reducer fires during one backward of the wrapped model's forward: the methods
+    run backward passes of their own (Open-VCLIP two per micro-batch, ViFi-CLIP one through the text tower after
+    the last). Whatever a method adds into .grad, the mean of the sums is the gradient of the global batch's mean
+    loss, exactly, for one all-reduce per step (DDP would overlap it with the last backward; the recipes take a
+    step per 4 to 16 micro-batches), in flat buckets of 64 MB. A parameter with no gradient on some processes
+    counts as zero there; one with none on any process keeps .grad None, as on one process."""
     if WORLD == 1:
         return
     params = [p for p in params if p.requires_grad]
@@ -804,360 +1185,21 @@ def average_gradients(params, bucket_bytes=2**26):
             g.copy_(piece.view_as(g))
 
 
-# ---- Data and protocols ---------------------------------------------------------------------------------
-
-def read_videos(path, root, split, train, names=None):
-    """(samples, names) of one side of a dataset in any format data.read_dataset knows. `names` is a list of
-    names, or an "id,name" CSV, for a plain list, and maps a Kinetics CSV's labels to the training ids."""
-    names = data.load_classes(names) if isinstance(names, str) else names
-    samples, names = data.read_dataset(path, root, split=split, train=train, classes=names)
-    data.check_videos(path, root, samples)
-    if names is None:
-        raise SystemExit(f"{path} is a plain list: give its class names with --classes (--val-classes for a test "
-                         f"list with other classes)")
-    return samples, names
-
-
-def class_ids(wanted, names, source):
-    missing = [n for n in wanted if n not in names]
-    if missing:
-        raise SystemExit(f"{source}: {len(missing)} classes are not classes of the data, e.g. {missing[0]!r}")
-    return [names.index(n) for n in wanted]
-
-
-def protocol_data(args, seed, trained_names=None):
-    """The training videos, their class names, and the test sets [(title, samples, names)] of args.protocol.
-    Names are the datasets' own (UCF101 CamelCase, HMDB51 with spaces); --class-words turns them to text last."""
-    train_list = args.train_list and args.train_list.replace("{seed}", str(seed))   # a released file per seed
-    if train_list:
-        train, names = read_videos(train_list, args.data_root, (args.split or [1])[0], True, args.classes)
-    else:   # testing released weights: the class names come from --classes (or our checkpoint)
-        train, names = None, trained_names or (data.load_classes(args.classes) if args.classes and os.path.isfile(
-            args.classes) else None)
-    if args.protocol == "base2novel":
-        if names is None or not (train or args.base_classes):
-            raise SystemExit("--protocol base2novel without --train-list needs the classes (--classes) and the base "
-                             "classes (--base-classes)")
-        base = (class_ids(data.load_classes(args.base_classes), names, args.base_classes) if args.base_classes
-                else data.base_novel(train, len(names))[0])
-        if args.base_classes and train and data.dataset_format(train_list) == "list" and max(c for _, c in train) < len(base):
-            train = [(path, base[c]) for path, c in train]   # ViFi-CLIP's released lists count 0..B-1 in the base file
-        novel = [c for c in range(len(names)) if c not in base]
-        train = train and data.select_classes(train, base)
-    if args.shots and train is not None:
-        train = data.few_shot(train, args.shots, seed)
-    elif train and args.protocol in ("few-shot", "base2novel"):
-        counts = [sum(1 for _, c in train if c == k) for k in sorted({c for _, c in train})]
-        print(f"{train_list}: the shots as listed (no --shots, no draw), {min(counts)} to {max(counts)} videos per class")
-
-    if not args.val_list:
-        raise SystemExit("give the test videos with --val-list (any format --train-list takes)")
-    if args.val_classes and args.protocol != "zero-shot":
-        raise SystemExit("--val-classes names a test list's own classes, which only --protocol zero-shot tests on; "
-                         "the other protocols test on the training classes (--classes): leave it out")
-    fmt = data.dataset_format(args.val_list)
-    has_splits = fmt in ("ucf101", "hmdb51")
-    splits = args.split or ([1, 2, 3] if args.protocol == "zero-shot" and has_splits else [1])
-    own_names = args.protocol == "zero-shot"   # zero-shot tests on the test data's classes, the others on ours
-    tests = []
-    for split in splits if has_splits else splits[:1]:
-        given = (args.val_classes or args.classes) if fmt == "list" else None
-        samples, val_names = read_videos(args.val_list, args.val_root or args.data_root, split, False,
-                                         given if own_names else names)
-        tag = f"split {split}" if len(splits) > 1 else "test"
-        if args.protocol == "base2novel":   # each half scored with a classifier over its own classes only
-            groups = [(f"{tag} base", base), (f"{tag} novel", novel)]
-        else:
-            keep = [c for c in range(len(val_names)) if not (args.unseen_only and val_names[c] in (names or []))]
-            groups = [(tag, keep)]
-            if args.class_subsets and re.fullmatch(r"\d+x\d+", args.class_subsets[0]):
-                n, size = map(int, args.class_subsets[0].split("x"))
-                rng = random.Random(args.seed)   # the same subsets for every method and run
-                groups = [(f"{tag} subset {k + 1}", sorted(rng.sample(keep, size))) for k in range(n)]
-            elif args.class_subsets:
-                groups = [(f"{tag} {os.path.basename(f)}", class_ids(data.load_classes(f), val_names, f))
-                          for f in args.class_subsets]
-        tests += [(title, data.select_classes(samples, ids), [val_names[c] for c in ids]) for title, ids in groups]
-    if args.protocol == "base2novel":
-        names = [names[c] for c in base]
-    text = data.camel_words if args.class_words else (lambda n: n)
-    return train, [text(n) for n in names or []], [(t, s, [text(n) for n in ns]) for t, s, ns in tests]
-
-
-def make_loader(args, device, samples, train=False, views=False, with_index=False):
-    """A DataLoader over samples: one random clip (train), one centre view (per-epoch val), or the test views."""
-    mean, std = STATS[args.mean]
-    if train:   # on a GPU the colour augmentation runs there, in the batch (data.colour_batch)
-        transform = data.TrainTransform(args.size, mean, std, args.crop, flip=args.flip, color_jitter=args.color_jitter,
-                                        grayscale=args.grayscale, normalise=False, defer_colour=device.type != "cpu")
-    else:
-        transform = data.TestTransform(args.size, mean, std, crops=args.test_crops if views else 1, crop=args.crop,
-                                       normalise=False)
-    dataset = data.VideoDataset(samples, "", args.frames, transform, args.sampling, args.stride, train=train,
-                                num_clips=args.test_clips if views else 1, return_index=with_index or (
-                                    not train and WORLD > 1),   # evaluate() gathers the shards by index
-                                skip_bad=args.skip_bad_videos, seed=args.seed,
-                                clips_per_video=args.clips_per_video if train else 1)
-    # A batch holds about --batch-size clips: fewer videos when each gives several views or clips.
-    batch = max(1, args.step_batch // (args.test_clips * args.test_crops if views else
-                                       args.clips_per_video if train else 1))
-    # The training order and each clip's augmentation follow from (seed, epoch, video) alone, and the loader
-    # draws its workers' seeds from a generator of its own, not from the global one that mixup uses: a run
-    # resumed from any checkpoint, with any number of workers, sees the same clips as an uninterrupted one.
-    # Under torchrun each process reads its own shard: of every epoch's order (training), or of the videos.
-    sampler = data.EpochSampler(len(dataset), args.seed, RANK, WORLD) if train else \
-        data.ShardSampler(len(dataset), RANK, WORLD) if WORLD > 1 else None
-    return torch.utils.data.DataLoader(dataset, batch, sampler=sampler, drop_last=train, num_workers=args.workers,
-                                       collate_fn=data.collate, pin_memory=device.type == "cuda",
-                                       persistent_workers=args.workers > 0, generator=torch.Generator(),
-                                       timeout=args.loader_timeout if args.workers > 0 else 0)
-
-
-def summarise(protocol, results):
-    """results {title: [metrics of each shot seed]} -> the protocol's headline line."""
-    mean = {t: {k: statistics.fmean(m[k] for m in ms) for k in ("top1", "top5")} for t, ms in results.items()}
-    runs = len(next(iter(results.values())))
-    over = f" (averaged over {runs} shot seeds)" if runs > 1 else ""
-    if protocol == "base2novel":
-        b = statistics.fmean(m["top1"] for t, m in mean.items() if t.endswith("base"))
-        n = statistics.fmean(m["top1"] for t, m in mean.items() if t.endswith("novel"))
-        return dict(base=b, novel=n, hm=harmonic_mean(b, n)), f"base {b:.1f}  novel {n:.1f}  HM {harmonic_mean(b, n):.1f}{over}"
-    if len(mean) == 1:
-        return None, None
-    top1, top5 = [m["top1"] for m in mean.values()], [m["top5"] for m in mean.values()]
-    figures = dict(top1=statistics.fmean(top1), top1_std=statistics.pstdev(top1), top5=statistics.fmean(top5),
-                   top5_std=statistics.pstdev(top5))
-    return figures, (f"mean over {len(mean)} test sets: top1 {figures['top1']:.1f} ± {figures['top1_std']:.1f}  "
-                     f"top5 {figures['top5']:.1f} ± {figures['top5_std']:.1f}{over}")
-
-
-def harmonic_mean(base, novel):
-    """Base-to-novel's headline: 2BN / (B + N), from the seed-averaged accuracies (ViFi-CLIP README)."""
-    return 2 * base * novel / (base + novel) if base + novel else 0.0
-
-
-# ---- Training and testing one run -----------------------------------------------------------------------
-
-def run(args, method, seed, out):
-    """Build, train (unless --eval-only) and test one model in the folder `out`; -> {test title: metrics}."""
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
-    device = pick_device(args.device)
-    autocast, dtype = amp_context(device, args.no_amp)
-    if args.threads or WORLD > 1:   # under torchrun, the processes of a machine share its cores
-        torch.set_num_threads(args.threads or PROCESS_CORES)
-
-    try:
-        with rank_zero_first():   # a download or the stand-in's pretraining happens once, then the others read it
-            clip = common.load_clip(args.model, args.pretrained, args.quick_gelu)
-    except (ValueError, RuntimeError) as e:   # an unknown architecture or tag, no network, a broken weights file
-        raise SystemExit(f"--model {args.model} --pretrained {args.pretrained}: {e}") from None
-    args.quick_gelu = clip.quick_gelu
-    if not args.pretrained and not args.weights and not args.model.startswith("tiny"):
-        print(f"note: {args.model} starts from random weights; the papers start from --pretrained openai")
-    args.size = args.size or clip.visual.image_size[0]
-    model = method.build(clip, args)
-    if args.run:   # testing a run's checkpoint, or resuming it (train() then loads the checkpoint)
-        tested = os.path.join(seed_folder(args.run, seed, args), "last.pt") if args.eval_only else None
-    else:
-        tested = args.weights
-    ckpt = load_weights(model, method, tested) if tested else None
-    share_weights(model)
-    if args.predict:
-        return predict(args, model, method, device, autocast, ckpt)
-    if args.benchmark is not None:
-        return benchmark(args, model, device, autocast, dtype)
-
-    train_samples, names, tests = protocol_data(args, seed, ckpt and ckpt.get("classes"))
-    if train_samples is None and not args.eval_only:
-        raise SystemExit("give the training videos with --train-list, or test a model with --eval-only --weights")
-    model.to(device)
-    if args.compile:
-        compile_model(model)
-    val_title, val_samples, val_names = tests[0]
-    views = f"{args.test_clips} clips x {args.test_crops} crops"
-    seen = f"{len(train_samples)} train videos ({len(names)} classes), " if train_samples and not args.eval_only else ""
-    print(f"{args.method}, {args.protocol}{f' (shot seed {seed})' if len(args.shot_seeds) > 1 else ''}: "
-          f"{common.count_params(model, trainable=True) / 1e6:.2f}M trainable of {common.count_params(model) / 1e6:.2f}M "
-          f"parameters, {seen}{len(val_samples)} {val_title} videos ({len(val_names)} classes), {args.frames} frames "
-          f"at {args.size}px, device {device}" + (f" ({dtype})" if dtype else ""))
-    os.makedirs(out, exist_ok=True)
-    metrics_file, skips = os.path.join(out, "metrics.jsonl"), SkipLog(out)
-    if args.eval_only:
-        print(f"testing {tested}" if tested else f"testing the CLIP as pretrained ({args.pretrained or 'random weights'})"
-              f", and whatever {args.method} adds to it at its initialisation: no video training (give --weights "
-              f"or --resume RUN to test a trained model)")
-        weights = tested or f"pretrained {args.pretrained or 'none'}, no video training"
-    else:
-        train(args, model, train_samples, names, tests[0], device, autocast, dtype, out, metrics_file, skips)
-        weights = os.path.join(out, "last.pt")
-
-    results = {}
-    for title, samples, test_names in tests:
-        model.set_classes(test_names)
-        m = evaluate(model, make_loader(args, device, samples, views=True), device, autocast,
-                     data.temporal_twins(test_names), f"{title} ({views})", skips, STATS[args.mean], args.test_fusion,
-                     args.test_amp)
-        left_out = f", {m['skipped']} left out as bad (listed in {skips.path})" if m.get("skipped") else ""
-        print(f"{title} ({views}, {len(samples)} videos{left_out}): {format_metrics(m)}")
-        record = dict(test=title, protocol=args.protocol, views=views, weights=weights, **m)
-        if args.shots:
-            record["shot_seed"] = seed
-        if RANK == 0:
-            append_metrics(metrics_file, record)
-        results[title] = m
-    return results
-
-
-def train(args, model, samples, names, val, device, autocast, dtype, out, metrics_file, skips):
-    """Train in `out`: after each epoch the checkpoint, then its line in metrics.jsonl (the checkpoint first, so
-    a kill between the two loses a line that the resumed run writes again, and never writes one twice)."""
-    val_title, val_samples, val_names = val
-    val_loader = make_loader(args, device, val_samples) if args.val_every else None
-    train_loader = make_loader(args, device, samples, train=True, with_index=getattr(model, "needs_paths", False))
-    # The recipe's batch is kept whatever the number of processes: batch_size = step_batch x processes x accum.
-    clips = train_loader.batch_size * args.clips_per_video   # --batch-size, or the multiple of K below it
-    accum = args.accum_steps or max(1, args.batch_size // (clips * WORLD))
-    split = (f"{clips}" + (f" ({train_loader.batch_size} videos x {args.clips_per_video} clips)" if
-                            args.clips_per_video > 1 else "") + (f" x {WORLD} processes" if WORLD > 1 else ""))
-    print(f"batch {split} x {accum} accumulation = {clips * WORLD * accum} (recipe {args.batch_size}), "
-          f"chance {100 / len(names):.1f}%" + (f"; val: 1 view of the {len(val_samples)} {val_title} videos " + (
-              f"every {args.val_every} epochs and after the last" if args.val_every > 1 else "after every epoch")
-              if args.val_every else "; no val, only the final test"))
-    steps_per_epoch = len(train_loader) // accum
-    if args.steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, args.steps_per_epoch)
-    if steps_per_epoch == 0:
-        raise SystemExit(f"{len(samples)} training videos make no optimizer step of batch {split} x {accum} "
-                         f"accumulation steps: lower --batch-size or --accum-steps")
-    model.set_classes(names)
-    optimizer, scheduler, scaler = make_optimizer(args, model, device, dtype, steps_per_epoch)
-    start_epoch, best, partial, line = 0, 0.0, None, None   # line: the last finished epoch's, kept in every checkpoint
-
-    checkpoint = os.path.join(out, "last.pt")
-    if WORLD > 1:   # every process draws its own mixup / Open-VCLIP alpha (a resumed run restores its state below)
-        seed_process(args.seed, RANK)
-    if args.run and os.path.isfile(checkpoint):   # resuming (a shot seed the run had not reached starts afresh)
-        state = load_checkpoint(checkpoint)   # every process reads the same file: the run folder must be shared
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        rngs = state.get("rngs") or [state["rng"]]
-        if len(rngs) == WORLD:
-            set_rng_state(rngs[RANK])
-        elif WORLD == 1:
-            set_rng_state(state["rng"])
-        start_epoch, best, partial, line = state["epoch"], state["best"], state.get("partial"), state.get("line")
-        if RANK == 0:
-            trim_metrics(metrics_file, start_epoch, line)
-        print(f"resumed {checkpoint} after epoch {start_epoch}" + (f", step {partial['steps']}" if partial else "")
-              + (" (all its epochs were done: testing it)" if start_epoch >= args.epochs else "")
-              + (f"; it ran on {len(rngs)} processes, so mixup's draws differ from an uninterrupted run's"
-                 if len(rngs) != WORLD else ""))
-    step_fn = getattr(model, "train_step", None) or (lambda *a: default_train_step(model, *a))
-    params = [p for p in model.parameters() if p.requires_grad]
-    deferred = train_loader.dataset.transform.defer_colour
-
-    def backward(loss):
-        scaler.scale(loss / accum).backward()
-
-    def save(epoch, **extra):
-        """The checkpoint (rank 0 writes it); `epoch` epochs are complete. It holds every process's random
-        state, so that a resume on as many processes continues each one's draws, and the last epoch's metrics
-        line, so that a kill between the checkpoint and that line's append loses nothing."""
-        rngs = gather(rng_state())
-        if RANK == 0:
-            save_checkpoint(checkpoint, dict(
-                model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict(), epoch=epoch, best=best, rng=rngs[0], classes=names,
-                args=saved_args(args), line=line, **(dict(rngs=rngs) if WORLD > 1 else {}), **extra))
-
-    for epoch in range(start_epoch, args.epochs):
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        bar = progress(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}")
-        tic, seen, loss_sum, micro, steps = time.perf_counter(), 0, torch.zeros((), device=device), 0, 0
-        if partial:   # a checkpoint from within this epoch: go on from its step, with what the epoch had summed
-            seen, loss_sum, micro, steps = partial["seen"], partial["loss_sum"].to(device), partial["micro"], partial["steps"]
-            bar.update(steps)
-        resumed_at = seen   # clips/s counts the clips of this process's own time
-        train_loader.sampler.set_epoch(epoch, start=steps * accum * train_loader.batch_size)
-        partial, skipped, waited, step_loss = None, skips.count, [0.0], torch.zeros((), device=device)
-        # Under torchrun a batch whose videos were all left out as bad still counts as a micro-batch (with no
-        # loss), so that every process reaches each optimizer step's all-reduce together.
-        for batch in batches(train_loader, skips, f"epoch {epoch + 1}", waited, keep_empty=WORLD > 1):
-            if micro % accum == 0 and hasattr(model, "begin_step"):   # work shared by a step's micro-batches
-                with autocast():
-                    model.begin_step()
-            if len(batch):
-                video, label, index = training_batch(batch, device, STATS[args.mean], deferred)
-                target = soft_targets(label, len(names), args.smoothing)
-                video, target = data.mix(video, target, args.mixup, args.cutmix, args.mix_switch)
-                extra = dict(paths=[train_loader.dataset.samples[i][0] for i in index[0].tolist()]) if index else {}
-                loss = step_fn(video, target, soft_cross_entropy, backward, autocast, **extra)
-                step_loss, seen = step_loss + loss.float(), seen + video.shape[0]   # no GPU sync
-            micro += 1
-            if micro % accum:
-                continue
-            if hasattr(model, "end_step"):
-                model.end_step()
-            average_gradients(params)
-            step_loss = sum_over_processes(step_loss) / WORLD   # the same on every process
-            if not math.isfinite(step_loss.item()):   # one sync per optimizer step, not per micro-batch
-                raise SystemExit(
-                    f"epoch {epoch + 1}, step {steps + 1}: the loss is {step_loss.item() / accum} and training has "
-                    f"diverged. {checkpoint} is the last good checkpoint and is kept: lower --lr (now {args.lr:g})"
-                    f"{' or add --no-amp' if dtype else ''}, then --resume {out}")
-            loss_sum, step_loss = loss_sum + step_loss, torch.zeros((), device=device)
-            optimizer_step(args, model, optimizer, scheduler, scaler)
-            steps += 1
-            if not bar.disable:
-                bar.update()
-                bar.set_postfix(loss=f"{loss_sum.item() / (steps * accum):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                                clips_s=f"{WORLD * (seen - resumed_at) / (time.perf_counter() - tic):.1f}",
-                                data=f"{waited[0] / (time.perf_counter() - tic):.0%}")
-            if steps >= steps_per_epoch:
-                break
-            if args.save_every and steps % args.save_every == 0:
-                save(epoch, partial=dict(steps=steps, seen=seen, micro=micro, loss_sum=loss_sum.cpu()))
-        bar.close()
-        if hasattr(model, "on_epoch_end"):
-            model.on_epoch_end(epoch, args.epochs)
-        # the loss of the micro-batches whose steps were taken (not those of an accumulation the epoch cut short)
-        line = dict(epoch=epoch + 1, loss=loss_sum.item() / max(steps * accum, 1), lr=scheduler.get_last_lr()[0],
-                    data_wait=waited[0] / (time.perf_counter() - tic))
-        shown = ""
-        if args.val_every and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs):
-            model.set_classes(val_names)
-            line["val"] = evaluate(model, val_loader, device, autocast, data.temporal_twins(val_names), "val", skips,
-                                   STATS[args.mean], args.test_fusion, args.test_amp)
-            model.set_classes(names)
-            best = max(best, line["val"]["top1"])
-            shown = f"  val {format_metrics(line['val'])}"
-        seen, left_out = sum_over_processes(seen - resumed_at), sum_over_processes(skips.count - skipped)   # all
-        line.update(seconds=time.perf_counter() - tic, clips_per_s=seen / (time.perf_counter() - tic))
-        if left_out:
-            line["skipped"] = int(left_out)
-            shown += f"  skipped {line['skipped']} bad videos ({skips.path})"
-        print(f"epoch {epoch + 1}/{args.epochs}  loss {line['loss']:.3f}{shown}  ({line['seconds']:.0f}s, "
-              f"{line['clips_per_s']:.0f} clips/s, {line['data_wait']:.0%} waiting for data)", flush=True)
-        save(epoch + 1)
-        if RANK == 0:
-            append_metrics(metrics_file, line)
-
-
 # ---- Run folders: each run writes into a folder of its own, and never into another run's --------------------
-
 RUNS = "runs"
 # What --resume takes from this command line rather than from the run it continues (the decoding workers, which
 # change no number, are this machine's: under torchrun each process's share of the cores).
 RUN_CONTROL = ("resume", "eval_only", "overwrite", "out", "explicit", "run", "argv", "workers", "dist_timeout")
 
 
+# Settings renamed since: a config.json or checkpoint written before still resumes, under the new names.
+RENAMED = dict(step_batch="micro_batch", batch_size="global_batch", schedule_accum="official_accum")
+
+
 def saved_args(args):
     """The resolved settings, as config.json and the checkpoints keep them."""
-    return {k: v for k, v in vars(args).items() if k not in ("recipe_values", "explicit")}
+    return {k: v for k, v in vars(args).items() if k != "explicit"}
+
 
 
 def append_metrics(path, record):
@@ -1191,7 +1233,8 @@ def checkpoints(folder):
 
 def read_config(folder):
     path = os.path.join(folder, "config.json")
-    return json.loads(open(path).read()) if os.path.isfile(path) else None
+    config = json.loads(open(path).read()) if os.path.isfile(path) else None
+    return config and {RENAMED.get(k, k): v for k, v in config.items()}   # a run written before a rename
 
 
 def new_folder(stem):
@@ -1238,6 +1281,7 @@ def place_run(args):
             raise SystemExit(f"--resume: {folder} is a run of --method {saved.get('method')}; add --method "
                              f"{saved.get('method')}")
         for key, value in saved.items():
+            key = RENAMED.get(key, key)
             if key in vars(args) and key not in args.explicit and key not in RUN_CONTROL:
                 setattr(args, key, value)
         args.run = folder
@@ -1283,20 +1327,9 @@ def write_config(args, **extra):
         raise SystemExit(f"--out {args.out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
 
 
-def headline(results, args):
-    """(figures, one line) of a finished run: the protocol's summary, or its one test's figures."""
-    figures, line = summarise(args.protocol, results)
-    if line is None:
-        (title, ms), = results.items()
-        figures = {k: statistics.fmean(m[k] for m in ms) for k in ms[0] if isinstance(ms[0][k], (int, float))}
-        line = f"{title} {format_metrics(figures)}"
-    return figures, line
-
-
 def compare(argv):
-    """--method all: every method in turn with the same flags, each in a run folder of its own, then one table
-    of their results and of the CPU time each took (this process and its decoding workers, user + system; under
-    torchrun, process 0's alone)."""
+    """--method all: every method in turn with the same flags, each in its own run folder, then one table of their
+    results and CPU time (user + system of this process and its decoding workers; under torchrun rank 0's)."""
     def cpu_seconds():
         t = os.times()
         return t.user + t.system + t.children_user + t.children_system
@@ -1313,7 +1346,7 @@ def compare(argv):
         results = main(sub)
         gc.collect()   # the DataLoader workers are joined, so that their CPU time is counted
         cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
-        figures, line = headline(results, argparse.Namespace(protocol=protocol)) if results else ({}, "finished")
+        figures, line = summarise(protocol, results) if results else ({}, "finished")
         cell = [f"{figures[k]:.1f} ± {figures[k + '_se']:.1f}" if k + "_se" in figures else "" for k in ("top1", "twins")]
         rows.append(f"| {name} | {cell[0] or line} | {cell[1]} | {cpu:.0f} | {clock(wall)} |")
         print()
@@ -1352,40 +1385,23 @@ def prepare(args):
     return True
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args, method = get_args(argv)
-    if args.method == "all":
-        return compare(argv)
-    start_processes(args)
-    if args.predict and WORLD > 1:
-        raise SystemExit("--predict reads one video on one device: run it without torchrun")
-    if args.predict or args.benchmark is not None:
-        return run(args, method, None, None)
-    # Rank 0 decides where the run goes and what it continues, and generates the embedded set; every process
-    # then runs with rank 0's settings (the run folder and the videos must be on a filesystem they all see).
-    device = args.device
-    ready = prepare(args) if RANK == 0 else None
-    args, ready = share((args, ready))
-    if WORLD > 1:
-        args.device = device   # this process's own GPU
-    if not ready:
-        return None
-    if not os.path.isdir(args.out):
-        raise SystemExit(f"process {RANK} cannot see the run folder {args.out} that process 0 made: under torchrun "
-                         f"on several machines, put the run (--out) and the videos on a filesystem all of them share")
+def record_epoch(record, args, seen, skips, clock):
+    """Complete an epoch's record with its time, clips/s and the videos left out as bad, over all processes,
+    and print it as the epoch's one plain line."""
+    seen, left_out = sum_over_processes(seen - clock["resumed_at"]), sum_over_processes(skips.count - clock["skipped"])
+    elapsed = time.perf_counter() - clock["tic"]
+    record.update(seconds=elapsed, clips_per_s=seen / elapsed)
+    shown = f"  val {format_metrics(record['val'])}" if "val" in record else ""
+    if left_out:
+        record["skipped"] = int(left_out)
+        shown += f"  skipped {record['skipped']} bad videos ({skips.path})"
+    print(f"epoch {record['epoch']}/{args.epochs}  loss {record['loss']:.3f}{shown}  ({record['seconds']:.0f}s, "
+          f"{record['clips_per_s']:.0f} clips/s, {record['data_wait']:.0%} waiting for data)", flush=True)
+
+
+def closing_lines(args, result_line):
+    """The last lines of a run: where what it used and wrote is, and its result."""
     top = os.path.join(args.out, "metrics.jsonl")
-    results = {}
-    for seed in args.shot_seeds:
-        for title, m in run(args, method, seed, seed_folder(args.out, seed, args)).items():
-            results.setdefault(title, []).append(m)
-    figures, line = headline(results, args)
-    record = dict(result=line, protocol=args.protocol, **figures)
-    if len(args.shot_seeds) > 1 or len(results) > 1:
-        print(f"{args.protocol}: {line}")
-        record["summary"] = args.protocol
-    if RANK == 0:
-        append_metrics(top, record)
     where = [("run folder", args.out), ("settings", os.path.join(args.out, "config.json")),
              ("metrics", top + " (one line per epoch, then the tests and the result)")]
     if args.eval_only:
@@ -1401,18 +1417,73 @@ def main(argv=None):
         where.append(("skipped", f"{count} videos that could not be decoded, listed in {', '.join(skipped)}"))
     if args.pretrained == "synthetic":
         where.append(("CLIP", f"{common.synthetic_path(args.model)} (pretrained once, reused)"))
-    for key, value in where + [("result", line)]:
+    for key, value in where + [("result", result_line)]:
         print(f"{key:11s} {value}")
-    return results
 
 
+def format_metrics(m):
+    """top-1 (with its standard error and chance), mean-class accuracy, top-5 where there are enough classes
+    for it to say something (50 or more), and twins on the embedded set."""
+    s = f"top1 {m['top1']:5.1f} ±{m['top1_se']:.1f} (chance {100 / m['classes']:.1f})  mean-class {m['mean_class']:5.1f}"
+    if m["classes"] >= 50:
+        s += f"  top5 {m['top5']:5.1f}"
+    if "twins" in m:
+        s += f"  twins {m['twins']:5.1f} ±{m['twins_se']:.1f} (chance 50)"
+    return s
+
+
+class SkipLog:
+    """The videos --skip-bad-videos left out: each one is written to the run's skipped.txt and counted."""
+
+    def __init__(self, folder):
+        self.path, self.count = os.path.join(folder, "skipped.txt"), 0
+
+    def add(self, batch, where):
+        for path, reason in getattr(batch, "skipped", ()):
+            self.count += 1
+            with open(self.path, "a") as f:
+                f.write(f"{where}\t{path}\t{reason}\n")
+
+
+def batches(loader, skips, where, waited=None, keep_empty=False):
+    """The loader's batches that hold videos (with keep_empty, also those that hold none); skipped videos go to
+    `skips`. Workers that deliver nothing for the loader's timeout stop the run in one line instead of hanging it.
+    waited[0] adds up the seconds spent waiting for the next batch: what data loading, not the model, decided."""
+    it = iter(loader)
+    while True:
+        try:
+            tic = time.perf_counter()
+            batch = next(it)
+            if waited is not None:
+                waited[0] += time.perf_counter() - tic
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            if "timed out" not in str(e):
+                raise
+            raise SystemExit(f"{where}: no batch from the decoding workers in {loader.timeout:.0f} s, so one of them is "
+                             f"stuck (on a video that hangs the decoder?); rerun with --workers 0 to see which video, "
+                             f"or raise --loader-timeout") from None
+        if skips is not None:
+            skips.add(batch, where)
+        if len(batch) or keep_empty:
+            yield batch
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm bar on a terminal; nothing when the output goes to a file or a pipe, where the one plain line per
+    epoch says what the bar would have (and a log does not fill with carriage-return frames)."""
+    return tqdm(iterable, disable=not sys.stderr.isatty() or RANK > 0, dynamic_ncols=True, **kwargs)
+
+
+# ---- One-line errors ----------------------------------------------------------------------------------------
 def one_line(e):
     """The one line a run stopped by `e` ends with, or None for an error that needs its traceback. Under
     torchrun it says which process stopped, and it is written where torchrun looks for the cause of a
     failure, so that torchrun's closing summary shows it too."""
     if isinstance(e, SystemExit):
         message = e.code
-    elif isinstance(e, (data.DataError, data.VideoError, FileNotFoundError)):   # bad input: no traceback
+    elif isinstance(e, (data.DataError, data.VideoError, common.CheckpointError, FileNotFoundError)):   # bad input
         # A DataLoader worker's error arrives with the worker's traceback in its message: keep its last line.
         message = re.sub(r"^[\w.]*(Error|Exception): ", "", str(e).strip().splitlines()[-1])
         hint = " (or leave such videos out with --skip-bad-videos)" if isinstance(e, data.VideoError) else ""

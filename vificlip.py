@@ -68,8 +68,8 @@ Where we differ from the official code, and why:
 import torch
 from torch import nn
 
-from common import (PHOTO_TEMPLATE, block, cosine_logits, frame_head, freeze, load_state_dict, param_groups,
-                    patch_embed, tokenize)
+from common import (PHOTO_TEMPLATE, CheckpointError, block, check_fits, cosine_logits, frame_head, freeze,
+                    load_state_dict, param_groups, patch_embed, tokenize)
 
 # Fully-supervised Kinetics-400 recipe: configs/fully_supervised/k400/16_16_vifi_clip.yaml and the defaults
 # of utils/config.py; test views from the README (--opts TEST.NUM_CLIP 4 TEST.NUM_CROP 3).
@@ -80,11 +80,11 @@ RECIPE = dict(
     stride=1,                  # (input side: 224, the CLIP's own; train.py takes it from the model)
     lr=2.2e-5,                 # TRAIN.LR (absolute, not scaled by batch)
     lr_min_ratio=0.01,         # timm cosine with lr_min = LR / 100 (utils/optimizer.py build_scheduler)
-    schedule="timm", schedule_accum=16,   # counted per micro-batch; ACCUMULATION_STEPS 16 (16_16_vifi_clip.yaml)
+    schedule="timm", official_accum=16,   # counted per micro-batch; ACCUMULATION_STEPS 16 (16_16_vifi_clip.yaml)
     weight_decay=1e-3,         # TRAIN.WEIGHT_DECAY, on every parameter (utils/optimizer.py)
     betas=(0.9, 0.98), eps=1e-8,
     epochs=30, warmup_epochs=5,
-    batch_size=512,            # 4 per GPU x 16 accumulation steps x 8 GPUs (README)
+    global_batch=512,          # 4 per GPU x 16 accumulation steps x 8 GPUs (README)
     grad_clip=0.0,             # none in the official code
     mean="imagenet",           # datasets/build.py normalises with ImageNet statistics, not CLIP's
     flip=True, color_jitter=0.8, grayscale=0.2,
@@ -98,20 +98,20 @@ RECIPE = dict(
 # The other official settings, as overrides of RECIPE (chosen with --recipe NAME).
 VARIANTS = {
     # configs/zero_shot/train/k400/16_16_vifi_clip.yaml: K400 training for zero-shot transfer (32 frames).
-    "zero-shot": dict(frames=32, lr=8e-6, epochs=10, batch_size=256, schedule_accum=8, test_clips=1, test_crops=1),
+    "zero-shot": dict(frames=32, lr=8e-6, epochs=10, global_batch=256, official_accum=8, test_clips=1, test_crops=1),
     # configs/few_shot/finetuning_few_shot/*: 2/4/8/16-shot fine-tuning from CLIP.
-    "few-shot": dict(frames=32, lr=2e-6, epochs=50, batch_size=64, schedule_accum=2, test_clips=1, test_crops=1),
+    "few-shot": dict(frames=32, lr=2e-6, epochs=50, global_batch=64, official_accum=2, test_clips=1, test_crops=1),
     # configs/base2novel/finetuning_base2novel/*: base-class fine-tuning from CLIP.
-    "base2novel": dict(frames=32, lr=2e-6, epochs=11, batch_size=64, schedule_accum=2, test_clips=1, test_crops=1),
+    "base2novel": dict(frames=32, lr=2e-6, epochs=11, global_batch=64, official_accum=2, test_clips=1, test_crops=1),
     # configs/fully_supervised/k400/16_16_image_tuned_clip.yaml (text-FT has the same numbers): add --tune.
-    "one-tower": dict(lr=8e-6, batch_size=256, schedule_accum=8),
+    "one-tower": dict(lr=8e-6, global_batch=256, official_accum=8),
     # Bridge and prompt from a K400 ViFi-CLIP (--weights): configs/base2novel/prompting_base2novel/
     # {hmdb,ucf,ssv2}/16_32_prompting*_s{1,2,3}.yaml. Their CTX_INIT "a photo of a" is ignored for 16 tokens.
-    "prompt-base2novel": dict(frames=32, lr=4e-2, epochs=11, batch_size=64, schedule_accum=2, test_clips=1, test_crops=1,
+    "prompt-base2novel": dict(frames=32, lr=4e-2, epochs=11, global_batch=64, official_accum=2, test_clips=1, test_crops=1,
                               template="{}.", prompt_tokens_text=16, prompt_tokens_vision=16,
                               prompt_depth_text=9, prompt_depth_vision=9),
     # configs/few_shot/prompting_few_shot/{hmdb51,ucf101,ssv2}/16_32_prompting_{2,4,8,16}_shot.yaml.
-    "prompt-few-shot": dict(frames=32, lr=8e-3, epochs=50, batch_size=64, schedule_accum=2, test_clips=1, test_crops=1,
+    "prompt-few-shot": dict(frames=32, lr=8e-3, epochs=50, global_batch=64, official_accum=2, test_clips=1, test_crops=1,
                             template="{}.", prompt_tokens_text=10, prompt_tokens_vision=10,
                             prompt_depth_text=12, prompt_depth_vision=12),
 }
@@ -311,6 +311,7 @@ def load_official(model, path):
         elif key == "logit_scale":
             key = "clip.logit_scale"
         mapped[key] = value
+    check_fits(model, mapped, path, "a ViFi-CLIP checkpoint")
     missing, unexpected = model.load_state_dict(mapped, strict=False)
     missing = [k for k in missing if k != "clip.token_embedding.weight"]
     prompts = sorted(n for n, _ in model.named_parameters() if is_prompt(n))
@@ -319,8 +320,8 @@ def load_official(model, path):
     if missing or unexpected:
         hint = ("; the file has prompts: pass the --prompt-* options it was trained with"
                 if any(is_prompt(k) for k in missing + unexpected) else "")
-        raise RuntimeError(f"{path} is not a ViFi-CLIP checkpoint for this architecture: "
-                           f"missing {missing[:5]}, unexpected {unexpected[:5]}{hint}")
+        raise CheckpointError(f"{path} is not a ViFi-CLIP checkpoint of this model: it lacks {missing[:3]} "
+                              f"({len(missing)}) and holds {unexpected[:3]} ({len(unexpected)}){hint}")
 
 
 def build(clip, args):
