@@ -302,7 +302,7 @@ def camel_words(name):
     return name if " " in name else re.sub(camel, " ", name)
 
 # -----------------------------------------------------------------------------
-# the protocols' selections of videos and classes
+# the protocols: which videos and classes each trains and tests on
 
 def few_shot(samples, shots, seed):
     """`shots` videos of every class 0..C-1 of the train list, drawn by random.Random(seed) (the global random
@@ -339,6 +339,82 @@ def select_classes(samples, class_ids):
     if len(position) != len(class_ids):
         raise ValueError(f"select_classes: class_ids repeats an id: {list(class_ids)}")
     return [(path, position[label]) for path, label in samples if label in position]
+
+def protocol_data(args, seed, trained_names=None):
+    """The training videos, their class names, and the test sets [(title, samples, names)] of a run's protocol,
+    from its settings `args` (train.py's flags: --protocol, --train-list, --val-list, --classes, --shots, ...).
+    Names are the datasets' own (UCF101 CamelCase, HMDB51 with spaces); --class-words turns them to text last."""
+    train_list = args.train_list and args.train_list.replace("{seed}", str(seed))   # a released file per seed
+    if train_list:
+        train, names = read_videos(train_list, args.data_root, (args.split or [1])[0], True, args.classes)
+    else:   # testing released weights: the class names come from --classes (or our checkpoint)
+        train, names = None, trained_names or (load_classes(args.classes) if args.classes and os.path.isfile(
+            args.classes) else None)
+    if args.protocol == "base2novel":
+        if names is None or not (train or args.base_classes):
+            raise DataError("--protocol base2novel without --train-list needs the classes (--classes) and the base "
+                            "classes (--base-classes)")
+        base = (class_ids(load_classes(args.base_classes), names, args.base_classes) if args.base_classes
+                else base_novel(train, len(names))[0])
+        if args.base_classes and train and dataset_format(train_list) == "list" and max(c for _, c in train) < len(base):
+            train = [(path, base[c]) for path, c in train]   # ViFi-CLIP's released lists count 0..B-1 in the base file
+        novel = [c for c in range(len(names)) if c not in base]
+        train = train and select_classes(train, base)
+    if args.shots and train is not None:
+        train = few_shot(train, args.shots, seed)
+    elif train and args.protocol in ("few-shot", "base2novel"):
+        counts = [sum(1 for _, c in train if c == k) for k in sorted({c for _, c in train})]
+        print(f"{train_list}: the shots as listed (no --shots, no draw), {min(counts)} to {max(counts)} videos per class")
+
+    if not args.val_list:
+        raise DataError("give the test videos with --val-list (any format --train-list takes)")
+    fmt = dataset_format(args.val_list)
+    has_splits = fmt in ("ucf101", "hmdb51")
+    splits = args.split or ([1, 2, 3] if args.protocol == "zero-shot" and has_splits else [1])
+    own_names = args.protocol == "zero-shot"   # zero-shot tests on the test data's classes, the others on ours
+    tests = []
+    for split in splits if has_splits else splits[:1]:
+        given = (args.val_classes or args.classes) if fmt == "list" else None
+        samples, val_names = read_videos(args.val_list, args.val_root or args.data_root, split, False,
+                                         given if own_names else names)
+        tag = f"split {split}" if len(splits) > 1 else "test"
+        if args.protocol == "base2novel":   # each half scored with a classifier over its own classes only
+            groups = [(f"{tag} base", base), (f"{tag} novel", novel)]
+        else:   # every test class, or those training never saw (--unseen-only), or --class-subsets of them
+            keep = [c for c in range(len(val_names)) if not (args.unseen_only and val_names[c] in (names or []))]
+            groups = [(tag, keep)]
+            if args.class_subsets and re.fullmatch(r"\d+x\d+", args.class_subsets[0]):
+                n, size = map(int, args.class_subsets[0].split("x"))
+                rng = random.Random(args.seed)   # the same subsets for every method and run
+                groups = [(f"{tag} subset {k + 1}", sorted(rng.sample(keep, size))) for k in range(n)]
+            elif args.class_subsets:
+                groups = [(f"{tag} {os.path.basename(f)}", class_ids(load_classes(f), val_names, f))
+                          for f in args.class_subsets]
+        tests += [(title, select_classes(samples, ids), [val_names[c] for c in ids]) for title, ids in groups]
+    if args.protocol == "base2novel":
+        names = [names[c] for c in base]
+    text = camel_words if args.class_words else (lambda n: n)
+    return train, [text(n) for n in names or []], [(t, s, [text(n) for n in ns]) for t, s, ns in tests]
+
+
+def read_videos(path, root, split, train, names=None):
+    """(samples, names) of one side of a dataset in any format read_dataset knows. `names` is a list of
+    names, or an "id,name" CSV, for a plain list, and maps a Kinetics CSV's labels to the training ids."""
+    names = load_classes(names) if isinstance(names, str) else names
+    samples, names = read_dataset(path, root, split=split, train=train, classes=names)
+    check_videos(path, root, samples)
+    if names is None:
+        raise DataError(f"{path} is a plain list: give its class names with --classes (--val-classes for a test "
+                        f"list with other classes)")
+    return samples, names
+
+
+def class_ids(wanted, names, source):
+    missing = [n for n in wanted if n not in names]
+    if missing:
+        raise DataError(f"{source}: {len(missing)} classes are not classes of the data, e.g. {missing[0]!r}")
+    return [names.index(n) for n in wanted]
+
 
 # -----------------------------------------------------------------------------
 # the dataset: one clip (training) or all the views (test) of a video
@@ -1170,6 +1246,8 @@ def make_synthetic(root, seed=0, train_per_class=40, val_per_class=35, T=24, siz
     if os.path.exists(root) and _done(root) is None and os.listdir(root):
         raise FileExistsError(f"make_synthetic: {root} exists but was not written by make_synthetic (no DONE "
                               f"file); remove it or choose another root")
+    print(f"generating the embedded synthetic set in {os.path.relpath(root)}, once: {12 * (train_per_class + val_per_class)} "
+          f"videos", flush=True)
     # Build next to root and rename at the end, so an interrupted run never looks finished.
     tmp = f"{root}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1063,7 +1063,7 @@ def test_cli_clips_per_video_and_colour_on_the_device_give_the_numbers_of_colour
             super().__init__(*args, **{**kwargs, "defer_colour": True})
     monkeypatch.setattr(data, "TrainTransform", Deferred)
     train.main(argv + ["--out", str(tmp_path / "device")])
-    drop = ("seconds", "clips_per_s", "data_wait", "weights")
+    drop = ("seconds", "val_seconds", "clips_per_s", "data_wait", "weights")
     a, b = ([{k: v for k, v in r.items() if k not in drop} for r in train.read_metrics(str(tmp_path / run / "metrics.jsonl"))]
             for run in ("workers", "device"))
     assert a == b and len(a) == 3
@@ -1636,7 +1636,7 @@ def test_released_split_files_load_as_they_are(tmp_path):
     common_args = ["--method", "vificlip", "--data-root", paths["root"], "--val-list", paths["val"],
                    "--classes", paths["classes"]]
     args, _ = train.get_args(common_args + ["--protocol", "few-shot", "--train-list", str(shots)])
-    train_samples, _, _ = train.protocol_data(args, seed=1)
+    train_samples, _, _ = data.protocol_data(args, seed=1)
     assert args.shots is None and train_samples == [(os.path.join(paths["root"], p), c) for p, c in
                                                     data.read_list(str(shots))]
     base = [names[c] for c in (7, 2, 9, 4, 11, 0)]                      # a base class file in its own order
@@ -1648,7 +1648,7 @@ def test_released_split_files_load_as_they_are(tmp_path):
                                             "--train-list", str(tmp_path / "fs_base_s{seed}_train.txt")])
     assert args.shots is None and args.shot_seeds == [1, 2, 3]
     for seed in (1, 2):
-        train_samples, trained, tests = train.protocol_data(args, seed)
+        train_samples, trained, tests = data.protocol_data(args, seed)
         assert trained == base and len(train_samples) == 6               # relabelled 0..5 in the file's order
         for path, label in train_samples:   # the video's own class, whatever the file's numbering
             assert path.endswith(f"_{seed}.mp4") and names[int(os.path.basename(path).split("_")[1])] == trained[label]
@@ -1663,17 +1663,17 @@ def test_released_weights_test_on_a_plain_list_with_its_class_file(tmp_path):
     for protocol in ("supervised", "few-shot"):
         args, _ = train.get_args(["--method", "xclip", "--protocol", protocol, "--eval-only", "--val-list",
                                   paths["val"], "--classes", paths["classes"], "--data-root", paths["root"]])
-        train_samples, names, tests = train.protocol_data(args, seed=1)
+        train_samples, names, tests = data.protocol_data(args, seed=1)
         assert train_samples is None and names == data.synthetic_classes() and len(tests[0][1]) == 12
     base = data.synthetic_classes()[6:]                                 # base-to-novel: one seed's released file
     (tmp_path / "base.csv").write_text("id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(base)))
     argv = ["--method", "vificlip", "--protocol", "base2novel", "--eval-only", "--val-list", paths["val"],
             "--classes", paths["classes"], "--data-root", paths["root"], "--shot-seeds", "1"]
     args, _ = train.get_args(argv + ["--base-classes", str(tmp_path / "base.csv")])
-    _, names, tests = train.protocol_data(args, seed=1)
+    _, names, tests = data.protocol_data(args, seed=1)
     assert names == base and [(t, len(s), len(n)) for t, s, n in tests] == [("test base", 6, 6), ("test novel", 6, 6)]
-    with pytest.raises(SystemExit, match="needs the classes .* and the base classes"):
-        train.protocol_data(train.get_args(argv)[0], seed=1)
+    with pytest.raises(data.DataError, match="needs the classes .* and the base classes"):
+        data.protocol_data(train.get_args(argv)[0], seed=1)
 
 
 def test_zero_shot_unseen_only_keeps_the_classes_training_never_saw(tmp_path):
@@ -1682,15 +1682,15 @@ def test_zero_shot_unseen_only_keeps_the_classes_training_never_saw(tmp_path):
             paths["seen"], "--val-list", paths["val"], "--val-classes", paths["classes"], "--data-root", paths["root"],
             "--unseen-only"]
     args, _ = train.get_args(argv)
-    _, names, tests = train.protocol_data(args, seed=1)
+    _, names, tests = data.protocol_data(args, seed=1)
     assert names == data.load_classes(paths["seen"]) and len(tests) == 1
     title, samples, test_names = tests[0]
     assert sorted(test_names) == sorted(data.UNSEEN) and len(samples) == 4
     args, _ = train.get_args(argv + ["--class-subsets", "3x2"])
-    tests = train.protocol_data(args, seed=1)[2]
+    tests = data.protocol_data(args, seed=1)[2]
     assert [t for t, _, _ in tests] == ["test subset 1", "test subset 2", "test subset 3"]
     assert all(len(ns) == 2 and set(ns) <= set(data.UNSEEN) for _, _, ns in tests)
-    assert tests == train.protocol_data(args, seed=1)[2]   # drawn from --seed: the same every time
+    assert tests == data.protocol_data(args, seed=1)[2]   # drawn from --seed: the same every time
 
 
 def test_weights_load_strictly_except_new_trainable_tensors(tiny_clip_state, tmp_path):
@@ -1755,12 +1755,14 @@ def test_cli_runs_get_folders_of_their_own_and_never_overwrite_each_other(tmp_pa
     assert "runs/vificlip-supervised-2 is finished" in capsys.readouterr().out
     assert files_of("runs/vificlip-supervised-2") == latest
 
-    # Training on: the run's own settings come back (lr 2e-3 was not given again), one line per epoch, one result.
+    # Training on: the run's own settings come back (lr 2e-3 was not given again), one line per epoch, and the
+    # finished 1-epoch test and result stay beside the new ones.
     train.main(["--method", "vificlip", "--resume", first, "--epochs", "2"])   # nothing else needs repeating
     state = torch.load(os.path.join(first, "last.pt"), weights_only=False)
     assert state["epoch"] == 2 and state["scheduler"]["last_epoch"] == 4 and state["args"]["lr"] == 2e-3
     lines = train.read_metrics(os.path.join(first, "metrics.jsonl"))
-    assert [r["epoch"] for r in lines if "epoch" in r] == [1, 2] and sum("result" in r for r in lines) == 1
+    assert [r["epoch"] for r in lines if "epoch" in r] == [1, 2]
+    assert [r["trained_epochs"] for r in lines if "result" in r] == [1, 2]
     assert lines[-2]["views"] == "2 clips x 1 crops" and lines[-2]["weights"] == os.path.join(first, "last.pt")
     assert json.load(open(os.path.join(first, "config.json")))["epochs"] == 2
 
@@ -1794,15 +1796,18 @@ def test_cli_resume_cuts_the_metrics_back_to_the_checkpoint(tmp_path, capsys):
     train.append_metrics(metrics, dict(epoch=2, loss=1.0))            # written, but its checkpoint never was
     train.main(tiny_run_args(paths, "--epochs", "2", "--resume", out, "--val-every", "0"))
     lines = train.read_metrics(metrics)
-    assert [r["epoch"] for r in lines if "epoch" in r] == [1, 2] and "val" not in lines[1]
-    assert [("test" in r, "result" in r) for r in lines[2:]] == [(True, False), (False, True)]
-    # Killed after epoch 2's checkpoint, before its line: the checkpoint holds the line, and puts it back.
-    epoch2 = lines[1]
+    assert [r.get("epoch") or (r["trained_epochs"], "result" in r) for r in lines] == [   # the finished 1-epoch
+        1, (1, False), (1, True), 2, (2, False), (2, True)]                                # tests stay
+    assert "val" not in lines[3]
+    # Killed after epoch 2's checkpoint, before its line: the checkpoint holds the line, and puts it back; tests
+    # that never reached their result line go.
+    epoch2 = lines[3]
     with open(metrics, "w") as f:
-        f.write(json.dumps(lines[0]) + "\n")
+        f.writelines(json.dumps(r) + "\n" for r in lines[:3] + [dict(lines[4], trained_epochs=3)])
     train.main(tiny_run_args(paths, "--epochs", "3", "--resume", out, "--val-every", "0"))
     lines = train.read_metrics(metrics)
-    assert [r["epoch"] for r in lines if "epoch" in r] == [1, 2, 3] and lines[1] == epoch2
+    assert [r["epoch"] for r in lines if "epoch" in r] == [1, 2, 3] and lines[3] == epoch2
+    assert [r["trained_epochs"] for r in lines if "epoch" not in r] == [1, 1, 3, 3]
 
 
 def test_cli_a_run_written_before_the_setting_renames_resumes_to_the_uninterrupted_numbers(tmp_path):
@@ -1889,7 +1894,7 @@ def test_same_command_same_numbers_first_run_included(tmp_path, monkeypatch):
                   for name in os.listdir(os.path.join(paths["root"], "videos"))}
         train.main(tiny_run_args(paths, "--pretrained", "synthetic", "--epochs", "2", "--workers", "2",
                                  "--batch-size", "8", "--out", "run"))
-        drop = ("seconds", "clips_per_s", "data_wait")
+        drop = ("seconds", "val_seconds", "clips_per_s", "data_wait")
         runs.append((videos, [{k: v for k, v in r.items() if k not in drop}
                               for r in train.read_metrics(os.path.join("run", "metrics.jsonl"))]))
     assert runs[0][0] == runs[1][0]
@@ -1980,11 +1985,19 @@ def test_cli_a_full_disk_a_diverged_loss_and_a_cut_checkpoint_lose_nothing(tmp_p
         train.main(["--method", "vificlip", "--resume", out, "--epochs", "2"])
     with pytest.raises(SystemExit, match=r"cannot make the run's folder"):
         train.main(tiny_run_args(paths, "--out", os.path.join(out, "config.json", "sub")))
-    with pytest.raises(SystemExit, match="--val-classes .* only --protocol zero-shot"):
-        train.main(tiny_run_args(paths, "--val-classes", paths["classes"], "--out", str(tmp_path / "vc")))
+    for flag, says in ((["--val-classes", paths["classes"]], "--val-classes means something only under --protocol "
+                        "zero-shot, not supervised: add --protocol zero-shot"), (["--shots", "4"], "--shots means "
+                        "something only under --protocol few-shot or base2novel, not supervised: add --protocol few-shot")):
+        with pytest.raises(SystemExit, match=re.escape(says)):
+            train.main(tiny_run_args(paths, *flag, "--out", str(tmp_path / "vc")))
+    assert not os.path.exists(tmp_path / "vc")   # refused before anything was written
     with pytest.raises(SystemExit):
         train.get_args(["--frames", "0"])
     assert "--frames: expected an integer >= 1, got '0'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.get_args(["--epcohs", "3"])   # one line, the closest flag, no usage
+    assert capsys.readouterr().err.splitlines() == [
+        "error: unrecognized arguments: --epcohs 3 (did you mean --epochs?); --help lists every flag"]
 
 
 def test_cli_bad_input_is_one_line_without_a_traceback(tmp_path):
@@ -2081,6 +2094,78 @@ def test_cli_predict_with_resume_uses_that_runs_checkpoint_and_names_its_weights
     assert trained.splitlines()[1:3] != bare.splitlines()[1:3]
 
 
+def test_cli_a_finished_run_trained_further_keeps_its_results_and_eval_folders_pair_with_their_runs(tmp_path, monkeypatch,
+                                                                                                  capsys):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    monkeypatch.chdir(tmp_path)
+    train.main(tiny_run_args(paths, "--epochs", "2", "--val-every", "0"))
+    run = os.path.join("runs", "vificlip-supervised")
+    first = train.read_metrics(os.path.join(run, "metrics.jsonl"))
+    train.main(tiny_run_args(paths, "--resume", run, "--epochs", "3", "--val-every", "0"))
+    lines = train.read_metrics(os.path.join(run, "metrics.jsonl"))
+    assert lines[:len(first)] == first and [r.get("trained_epochs") for r in first if "epoch" not in r] == [2, 2]
+    assert [r.get("epoch") or (r.get("trained_epochs"), "result" in r) for r in lines] == [
+        1, 2, (2, False), (2, True), 3, (3, False), (3, True)]
+    capsys.readouterr()
+    assert train.main(tiny_run_args(paths, "--resume", run, "--epochs", "2")) is None
+    assert f"{run} is finished (3 epochs)" in capsys.readouterr().out
+    train.main(tiny_run_args(paths, "--epochs", "3", "--val-every", "0", "--steps-per-epoch", "1"))   # a second run
+    for tested in (run, run + "-2", run):   # each test in a folder named after what it tested
+        train.main(tiny_run_args(paths, "--eval-only", "--resume", tested))
+    assert sorted(os.listdir("runs")) == ["vificlip-supervised", "vificlip-supervised-2", "vificlip-supervised-2-eval",
+                                          "vificlip-supervised-eval", "vificlip-supervised-eval-2"]
+    assert "(after epoch 3 of its 3)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="an --eval-only run's folder, not a training run; to test again: --eval-only "
+                                         f"--resume {re.escape(run)}"):
+        train.main(tiny_run_args(paths, "--resume", run + "-eval"))
+    with pytest.raises(SystemExit, match=f"continue it with --method vificlip --resume {re.escape(run)}"):
+        train.main(tiny_run_args(paths, "--method", "xclip", "--out", run))
+
+
+def test_cli_predict_speaks_of_the_file_it_was_given(tmp_path):
+    base = ["--method", "vificlip", "--model", "tiny", "--workers", "0", "--predict"]
+    for path, says in ((tmp_path / "gone.mp4", "no such file"), (tmp_path, "a folder; give one video file")):
+        with pytest.raises(SystemExit, match=f"--predict {re.escape(str(path))}: {says}"):
+            train.main([*base, str(path)])   # before the class names are asked for
+    (tmp_path / "README.md").write_text("# not a video")
+    with pytest.raises(SystemExit, match=r"--predict .*README.md: cannot be opened .*: give a video file that plays$"):
+        train.main([*base, str(tmp_path / "README.md")])
+
+
+def test_cli_clips_per_second_count_training_not_the_validation(tmp_path, monkeypatch):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    real = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: time.sleep(0.5) or real(*a, **k))
+    train.main(tiny_run_args(paths, "--epochs", "2", "--val-every", "2", "--out", str(tmp_path / "run")))
+    plain, validated = train.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))[:2]
+    assert "val_seconds" not in plain and validated["val_seconds"] >= 0.5
+    for r in (plain, validated):   # 2 steps of 4 clips over the epoch's training seconds
+        assert r["clips_per_s"] == pytest.approx(8 / r["seconds"])
+
+
+def test_cli_ctrl_c_ends_in_the_line_to_continue_and_the_run_continues_exactly(tmp_path):
+    import signal
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    argv = tiny_run_args(paths, "--epochs", "4", "--val-every", "0", "--save-every", "1")
+    train.main(argv + ["--out", str(tmp_path / "whole")])
+    stopped = str(tmp_path / "stopped")
+    proc = subprocess.Popen([sys.executable, "-u", os.path.abspath(train.__file__), *argv, "--out", stopped],
+                            cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:   # interrupted once its first epoch has a checkpoint
+        if line.startswith("epoch 1/4"):
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(rf"stopped by Ctrl-C: {re.escape(stopped)} keeps its checkpoint after epoch \d of 4( and \d "
+                        rf"steps of epoch \d)?; continue with: python train.py --method vificlip --resume "
+                        rf"{re.escape(stopped)}", last), last
+    train.main(["--method", "vificlip", "--resume", stopped])
+    a, b = (torch.load(os.path.join(run, "last.pt"), weights_only=True)["model"] for run in (tmp_path / "whole", stopped))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_cli_killed_mid_epoch_with_workers_resumes_to_exactly_the_uninterrupted_numbers(tmp_path, monkeypatch):
     paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=4, val_per_class=1, T=12)
     argv = tiny_run_args(paths, "--epochs", "2", "--workers", "2", "--steps-per-epoch", "6", "--mixup", "0.8",
@@ -2102,7 +2187,7 @@ def test_cli_killed_mid_epoch_with_workers_resumes_to_exactly_the_uninterrupted_
     resumed = train.main(["--method", "vificlip", "--resume", str(tmp_path / "killed")])
 
     def figures(run):
-        drop = ("seconds", "clips_per_s", "data_wait", "weights")
+        drop = ("seconds", "val_seconds", "clips_per_s", "data_wait", "weights")
         return [{k: v for k, v in r.items() if k not in drop}
                 for r in train.read_metrics(os.path.join(tmp_path, run, "metrics.jsonl"))]
     assert len(figures("whole")) == 4 and figures("killed") == figures("whole") and resumed == whole
@@ -2262,7 +2347,7 @@ def test_torchrun_openvclip_each_process_takes_its_own_alpha_and_the_gradients_a
     clip = common.load_clip(args.model, args.pretrained, args.quick_gelu)
     args.size = args.size or clip.visual.image_size[0]
     model = method.build(clip, args).train()
-    samples, names = train.read_videos(args.train_list, args.data_root, 1, True, args.classes)
+    samples, names = data.read_videos(args.train_list, args.data_root, 1, True, args.classes)
     model.set_classes(names)
     dataset = train.make_loader(args, torch.device("cpu"), samples, train=True).dataset
     params = [p for p in model.parameters() if p.requires_grad]

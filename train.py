@@ -16,13 +16,14 @@ command after `torchrun --nproc_per_node N`). Each run writes a folder of its ow
 #   4. one training step: training_step (micro-batches, backward, gradient average, clipping, AdamW, schedule)
 #   5. the loop: train, batch_plan, make_loader
 #   6. the test: evaluate (a video's views, fused as the method's official test fuses them)
-#   7. the protocols (what --protocol trains and tests on); 8. one run, main
+#   7. the protocols' results (data.protocol_data picks their videos); 8. one run, main
 # One X-CLIP training step is training_step here, xclip.py (its RECIPE, Model.forward, param_groups) and data.py's
 # TrainTransform and mix. Below the line "What makes this script a tool": the flags, checkpoints and resume,
 # --predict, --benchmark, torchrun (RANK and WORLD: this process and the count, 0 and 1 without), run folders.
 import argparse
 import contextlib
 import datetime
+import difflib
 import errno
 import functools
 import gc
@@ -301,9 +302,10 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, skips)
         bar.close()
         if hasattr(model, "on_epoch_end"):
             model.on_epoch_end(epoch, args.epochs)
+        clock["trained"] = time.perf_counter() - clock["tic"]   # clips/s counts training, not the validation below
         # the loss of the micro-batches whose steps were taken (not those of an accumulation the epoch cut short)
         record = dict(epoch=epoch + 1, loss=loss_sum.item() / max(steps * accum, 1), lr=opt[1].get_last_lr()[0],
-                      data_wait=clock["waited"][0] / (time.perf_counter() - clock["tic"]))
+                      data_wait=clock["waited"][0] / clock["trained"])
         if args.val_every and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs):
             model.set_classes(val_names)
             record["val"] = evaluate(model, val_loader, device, autocast, data.temporal_twins(val_names), "val",
@@ -420,85 +422,7 @@ def standard_error(hits):
     return 100 * math.sqrt(p * (1 - p) / hits.numel())
 
 
-# ---- 7. The protocols: what a run trains and tests on -------------------------------------------------------
-def protocol_data(args, seed, trained_names=None):
-    """The training videos, their class names, and the test sets [(title, samples, names)] of args.protocol.
-    Names are the datasets' own (UCF101 CamelCase, HMDB51 with spaces); --class-words turns them to text last."""
-    train_list = args.train_list and args.train_list.replace("{seed}", str(seed))   # a released file per seed
-    if train_list:
-        train, names = read_videos(train_list, args.data_root, (args.split or [1])[0], True, args.classes)
-    else:   # testing released weights: the class names come from --classes (or our checkpoint)
-        train, names = None, trained_names or (data.load_classes(args.classes) if args.classes and os.path.isfile(
-            args.classes) else None)
-    if args.protocol == "base2novel":
-        if names is None or not (train or args.base_classes):
-            raise SystemExit("--protocol base2novel without --train-list needs the classes (--classes) and the base "
-                             "classes (--base-classes)")
-        base = (class_ids(data.load_classes(args.base_classes), names, args.base_classes) if args.base_classes
-                else data.base_novel(train, len(names))[0])
-        if args.base_classes and train and data.dataset_format(train_list) == "list" and max(c for _, c in train) < len(base):
-            train = [(path, base[c]) for path, c in train]   # ViFi-CLIP's released lists count 0..B-1 in the base file
-        novel = [c for c in range(len(names)) if c not in base]
-        train = train and data.select_classes(train, base)
-    if args.shots and train is not None:
-        train = data.few_shot(train, args.shots, seed)
-    elif train and args.protocol in ("few-shot", "base2novel"):
-        counts = [sum(1 for _, c in train if c == k) for k in sorted({c for _, c in train})]
-        print(f"{train_list}: the shots as listed (no --shots, no draw), {min(counts)} to {max(counts)} videos per class")
-
-    if not args.val_list:
-        raise SystemExit("give the test videos with --val-list (any format --train-list takes)")
-    if args.val_classes and args.protocol != "zero-shot":
-        raise SystemExit("--val-classes names a test list's own classes, which only --protocol zero-shot tests on; "
-                         "the other protocols test on the training classes (--classes): leave it out")
-    fmt = data.dataset_format(args.val_list)
-    has_splits = fmt in ("ucf101", "hmdb51")
-    splits = args.split or ([1, 2, 3] if args.protocol == "zero-shot" and has_splits else [1])
-    own_names = args.protocol == "zero-shot"   # zero-shot tests on the test data's classes, the others on ours
-    tests = []
-    for split in splits if has_splits else splits[:1]:
-        given = (args.val_classes or args.classes) if fmt == "list" else None
-        samples, val_names = read_videos(args.val_list, args.val_root or args.data_root, split, False,
-                                         given if own_names else names)
-        tag = f"split {split}" if len(splits) > 1 else "test"
-        if args.protocol == "base2novel":   # each half scored with a classifier over its own classes only
-            groups = [(f"{tag} base", base), (f"{tag} novel", novel)]
-        else:   # every test class, or those training never saw (--unseen-only), or --class-subsets of them
-            keep = [c for c in range(len(val_names)) if not (args.unseen_only and val_names[c] in (names or []))]
-            groups = [(tag, keep)]
-            if args.class_subsets and re.fullmatch(r"\d+x\d+", args.class_subsets[0]):
-                n, size = map(int, args.class_subsets[0].split("x"))
-                rng = random.Random(args.seed)   # the same subsets for every method and run
-                groups = [(f"{tag} subset {k + 1}", sorted(rng.sample(keep, size))) for k in range(n)]
-            elif args.class_subsets:
-                groups = [(f"{tag} {os.path.basename(f)}", class_ids(data.load_classes(f), val_names, f))
-                          for f in args.class_subsets]
-        tests += [(title, data.select_classes(samples, ids), [val_names[c] for c in ids]) for title, ids in groups]
-    if args.protocol == "base2novel":
-        names = [names[c] for c in base]
-    text = data.camel_words if args.class_words else (lambda n: n)
-    return train, [text(n) for n in names or []], [(t, s, [text(n) for n in ns]) for t, s, ns in tests]
-
-
-def read_videos(path, root, split, train, names=None):
-    """(samples, names) of one side of a dataset in any format data.read_dataset knows. `names` is a list of
-    names, or an "id,name" CSV, for a plain list, and maps a Kinetics CSV's labels to the training ids."""
-    names = data.load_classes(names) if isinstance(names, str) else names
-    samples, names = data.read_dataset(path, root, split=split, train=train, classes=names)
-    data.check_videos(path, root, samples)
-    if names is None:
-        raise SystemExit(f"{path} is a plain list: give its class names with --classes (--val-classes for a test "
-                         f"list with other classes)")
-    return samples, names
-
-
-def class_ids(wanted, names, source):
-    missing = [n for n in wanted if n not in names]
-    if missing:
-        raise SystemExit(f"{source}: {len(missing)} classes are not classes of the data, e.g. {missing[0]!r}")
-    return [names.index(n) for n in wanted]
-
-
+# ---- 7. The protocols' results (data.protocol_data picks what each trains and tests on) ----------------------
 def summarise(protocol, results):
     """results {title: [metrics of each shot seed]} -> (figures, the run's result line): the protocol's headline,
     or the one test's figures."""
@@ -554,7 +478,7 @@ def run(args, method, seed, out):
     if args.benchmark is not None:
         return benchmark(args, model, device, autocast, dtype)
 
-    train_samples, names, tests = protocol_data(args, seed, ckpt and ckpt.get("classes"))
+    train_samples, names, tests = data.protocol_data(args, seed, ckpt and ckpt.get("classes"))
     if train_samples is None and not args.eval_only:
         raise SystemExit("give the training videos with --train-list, or test a model with --eval-only --weights")
     model.to(device)
@@ -569,13 +493,16 @@ def run(args, method, seed, out):
     os.makedirs(out, exist_ok=True)
     skips = SkipLog(out)
     if args.eval_only:
-        print(f"testing {tested}" if tested else f"testing the CLIP as pretrained ({args.pretrained or 'random weights'})"
-              f", and whatever {args.method} adds to it at its initialisation: no video training (give --weights "
-              f"or --resume RUN to test a trained model)")
+        trained = ckpt and ckpt["epoch"]
+        held = f" (after epoch {trained} of its {ckpt['args'].get('epochs')})" if ckpt else ""
+        bare = args.pretrained or "random weights"
+        print(f"testing {tested}{held}" if tested else f"testing the CLIP as pretrained ({bare}), and whatever "
+              f"{args.method} adds to it at its initialisation: no video training (give --weights or --resume RUN to "
+              f"test a trained model)")
         weights = tested or f"pretrained {args.pretrained or 'none'}, no video training"
     else:
         train(args, model, train_samples, names, tests[0], device, autocast, dtype, out, skips)
-        weights = os.path.join(out, "last.pt")
+        weights, trained = os.path.join(out, "last.pt"), args.epochs
     results, views = {}, f"{args.test_clips} clips x {args.test_crops} crops"
     for title, samples, test_names in tests:   # the recipe's views, fused as the method's official test fuses them
         model.set_classes(test_names)
@@ -584,7 +511,7 @@ def run(args, method, seed, out):
                      args.test_amp)
         left_out = f", {m['skipped']} left out as bad (listed in {skips.path})" if m.get("skipped") else ""
         print(f"{title} ({views}, {len(samples)} videos{left_out}): {format_metrics(m)}")
-        record = dict(test=title, protocol=args.protocol, views=views, weights=weights, **m)
+        record = dict(test=title, protocol=args.protocol, views=views, weights=weights, trained_epochs=trained, **m)
         if args.shots:
             record["shot_seed"] = seed
         if RANK == 0:
@@ -601,6 +528,9 @@ def main(argv=None):
     start_processes(args)
     if args.predict and WORLD > 1:
         raise SystemExit("--predict reads one video on one device: run it without torchrun")
+    if args.predict and not os.path.isfile(args.predict):
+        raise SystemExit(f"--predict {args.predict}: " + ("a folder; give one video file" if os.path.isdir(args.predict)
+                                                          else "no such file"))
     if args.predict or args.benchmark is not None:
         return run(args, method, None, None)
     # Rank 0 decides where the run goes and what it continues, and generates the embedded set; every process
@@ -615,12 +545,15 @@ def main(argv=None):
     if not os.path.isdir(args.out):
         raise SystemExit(f"process {RANK} cannot see the run folder {args.out} that process 0 made: under torchrun "
                          f"on several machines, put the run (--out) and the videos on a filesystem all of them share")
+    global RUN
+    RUN = args   # what a Ctrl-C says it stopped
     results = {}
     for seed in args.shot_seeds:
         for title, m in run(args, method, seed, seed_folder(args.out, seed, args)).items():
             results.setdefault(title, []).append(m)
     figures, result_line = summarise(args.protocol, results)
-    record = dict(result=result_line, protocol=args.protocol, **figures)
+    record = dict(result=result_line, protocol=args.protocol, trained_epochs=None if args.eval_only else args.epochs,
+                  **figures)
     if len(args.shot_seeds) > 1 or len(results) > 1:
         print(f"{args.protocol}: {result_line}")
         record["summary"] = args.protocol
@@ -650,9 +583,22 @@ def at_least(low):
     return parse
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line, with the closest flag to a mistyped one, not the whole usage."""
+        typed = re.findall(r"unrecognized arguments: (\S+)", message)
+        close = typed and difflib.get_close_matches(typed[0].split("=")[0], self._option_string_actions, 1)
+        self.exit(2, f"error: {message}{f' (did you mean {close[0]}?)' if close else ''}; --help lists every flag\n")
+
+
+# Flags that mean something only under some protocols: under another they are refused, not ignored.
+PROTOCOL_FLAGS = dict(shots=("few-shot", "base2novel"), shot_seeds=("few-shot", "base2novel"), base_classes=(
+    "base2novel",), unseen_only=("zero-shot",), class_subsets=("zero-shot",), val_classes=("zero-shot",))
+
+
 def get_args(argv=None):
     # --help is added last: the first parse, which only looks for --method, must not answer it with one flag
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
     p.add_argument("--method", choices=(*METHODS, "all"), default="vificlip", help="which method file to train; all: "
                    "the four one after another, each in its own run folder, then a table of results and CPU time")
     method_name = p.parse_known_args(argv)[0].method
@@ -754,7 +700,8 @@ def get_args(argv=None):
     g = p.add_argument_group("evaluation and modes")
     g.add_argument("--test-clips", type=at_least(1), help="temporal clips per video in the final test")
     g.add_argument("--test-crops", type=int, choices=[1, 3], help="spatial crops per clip in the final test")
-    g.add_argument("--eval-only", action="store_true", help="only run the final test (with --weights or --resume)")
+    g.add_argument("--eval-only", action="store_true", help="only run the final test: of --weights, of --resume RUN, "
+                   "or of the CLIP as pretrained (with what the method adds at its initialisation)")
     g.add_argument("--predict", metavar="VIDEO", help="print the most likely classes of one video and exit")
     g.add_argument("--benchmark", type=at_least(1), nargs="?", const=20, metavar="STEPS", help="time STEPS (default 20) "
                    "training steps on random input, 400 classes, and exit: clips/s, FLOPs, MFU, peak memory; with "
@@ -801,6 +748,10 @@ def get_args(argv=None):
     args.run, args.argv = None, list(argv if argv is not None else sys.argv[1:])   # place_run() sets run
     if sum((args.eval_only, bool(args.predict), args.benchmark is not None)) > 1:
         raise SystemExit("--eval-only, --predict and --benchmark are three different runs: give one of them")
+    for key, protocols in PROTOCOL_FLAGS.items():
+        if key in args.explicit and args.protocol not in protocols:
+            raise SystemExit(f"--{key.replace('_', '-')} means something only under --protocol {' or '.join(protocols)}"
+                             f", not {args.protocol}: add --protocol {protocols[0]}, or leave it out")
     return args, method
 
 
@@ -977,10 +928,13 @@ def class_names(args, ckpt):
 # ---- --predict and --benchmark ------------------------------------------------------------------------------
 def predict(args, model, method, device, autocast, ckpt):
     """The most likely classes of one video: the test's views, fused as the method's own test fuses them."""
+    try:
+        video = make_loader(args, device, [(args.predict, 0)], views=True).dataset[0][0]   # the test's views (V,T,3,S,S)
+    except data.VideoError as e:
+        raise SystemExit(f"--predict {str(e).split('; check that')[0]}: give a video file that plays") from None
     names = class_names(args, ckpt)
     model.set_classes(names)
     model.to(device).eval()
-    video = make_loader(args, device, [(args.predict, 0)], views=True).dataset[0][0]   # the test's views (V,T,3,S,S)
     video = data.normalise(video.to(device), *STATS[args.mean])
     with torch.no_grad(), autocast() if args.test_amp else contextlib.nullcontext():
         scores = fuse(model(video).float()[None], args.test_fusion)[0]               # (C,)
@@ -1047,7 +1001,7 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
     if not args.train_list:
         print("the data loader: give --train-list (with --data-root, --classes) to time it on your videos too")
         return
-    samples, names = read_videos(args.train_list, args.data_root, (args.split or [1])[0], True, args.classes)
+    samples, names = data.read_videos(args.train_list, args.data_root, (args.split or [1])[0], True, args.classes)
     loader = make_loader(args, device, samples[:args.micro_batch * (args.benchmark + 2)], train=True)
     waited = [0.0]
     micro = micro_batches(batches(loader, None, "benchmark", waited), args, device, len(names), loader)
@@ -1069,6 +1023,7 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
 # Every process builds the same model from the same seed, reads its own shard of each epoch (data.EpochSampler),
 # and averages the gradients once per optimizer step (average_gradients); only rank 0 prints and writes files.
 RANK, WORLD, LOCAL_RANK = 0, 1, 0
+RUN = None   # the settings of the run in progress (main), for the line a Ctrl-C ends with
 
 
 def start_processes(args):
@@ -1214,8 +1169,12 @@ def read_metrics(path):
 
 def trim_metrics(path, epoch, line=None):
     """Cut a resumed run's metrics.jsonl back to the epochs its checkpoint holds (later epochs' lines of an older
-    checkpoint go; tests are rerun), and put back the checkpoint's own last epoch line if a kill took it."""
-    kept = [r for r in read_metrics(path) if r.get("epoch", epoch + 1) <= epoch]
+    checkpoint go, and tests that did not reach their result line), and put back the checkpoint's own last epoch
+    line if a kill took it. The tests and result of a finished run trained further stay (trained_epochs)."""
+    records = read_metrics(path)
+    finished = {r.get("trained_epochs") for r in records if "result" in r}
+    kept = [r for r in records if r.get("epoch", epoch + 1) <= epoch or "epoch" not in r and r.get("trained_epochs")
+            in finished]
     kept += [line] if line and line["epoch"] not in [r.get("epoch") for r in kept] else []
     with open(f"{path}.tmp", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
@@ -1277,6 +1236,9 @@ def place_run(args):
                 raise SystemExit(f"--resume: {folder} holds no checkpoint (last.pt); start without --resume")
             print(f"{folder} stopped before its first checkpoint: starting it again from the beginning, in that folder")
         saved = read_config(folder) or read_checkpoint(checkpoints(folder)[0])["args"]
+        if saved.get("eval_only"):
+            raise SystemExit(f"--resume {folder}: an --eval-only run's folder, not a training run; to test again: "
+                             f"--eval-only --resume {saved.get('run') or saved.get('weights') or 'RUN'}")
         if saved.get("method") != args.method:
             raise SystemExit(f"--resume: {folder} is a run of --method {saved.get('method')}; add --method "
                              f"{saved.get('method')}")
@@ -1295,15 +1257,19 @@ def place_run(args):
             raise SystemExit(f"--out {args.out} holds a training run, which an --eval-only run never writes into; "
                              f"leave out --out (a new {RUNS}/{args.method}-{args.protocol}-eval folder) or name another")
         if held and not args.overwrite:
+            other = (read_config(args.out) or {}).get("method", args.method)
             raise SystemExit(f"--out {args.out} holds another run ({held[0]}); choose a new folder, continue it with "
-                             f"--resume {args.out}, or replace it with --overwrite")
+                             f"--method {other} --resume {args.out}, or replace it with --overwrite")
         for path in held:
             os.remove(path)
         for path in glob.glob(os.path.join(args.out, "seed*")):
             shutil.rmtree(path)
         os.makedirs(args.out, exist_ok=True)
-    else:
-        args.out = new_folder(os.path.join(RUNS, f"{args.method}-{args.protocol}" + ("-eval" if args.eval_only else "")))
+    else:   # an --eval-only run is named after the run it tests
+        tested = args.run or args.eval_only and args.weights and read_config(os.path.dirname(args.weights) or ".") and \
+            os.path.dirname(args.weights)
+        args.out = new_folder(f"{tested}-eval" if tested else os.path.join(
+            RUNS, f"{args.method}-{args.protocol}" + ("-eval" if args.eval_only else "")))
     write_config(args, started=datetime.datetime.now().isoformat(timespec="microseconds"))
 
 
@@ -1366,10 +1332,11 @@ def prepare(args):
     if args.run and not args.eval_only:
         # The result line is written once every shot seed is trained and tested: with it, the run is finished.
         result = [r["result"] for r in read_metrics(top) if "result" in r]
-        if result and all(load_checkpoint(p)["epoch"] >= args.epochs for p in checkpoints(args.out)):
-            print(f"{args.out} is finished ({args.epochs} epochs): {result[-1]}. Nothing to train: test it again "
-                  f"with --eval-only --resume {args.out} (into a folder of its own), or train on with --resume "
-                  f"{args.out} --epochs N")
+        done = min(load_checkpoint(p)["epoch"] for p in checkpoints(args.out)) if checkpoints(args.out) else 0
+        if result and done >= args.epochs:
+            print(f"{args.out} is finished ({done} epochs): {result[-1]}. Nothing to train: test it again with "
+                  f"--eval-only --resume {args.out} (into a folder of its own), or train on with --resume {args.out} "
+                  f"--epochs N (N > {done}; its tests so far stay in its metrics)")
             return False
         print(f"continuing {args.out}" + (f" (the latest {args.method} {args.protocol} run)"
                                           if args.resume == "auto" and "out" not in args.explicit else ""))
@@ -1389,13 +1356,15 @@ def record_epoch(record, args, seen, skips, clock):
     """Complete an epoch's record with its time, clips/s and the videos left out as bad, over all processes,
     and print it as the epoch's one plain line."""
     seen, left_out = sum_over_processes(seen - clock["resumed_at"]), sum_over_processes(skips.count - clock["skipped"])
-    elapsed = time.perf_counter() - clock["tic"]
-    record.update(seconds=elapsed, clips_per_s=seen / elapsed)
-    shown = f"  val {format_metrics(record['val'])}" if "val" in record else ""
+    record.update(seconds=clock["trained"], clips_per_s=seen / clock["trained"])
+    shown, val = "", ""
+    if "val" in record:
+        record["val_seconds"] = time.perf_counter() - clock["tic"] - clock["trained"]
+        shown, val = f"  val {format_metrics(record['val'])}", f" + {record['val_seconds']:.0f}s val"
     if left_out:
         record["skipped"] = int(left_out)
         shown += f"  skipped {record['skipped']} bad videos ({skips.path})"
-    print(f"epoch {record['epoch']}/{args.epochs}  loss {record['loss']:.3f}{shown}  ({record['seconds']:.0f}s, "
+    print(f"epoch {record['epoch']}/{args.epochs}  loss {record['loss']:.3f}{shown}  ({record['seconds']:.0f}s{val}, "
           f"{record['clips_per_s']:.0f} clips/s, {record['data_wait']:.0%} waiting for data)", flush=True)
 
 
@@ -1403,14 +1372,15 @@ def closing_lines(args, result_line):
     """The last lines of a run: where what it used and wrote is, and its result."""
     top = os.path.join(args.out, "metrics.jsonl")
     where = [("run folder", args.out), ("settings", os.path.join(args.out, "config.json")),
-             ("metrics", top + " (one line per epoch, then the tests and the result)")]
+             ("metrics", top + (" (its tests and the result)" if args.eval_only else
+                                " (one line per epoch, then the tests and the result)"))]
     if args.eval_only:
         where.append(("tested", ", ".join(checkpoints(args.run)) if args.run else args.weights or
                       f"the CLIP as pretrained ({args.pretrained or 'none'}), no video training"))
     else:
         where.append(("checkpoint", ", ".join(checkpoints(args.out))))
     if args.embedded:
-        where.append(("videos", f"{args.data_root} (generated once, reused)"))
+        where.append(("videos", f"{os.path.relpath(args.data_root)} (generated once, reused)"))
     skipped = [p for f in ("skipped.txt", "seed*/skipped.txt") for p in glob.glob(os.path.join(args.out, f))]
     if skipped:
         count = sum(1 for p in skipped for _ in open(p))
@@ -1504,9 +1474,26 @@ def one_line(e):
     return message
 
 
-if __name__ == "__main__":
+def interrupted(args):
+    """The line a run stopped by Ctrl-C ends with: where it stopped, what its folder keeps, how to go on."""
+    if not (args and args.out and not args.eval_only):
+        return "stopped by Ctrl-C"
+    go_on = f"python train.py --method {args.method} --resume {args.out}"
+    kept = [load_checkpoint(p) for p in checkpoints(args.out)]
+    at = ", ".join(f"epoch {c['epoch']} of {args.epochs}" + (f" and {c['partial']['steps']} steps of epoch "
+                                                             f"{c['epoch'] + 1}" if c.get("partial") else "") for c in kept)
+    return (f"stopped by Ctrl-C: {args.out} keeps its checkpoint after {at}; continue with: {go_on}" if kept else
+            f"stopped by Ctrl-C: {args.out} holds no checkpoint yet; start it again, in place, with: {go_on}")
+
+
+def cli(argv=None):
+    """The command line: main(), a bad input or a failure ended in one line, Ctrl-C in the line to continue."""
     try:
-        main()
+        main(argv)
+    except KeyboardInterrupt:
+        if RANK == 0:
+            print(interrupted(RUN), file=sys.stderr)
+        raise SystemExit(130) from None
     except (Exception, SystemExit) as e:
         if (line := one_line(e)) is None and not isinstance(e, SystemExit):
             raise
@@ -1514,3 +1501,7 @@ if __name__ == "__main__":
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    cli()
