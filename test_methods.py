@@ -2288,6 +2288,38 @@ def test_epoch_shards_together_hold_the_whole_batch_and_test_shards_each_video_o
     assert sorted(sum(tested, [])) == list(range(11))                  # nothing padded, nothing twice
 
 
+AVERAGE_SCRIPT = """
+import argparse, sys, torch
+sys.path.insert(0, {repo!r})
+import train
+train.start_processes(argparse.Namespace(device="cpu", dist_timeout=1))
+torch.manual_seed(0)   # the same model and batch on every process; each takes its own shard
+model, partial, unused = torch.nn.Linear(4, 3), torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+x, y = torch.randn(8, 4), torch.randn(8, 3)
+params, n = [*model.parameters(), partial, unused], 8 // train.WORLD
+def loss(rows, rank):   # the mean loss of the rows; partial is used by the samples of rank 0 only
+    return ((model(x[rows]) - y[rows]) ** 2).mean() + (0.3 * partial.sum() if rank == 0 else 0)
+loss(slice(train.RANK * n, (train.RANK + 1) * n), train.RANK).backward()
+train.average_gradients(params)
+whole = sum(loss(slice(r * n, (r + 1) * n), r) for r in range(train.WORLD)) / train.WORLD   # the global batch's mean
+for p, g in zip(params[:-1], torch.autograd.grad(whole, params[:-1])):
+    assert torch.allclose(p.grad, g, atol=1e-6), (train.RANK, p.grad, g)
+assert unused.grad is None
+print("averaged", train.RANK, file=sys.stderr)   # (ranks above 0 print nothing to stdout)
+"""
+
+
+def test_torchrun_the_averaged_gradient_is_the_one_process_gradient_of_the_whole_batch(tmp_path):
+    """average_gradients, on PROCESSES gloo processes, against the gradient of the whole batch's mean loss on one:
+    the .grad itself (a wrong divisor barely moves AdamW's weights, but it changes clipping and other optimizers);
+    a parameter only some processes used counts as zero on the others, one none used keeps .grad None."""
+    script = tmp_path / "average.py"
+    script.write_text(AVERAGE_SCRIPT.format(repo=os.path.dirname(os.path.abspath(train.__file__))))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(PROCESSES),
+                           "--standalone", str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0 and done.stderr.count("averaged") == PROCESSES, (done.stdout + done.stderr)[-3000:]
+
+
 def test_torchrun_processes_train_test_and_resume_as_one_process_with_the_whole_batch(tmp_path, monkeypatch):
     """b videos on each of P processes = P b videos on one: the same weights (to 1e-5; 3e-8 measured with two),
     the same val and test figures over an odd number of test videos, and a resume under P processes lands where
