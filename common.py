@@ -370,6 +370,21 @@ def cosine_logits(video, text, logit_scale):
         return logit_scale.float().exp() * video @ text.t()
 
 
+def in_chunks(fn, items, size=512):
+    """fn over items (a list or a tensor) `size` at a time, concatenated: thousands of captions in bounded memory."""
+    return torch.cat([fn(items[i:i + size]) for i in range(0, len(items), size)])
+
+
+def prompted_similarity(video, ctx, text, prompted, logit_scale, videos=16, captions=1024):
+    """(N, K) logits of every video-caption pair when a caption's embedding depends on the video (X-CLIP's
+    video-specific prompts): video (N, E), ctx (N, P, E) what the prompts attend to, text (K, E); prompted(text
+    (k, E), ctx (n, P, E)) -> (n, k, E). `videos` x `captions` pairs at a time: memory stays bounded however
+    many pairs (10,000 x 10,000), the cost grows with their number (each pair is one pass of the prompts)."""
+    return in_chunks(lambda i: torch.cat([cosine_logits(video[i], prompted(text[j], ctx[i]), logit_scale) for j in
+                                          torch.arange(len(text)).split(captions)], 1),
+                     torch.arange(len(video)), videos)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Prompts, freezing, counting
 # ---------------------------------------------------------------------------------------------------------

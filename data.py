@@ -30,10 +30,12 @@ frames of the same kind with captions, for pretraining a tiny CLIP that knows sh
 
 import bisect
 import csv
+import functools
 import json
 import logging
 import math
 import os
+import pickle
 import random
 import re
 import shutil
@@ -294,6 +296,66 @@ def check_videos(path, root, samples):
                     f"check the root folder ({root or '.'}: --data-root, --val-root) or the list")
 
 
+def read_captions(path, root=""):
+    """A retrieval test set -> (videos [path], captions [(text, index of its video)]), in the file's order: MSR-VTT's
+    1k-A csv (key,vid_key,video_id,sentence, one caption a video: root/video<N>.mp4), MSVD's test_list.txt with
+    raw-captions.pkl beside it (video id -> its tokenised captions: root/<id>.avi), or "path<TAB>caption" lines,
+    several a video allowed. A missing video, an empty caption or a malformed line is refused naming file and line."""
+    pairs, raw = [], os.path.join(os.path.dirname(path), "raw-captions.pkl")   # (where, video, caption)
+    if path.lower().endswith(".csv"):
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            if not {"video_id", "sentence"} <= set(reader.fieldnames or ()):
+                raise DataError(f"{path}:1: expected MSR-VTT's columns key,vid_key,video_id,sentence, got "
+                                f"{reader.fieldnames}; give the 1k-A test csv (MSRVTT_JSFUSION_test.csv)")
+            pairs = [(f"{path}:{reader.line_num}", os.path.join(root, f"{(row['video_id'] or '').strip()}.mp4"),
+                      (row["sentence"] or "").strip()) for row in reader]
+    elif os.path.isfile(raw):
+        captions = _plain_pickle(raw)
+        for n, vid in _lines(path):
+            if not isinstance(captions, dict) or not isinstance(captions.get(vid), list):
+                raise DataError(f"{path}:{n}: raw-captions.pkl beside it holds no list of captions for {vid!r}")
+            pairs += [(f"{path}:{n}", os.path.join(root, f"{vid}.avi"), " ".join(c) if isinstance(c, list) else c)
+                      for c in captions[vid]]
+    else:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = [(n, line.rstrip("\r\n")) for n, line in enumerate(f, 1) if line.strip()]
+        for n, line in lines:
+            video, tab, caption = line.partition("\t")
+            if not tab:
+                raise DataError(f"{path}:{n}: expected 'path<TAB>caption', got {line!r}; fix or remove the line")
+            pairs.append((f"{path}:{n}", os.path.join(root, video.strip()), caption.strip()))
+    videos, captions = {}, []
+    for where, video, caption in pairs:
+        if not isinstance(caption, str) or not caption.strip():
+            raise DataError(f"{where}: an empty caption; write one, or remove the line")
+        if not os.path.isfile(video):
+            raise DataError(f"{where}: no video at {video}; check the root folder ({root or '.'}: --val-root) or the file")
+        captions.append((caption.strip(), videos.setdefault(video, len(videos))))
+    if not captions:
+        raise DataError(f"{path}: holds no captions")
+    return list(videos), captions
+
+
+class _Plain(pickle.Unpickler):
+    """Python's unpickler refusing every class and function a file names: dicts, lists, tuples, strings and numbers
+    build without one, so a file of captions loads and nothing in any file runs. (PyTorch's safe loader, which
+    reads every checkpoint here, does not read the pickle protocol MSVD's raw-captions.pkl is written in.)"""
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def _plain_pickle(path):
+    try:
+        with open(path, "rb") as f:
+            return _Plain(f).load()
+    except pickle.UnpicklingError as e:
+        raise DataError(f"{path}: not loaded, because reading it would run code (it names {e}), which a file of "
+                        f"captions never needs; save its captions as plain lists of strings") from None
+    except (EOFError, ValueError, IndexError) as e:
+        raise DataError(f"{path}: not a whole pickle ({e}); take another copy") from None
+
+
 def camel_words(name):
     """"ApplyEyeMakeup" -> "Apply Eye Makeup": UCF101's names as Open-VCLIP feeds them to the text encoder
     (X-CLIP and ViFi-CLIP keep them CamelCase). Names with spaces stay as they are. (Open-VCLIP's name file
@@ -368,6 +430,10 @@ def protocol_data(args, seed, trained_names=None):
 
     if not args.val_list:
         raise DataError("give the test videos with --val-list (any format --train-list takes)")
+    text = camel_words if args.class_words else (lambda n: n)
+    if args.protocol == "retrieval":   # the test: videos and their captions
+        videos, captions = read_captions(args.val_list, args.val_root or args.data_root)
+        return train, [text(n) for n in names or []], [("retrieval", [(v, 0) for v in videos], captions)]
     fmt = dataset_format(args.val_list)
     has_splits = fmt in ("ucf101", "hmdb51")
     splits = args.split or ([1, 2, 3] if args.protocol == "zero-shot" and has_splits else [1])
@@ -393,7 +459,6 @@ def protocol_data(args, seed, trained_names=None):
         tests += [(title, select_classes(samples, ids), [val_names[c] for c in ids]) for title, ids in groups]
     if args.protocol == "base2novel":
         names = [names[c] for c in base]
-    text = camel_words if args.class_words else (lambda n: n)
     return train, [text(n) for n in names or []], [(t, s, [text(n) for n in ns]) for t, s, ns in tests]
 
 
@@ -794,7 +859,17 @@ def video_length(path) -> int:
 def video_info(path):
     """(frames, fps, ticks) of the video at `path`: its frame count (the container's, or by demuxing), frame rate,
     and timestamp ticks per frame (the stream's duration / frames; None when the container stores no duration, as
-    webm often does): what PySlowFast's pyav decoder reads to place a dense clip in time."""
+    webm often does): what PySlowFast's pyav decoder reads to place a dense clip in time. Remembered per file
+    (path, size, time of change) for the next epoch: opening a container is a tenth of a small clip's CPU time."""
+    try:
+        stat = os.stat(path)
+    except OSError as e:
+        raise VideoError(f"{path}: cannot be opened ({e}); {_FIX}") from e
+    return _video_info(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2 ** 16)
+def _video_info(path, size, changed):
     with _open(path) as container:
         stream = container.streams.video[0]
         try:  # webm, avi and raw streams often store no count (0): count packets then, which needs no decoding
@@ -1119,9 +1194,10 @@ def temporal_twins(names):
     return twins
 
 
-def render_clip(shape, motion, rng, T=24, size=64):
-    """One shape moving or changing size on a static dark textured background -> uint8 (T,size,size,3).
-    Reversing the frames of any clip gives a valid clip of its twin class, with the same probability."""
+def render_clip(shape, motion, rng, T=24, size=64, colour=None):
+    """One shape moving or changing size on a static dark textured background -> uint8 (T,size,size,3), in the
+    colour _PALETTE[colour] (default: drawn). Reversing the frames of any clip gives a valid clip of its twin
+    class, with the same probability."""
     t = np.linspace(0, 1, T)[:, None, None]  # (T,1,1) time from 0 to 1
     if motion in ("moving left", "moving right"):
         radius = size * rng.uniform(0.13, 0.18)  # the shape spans 26-36% of the frame
@@ -1136,7 +1212,7 @@ def render_clip(shape, motion, rng, T=24, size=64):
         raise ValueError(f"render_clip: motion must be one of {MOTIONS}, got {motion!r}")
     mask = _draw(shape, cx, cy, radius, size)  # (T,size,size)
     background = rng.uniform(10, 60, 3) + rng.normal(0, 6, (size, size, 3))  # (size,size,3), same in every frame
-    colour = _PALETTE[rng.integers(len(_PALETTE))]
+    colour = _PALETTE[rng.integers(len(_PALETTE)) if colour is None else colour]
     return np.where(mask[..., None], colour, background).clip(0, 255).astype(np.uint8)  # (T,size,size,3)
 
 
@@ -1231,23 +1307,24 @@ def _done(root):
 
 def make_synthetic(root, seed=0, train_per_class=40, val_per_class=35, T=24, size=64):
     """Write the synthetic set: root/videos/<split>_<class>_<n>.mp4, root/{train,val}.txt, root/classes.csv,
-    and the zero-shot protocol's lists: seen_train.txt with seen.csv (the classes not in UNSEEN), unseen_val.txt
-    with unseen.csv.
-    Deterministic from the arguments, and cached: a finished set with the same arguments is reused.
-    The videos are encoded one after another (threads took as long on 2 cores). val_per_class=35 makes 420
-    test videos, so that an accuracy's standard error is at most 2.5 points."""
+    the zero-shot protocol's lists: seen_train.txt with seen.csv (the classes not in UNSEEN), unseen_val.txt
+    with unseen.csv, and the retrieval test set, retrieval.txt: one video of each colour, shape and motion (96),
+    each with the caption no other video shares ("a red circle moving left").
+    Deterministic from the arguments, and cached: a finished set with the same arguments is reused. Encoded one
+    after another (threads took as long on 2 cores); 420 test videos put an accuracy's standard error below 2.5."""
     root = os.path.abspath(root)
     params = dict(seed=seed, train_per_class=train_per_class, val_per_class=val_per_class, T=T, size=size,
-                  codec=_CODEC, version=4)
+                  codec=_CODEC, version=5)
     paths = dict(root=root, **{name: os.path.join(root, f"{name}.{'csv' if name in ('classes', 'seen', 'unseen') else 'txt'}")
-                               for name in ("train", "val", "classes", "seen_train", "unseen_val", "seen", "unseen")})
+                               for name in ("train", "val", "classes", "seen_train", "unseen_val", "seen", "unseen",
+                                            "retrieval")})
     if _done(root) == params:
         return paths
     if os.path.exists(root) and _done(root) is None and os.listdir(root):
         raise FileExistsError(f"make_synthetic: {root} exists but was not written by make_synthetic (no DONE "
                               f"file); remove it or choose another root")
-    print(f"generating the embedded synthetic set in {os.path.relpath(root)}, once: {12 * (train_per_class + val_per_class)} "
-          f"videos", flush=True)
+    print(f"generating the embedded synthetic set in {os.path.relpath(root)}, once: "
+          f"{12 * (train_per_class + val_per_class) + 96} videos", flush=True)
     # Build next to root and rename at the end, so an interrupted run never looks finished.
     tmp = f"{root}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -1264,6 +1341,11 @@ def make_synthetic(root, seed=0, train_per_class=40, val_per_class=35, T=24, siz
 
     for job in jobs:
         make(job)
+    captions = []
+    for i, (shape, motion, colour) in enumerate((s, m, c) for s in SHAPES for m in MOTIONS for c in range(len(COLOURS))):
+        rng = np.random.default_rng([seed, 2, i])
+        write_video(os.path.join(tmp, f"videos/retrieval_{i}.mp4"), render_clip(shape, motion, rng, T, size, colour))
+        captions.append(f"videos/retrieval_{i}.mp4\ta {COLOURS[colour]} {shape} {motion}\n")
     files = {f"{split}.txt": "".join(f"videos/{s}_{c}_{n}.mp4 {c}\n" for s, c, n in jobs if s == split)
              for split in splits}
     groups = dict(seen=[c for c, name in enumerate(names) if name not in UNSEEN], unseen=[names.index(n) for n in UNSEEN])
@@ -1272,6 +1354,7 @@ def make_synthetic(root, seed=0, train_per_class=40, val_per_class=35, T=24, siz
                                                 for s, c, n in jobs if s == split and c in groups[group])
     for group, ids in dict(classes=range(len(names)), **groups).items():
         files[f"{group}.csv"] = "id,name\n" + "".join(f"{i},{names[c]}\n" for i, c in enumerate(ids))
+    files["retrieval.txt"] = "".join(captions)
     files["DONE"] = json.dumps(params)  # written last, though only the rename below makes the set visible
     for name, text in files.items():
         with open(os.path.join(tmp, name), "w") as f:

@@ -66,8 +66,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import (PHOTO_TEMPLATE, attention, cosine_logits, count_params, encode_text, frame_head, freeze,
-                    param_groups, patch_embed, tokenize)
+from common import (PHOTO_TEMPLATE, attention, cosine_logits, count_params, encode_text, frame_head, freeze, in_chunks,
+                    param_groups, patch_embed, prompted_similarity, tokenize)
 
 # Supervised Kinetics-400 at 8 frames. The paper's recipe was not readable [P]; these are X-CLIP's
 # (configs/k400/16_8.yaml + utils/config.py defaults) [V], the recipe the OmniCLIP regimes follow.
@@ -335,15 +335,28 @@ class Model(nn.Module):
         return frame_head(visual, x).view(B, T, -1), x            # (B, T, E), (B*T, K, D)
 
     def forward(self, video):
-        B, T = video.shape[:2]                                     # video (B, T, 3, S, S)
-        frames, x = self.frame_features(video)
-        v = frames.mean(dim=1)                                     # (B, E): mean before normalising
-        text = self.text_features()                                # (C, E)
+        v, text = self.embed_videos(video), self.text_features()   # (B, E) [and ctx (B, N, E)], (C, E)
         if self.prompts_generator is not None:
-            ctx = x[:, 1:].unflatten(0, (B, T)).mean(dim=1)        # (B, N, D) patch tokens averaged over time
-            ctx = self.prompts_visual_ln(ctx) @ self.prompts_visual_proj   # (B, N, E)
-            text = text + self.prompts_generator(text, ctx)        # (B, C, E)
+            (v, ctx), text = v, text + self.prompts_generator(text, v[1])   # (B, C, E): per video
         return cosine_logits(v, text, self.clip.logit_scale)       # (B, C)
+
+    def embed_videos(self, video):
+        """(B, T, 3, S, S) -> the mean frame embedding (B, E) [and what video prompts attend to, ctx (B, N, E)]."""
+        frames, x = self.frame_features(video)
+        if self.prompts_generator is None:
+            return frames.mean(dim=1)                              # (B, E): mean before normalising
+        ctx = x[:, 1:].unflatten(0, video.shape[:2]).mean(dim=1)   # (B, N, D) patch tokens averaged over time
+        return frames.mean(dim=1), self.prompts_visual_ln(ctx) @ self.prompts_visual_proj   # (B, E), (B, N, E)
+
+    def embed_captions(self, captions):
+        """(K, E): each caption through the frozen text tower, as written (the template is for class names)."""
+        return in_chunks(lambda c: encode_text(self.clip, tokenize(self.clip, c)), list(captions))
+
+    def similarity(self, videos, text):
+        """(N, K) retrieval logits: cosine, or with video prompts every pair on its own (prompted_similarity)."""
+        if self.prompts_generator is None:
+            return cosine_logits(videos, text, self.clip.logit_scale)
+        return prompted_similarity(*videos, text, lambda t, c: t + self.prompts_generator(t, c), self.clip.logit_scale)
 
     def param_groups(self, lr, weight_decay):
         # X-CLIP utils/optimizer.py: new modules at 10x the LR of CLIP's weights; no weight decay on 1-D

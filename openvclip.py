@@ -66,8 +66,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import (CheckpointError, check_fits, encode_text, frame_head, freeze, load_checkpoint, load_state_dict,
-                    param_groups, patch_embed, tokenize)
+from common import (CheckpointError, check_fits, cosine_logits, encode_text, frame_head, freeze, in_chunks,
+                    load_checkpoint, load_state_dict, param_groups, patch_embed, tokenize)
 
 # temporalclip_video_model.py text_prompt: 4 openings x 7 bodies ("a example" sic).
 TEMPLATES = [f"{opening} {body}." for opening in ("a photo of", "a video of", "a example of", "a demonstration of")
@@ -271,6 +271,18 @@ class Model(nn.Module):
 
     def forward(self, video):
         return self.logits(self.frame_embeddings(video))
+
+    def embed_videos(self, video):
+        """(B, T, 3, S, S) -> (B, E) for retrieval: the mean of the unit frame embeddings (as the caption loss)."""
+        return self.frame_embeddings(video).mean(1)
+
+    def embed_captions(self, captions):
+        """(K, E): each caption through the frozen text tower, as written (no templates: it is a sentence)."""
+        return in_chunks(lambda c: encode_text(self.clip, tokenize(self.clip, c)), list(captions))
+
+    def similarity(self, videos, text):
+        """(N, K) retrieval logits: cosine (forward averages per-frame logits with 28 templates a class)."""
+        return cosine_logits(videos, text, self.clip.logit_scale)
 
     def param_groups(self, lr, weight_decay):
         # ZERO_WD_1D_PARAM: no decay on 1-D tensors and biases; matrices and the 0-D logit_scale are decayed.

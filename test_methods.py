@@ -1876,8 +1876,9 @@ def test_help_shows_every_flag_and_modes_are_one_at_a_time(capsys):
     with pytest.raises(SystemExit):
         train.get_args(["--method", "xclip", "--help"])
     assert "--grad-checkpointing" in capsys.readouterr().out        # a method's own flags, with --method
-    with pytest.raises(SystemExit, match="three different runs"):
-        train.get_args(["--predict", "clip.mp4", "--benchmark"])
+    for modes in (["--predict", "clip.mp4", "--benchmark"], ["--eval-only", "--embed"], ["--search", "a", "--embed"]):
+        with pytest.raises(SystemExit, match="are different runs: give one"):
+            train.get_args(modes)
 
 
 def test_same_command_same_numbers_first_run_included(tmp_path, monkeypatch):
@@ -3215,3 +3216,119 @@ def test_openvclip_cli_passes_each_batch_video_paths_for_the_captions(tmp_path, 
                 "--accum-steps", "1", "--workers", "0", "--steps-per-epoch", "1", "--epochs", "1", "--out",
                 str(tmp_path / "run"), "--test-clips", "1", "--test-crops", "1", "--captions", str(captions)])
     assert len(seen[0]) == 4 and set(seen[0]) <= listed
+
+
+# ---------------------------------------------------------------- retrieval
+
+def test_retrieval_metrics_by_hand():
+    """Ranks worked by hand: queries are rows of the retrieval; ties count against the query."""
+    sim = torch.tensor([[0.9, 0.1, 0.3],      # 3 videos x 3 captions, caption k of video k
+                        [0.2, 0.8, 0.3],
+                        [0.4, 0.7, 0.5]])
+    m = train.retrieval_metrics(sim, torch.tensor([0, 1, 2]))
+    # t2v: caption 0 -> video 0 first (1); caption 1 -> video 1 first (0.8 > 0.7); caption 2 -> video 2 first (0.5)
+    # v2t: video 0 -> caption 0 (1); video 1 -> caption 1 (1); video 2: 0.7 > 0.5, its caption second (2)
+    assert (m["t2v_r1"], m["t2v_median_rank"], m["t2v_mean_rank"]) == (100.0, 1, 1.0)
+    assert (m["v2t_r1"], m["v2t_median_rank"], m["v2t_mean_rank"]) == (pytest.approx(200 / 3), 1, pytest.approx(4 / 3))
+    constant = train.retrieval_metrics(torch.zeros(3, 3), torch.tensor([0, 1, 2]))   # all tied: all last
+    assert (constant["t2v_r1"], constant["t2v_median_rank"], constant["v2t_mean_rank"]) == (0.0, 3, 3.0)
+    perfect = train.retrieval_metrics(torch.eye(4), torch.arange(4))
+    assert all(perfect[f"{w}_{k}"] == v for w in ("t2v", "v2t") for k, v in (("r1", 100), ("median_rank", 1)))
+    # MSVD: several captions a video. Video 0 owns captions 0, 1; video 1 owns 2. v2t takes the best own caption.
+    sim = torch.tensor([[0.2, 0.9, 0.5],
+                        [0.3, 0.1, 0.4]])
+    m = train.retrieval_metrics(sim, torch.tensor([0, 0, 1]))
+    # t2v: caption 0 (video 0 0.2 < 0.3): rank 2; caption 1: 1; caption 2 (0.4 < 0.5): rank 2
+    # v2t: video 0's best own caption is caption 1, first; video 1's caption 2 is first of its row
+    assert m["t2v_mean_rank"] == pytest.approx(5 / 3) and m["t2v_median_rank"] == 2 and m["v2t_r1"] == 100.0
+    assert (m["videos"], m["captions"], m["chance_r1"]) == (2, 3, 50.0)
+    even = train.retrieval_metrics(torch.tensor([[1.0, 0.0], [2.0, 1.0]]), torch.tensor([0, 1]))
+    assert even["t2v_median_rank"] == 1.5   # ranks 2 and 1: their median as np.median gives it
+
+
+def test_readers_of_retrieval_sets_in_their_published_formats(tmp_path):
+    for name in ("video7020.mp4", "video9731.mp4", "abc_1_5.avi", "def_2_8.avi", "mine/a b.mp4"):
+        touch_files(tmp_path, name)
+    csv = tmp_path / "MSRVTT_JSFUSION_test.csv"
+    csv.write_text("key,vid_key,video_id,sentence\nret0,msr7020,video7020,a family is having coversation\n"
+                   "ret1,msr9731,video9731,\"a man, singing\"\n")
+    videos, captions = data.read_captions(str(csv), str(tmp_path))
+    assert videos == [str(tmp_path / "video7020.mp4"), str(tmp_path / "video9731.mp4")]
+    assert captions == [("a family is having coversation", 0), ("a man, singing", 1)]
+    msvd = tmp_path / "msvd"
+    msvd.mkdir()
+    (msvd / "test_list.txt").write_text("abc_1_5\ndef_2_8\n")
+    with open(msvd / "raw-captions.pkl", "wb") as f:
+        pickle.dump({"abc_1_5": [["a", "cat", "plays"], ["the", "cat", "jumps"]], "def_2_8": [["a", "dog"]]}, f, protocol=4)
+    videos, captions = data.read_captions(str(msvd / "test_list.txt"), str(tmp_path))
+    assert videos == [str(tmp_path / "abc_1_5.avi"), str(tmp_path / "def_2_8.avi")]
+    assert captions == [("a cat plays", 0), ("the cat jumps", 0), ("a dog", 1)]
+    plain = tmp_path / "captions.txt"
+    plain.write_text("mine/a b.mp4\tsomeone waves\n\nmine/a b.mp4\ta wave\nvideo7020.mp4\ttalking\n")
+    assert data.read_captions(str(plain), str(tmp_path)) == (
+        [str(tmp_path / "mine/a b.mp4"), str(tmp_path / "video7020.mp4")], [("someone waves", 0), ("a wave", 0), ("talking", 1)])
+    bad = [("mine/a b.mp4 someone waves\n", "captions.txt:1: expected 'path<TAB>caption'"),
+           ("mine/a b.mp4\t \n", "captions.txt:1: an empty caption"),
+           ("video7020.mp4\tok\ngone.mp4\tmissing\n", "captions.txt:2: no video at .*gone.mp4")]
+    for text, says in bad:
+        plain.write_text(text)
+        with pytest.raises(data.DataError, match=says) as e:
+            data.read_captions(str(plain), str(tmp_path))
+        assert "\n" not in str(e.value)
+    csv.write_text("key,vid_key,video_id,sentence\nret0,msr1,video1,gone\n")
+    with pytest.raises(data.DataError, match=r"MSRVTT_JSFUSION_test.csv:2: no video at .*video1.mp4"):
+        data.read_captions(str(csv), str(tmp_path))
+    marker = tmp_path / "ran"
+    with open(msvd / "raw-captions.pkl", "wb") as f:   # a caption file that would run code: refused, never run
+        pickle.dump({"abc_1_5": Payload(marker, "system")}, f)
+    with pytest.raises(data.DataError, match=r"raw-captions.pkl: not loaded, because reading it would run code \(it "
+                                             r"names posix.system\)"):
+        data.read_captions(str(msvd / "test_list.txt"), str(tmp_path))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_retrieval_pieces_give_the_forward_and_a_class_sentence_scores_as_its_class(name, tiny_clip_state):
+    """similarity(embed_videos(v), embed_captions(captions)) scores every pair; a method's sentence for a class,
+    given as a caption, scores as that class does in forward (Open-VCLIP averages 28 sentences: its caption
+    scores are the cosine of the same pieces). X-CLIP's pairs in chunks equal its forward on each pair."""
+    model = build(name, tiny_clip_state).eval()
+    x = video(batch=3)
+    template = "{}" if name == "xclip" else getattr(model, "template", "{}")
+    with torch.no_grad():
+        logits = model(x)                                                     # (3, C)
+        state, text = model.embed_videos(x), model.embed_captions([template.format(n) for n in NAMES])
+        sim = model.similarity(state, text)
+        if name != "openvclip":
+            torch.testing.assert_close(sim, logits, rtol=1e-5, atol=1e-4)
+        else:
+            v = F.normalize(model.frame_embeddings(x).mean(1), dim=-1)
+            torch.testing.assert_close(sim, model.clip.logit_scale.exp() * v @ F.normalize(text, dim=-1).t())
+        if name == "xclip":   # chunks of 2 videos x 2 captions: every pair as on its own
+            v, ctx = state
+            prompted = lambda t, c: (w := t.expand(len(c), -1, -1)) + model.prompts_generator(w, c)
+            chunked = common.prompted_similarity(v, ctx, text, prompted, model.logit_scale, videos=2, captions=2)
+            torch.testing.assert_close(chunked, sim, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_retrieval_embed_and_search_round_trip(tmp_path, monkeypatch, capsys):
+    """The embedded retrieval set: 96 videos, one caption each that no other shares; --protocol retrieval tests
+    it; --embed writes its embeddings; --search finds a video by its caption, as the retrieval test ranks it."""
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    listed = data.read_captions(paths["retrieval"], paths["root"])
+    assert len(listed[0]) == 96 and len({c for c, _ in listed[1]}) == 96
+    monkeypatch.chdir(tmp_path)
+    test = ["--method", "vificlip", "--model", "tiny", "--protocol", "retrieval", "--val-list", paths["retrieval"],
+            "--data-root", paths["root"], "--workers", "0", "--frames", "4", "--test-clips", "1"]
+    results = train.main([*test, "--eval-only"])
+    assert results["retrieval"][0]["videos"] == 96 and 0 <= results["retrieval"][0]["t2v_r1"] <= 100
+    train.main([*test, "--embed"])
+    stored = torch.load(os.path.join("runs", "vificlip-retrieval-embed", "embeddings.pt"), weights_only=True)
+    assert stored["embeddings"].shape == (96, 64) and torch.allclose(stored["embeddings"].norm(dim=1), torch.ones(96))
+    capsys.readouterr()
+    found = train.main(["--method", "vificlip", "--search", listed[1][5][0], "--embeddings",
+                        os.path.join("runs", "vificlip-retrieval-embed", "embeddings.pt"), "--top-k", "3"])
+    assert len(found) == 3 and found[0][1] >= found[1][1] >= found[2][1] and "the 3 closest of the 96" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="was made by --method vificlip: add --method vificlip"):
+        train.main(["--method", "xclip", "--search", "a", "--embeddings", os.path.join("runs", "vificlip-retrieval-embed",
+                                                                                     "embeddings.pt")])

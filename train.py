@@ -51,7 +51,7 @@ import common
 import data
 
 METHODS = ("vificlip", "xclip", "openvclip", "omniclip")
-PROTOCOLS = ("supervised", "zero-shot", "few-shot", "base2novel")
+PROTOCOLS = ("supervised", "zero-shot", "few-shot", "base2novel", "retrieval")
 
 
 # ==============================================================================================================
@@ -108,7 +108,7 @@ def settings(args, method, own):
     args.recipe = args.recipe or (args.protocol if args.protocol in variants else None)
     variant = variants.get(args.recipe, {})
     recipe = {**BASE, **method.RECIPE, **variant}
-    mode = args.predict or args.benchmark is not None
+    mode = args.predict or args.benchmark is not None or args.search
     args.embedded = args.train_list is None and args.val_list is None and not mode
     if args.embedded or mode and args.model is None and args.weights is None:
         recipe.update(EMBEDDED, **getattr(method, "EMBEDDED", {}))
@@ -257,7 +257,7 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, skips)
     metrics.jsonl (resume_training continues a run from its checkpoint, mid-epoch included)."""
     val_title, val_samples, val_names = val
     loader = make_loader(args, device, samples, train=True, with_index=getattr(model, "needs_paths", False))
-    val_loader = make_loader(args, device, val_samples) if args.val_every else None
+    val_loader = make_loader(args, device, val_samples, with_index=args.protocol == "retrieval") if args.val_every else None
     accum, steps_per_epoch = batch_plan(args, loader, names, val_samples, val_title)
     model.set_classes(names)
     opt = make_optimizer(args, model, device, dtype, steps_per_epoch)
@@ -307,9 +307,7 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, skips)
         record = dict(epoch=epoch + 1, loss=loss_sum.item() / max(steps * accum, 1), lr=opt[1].get_last_lr()[0],
                       data_wait=clock["waited"][0] / clock["trained"])
         if args.val_every and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs):
-            model.set_classes(val_names)
-            record["val"] = evaluate(model, val_loader, device, autocast, data.temporal_twins(val_names), "val",
-                                     skips, STATS[args.mean], args.test_fusion, args.test_amp)
+            record["val"] = judge(args, model, val_loader, val_names, device, autocast, "val", skips)
             model.set_classes(names)
         record_epoch(record, args, seen, skips, clock)
         save_training(checkpoint, model, opt, epoch + 1, names, args, record)
@@ -422,6 +420,72 @@ def standard_error(hits):
     return 100 * math.sqrt(p * (1 - p) / hits.numel())
 
 
+def judge(args, model, loader, names, device, autocast, desc, skips):
+    """The test of the run's protocol: retrieval ranks the captions `names` and the videos; the others classify."""
+    if args.protocol == "retrieval":
+        return retrieve(model, loader, names, device, autocast, desc, skips, STATS[args.mean], args.test_amp)
+    model.set_classes(names)
+    return evaluate(model, loader, device, autocast, data.temporal_twins(names), desc, skips, STATS[args.mean],
+                    args.test_fusion, args.test_amp)
+
+
+@torch.no_grad()
+def retrieve(model, loader, captions, device, autocast, desc="retrieval", skips=None, stats=None, amp=True):
+    """Text-to-video and video-to-text retrieval of the loader's videos and their captions [(text, video)]: each
+    video embedded once (its test views averaged), each caption once, every pair scored by the method's own
+    similarity (per pair where its text depends on the video: X-CLIP) -> retrieval_metrics."""
+    videos, index = embed_videos(model, loader, device, autocast, desc, skips, stats, amp)
+    kept = {i: n for n, i in enumerate(index.tolist())}   # a video left out as bad takes its captions with it
+    with autocast() if amp else contextlib.nullcontext():
+        text = model.embed_captions([c for c, v in captions if v in kept])              # (K, E)
+    owner = torch.tensor([kept[v] for _, v in captions if v in kept])                    # (K,) each caption's video
+    sim = model.similarity(tree(lambda x: x.to(device), videos), text).float().cpu()     # (N, K)
+    return dict(retrieval_metrics(sim, owner), **({"skipped": len(captions) - len(owner)} if len(owner) < len(
+        captions) else {}))
+
+
+def retrieval_metrics(sim, owner):
+    """sim (N videos, K captions), owner (K,) the video of each caption -> R@1, R@5, R@10, median and mean rank,
+    text to video (a caption's query: where its video ranks among the N) and video to text (a video's query: where
+    its best-ranked own caption ranks among the K; several captions a video as MSVD's protocol), as CLIP4Clip's.
+    A tie counts against the query: the match ranks after every item scored as high, so a model that scores
+    everything alike ranks last, not first."""
+    N, K = sim.shape
+    t2v = (sim >= sim[owner, torch.arange(K)]).sum(0)                                   # (K,) videos as high or higher
+    ascending = sim.sort(1).values
+    as_high = K - torch.searchsorted(ascending, sim.contiguous())                       # (N, K) captions as high or higher
+    v2t = as_high.masked_fill(owner[None, :] != torch.arange(N)[:, None], K + 1).min(1).values   # (N,) best own caption
+    figures = dict(videos=N, captions=K, chance_r1=100 / N)
+    for way, ranks in (("t2v", t2v), ("v2t", v2t)):
+        figures.update({f"{way}_r{k}": 100 * (ranks <= k).float().mean().item() for k in (1, 5, 10)})
+        figures.update({f"{way}_median_rank": statistics.median(ranks.tolist()), f"{way}_mean_rank": ranks.float().mean().item()})
+    return figures
+
+
+@torch.no_grad()
+def embed_videos(model, loader, device, autocast, desc, skips, stats, amp):
+    """Every video of the loader -> (the method's embed_videos of each, its test views averaged, in video order;
+    the videos' indices). Under torchrun each process embeds its shard and all of them get every video."""
+    model.eval()
+    parts, index = [], []
+    for video, _, i in progress(batches(loader, skips, desc), total=len(loader), desc=desc, leave=False):
+        B, V = video.shape[:2]
+        video = data.normalise(video.to(device, non_blocking=True), *stats)
+        with autocast() if amp else contextlib.nullcontext():
+            state = model.embed_videos(video.flatten(0, 1))                              # (B*V, ...)
+        parts.append(tree(lambda x: x.float().view(B, V, *x.shape[1:]).mean(1).cpu(), state))   # (B, ...)
+        index.append(i)
+    shards = gather((parts, index))
+    parts, index = [p for shard in shards for p in shard[0]], torch.cat([i for shard in shards for i in shard[1]])
+    order = index.argsort()
+    return tree(lambda *x: torch.cat(x)[order], *parts), index[order]
+
+
+def tree(fn, *states):
+    """fn on each tensor of a method's video state: a tensor, or a tuple of them (X-CLIP's video and context)."""
+    return tuple(map(fn, *states)) if isinstance(states[0], tuple) else fn(*states)
+
+
 # ---- 7. The protocols' results (data.protocol_data picks what each trains and tests on) ----------------------
 def summarise(protocol, results):
     """results {title: [metrics of each shot seed]} -> (figures, the run's result line): the protocol's headline,
@@ -475,6 +539,8 @@ def run(args, method, seed, out):
     share_weights(model)
     if args.predict:
         return predict(args, model, method, device, autocast, ckpt)
+    if args.search:
+        return search(args, model, device, autocast)
     if args.benchmark is not None:
         return benchmark(args, model, device, autocast, dtype)
 
@@ -503,12 +569,12 @@ def run(args, method, seed, out):
     else:
         train(args, model, train_samples, names, tests[0], device, autocast, dtype, out, skips)
         weights, trained = os.path.join(out, "last.pt"), args.epochs
+    if args.embed:
+        return write_embeddings(args, model, tests[0][1], device, autocast, skips, out, tested)
     results, views = {}, f"{args.test_clips} clips x {args.test_crops} crops"
     for title, samples, test_names in tests:   # the recipe's views, fused as the method's official test fuses them
-        model.set_classes(test_names)
-        m = evaluate(model, make_loader(args, device, samples, views=True), device, autocast,
-                     data.temporal_twins(test_names), f"{title} ({views})", skips, STATS[args.mean], args.test_fusion,
-                     args.test_amp)
+        loader = make_loader(args, device, samples, views=True, with_index=args.protocol == "retrieval")
+        m = judge(args, model, loader, test_names, device, autocast, f"{title} ({views})", skips)
         left_out = f", {m['skipped']} left out as bad (listed in {skips.path})" if m.get("skipped") else ""
         print(f"{title} ({views}, {len(samples)} videos{left_out}): {format_metrics(m)}")
         record = dict(test=title, protocol=args.protocol, views=views, weights=weights, trained_epochs=trained, **m)
@@ -531,7 +597,7 @@ def main(argv=None):
     if args.predict and not os.path.isfile(args.predict):
         raise SystemExit(f"--predict {args.predict}: " + ("a folder; give one video file" if os.path.isdir(args.predict)
                                                           else "no such file"))
-    if args.predict or args.benchmark is not None:
+    if args.predict or args.benchmark is not None or args.search:
         return run(args, method, None, None)
     # Rank 0 decides where the run goes and what it continues, and generates the embedded set; every process
     # then runs with rank 0's settings (the run folder and the videos must be on a filesystem they all see).
@@ -551,6 +617,9 @@ def main(argv=None):
     for seed in args.shot_seeds:
         for title, m in run(args, method, seed, seed_folder(args.out, seed, args)).items():
             results.setdefault(title, []).append(m)
+    if args.embed:
+        return closing_lines(args, f"embeddings of {len(results['embedded'][0]['paths'])} videos in "
+                                   f"{os.path.join(args.out, 'embeddings.pt')}: --search SENTENCE --embeddings FILE")
     figures, result_line = summarise(args.protocol, results)
     record = dict(result=result_line, protocol=args.protocol, trained_epochs=None if args.eval_only else args.epochs,
                   **figures)
@@ -611,7 +680,9 @@ def get_args(argv=None):
         "supervised: train and test on the same classes. zero-shot: test on the test data's own classes "
         "(another dataset, or the embedded set's held-out classes), over every --split. few-shot: train on "
         "--shots videos per class. base2novel: train on --shots videos of each base class per --shot-seeds, "
-        "test base and novel classes apart, report their harmonic mean"))
+        "test base and novel classes apart, report their harmonic mean. retrieval: test by ranking the --val-list "
+        "videos for each caption and the captions for each video (MSR-VTT's csv, MSVD's test_list.txt, or "
+        "'path<TAB>caption' lines): R@1, R@5, R@10, median and mean rank"))
 
     g = p.add_argument_group("model")
     g.add_argument("--model", help="open_clip architecture, e.g. ViT-B-16 (the papers'), ViT-L-14, or tiny / "
@@ -706,6 +777,12 @@ def get_args(argv=None):
     g.add_argument("--benchmark", type=at_least(1), nargs="?", const=20, metavar="STEPS", help="time STEPS (default 20) "
                    "training steps on random input, 400 classes, and exit: clips/s, FLOPs, MFU, peak memory; with "
                    "--train-list also the data loader, and which one bounds")
+    g.add_argument("--embed", action="store_true", help="write one embedding per video of --val-list (its test "
+                   "views averaged) to the run's folder, embeddings.pt, to search with --search; of --weights, "
+                   "--resume RUN, or the CLIP as pretrained")
+    g.add_argument("--search", metavar="SENTENCE", help="print the --top-k videos of --embeddings closest to a sentence")
+    g.add_argument("--embeddings", metavar="FILE", help="an embeddings.pt written by --embed (for --search)")
+    g.add_argument("--top-k", type=at_least(1), default=5, help="how many videos --search prints")
     g.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for --benchmark's MFU (known for "
                                                      "common GPUs)")
 
@@ -735,6 +812,15 @@ def get_args(argv=None):
         args.weights = latest_run(method_name, args.protocol) if args.resume == "auto" else args.resume
         if args.weights is None:
             raise SystemExit(f"--resume: no {method_name} {args.protocol} run in {RUNS}/; name one: --resume {RUNS}/NAME")
+    if args.search:   # the model that made the embeddings: its method, CLIP and weights
+        if not args.embeddings:
+            raise SystemExit("--search needs --embeddings FILE, an embeddings.pt written by --embed")
+        made = load_checkpoint(args.embeddings)
+        if made.get("method") != method_name:
+            raise SystemExit(f"{args.embeddings} was made by --method {made.get('method')}: add --method {made.get('method')}")
+        args.weights = made["weights"]
+        for key, value in made["settings"].items():
+            setattr(args, key, value if getattr(args, key, None) is None else getattr(args, key))
     if args.weights and os.path.isdir(args.weights):   # a run folder: its checkpoint
         found = checkpoints(args.weights)
         if not found:
@@ -746,8 +832,9 @@ def get_args(argv=None):
     p.set_defaults(**{key: unset for key in vars(args)})
     args.explicit = sorted(k for k, v in vars(p.parse_args(argv)).items() if v is not unset)
     args.run, args.argv = None, list(argv if argv is not None else sys.argv[1:])   # place_run() sets run
-    if sum((args.eval_only, bool(args.predict), args.benchmark is not None)) > 1:
-        raise SystemExit("--eval-only, --predict and --benchmark are three different runs: give one of them")
+    if sum((args.eval_only, bool(args.predict), args.benchmark is not None, args.embed, bool(args.search))) > 1:
+        raise SystemExit("--eval-only, --predict, --benchmark, --embed and --search are different runs: give one")
+    args.eval_only = args.eval_only or args.embed   # --embed trains nothing either: it runs as a test does
     for key, protocols in PROTOCOL_FLAGS.items():
         if key in args.explicit and args.protocol not in protocols:
             raise SystemExit(f"--{key.replace('_', '-')} means something only under --protocol {' or '.join(protocols)}"
@@ -946,6 +1033,40 @@ def predict(args, model, method, device, autocast, ckpt):
     if args.model.startswith("tiny"):
         print(f"note: --model {args.model} knows only the embedded set's synthetic shapes and motions; for real videos "
               f"use --model ViT-B-16 --pretrained openai, or weights trained on your classes")
+
+
+def write_embeddings(args, model, samples, device, autocast, skips, out, weights):
+    """--embed: every video of --val-list, its test views averaged, -> out/embeddings.pt for --search: the paths,
+    the unit embeddings (a method whose text depends on the video, X-CLIP, keeps its video embedding alone), and
+    what made them."""
+    loader = make_loader(args, device, samples, views=True, with_index=True)
+    videos, index = embed_videos(model, loader, device, autocast, "embed", skips, STATS[args.mean], args.test_amp)
+    made = dict(paths=[samples[i][0] for i in index.tolist()], method=args.method, weights=weights,
+                views=f"{args.test_clips} clips x {args.test_crops} crops", settings={
+                    k: getattr(args, k) for k in (*INHERITED, "pretrained", *method_options(sys.modules[args.method]))})
+    if RANK == 0:
+        save_checkpoint(os.path.join(out, "embeddings.pt"), dict(made, embeddings=F.normalize(
+            videos[0] if isinstance(videos, tuple) else videos, dim=-1)))
+    return {"embedded": made}
+
+
+def search(args, model, device, autocast):
+    """--search: the --top-k videos of --embeddings closest to a sentence, by cosine. For X-CLIP (and OmniCLIP's
+    video prompts), whose caption embedding depends on the video, the caption's own embedding, before any prompt:
+    scoring each pair as its retrieval test does would need every video's context stored, and a prompt pass per
+    video and query."""
+    stored = load_checkpoint(args.embeddings)
+    model.to(device).eval()
+    with torch.no_grad(), autocast() if args.test_amp else contextlib.nullcontext():
+        text = F.normalize(model.embed_captions([args.search]).float(), dim=-1)[0]       # (E,)
+    tic = time.perf_counter()
+    scores = stored["embeddings"].float().to(device) @ text                              # (N,)
+    top = scores.topk(min(args.top_k, len(scores)))
+    print(f"{args.search!r}: the {len(top[0])} closest of the {len(scores)} videos of {args.embeddings} (searched in "
+          f"{time.perf_counter() - tic:.3f} s; made by {stored['weights'] or 'the CLIP as pretrained'}):")
+    for score, i in zip(*top):
+        print(f"  {score:6.3f}  {stored['paths'][i]}")
+    return [(stored["paths"][i], score.item()) for score, i in zip(*top)]
 
 
 # Dense peak TFLOP/s of common GPUs in bf16/fp16 (and fp32) from their data sheets, for MFU; --peak-tflops
@@ -1268,8 +1389,8 @@ def place_run(args):
     else:   # an --eval-only run is named after the run it tests
         tested = args.run or args.eval_only and args.weights and read_config(os.path.dirname(args.weights) or ".") and \
             os.path.dirname(args.weights)
-        args.out = new_folder(f"{tested}-eval" if tested else os.path.join(
-            RUNS, f"{args.method}-{args.protocol}" + ("-eval" if args.eval_only else "")))
+        mode = "-embed" if args.embed else "-eval" if args.eval_only else ""
+        args.out = new_folder(f"{tested}{mode}" if tested else os.path.join(RUNS, f"{args.method}-{args.protocol}{mode}"))
     write_config(args, started=datetime.datetime.now().isoformat(timespec="microseconds"))
 
 
@@ -1346,7 +1467,7 @@ def prepare(args):
     if args.embedded:   # the synthetic set; zero-shot trains on 8 of its classes and tests on the 4 held out
         paths = data.make_synthetic(args.embedded_dir)
         keys = ("seen_train", "unseen_val", "seen", "unseen") if args.protocol == "zero-shot" else \
-            ("train", "val", "classes", None)
+            ("train", "retrieval" if args.protocol == "retrieval" else "val", "classes", None)
         args.train_list, args.val_list, args.classes, args.val_classes = (paths.get(k) for k in keys)
         args.data_root = paths["root"]
     return True
@@ -1393,7 +1514,11 @@ def closing_lines(args, result_line):
 
 def format_metrics(m):
     """top-1 (with its standard error and chance), mean-class accuracy, top-5 where there are enough classes
-    for it to say something (50 or more), and twins on the embedded set."""
+    for it to say something (50 or more), and twins on the embedded set; or retrieval's ranks both ways."""
+    if "t2v_r1" in m:
+        return "  ".join(f"{way} R@1 {m[f'{way}_r1']:5.1f} R@5 {m[f'{way}_r5']:5.1f} R@10 {m[f'{way}_r10']:5.1f} MdR "
+                         f"{m[f'{way}_median_rank']:g} MnR {m[f'{way}_mean_rank']:.1f}" for way in ("t2v", "v2t")) + \
+            f"  (chance R@1 {m['chance_r1']:.1f})"
     s = f"top1 {m['top1']:5.1f} ±{m['top1_se']:.1f} (chance {100 / m['classes']:.1f})  mean-class {m['mean_class']:5.1f}"
     if m["classes"] >= 50:
         s += f"  top5 {m['top5']:5.1f}"

@@ -68,7 +68,7 @@ Where we differ from the official code, and why:
 import torch
 from torch import nn
 
-from common import (PHOTO_TEMPLATE, CheckpointError, block, check_fits, cosine_logits, frame_head, freeze,
+from common import (PHOTO_TEMPLATE, CheckpointError, block, check_fits, cosine_logits, frame_head, freeze, in_chunks,
                     load_state_dict, param_groups, patch_embed, tokenize)
 
 # Fully-supervised Kinetics-400 recipe: configs/fully_supervised/k400/16_16_vifi_clip.yaml and the defaults
@@ -237,14 +237,16 @@ class Model(nn.Module):
 
     def set_classes(self, names):
         self._step_text = self._text_leaf = None
-        texts = [self.template.format(n) for n in names]
-        if self.n_text:
-            # "X X .. X {c}.": each X is one token, which ctx overwrites (trainers/vificlip.py VLPromptLearner,
-            # which also turns "_" into spaces in this mode).
-            placeholders = " ".join(["X"] * self.n_text)
-            texts = [f"{placeholders} {self.template.format(n.replace('_', ' '))}" for n in names]
-        self.tokens = tokenize(self.clip, texts)                        # (C, L)
+        self.tokens = self.tokenize(names, self.template)            # (C, L)
         self._text_cache = None
+
+    def tokenize(self, names, template):
+        """(C, L) tokens of the names in the template; with text prompts "X X .. X {c}.": each X is one token,
+        which ctx overwrites (trainers/vificlip.py VLPromptLearner, which also turns "_" into spaces then)."""
+        if not self.n_text:
+            return tokenize(self.clip, [template.format(n) for n in names])
+        placeholders = " ".join(["X"] * self.n_text)
+        return tokenize(self.clip, [f"{placeholders} {template.format(n.replace('_', ' '))}" for n in names])
 
     def train(self, mode=True):
         self._text_cache = None   # weights are about to change (or just did): cached text is stale
@@ -281,10 +283,23 @@ class Model(nn.Module):
         return self._text_cache
 
     def forward(self, video):
-        B, T = video.shape[:2]                                       # video (B, T, 3, S, S)
+        return cosine_logits(self.embed_videos(video), self.text_features(), self.clip.logit_scale)   # (B, C)
+
+    def embed_videos(self, video):
+        """(B, T, 3, S, S) -> (B, E): the mean of the frames' embeddings, before normalising (retrieval too)."""
+        B, T = video.shape[:2]
         frames = encode_prompted_frames(self.clip.visual, video.flatten(0, 1))   # (B*T, E): frames are independent
-        v = frames.view(B, T, -1).mean(dim=1)                        # (B, E): mean before normalising
-        return cosine_logits(v, self.text_features(), self.clip.logit_scale)   # (B, C)
+        return frames.view(B, T, -1).mean(dim=1)                     # (B, E)
+
+    def embed_captions(self, captions):
+        """(K, E): captions through the text side as class names go, but a caption is its own sentence (no
+        template), so "a photo of a {c}." as a caption scores as class c does."""
+        ctx = getattr(self.prompt_learner, "ctx", None)
+        return in_chunks(lambda c: encode_prompted_text(self.clip, self.tokenize(c, "{}"), ctx), list(captions))
+
+    def similarity(self, videos, text):
+        """(N, K) retrieval logits of embed_videos' (N, E) and embed_captions' (K, E): cosine, as forward."""
+        return cosine_logits(videos, text, self.clip.logit_scale)
 
     def param_groups(self, lr, weight_decay):
         # One group: the official optimizer decays every parameter, biases, norms, logit_scale and prompts included.

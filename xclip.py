@@ -62,7 +62,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from common import (BARE_TEMPLATE, CheckpointError, attention, check_fits, cosine_logits, encode_text, frame_head,
-                    load_state_dict, param_groups, patch_embed, tokenize)
+                    in_chunks, load_state_dict, param_groups, patch_embed, prompted_similarity, tokenize)
 
 # Fully-supervised Kinetics-400, ViT-B/16 with 8 frames: configs/k400/16_8.yaml over the defaults of
 # utils/config.py; optimizer and schedule from utils/optimizer.py; final 4x3-view test from main.py.
@@ -282,6 +282,14 @@ class Model(nn.Module):
         if T != self.T:
             raise ValueError(f"this X-CLIP was built for {self.T} frames (its mit.positional_embedding is "
                              f"(1, {self.T}, E)) but got {T}; pass --frames {self.T} or build with --frames {T}")
+        v, ctx = self.embed_videos(video)                               # (B, E), (B, N, E)
+        w = self.text_features().to(ctx.dtype).expand(B, -1, -1)        # (B, C, E)
+        t = w + self.prompts_generator(w, ctx)                          # (B, C, E): one set of classes per video
+        return cosine_logits(v, t, self.logit_scale)                    # (B, C)
+
+    def embed_videos(self, video):
+        """(B, T, 3, S, S) -> the video embedding v (B, E) and what the prompts attend to, ctx (B, N, E)."""
+        B, T = video.shape[:2]
         x = patch_embed(self.visual, video.flatten(0, 1))               # (B*T, N+1, D), frames of a video contiguous
         for blk in self.visual.transformer.resblocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
@@ -290,10 +298,18 @@ class Model(nn.Module):
                 x = blk(x, T)
         v = self.mit(frame_head(self.visual, x).view(B, T, -1))         # (B*T, E) -> (B, T, E) -> (B, E)
         patches = self.prompts_visual_ln(x[:, 1:])                      # (B*T, N, D): no ln_post, as official
-        ctx = patches.view(B, T, *patches.shape[1:]).mean(1) @ self.prompts_visual_proj   # (B, N, E)
-        w = self.text_features().to(ctx.dtype).expand(B, -1, -1)        # (B, C, E)
-        t = w + self.prompts_generator(w, ctx)                          # (B, C, E): one set of classes per video
-        return cosine_logits(v, t, self.logit_scale)                    # (B, C)
+        return v, patches.view(B, T, *patches.shape[1:]).mean(1) @ self.prompts_visual_proj   # ctx (B, N, E)
+
+    def embed_captions(self, captions):
+        """(K, E): each caption through the frozen text tower (the template is "{}": a class name is its caption)."""
+        return in_chunks(lambda c: encode_text(self, tokenize(self, c)), list(captions))
+
+    def similarity(self, videos, text):
+        """(N, K) retrieval logits: the prompts rewrite every caption for every video, as forward does for the
+        classes, so each pair is scored on its own (common.prompted_similarity, in chunks)."""
+        v, ctx = videos
+        prompted = lambda t, c: (w := t.to(c.dtype).expand(len(c), -1, -1)) + self.prompts_generator(w, c)
+        return prompted_similarity(v, ctx, text, prompted, self.logit_scale)
 
     def param_groups(self, lr, weight_decay):
         """utils/optimizer.py: 10x LR for message_/mit/prompts parameters; no decay for 1-D tensors, biases
