@@ -806,6 +806,8 @@ def get_args(argv=None):
         method.add_args(p.add_argument_group(f"{method_name} options"))
     p.add_argument("-h", "--help", action="help", help="show every flag and exit (a method's own flags: with --method)")
     args = p.parse_args(argv)
+    if sum((args.eval_only, bool(args.predict), args.benchmark is not None, args.embed, bool(args.search))) > 1:
+        raise SystemExit("--eval-only, --predict, --benchmark, --embed and --search are different runs: give one")
     if args.predict and args.resume:   # --predict --resume RUN: that run's checkpoint, as --eval-only tests it
         if args.weights:
             raise SystemExit("--predict takes the weights of --resume RUN or of --weights FILE: give one of them")
@@ -832,8 +834,6 @@ def get_args(argv=None):
     p.set_defaults(**{key: unset for key in vars(args)})
     args.explicit = sorted(k for k, v in vars(p.parse_args(argv)).items() if v is not unset)
     args.run, args.argv = None, list(argv if argv is not None else sys.argv[1:])   # place_run() sets run
-    if sum((args.eval_only, bool(args.predict), args.benchmark is not None, args.embed, bool(args.search))) > 1:
-        raise SystemExit("--eval-only, --predict, --benchmark, --embed and --search are different runs: give one")
     args.eval_only = args.eval_only or args.embed   # --embed trains nothing either: it runs as a test does
     for key, protocols in PROTOCOL_FLAGS.items():
         if key in args.explicit and args.protocol not in protocols:
