@@ -39,6 +39,7 @@ import pickle
 import random
 import re
 import shutil
+import time
 import warnings
 
 import av
@@ -614,6 +615,44 @@ def collate(items):
     kept = [item for item in items if not isinstance(item, Skipped)]
     return Batch(torch.utils.data.default_collate(kept) if kept else (),
                  [tuple(item) for item in items if isinstance(item, Skipped)])
+
+class SkipLog:
+    """The videos --skip-bad-videos left out: each one is written to the run's skipped.txt and counted."""
+
+    def __init__(self, folder):
+        self.path, self.count = os.path.join(folder, "skipped.txt"), 0
+
+    def add(self, batch, where):
+        for path, reason in getattr(batch, "skipped", ()):
+            self.count += 1
+            with open(self.path, "a") as f:
+                f.write(f"{where}\t{path}\t{reason}\n")
+
+
+def batches(loader, skips, where, waited=None, keep_empty=False):
+    """The loader's batches that hold videos (with keep_empty, also those that hold none); skipped videos go to
+    `skips`. Workers that deliver nothing for the loader's timeout stop the run in one line instead of hanging it.
+    waited[0] adds up the seconds spent waiting for the next batch: what data loading, not the model, decided."""
+    it = iter(loader)
+    while True:
+        try:
+            tic = time.perf_counter()
+            batch = next(it)
+            if waited is not None:
+                waited[0] += time.perf_counter() - tic
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            if "timed out" not in str(e):
+                raise
+            raise DataError(f"{where}: no batch from the decoding workers in {loader.timeout:.0f} s, so one of them is "
+                            f"stuck (on a video that hangs the decoder?); rerun with --workers 0 to see which video, "
+                            f"or raise --loader-timeout") from None
+        if skips is not None:
+            skips.add(batch, where)
+        if len(batch) or keep_empty:
+            yield batch
+
 
 # -----------------------------------------------------------------------------
 # which frames

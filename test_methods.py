@@ -1699,14 +1699,14 @@ def test_weights_load_strictly_except_new_trainable_tensors(tiny_clip_state, tmp
     train.save_checkpoint(path, dict(model=plain.state_dict(), args=dict(method="vificlip")))
     train.read_checkpoint.cache_clear()
     prompted = build("vificlip", tiny_clip_state, prompt_tokens_vision=2, prompt_depth_vision=1)
-    train.load_weights(prompted, vificlip, path, argparse.Namespace())   # the bridge: only the new prompt is missing
+    train.load_weights(prompted, vificlip, path, argparse.Namespace(own=[]))   # the bridge: only the new prompt is missing
     assert torch.equal(prompted.clip.visual.proj, plain.clip.visual.proj)
     state = plain.state_dict()
     del state["clip.visual.proj"]                         # a frozen tensor missing: not the same model
     train.save_checkpoint(path, dict(model=state, args=dict(method="vificlip")))
     train.read_checkpoint.cache_clear()
     with pytest.raises(SystemExit, match="does not fit this model .1 tensors, e.g. clip.visual.proj"):
-        train.load_weights(prompted, vificlip, path, argparse.Namespace())
+        train.load_weights(prompted, vificlip, path, argparse.Namespace(own=[]))
     train.read_checkpoint.cache_clear()
 
 

@@ -80,7 +80,7 @@ BASE = dict(
     class_words=False, threads=0,    # UCF101's CamelCase names as words; CPU threads (0: one per core)
 )
 
-# The embedded demo (no --train-list) scales a recipe down to its 900 videos of 24 frames at 64 px and a tiny CLIP
+# The embedded demo (no --train-list) scales a recipe down to its 996 videos of 24 frames at 64 px and a tiny CLIP
 # pretrained here on still images (common.synthetic_clip), minutes on a CPU. What it changes, and the flags that
 # give the recipe's own values back: the stand-in CLIP (--model, --pretrained); 8 frames, 20 epochs, validation
 # every 10 (--frames, --epochs, --val-every); lr 1e-3, a variant's in its ratio to RECIPE's, weight decay 0.05,
@@ -277,7 +277,7 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, skips)
         bar = progress(total=steps_per_epoch, initial=steps, desc=f"epoch {epoch + 1}/{args.epochs}")
         loader.sampler.set_epoch(epoch, start=steps * accum * loader.batch_size)
         # Under torchrun a batch whose videos were all left out as bad still comes (empty), as a micro-batch.
-        loaded = batches(loader, skips, f"epoch {epoch + 1}", clock["waited"], keep_empty=WORLD > 1)
+        loaded = data.batches(loader, skips, f"epoch {epoch + 1}", clock["waited"], keep_empty=WORLD > 1)
         while steps < steps_per_epoch:
             micro = micro_batches(itertools.islice(loaded, accum), args, device, len(names), loader)
             try:
@@ -375,7 +375,7 @@ def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None, st
     true class beats its twin, the figure a model that cannot see frame order leaves at 50%."""
     model.eval()
     probs, labels, index, before = [], [], [], skips.count if skips else 0
-    for video, label, *i in progress(batches(loader, skips, desc), total=len(loader), desc=desc, leave=False):
+    for video, label, *i in progress(data.batches(loader, skips, desc), total=len(loader), desc=desc, leave=False):
         B, V = video.shape[:2]
         video = video.to(device, non_blocking=True)
         video = data.normalise(video, *stats) if stats else video
@@ -468,7 +468,7 @@ def embed_videos(model, loader, device, autocast, desc, skips, stats, amp):
     the videos' indices). Under torchrun each process embeds its shard and all of them get every video."""
     model.eval()
     parts, index = [], []
-    for video, _, i in progress(batches(loader, skips, desc), total=len(loader), desc=desc, leave=False):
+    for video, _, i in progress(data.batches(loader, skips, desc), total=len(loader), desc=desc, leave=False):
         B, V = video.shape[:2]
         video = data.normalise(video.to(device, non_blocking=True), *stats)
         with autocast() if amp else contextlib.nullcontext():
@@ -554,10 +554,11 @@ def run(args, method, seed, out):
     seen = f"{len(train_samples)} train videos ({len(names)} classes), " if train_samples and not args.eval_only else ""
     print(f"{args.method}, {args.protocol}{f' (shot seed {seed})' if len(args.shot_seeds) > 1 else ''}: "
           f"{common.count_params(model, trainable=True) / 1e6:.2f}M trainable of {common.count_params(model) / 1e6:.2f}M "
-          f"parameters, {seen}{len(val_samples)} {val_title} videos ({len(val_names)} classes), {args.frames} frames "
+          f"parameters, {seen}{len(val_samples)} {val_title} videos ({len(val_names)} "
+          f"{'captions' if args.protocol == 'retrieval' else 'classes'}), {args.frames} frames "
           f"at {args.size}px, device {device}" + (f" ({dtype})" if dtype else ""))
     os.makedirs(out, exist_ok=True)
-    skips = SkipLog(out)
+    skips = data.SkipLog(out)
     if args.eval_only:
         trained = ckpt and ckpt["epoch"]
         held = f" (after epoch {trained} of its {ckpt['args'].get('epochs')})" if ckpt else ""
@@ -603,7 +604,7 @@ def main(argv=None):
     # then runs with rank 0's settings (the run folder and the videos must be on a filesystem they all see).
     device = args.device
     ready = prepare(args) if RANK == 0 else None
-    args, ready = share((args, ready))
+    args, ready = gather((args, ready))[0]   # rank 0's
     if WORLD > 1:
         args.device = device   # this process's own GPU
     if not ready:
@@ -828,7 +829,8 @@ def get_args(argv=None):
         if not found:
             raise SystemExit(f"{args.weights}: this folder holds no checkpoint (last.pt); give a training run's folder")
         args.weights = found[0]
-    settings(args, method, own=set(vars(args)) - shared)   # the recipe's values for every setting not given
+    args.own = sorted(set(vars(args)) - shared)   # the method's own options
+    settings(args, method, args.own)   # the recipe's values for every setting not given
     # Which flags this command line gave: a resumed run keeps its own settings for all the others.
     unset = object()
     p.set_defaults(**{key: unset for key in vars(args)})
@@ -863,9 +865,8 @@ def compile_model(model, backend="inductor"):
 
 # ---- Checkpoints and resume ---------------------------------------------------------------------------------
 def resume_training(checkpoint, model, opt, args):
-    """Continue a run from its checkpoint: the model, optimizer, schedule and loss scaler as they were, every
-    process's random state, and metrics.jsonl cut back to the checkpoint's epoch -> (epochs done, the state of a
-    part-done epoch or None, the last finished epoch's record)."""
+    """Continue a run from its checkpoint: the model, optimizer, schedule, loss scaler and every process's random
+    state as they were, metrics.jsonl cut back -> (epochs done, a part-done epoch's state, the last epoch's record)."""
     state = load_checkpoint(checkpoint)   # every process reads the same file: the run folder must be shared
     for part, key in zip((model, *opt), ("model", "optimizer", "scheduler", "scaler")):
         part.load_state_dict(state[key])
@@ -885,9 +886,8 @@ def resume_training(checkpoint, model, opt, args):
 
 
 def save_training(checkpoint, model, opt, epoch, names, args, record, **extra):
-    """The checkpoint (rank 0 writes it); `epoch` epochs are complete. It holds every process's random state, so
-    that a resume on as many processes continues each one's draws, and the last epoch's record (key "line"), so
-    that a kill between the checkpoint and that record's append to metrics.jsonl loses nothing."""
+    """The checkpoint after `epoch` epochs (rank 0 writes it): every process's random state, to continue each one's
+    draws, and the last epoch's record (key "line"), which a kill before its append to metrics.jsonl loses not."""
     rngs = gather(rng_state())
     if RANK == 0:
         optimizer, scheduler, scaler = opt
@@ -981,7 +981,7 @@ def load_weights(model, method, path, args):
     wrong = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
     wrong += sorted(own.keys() - state.keys() - trainable) + sorted(state.keys() - own.keys())
     if wrong:
-        flags = [f"--{k.replace('_', '-')} {saved[k]}" for k in (*INHERITED, *method_options(method))
+        flags = [f"--{k.replace('_', '-')} {saved[k]}" for k in (*INHERITED, *args.own)
                  if k in saved and saved[k] != getattr(args, k, None) and saved[k] is not None]
         raise SystemExit(f"{path}: a {method.__name__} checkpoint of --model {saved.get('model')} ({saved.get('frames')} "
                          f"frames, {saved.get('size')} px) that does not fit this model ({len(wrong)} tensors, e.g. "
@@ -992,13 +992,6 @@ def load_weights(model, method, path, args):
         print(f"{path}: {len(missing)} trainable tensors new to this model start from their initialisation "
               f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
     return ckpt
-
-
-def method_options(method):
-    """The settings a method's own flags (its add_args) hold."""
-    parser = argparse.ArgumentParser(add_help=False)
-    getattr(method, "add_args", lambda p: None)(parser)
-    return [a.dest for a in parser._actions]
 
 
 def class_names(args, ckpt):
@@ -1036,14 +1029,13 @@ def predict(args, model, method, device, autocast, ckpt):
 
 
 def write_embeddings(args, model, samples, device, autocast, skips, out, weights):
-    """--embed: every video of --val-list, its test views averaged, -> out/embeddings.pt for --search: the paths,
-    the unit embeddings (a method whose text depends on the video, X-CLIP, keeps its video embedding alone), and
-    what made them."""
+    """--embed: every video of --val-list, its test views averaged, -> out/embeddings.pt: the paths, the unit
+    embeddings (X-CLIP's video embedding alone: its text depends on the video) and what made them."""
     loader = make_loader(args, device, samples, views=True, with_index=True)
     videos, index = embed_videos(model, loader, device, autocast, "embed", skips, STATS[args.mean], args.test_amp)
     made = dict(paths=[samples[i][0] for i in index.tolist()], method=args.method, weights=weights,
                 views=f"{args.test_clips} clips x {args.test_crops} crops", settings={
-                    k: getattr(args, k) for k in (*INHERITED, "pretrained", *method_options(sys.modules[args.method]))})
+                    k: getattr(args, k) for k in (*INHERITED, "pretrained", *args.own)})
     if RANK == 0:
         save_checkpoint(os.path.join(out, "embeddings.pt"), dict(made, embeddings=F.normalize(
             videos[0] if isinstance(videos, tuple) else videos, dim=-1)))
@@ -1051,10 +1043,9 @@ def write_embeddings(args, model, samples, device, autocast, skips, out, weights
 
 
 def search(args, model, device, autocast):
-    """--search: the --top-k videos of --embeddings closest to a sentence, by cosine. For X-CLIP (and OmniCLIP's
-    video prompts), whose caption embedding depends on the video, the caption's own embedding, before any prompt:
-    scoring each pair as its retrieval test does would need every video's context stored, and a prompt pass per
-    video and query."""
+    """--search: the --top-k videos of --embeddings closest to a sentence, by cosine. X-CLIP (and OmniCLIP's video
+    prompts) use the caption's embedding before any prompt: scoring each pair as their retrieval test does would
+    need every video's context stored (P x E numbers), and a prompt pass per video for every query."""
     stored = load_checkpoint(args.embeddings)
     model.to(device).eval()
     with torch.no_grad(), autocast() if args.test_amp else contextlib.nullcontext():
@@ -1076,9 +1067,8 @@ PEAK_TFLOPS = {"H200": (989, 67), "H100": (989, 67), "A100": (312, 19.5), "L40S"
 
 
 def benchmark(args, model, device, autocast, dtype, warmup=3):
-    """Training steps on random input (400 made-up classes, one micro-batch per step): the model's clips/s,
-    peak memory, FLOPs per clip (counted by torch.utils.flop_counter) and MFU. With --train-list, also the
-    data loader's clips/s on those videos with the run's workers, and which of the two bounds training."""
+    """Training steps on random input (400 made-up classes, one micro-batch a step): clips/s, peak memory, FLOPs a
+    clip (torch.utils.flop_counter), MFU; with --train-list the data loader's clips/s too, and which bounds."""
     model.set_classes([f"class {i}" for i in range(400)])
     model.to(device).train()
     opt = make_optimizer(args, model, device, dtype, args.benchmark)   # the training step's, at accumulation 1
@@ -1108,7 +1098,7 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
     if device.type == "cuda":
         mem = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB peak GPU memory"
     else:
-        import resource
+        import resource   # Unix only: imported where it is used
         mem = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB peak RSS"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     peak = args.peak_tflops or next((p[0] if dtype else p[1] for k, p in PEAK_TFLOPS.items() if k in name), None)
@@ -1124,8 +1114,7 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
         return
     samples, names = data.read_videos(args.train_list, args.data_root, (args.split or [1])[0], True, args.classes)
     loader = make_loader(args, device, samples[:args.micro_batch * (args.benchmark + 2)], train=True)
-    waited = [0.0]
-    micro = micro_batches(batches(loader, None, "benchmark", waited), args, device, len(names), loader)
+    micro = micro_batches(data.batches(loader, None, "benchmark"), args, device, len(names), loader)
     for i, (video, _, _) in enumerate(itertools.islice(micro, args.benchmark + 1)):
         if i == 0:   # the workers' start-up is not throughput
             start, count = time.perf_counter(), 0
@@ -1148,8 +1137,8 @@ RUN = None   # the settings of the run in progress (main), for the line a Ctrl-C
 
 
 def start_processes(args):
-    """Join torchrun's process group (once per process): NCCL between GPUs, gloo on CPUs. --dist-timeout bounds a
-    wait for the others: a rank that died or hangs ends the run (torchrun stops the rest when one exits in error)."""
+    """Join torchrun's process group (once per process): NCCL between GPUs, gloo on CPUs; --dist-timeout bounds a
+    wait for the others (a rank that died or hangs ends the run; torchrun stops the rest when one exits in error)."""
     global RANK, WORLD, LOCAL_RANK
     if "RANK" not in os.environ or torch.distributed.is_initialized():
         return
@@ -1162,15 +1151,6 @@ def start_processes(args):
                                          timeout=datetime.timedelta(minutes=args.dist_timeout))
     if RANK > 0:   # one voice: the others' errors still reach stderr, saying which process (one_line)
         sys.stdout = open(os.devnull, "w")
-
-
-def share(obj):
-    """rank 0's obj, on every process."""
-    if WORLD == 1:
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def gather(obj):
@@ -1265,7 +1245,7 @@ def average_gradients(params, bucket_bytes=2**26):
 RUNS = "runs"
 # What --resume takes from this command line rather than from the run it continues (the decoding workers, which
 # change no number, are this machine's: under torchrun each process's share of the cores).
-RUN_CONTROL = ("resume", "eval_only", "overwrite", "out", "explicit", "run", "argv", "workers", "dist_timeout")
+RUN_CONTROL = ("resume", "eval_only", "overwrite", "out", "explicit", "own", "run", "argv", "workers", "dist_timeout")
 
 
 # Settings renamed since: a config.json or checkpoint written before still resumes, under the new names.
@@ -1274,7 +1254,7 @@ RENAMED = dict(step_batch="micro_batch", batch_size="global_batch", schedule_acc
 
 def saved_args(args):
     """The resolved settings, as config.json and the checkpoints keep them."""
-    return {k: v for k, v in vars(args).items() if k != "explicit"}
+    return {k: v for k, v in vars(args).items() if k not in ("explicit", "own")}
 
 
 
@@ -1417,13 +1397,8 @@ def write_config(args, **extra):
 def compare(argv):
     """--method all: every method in turn with the same flags, each in its own run folder, then one table of their
     results and CPU time (user + system of this process and its decoding workers; under torchrun rank 0's)."""
-    def cpu_seconds():
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
-
-    def clock(seconds):
-        return f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
-
+    cpu_seconds = lambda: sum(os.times()[:4])   # user, system, and the joined children's (decoding workers)
+    clock = lambda seconds: f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
     rows = ["| method | test top-1 | twins | CPU-s | wall |", "|---|---|---|---|---|"]
     protocol, start = get_args(argv)[0].protocol, (cpu_seconds(), time.perf_counter())
     for name in METHODS:
@@ -1502,8 +1477,7 @@ def closing_lines(args, result_line):
         where.append(("checkpoint", ", ".join(checkpoints(args.out))))
     if args.embedded:
         where.append(("videos", f"{os.path.relpath(args.data_root)} (generated once, reused)"))
-    skipped = [p for f in ("skipped.txt", "seed*/skipped.txt") for p in glob.glob(os.path.join(args.out, f))]
-    if skipped:
+    if skipped := [p for f in ("skipped.txt", "seed*/skipped.txt") for p in glob.glob(os.path.join(args.out, f))]:
         count = sum(1 for p in skipped for _ in open(p))
         where.append(("skipped", f"{count} videos that could not be decoded, listed in {', '.join(skipped)}"))
     if args.pretrained == "synthetic":
@@ -1527,44 +1501,6 @@ def format_metrics(m):
     return s
 
 
-class SkipLog:
-    """The videos --skip-bad-videos left out: each one is written to the run's skipped.txt and counted."""
-
-    def __init__(self, folder):
-        self.path, self.count = os.path.join(folder, "skipped.txt"), 0
-
-    def add(self, batch, where):
-        for path, reason in getattr(batch, "skipped", ()):
-            self.count += 1
-            with open(self.path, "a") as f:
-                f.write(f"{where}\t{path}\t{reason}\n")
-
-
-def batches(loader, skips, where, waited=None, keep_empty=False):
-    """The loader's batches that hold videos (with keep_empty, also those that hold none); skipped videos go to
-    `skips`. Workers that deliver nothing for the loader's timeout stop the run in one line instead of hanging it.
-    waited[0] adds up the seconds spent waiting for the next batch: what data loading, not the model, decided."""
-    it = iter(loader)
-    while True:
-        try:
-            tic = time.perf_counter()
-            batch = next(it)
-            if waited is not None:
-                waited[0] += time.perf_counter() - tic
-        except StopIteration:
-            return
-        except RuntimeError as e:
-            if "timed out" not in str(e):
-                raise
-            raise SystemExit(f"{where}: no batch from the decoding workers in {loader.timeout:.0f} s, so one of them is "
-                             f"stuck (on a video that hangs the decoder?); rerun with --workers 0 to see which video, "
-                             f"or raise --loader-timeout") from None
-        if skips is not None:
-            skips.add(batch, where)
-        if len(batch) or keep_empty:
-            yield batch
-
-
 def progress(iterable=None, **kwargs):
     """A tqdm bar on a terminal; nothing when the output goes to a file or a pipe, where the one plain line per
     epoch says what the bar would have (and a log does not fill with carriage-return frames)."""
@@ -1573,9 +1509,8 @@ def progress(iterable=None, **kwargs):
 
 # ---- One-line errors ----------------------------------------------------------------------------------------
 def one_line(e):
-    """The one line a run stopped by `e` ends with, or None for an error that needs its traceback. Under
-    torchrun it says which process stopped, and it is written where torchrun looks for the cause of a
-    failure, so that torchrun's closing summary shows it too."""
+    """The one line a run stopped by `e` ends with, or None for an error that needs its traceback. Under torchrun
+    it names the process, and is written where torchrun looks for a failure's cause (its closing summary)."""
     if isinstance(e, SystemExit):
         message = e.code
     elif isinstance(e, (data.DataError, data.VideoError, common.CheckpointError, FileNotFoundError)):   # bad input
