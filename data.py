@@ -1346,24 +1346,22 @@ def _done(root):
 
 def make_synthetic(root, seed=0, train_per_class=40, val_per_class=35, T=24, size=64):
     """Write the synthetic set: root/videos/<split>_<class>_<n>.mp4, root/{train,val}.txt, root/classes.csv,
-    the zero-shot protocol's lists: seen_train.txt with seen.csv (the classes not in UNSEEN), unseen_val.txt
-    with unseen.csv, and the retrieval test set, retrieval.txt: one video of each colour, shape and motion (96),
-    each with the caption no other video shares ("a red circle moving left").
+    and the zero-shot protocol's lists: seen_train.txt with seen.csv (the classes not in UNSEEN), unseen_val.txt
+    with unseen.csv.
     Deterministic from the arguments, and cached: a finished set with the same arguments is reused. Encoded one
     after another (threads took as long on 2 cores); 420 test videos put an accuracy's standard error below 2.5."""
     root = os.path.abspath(root)
     params = dict(seed=seed, train_per_class=train_per_class, val_per_class=val_per_class, T=T, size=size,
-                  codec=_CODEC, version=5)
+                  codec=_CODEC, version=4)
     paths = dict(root=root, **{name: os.path.join(root, f"{name}.{'csv' if name in ('classes', 'seen', 'unseen') else 'txt'}")
-                               for name in ("train", "val", "classes", "seen_train", "unseen_val", "seen", "unseen",
-                                            "retrieval")})
+                               for name in ("train", "val", "classes", "seen_train", "unseen_val", "seen", "unseen")})
     if _done(root) == params:
         return paths
     if os.path.exists(root) and _done(root) is None and os.listdir(root):
         raise FileExistsError(f"make_synthetic: {root} exists but was not written by make_synthetic (no DONE "
                               f"file); remove it or choose another root")
     print(f"generating the embedded synthetic set in {os.path.relpath(root)}, once: "
-          f"{12 * (train_per_class + val_per_class) + 96} videos", flush=True)
+          f"{12 * (train_per_class + val_per_class)} videos", flush=True)
     # Build next to root and rename at the end, so an interrupted run never looks finished.
     tmp = f"{root}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -1380,11 +1378,6 @@ def make_synthetic(root, seed=0, train_per_class=40, val_per_class=35, T=24, siz
 
     for job in jobs:
         make(job)
-    captions = []
-    for i, (shape, motion, colour) in enumerate((s, m, c) for s in SHAPES for m in MOTIONS for c in range(len(COLOURS))):
-        rng = np.random.default_rng([seed, 2, i])
-        write_video(os.path.join(tmp, f"videos/retrieval_{i}.mp4"), render_clip(shape, motion, rng, T, size, colour))
-        captions.append(f"videos/retrieval_{i}.mp4\ta {COLOURS[colour]} {shape} {motion}\n")
     files = {f"{split}.txt": "".join(f"videos/{s}_{c}_{n}.mp4 {c}\n" for s, c, n in jobs if s == split)
              for split in splits}
     groups = dict(seen=[c for c, name in enumerate(names) if name not in UNSEEN], unseen=[names.index(n) for n in UNSEEN])
@@ -1393,7 +1386,6 @@ def make_synthetic(root, seed=0, train_per_class=40, val_per_class=35, T=24, siz
                                                 for s, c, n in jobs if s == split and c in groups[group])
     for group, ids in dict(classes=range(len(names)), **groups).items():
         files[f"{group}.csv"] = "id,name\n" + "".join(f"{i},{names[c]}\n" for i, c in enumerate(ids))
-    files["retrieval.txt"] = "".join(captions)
     files["DONE"] = json.dumps(params)  # written last, though only the rename below makes the set visible
     for name, text in files.items():
         with open(os.path.join(tmp, name), "w") as f:
@@ -1404,3 +1396,22 @@ def make_synthetic(root, seed=0, train_per_class=40, val_per_class=35, T=24, siz
     shutil.rmtree(root, ignore_errors=True)  # an older synthetic set (it has a DONE file), or an empty folder
     os.rename(tmp, root)
     return paths
+
+
+def make_retrieval_set(root, seed=0, T=24, size=64):
+    """The retrieval test set beside a synthetic set: root/videos/retrieval_<i>.mp4, one video of each colour,
+    shape and motion (96), and root/retrieval.txt, "path<TAB>caption" with the caption no other video shares
+    ("a red circle moving left"). Made once: the list, written last, says the set is whole -> its path."""
+    path = os.path.join(root, "retrieval.txt")
+    if os.path.isfile(path):
+        return path
+    os.makedirs(os.path.join(root, "videos"), exist_ok=True)
+    lines = []
+    for i, (shape, motion, colour) in enumerate((s, m, c) for s in SHAPES for m in MOTIONS for c in range(len(COLOURS))):
+        rng = np.random.default_rng([seed, 2, i])   # one stream per video, apart from the classes' (0 and 1)
+        write_video(os.path.join(root, f"videos/retrieval_{i}.mp4"), render_clip(shape, motion, rng, T, size, colour))
+        lines.append(f"videos/retrieval_{i}.mp4\ta {COLOURS[colour]} {shape} {motion}\n")
+    with open(f"{path}.tmp-{os.getpid()}", "w") as f:
+        f.writelines(lines)
+    os.replace(f"{path}.tmp-{os.getpid()}", path)
+    return path

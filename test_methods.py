@@ -3315,11 +3315,13 @@ def test_cli_retrieval_embed_and_search_round_trip(tmp_path, monkeypatch, capsys
     """The embedded retrieval set: 96 videos, one caption each that no other shares; --protocol retrieval tests
     it; --embed writes its embeddings; --search finds a video by its caption, as the retrieval test ranks it."""
     paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    paths["retrieval"] = data.make_retrieval_set(paths["root"], T=12)
     listed = data.read_captions(paths["retrieval"], paths["root"])
     assert len(listed[0]) == 96 and len({c for c, _ in listed[1]}) == 96
     monkeypatch.chdir(tmp_path)
     test = ["--method", "vificlip", "--model", "tiny", "--protocol", "retrieval", "--val-list", paths["retrieval"],
-            "--data-root", paths["root"], "--workers", "0", "--frames", "4", "--test-clips", "1"]
+            "--data-root", paths["root"], "--workers", "0", "--frames", "4", "--test-clips", "1", "--test-crops", "1",
+            "--batch-size", "32", "--threads", "1"]
     results = train.main([*test, "--eval-only"])
     assert results["retrieval"][0]["videos"] == 96 and 0 <= results["retrieval"][0]["t2v_r1"] <= 100
     train.main([*test, "--embed"])

@@ -80,7 +80,7 @@ BASE = dict(
     class_words=False, threads=0,    # UCF101's CamelCase names as words; CPU threads (0: one per core)
 )
 
-# The embedded demo (no --train-list) scales a recipe down to its 996 videos of 24 frames at 64 px and a tiny CLIP
+# The embedded demo (no --train-list) scales a recipe down to its 900 videos of 24 frames at 64 px and a tiny CLIP
 # pretrained here on still images (common.synthetic_clip), minutes on a CPU. What it changes, and the flags that
 # give the recipe's own values back: the stand-in CLIP (--model, --pretrained); 8 frames, 20 epochs, validation
 # every 10 (--frames, --epochs, --val-every); lr 1e-3, a variant's in its ratio to RECIPE's, weight decay 0.05,
@@ -1442,8 +1442,10 @@ def prepare(args):
     if args.embedded:   # the synthetic set; zero-shot trains on 8 of its classes and tests on the 4 held out
         paths = data.make_synthetic(args.embedded_dir)
         keys = ("seen_train", "unseen_val", "seen", "unseen") if args.protocol == "zero-shot" else \
-            ("train", "retrieval" if args.protocol == "retrieval" else "val", "classes", None)
+            ("train", "val", "classes", None)
         args.train_list, args.val_list, args.classes, args.val_classes = (paths.get(k) for k in keys)
+        if args.protocol == "retrieval":   # 96 videos, each with a caption of its own
+            args.val_list = data.make_retrieval_set(paths["root"])
         args.data_root = paths["root"]
     return True
 
