@@ -1030,6 +1030,17 @@ def test_colour_of_many_frames_at_once_is_torchvisions_per_frame():
     assert diffs.max() <= 2 and diffs.float().mean() < 1e-3
 
 
+def test_colour_one_frame_at_a_time_on_large_cpu_frames_gives_the_same_bits(monkeypatch):
+    """On a CPU, frames of 96 px and more are coloured one at a time (cheaper there): the same pixels, to the bit,
+    as all the frames at once, the way a GPU and small frames take them."""
+    rng = random.Random(1)
+    x = torch.randint(0, 256, (5, 3, 96, 100), dtype=torch.uint8)
+    draws = [data._colour_draws(rng, 5, 1.0, 0.4) for _ in range(6)]
+    one_by_one = [data.colour(x, d) for d in draws]
+    monkeypatch.setattr(data, "_ONE_BY_ONE", 10 ** 9)                    # all at once, whatever the size
+    assert all(torch.equal(a, data.colour(x, d)) for a, d in zip(one_by_one, draws))
+
+
 def test_clips_per_video_come_from_one_decoding_pass_each_its_own_draw(tmp_path, monkeypatch):
     path = str(tmp_path / "v.mp4")
     data.write_video(path, data.render_clip("circle", "moving left", np.random.default_rng(1), T=24))
