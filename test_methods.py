@@ -2228,7 +2228,8 @@ def test_compile_gives_the_eager_logits_and_gradients(tiny_clip_state):
     for; inductor itself takes a minute per model here, and gave the logits to 4e-7 when measured): the
     logits, the loss and every gradient equal the eager model's."""
     eager = build("xclip", tiny_clip_state).train()
-    compiled = train.compile_model(build("xclip", tiny_clip_state).train(), backend="aot_eager")
+    compiled = build("xclip", tiny_clip_state).train()
+    compiled.compile(backend="aot_eager")   # as train.py's --compile does it: in place, the methods kept
     x, target = video(), F.one_hot(torch.tensor([1, 3]), C).float()
     runs = []
     for model in (eager, compiled):   # one training step each (the test mode would be a second compilation)

@@ -548,8 +548,8 @@ def run(args, method, seed, out):
     if train_samples is None and not args.eval_only:
         raise SystemExit("give the training videos with --train-list, or test a model with --eval-only --weights")
     model.to(device)
-    if args.compile:
-        compile_model(model)
+    if args.compile:   # in place (nn.Module.compile): every call of the model, a method's train_step's too, compiled
+        model.compile()
     val_title, val_samples, val_names = tests[0]
     seen = f"{len(train_samples)} train videos ({len(names)} classes), " if train_samples and not args.eval_only else ""
     print(f"{args.method}, {args.protocol}{f' (shot seed {seed})' if len(args.shot_seeds) > 1 else ''}: "
@@ -856,13 +856,6 @@ def device_and_precision(args):
     return device, (lambda: torch.autocast("cuda", dtype=dtype)), dtype
 
 
-def compile_model(model, backend="inductor"):
-    """torch.compile of the model's forward, in place: the model keeps its methods, and every call of it, inside a
-    method's train_step too, runs the compiled code (a test checks the logits and gradients equal the eager ones)."""
-    model.compile(backend=backend)
-    return model
-
-
 # ---- Checkpoints and resume ---------------------------------------------------------------------------------
 def resume_training(checkpoint, model, opt, args):
     """Continue a run from its checkpoint: the model, optimizer, schedule, loss scaler and every process's random
@@ -1060,8 +1053,7 @@ def search(args, model, device, autocast):
     return [(stored["paths"][i], score.item()) for score, i in zip(*top)]
 
 
-# Dense peak TFLOP/s of common GPUs in bf16/fp16 (and fp32) from their data sheets, for MFU; --peak-tflops
-# gives any other device's.
+# Dense peak TFLOP/s of common GPUs in bf16/fp16 (and fp32), from their data sheets, for MFU (else --peak-tflops).
 PEAK_TFLOPS = {"H200": (989, 67), "H100": (989, 67), "A100": (312, 19.5), "L40S": (362, 91.6), "A10G": (70, 31),
                "L4": (121, 30), "RTX 4090": (165, 82.6), "RTX 3090": (71, 35.6), "V100": (125, 15.7), "T4": (65, 8.1)}
 
@@ -1085,7 +1077,7 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
         one_step()
     flops = counter.get_total_flops() / args.micro_batch                  # per training clip
     if args.compile:   # counted before: the counter does not see inside compiled code (compiled in warm-up)
-        compile_model(model)
+        model.compile()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for i in progress(range(warmup + args.benchmark), desc="benchmark", leave=False):
@@ -1243,8 +1235,7 @@ def average_gradients(params, bucket_bytes=2**26):
 
 # ---- Run folders: each run writes into a folder of its own, and never into another run's --------------------
 RUNS = "runs"
-# What --resume takes from this command line rather than from the run it continues (the decoding workers, which
-# change no number, are this machine's: under torchrun each process's share of the cores).
+# What --resume takes from this command line, not from the run it continues (the decoding workers are this machine's).
 RUN_CONTROL = ("resume", "eval_only", "overwrite", "out", "explicit", "own", "run", "argv", "workers", "dist_timeout")
 
 
@@ -1301,12 +1292,9 @@ def new_folder(stem):
     """stem, else stem-2, stem-3, ...: the first name not taken, created at once (two runs started together
     still get a folder each)."""
     for n in itertools.count(1):
-        path = stem if n == 1 else f"{stem}-{n}"
-        try:
-            os.makedirs(path)
+        with contextlib.suppress(FileExistsError):
+            os.makedirs(path := stem if n == 1 else f"{stem}-{n}")
             return path
-        except FileExistsError:
-            continue
 
 
 def latest_run(method, protocol):
