@@ -2301,36 +2301,50 @@ def test_epoch_shards_together_hold_the_whole_batch_and_test_shards_each_video_o
     assert sorted(sum(tested, [])) == list(range(11))                  # nothing padded, nothing twice
 
 
-AVERAGE_SCRIPT = """
-import argparse, sys, torch
-sys.path.insert(0, {repo!r})
-import train
-train.start_processes(argparse.Namespace(device="cpu", dist_timeout=1))
-torch.manual_seed(0)   # the same model and batch on every process; each takes its own shard
-model, partial, unused = torch.nn.Linear(4, 3), torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
-x, y = torch.randn(8, 4), torch.randn(8, 3)
-params, n = [*model.parameters(), partial, unused], 8 // train.WORLD
-def loss(rows, rank):   # the mean loss of the rows; partial is used by the samples of rank 0 only
-    return ((model(x[rows]) - y[rows]) ** 2).mean() + (0.3 * partial.sum() if rank == 0 else 0)
-loss(slice(train.RANK * n, (train.RANK + 1) * n), train.RANK).backward()
-train.average_gradients(params)
-whole = sum(loss(slice(r * n, (r + 1) * n), r) for r in range(train.WORLD)) / train.WORLD   # the global batch's mean
-for p, g in zip(params[:-1], torch.autograd.grad(whole, params[:-1])):
-    assert torch.allclose(p.grad, g, atol=1e-6), (train.RANK, p.grad, g)
-assert unused.grad is None
-print("averaged", train.RANK, file=sys.stderr)   # (ranks above 0 print nothing to stdout)
-"""
+def test_the_averaged_gradient_is_the_one_process_gradient_of_the_whole_batch(monkeypatch):
+    """average_gradients on 2 processes, played by 2 threads whose all-reduces meet (each gets the sum of both):
+    the .grad itself equals the gradient of the whole batch's mean loss on one process (a wrong divisor barely
+    moves AdamW's weights, but it changes clipping and other optimizers); a parameter that only process 0 used
+    counts as zero on process 1; one that neither used keeps .grad None."""
+    import copy
+    import threading
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4), torch.randn(8, 3)
+    models = [torch.nn.ParameterDict(dict(w=torch.nn.Parameter(torch.randn(4, 3)), b=torch.nn.Parameter(torch.randn(3)),
+                                          partial=torch.nn.Parameter(torch.ones(2)), unused=torch.nn.Parameter(torch.ones(2))))]
+    models.append(copy.deepcopy(models[0]))   # each process its own copy of the same weights
 
+    def loss(m, rank):   # the mean loss of a process's 4 rows; `partial` serves process 0's samples only
+        rows = slice(4 * rank, 4 * rank + 4)
+        return ((x[rows] @ m["w"] + m["b"] - y[rows]) ** 2).mean() + (0.3 * m["partial"].sum() if rank == 0 else 0)
 
-def test_torchrun_the_averaged_gradient_is_the_one_process_gradient_of_the_whole_batch(tmp_path):
-    """average_gradients, on PROCESSES gloo processes, against the gradient of the whole batch's mean loss on one:
-    the .grad itself (a wrong divisor barely moves AdamW's weights, but it changes clipping and other optimizers);
-    a parameter only some processes used counts as zero on the others, one none used keeps .grad None."""
-    script = tmp_path / "average.py"
-    script.write_text(AVERAGE_SCRIPT.format(repo=os.path.dirname(os.path.abspath(train.__file__))))
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(PROCESSES),
-                           "--standalone", str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
-    assert done.returncode == 0 and done.stderr.count("averaged") == PROCESSES, (done.stdout + done.stderr)[-3000:]
+    sent, met = {}, threading.Barrier(2)
+
+    def all_reduce(t):   # the sum over both "processes", in place, as torch.distributed.all_reduce
+        sent[threading.current_thread().name] = t.clone()
+        met.wait()
+        total = sum(sent.values())
+        met.wait()
+        t.copy_(total)
+
+    monkeypatch.setattr(train, "WORLD", 2)
+    monkeypatch.setattr(train, "comm_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+
+    def process(rank):
+        loss(models[rank], rank).backward()
+        train.average_gradients(list(models[rank].values()))
+
+    threads = [threading.Thread(target=process, args=(rank,), name=f"process {rank}") for rank in (0, 1)]
+    [t.start() for t in threads], [t.join() for t in threads]
+    one = copy.deepcopy(models[0])
+    for p in one.values():
+        p.grad = None
+    ((loss(one, 0) + loss(one, 1)) / 2).backward()   # one process, the whole batch
+    for m in models:
+        for name in ("w", "b", "partial"):
+            torch.testing.assert_close(m[name].grad, one[name].grad, rtol=1e-6, atol=1e-7)
+        assert m["unused"].grad is None
 
 
 def test_torchrun_processes_train_test_and_resume_as_one_process_with_the_whole_batch(tmp_path, monkeypatch):
@@ -3346,3 +3360,357 @@ def test_cli_retrieval_embed_and_search_round_trip(tmp_path, monkeypatch, capsys
     with pytest.raises(SystemExit, match="was made by --method vificlip: add --method vificlip"):
         train.main(["--method", "xclip", "--search", "a", "--embeddings", os.path.join("runs", "vificlip-retrieval-embed",
                                                                                      "embeddings.pt")])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Added after mutation testing (see the mutation report): each test pins down a behaviour that a surviving
+# mutant changed and no test noticed.
+# ---------------------------------------------------------------------------------------------------------
+
+def test_timm_schedule_leaves_the_warm_up_at_the_micro_batch_where_it_ends():
+    """timm's CosineLRScheduler (warmup_prefix off): warm-up while t < warmup_t, the cosine over t from t = warmup_t
+    on. With one micro-batch a step (official_accum 1) optimizer step j runs at t = j - 1, so the boundary is hit."""
+    import math
+    args = argparse.Namespace(schedule="timm", official_accum=1, warmup_epochs=1, epochs=4, warmup_start_ratio=0)
+    floor = 0.01   # 10 steps an epoch: warm-up 10 micro-batches, 40 in all
+    assert train.lr_factor(10, args, 10, floor) == pytest.approx(9 / 10)
+    assert train.lr_factor(11, args, 10, floor) == pytest.approx(floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_soft_cross_entropy_is_torchs_cross_entropy_and_linear_in_the_target():
+    logits = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))   # 3 videos, 5 classes: not square
+    label = torch.tensor([0, 4, 2])
+    for smoothing in (0.0, 0.1):   # timm's smoothing (off = s / C) is torch's label_smoothing
+        torch.testing.assert_close(train.soft_cross_entropy(logits, train.soft_targets(label, 5, smoothing)),
+                                   F.cross_entropy(logits, label, label_smoothing=smoothing))
+    mixed = 0.7 * F.one_hot(label, 5).float() + 0.3 * F.one_hot(label.roll(1), 5).float()   # a mixup target
+    torch.testing.assert_close(train.soft_cross_entropy(logits, mixed),
+                               0.7 * F.cross_entropy(logits, label) + 0.3 * F.cross_entropy(logits, label.roll(1)))
+
+
+def test_micro_batches_of_several_clips_per_video_repeat_each_label_for_its_clips():
+    """3 videos x 2 clips of uint8 frames (B != K) -> 6 normalised clips, each with its video's target."""
+    loader = types.SimpleNamespace(dataset=types.SimpleNamespace(transform=types.SimpleNamespace(defer_colour=False)))
+    args = argparse.Namespace(mean="clip", smoothing=0.0, mixup=0.0, cutmix=0.0, mix_switch=0.5)
+    video = torch.randint(0, 256, (3, 2, T, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    label = torch.tensor([4, 0, 2])
+    (clips, target, extra), = train.micro_batches([(video, label)], args, torch.device("cpu"), 5, loader)
+    assert torch.equal(clips, data.normalise(video.flatten(0, 1), *train.STATS["clip"])) and extra == {}
+    assert torch.equal(target, F.one_hot(torch.tensor([4, 4, 0, 0, 2, 2]), 5).float())
+
+
+def test_training_step_steps_once_on_the_mean_of_its_micro_batches_text_gradient_included(tiny_clip_state):
+    """ViFi-CLIP (its text tower trains, encoded once a step by begin_step/end_step), 3 micro-batches of 2 clips of
+    4 frames, plain SGD at lr 1: the step moves every weight by minus the gradient of the mean of the 3 losses,
+    returns the sum of the 3 losses and the 6 clips; a step cut short (2 of 3) takes no step."""
+    model, reference = build("vificlip", tiny_clip_state), build("vificlip", tiny_clip_state)
+    micro = [(video(seed=k, batch=2), train.soft_targets(torch.tensor([k, 4 - k]), C, 0.0), {}) for k in range(3)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    sgd = torch.optim.SGD(params, lr=1.0)
+    opt = (sgd, torch.optim.lr_scheduler.LambdaLR(sgd, lambda step: 1.0), torch.amp.GradScaler("cpu", enabled=False))
+    args = argparse.Namespace(grad_clip=0.0)
+    before = [p.detach().clone() for p in params]
+    assert train.training_step(model, iter(micro[:2]), 3, opt, args, contextlib.nullcontext) == (None, 4)
+    sgd.zero_grad(set_to_none=True)
+    assert all(torch.equal(p, b) for p, b in zip(params, before))             # no step
+    loss, clips = train.training_step(model, iter(micro), 3, opt, args, contextlib.nullcontext)
+    losses = [train.soft_cross_entropy(reference(v), t) for v, t, _ in micro]
+    (sum(losses) / 3).backward()
+    assert clips == 6 and loss.item() == pytest.approx(sum(l.item() for l in losses), rel=1e-5)
+    ref_params = [p for p in reference.parameters() if p.requires_grad]
+    assert any(p.grad is not None and p.grad.abs().max() > 0 for n, p in reference.named_parameters()
+               if "transformer.resblocks" in n and "visual" not in n)          # the text tower learns
+    for p, b, r in zip(params, before, ref_params):
+        torch.testing.assert_close(b - p, r.grad if r.grad is not None else torch.zeros_like(r), rtol=1e-4, atol=1e-6)
+
+
+def test_make_optimizer_sets_each_groups_floor_and_start_and_the_cuda_only_settings(tiny_clip_state, monkeypatch):
+    """floor and start are absolute (lr_min_ratio and warmup_start_ratio of --lr) in every group, the 10x groups
+    included; TF32, the fused AdamW and the fp16 loss scaler only on CUDA (asked here of a CPU with a cuda device)."""
+    model = build("xclip", tiny_clip_state)
+    args = argparse.Namespace(lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8, lr_min_ratio=0.01,
+                              warmup_start_ratio=0.02, schedule="slowfast", official_accum=1, warmup_epochs=1, epochs=3)
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: enabled)
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        optimizer, schedule, scaled = train.make_optimizer(args, model, torch.device("cpu"), None, 10)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert not optimizer.defaults["fused"] and scaled is False
+        assert len(set(schedule.base_lrs)) == 2                                   # peaks 1x and 10x
+        for group, peak, factor in zip(optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas):
+            assert peak * factor(0) == pytest.approx(0.02 * 1e-3)              # the warm-up's start
+            assert peak * factor(30) == pytest.approx(0.01 * 1e-3)             # the end: 3 epochs of 10 steps
+        optimizer, _, scaled = train.make_optimizer(args, model, torch.device("cuda"), torch.float16, 10)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert optimizer.defaults["fused"] is True and scaled is True
+        assert train.make_optimizer(args, model, torch.device("cuda"), torch.bfloat16, 10)[2] is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def test_evaluate_figures_of_seven_videos_by_hand():
+    """One view each of 8 classes; ranks of the true class: 1, 2 (tied with its twin), 6, 2, 1, 5, 1. top1 3/7,
+    top5 6/7 (6th is out), per class (2/3, 1/2, 0, 0), twins 0 <-> 1 over the 5 videos of those classes: the
+    true class beats its twin in 3 (a tie is no win); standard errors 100 sqrt(p (1 - p) / n)."""
+    import math
+    rows = torch.tensor([
+        [5., 4, 0, 0, 0, 0, 0, -1],    # label 0: first; beats twin 1
+        [3., 3, 0, 1, 5, 0, 0, -1],    # label 1: second, tied with twin 0: no win
+        [5., 4, 0.5, 3, 2, 1, 0, -1],  # label 2: sixth, out of the top 5
+        [4., 5, 0, 0, 0, 0, 0, -1],    # label 0: second; loses to twin 1
+        [1., 5, 0, 0, 0, 0, 0, -1],    # label 1: first; beats twin 0
+        [5., 4, 3, 1, 2, 0, 0, -1],    # label 3: fifth
+        [5., 1, 0, 0, 0, 0, 0, -1]])   # label 0: first; beats twin 1
+    labels = torch.tensor([0, 1, 2, 0, 1, 3, 0])
+
+    class Fixed(torch.nn.Module):
+        def forward(self, video):
+            return rows[video[:, 0, 0, 0, 0].long()]
+
+    entered = []
+
+    def autocast():
+        entered.append(1)
+        return contextlib.nullcontext()
+
+    clips = torch.arange(7, dtype=torch.float32).view(7, 1, 1, 1, 1, 1).expand(7, 1, 1, 3, 2, 2)
+    twins = [1, 0] + [-1] * 6
+    m = train.evaluate(Fixed(), [(clips, labels)], torch.device("cpu"), autocast, twins)
+    assert entered == [1] and "skipped" not in m
+    assert (m["videos"], m["classes"]) == (7, 8)
+    assert m["top1"] == pytest.approx(100 * 3 / 7) and m["top5"] == pytest.approx(100 * 6 / 7)
+    assert m["mean_class"] == pytest.approx(100 * (2 / 3 + 1 / 2) / 4)
+    assert m["twins"] == pytest.approx(60.0) and m["twins_se"] == pytest.approx(100 * math.sqrt(0.6 * 0.4 / 5))
+    assert m["top1_se"] == pytest.approx(100 * math.sqrt(3 / 7 * 4 / 7 / 7))
+    train.evaluate(Fixed(), [(clips, labels)], torch.device("cpu"), autocast, twins, amp=False)
+    assert entered == [1]                                                        # amp=False: no autocast
+
+
+def test_fused_softmax_views_are_probabilities_and_the_standard_error_by_hand():
+    import math
+    logits = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))   # 2 videos, 3 views, 4 classes
+    fused = train.fuse(logits, "softmax")
+    torch.testing.assert_close(fused, logits.softmax(-1).mean(1))
+    torch.testing.assert_close(fused.sum(-1), torch.ones(2))                    # --predict prints them as %
+    assert train.standard_error(torch.tensor([True, False, False, False])) == pytest.approx(100 * math.sqrt(3 / 64))
+    assert train.standard_error(torch.tensor([True] * 9 + [False])) == pytest.approx(100 * math.sqrt(0.09 / 10))
+
+
+def test_summary_line_says_when_figures_are_averaged_over_shot_seeds_and_equal_accuracies_keep_their_mean():
+    two = {"test base": [dict(top1=60.0, top5=90.0), dict(top1=80.0, top5=100.0)],
+           "test novel": [dict(top1=20.0, top5=50.0), dict(top1=40.0, top5=70.0)]}
+    assert train.summarise("base2novel", two)[1].endswith("  HM 42.0 (averaged over 2 shot seeds)")
+    one = {t: ms[:1] for t, ms in two.items()}
+    assert train.summarise("base2novel", one)[1].endswith("  HM 30.0")
+    splits = {f"split {k}": [dict(top1=t, top5=100.0)] for k, t in zip((1, 2, 3), (60.0, 70.0, 80.0))}
+    assert "averaged" not in train.summarise("zero-shot", splits)[1]
+    assert train.harmonic_mean(50.0, 50.0) == 50.0
+
+
+def test_sample_indices_edge_cases_by_hand():
+    with pytest.raises(ValueError, match="num_frames >= 1"):
+        data.sample_indices(0, 8)
+    # decoded whole (no timestamps), 300 frames at 30 fps, stride 8: the clip spans 64 frames, the free range 236.
+    # One test clip: the middle, start floor(236 / 2) = 118, linspace(118, 181, 8).
+    assert data.sample_indices(300, 8, "dense", 8, fps=30) == [118, 127, 136, 145, 154, 163, 172, 181]
+    # three: starts k * floor(236 / 2) = 0, 118, 236
+    assert data.sample_indices(300, 8, "dense", 8, fps=30, clip=2, num_clips=3) == list(range(236, 300, 9))
+    # 40 frames: the clip does not fit, both clips start at 0 and the last frame repeats
+    assert data.sample_indices(40, 8, "dense", 8, fps=30, clip=1, num_clips=2) == [0, 9, 18, 27, 36, 39, 39, 39]
+    # one frame a clip, with timestamps: a window of 1 frame, free range 9, test clip 1 of 4 starts at 2.25: frame 3
+    assert data.sample_indices(10, 1, "dense", 8, fps=30, ticks=512, clip=1, num_clips=4) == [3]
+
+
+def test_mix_by_hand_nothing_to_mix_mixup_of_two_and_cutmix_boxes():
+    """X-CLIP's blending: nothing drawn when both are off or the batch is one video; with both on, torch.rand() <
+    switch picks CutMix; CutMix pastes the partner's box of int(S sqrt(1 - lam)) around a random centre, clipped
+    at the border, and mixes the targets by the area pasted. Frames 8 x 10 (not square), 20 seeds per case."""
+    import math
+    video, target = torch.randn(4, 2, 3, 8, 10), train.soft_targets(torch.arange(4), 4, 0.0)
+    for v, t, mixup, cutmix in ((video, target, 0.0, 0.0), (video[:1], target[:1], 0.8, 1.0)):
+        state = torch.get_rng_state()
+        out = data.mix(v, t, mixup, cutmix, 0.5)
+        assert out[0] is v and out[1] is t and torch.equal(torch.get_rng_state(), state)
+
+    def cut(v, t, lam, partner, cy, cx):
+        h, w = int(8 * math.sqrt(1 - lam)), int(10 * math.sqrt(1 - lam))
+        y0, y1, x0, x1 = max(cy - h // 2, 0), min(cy + h // 2, 8), max(cx - w // 2, 0), min(cx + w // 2, 10)
+        out = v.clone()
+        out[..., y0:y1, x0:x1] = v[partner][..., y0:y1, x0:x1]
+        area = 1 - (y1 - y0) * (x1 - x0) / 80
+        return out, area * t + (1 - area) * t[partner]
+
+    kinds = set()
+    for seed in range(20):
+        for mixup, cutmix, B in ((0.0, 1.0, 4), (0.8, 1.0, 4), (0.8, 0.0, 2)):
+            torch.manual_seed(seed)
+            u = torch.rand(()) if mixup > 0 and cutmix > 0 else None
+            if u is None and cutmix > 0 or u is not None and u < 0.5:
+                lam = float(torch.distributions.Beta(cutmix, cutmix).sample())
+                partner = torch.randperm(B)
+                cy, cx = int(torch.randint(8, ())), int(torch.randint(10, ()))
+                expected = cut(video[:B], target[:B], lam, partner, cy, cx)
+                kinds.add(("cutmix", cy - int(8 * math.sqrt(1 - lam)) // 2 > 0))
+            else:
+                lam = float(torch.distributions.Beta(mixup, mixup).sample())
+                partner = torch.randperm(B)
+                expected = lam * video[:B] + (1 - lam) * video[:B][partner], lam * target[:B] + (1 - lam) * target[:B][partner]
+                kinds.add(("mixup", B, bool((partner != torch.arange(B)).any())))
+            torch.manual_seed(seed)
+            got = data.mix(video[:B], target[:B], mixup, cutmix, 0.5)
+            torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+            torch.testing.assert_close(got[1], expected[1])
+    assert {("cutmix", True), ("cutmix", False), ("mixup", 2, True), ("mixup", 4, True)} <= kinds   # every path
+
+
+def test_multiscale_crop_snaps_sides_within_3_pixels_and_takes_the_5_fixed_places():
+    """mmaction2 MultiScaleCrop (random_crop=False): sides int(short * scale), one within 3 px of the input size
+    set to it, the two scale indices at most one apart, and (top, left) one of the 5 fixed places on the
+    (H - h) // 4, (W - w) // 4 grid: the corners and the centre."""
+    tsn = data.TrainTransform(224, data.CLIP_MEAN, data.CLIP_STD)
+    # 258: 258, 225 (3 px or less from 224: snapped), 193, 170; 260: 260, 227 (3 px away: kept), 195, 171
+    for height, sides in ((258, (258, 224, 193, 170)), (260, (260, 227, 195, 171))):
+        expected = set()
+        for i, h in enumerate(sides):
+            for j, w in enumerate(sides):
+                if abs(i - j) <= 1:
+                    dy, dx = (height - h) // 4, (340 - w) // 4
+                    expected |= {(top, left, h, w) for top, left in
+                                 ((0, 0), (0, 4 * dx), (4 * dy, 0), (4 * dy, 4 * dx), (2 * dy, 2 * dx))}
+        assert {tsn._crop_box(height, 340, random.Random(s)) for s in range(1000)} == expected
+
+
+def test_test_crops_and_sizes_of_portrait_frames_and_rounding_by_hand():
+    view = data.TestTransform(224, data.CLIP_MEAN, data.CLIP_STD, crops=1, crop="slowfast")
+    assert view.boxes(340, 256) == ((297, 224), [(37, 0)])                      # centre ceil(73 / 2)
+    assert data.short_side_size(120, 124, 224, "mmcv") == (224, 231)            # 231.47 rounds down
+    assert data.short_side_size(124, 120, 224, "mmcv") == (231, 224)
+
+
+def test_protocol_helpers_on_an_empty_list_and_their_messages():
+    assert data.few_shot([], 2, seed=0) == []
+    with pytest.raises(ValueError, match=r"label 4 is outside 0\.\.3"):
+        data.base_novel([("v", 4)], 4)
+
+
+def test_xclip_quick_gelu_is_clips():
+    import open_clip.transformer
+    x = torch.linspace(-4, 4, 17)
+    assert torch.equal(xclip.QuickGELU()(x), open_clip.transformer.QuickGELU()(x))
+    assert xclip.QuickGELU()(torch.tensor(1.0)).item() == pytest.approx(1 / (1 + np.exp(-1.702)))
+
+
+def test_xclip_mit_block_and_prompt_layer_are_the_official_residual_blocks():
+    """mit.py ResidualAttentionBlock: x + attn(ln_1 x), then + mlp(ln_2 .); prompt.py PromptGeneratorLayer:
+    u + cross_attn(norm1 u, ctx), then + mlp(norm3 .). torch's own attention (nn.MultiheadAttention) as reference."""
+    torch.manual_seed(0)
+    E = 128
+    blk, x = xclip.ResidualAttentionBlock(E), torch.randn(2, 5, E)
+    y = blk.ln_1(x)
+    ref = x + blk.attn(y, y, y, need_weights=False)[0]
+    torch.testing.assert_close(blk(x), ref + blk.mlp(blk.ln_2(ref)))
+    layer, u, ctx = xclip.PromptGeneratorLayer(E), torch.randn(2, 3, E), torch.randn(2, 7, E)
+    a = layer.cross_attn
+    mha = torch.nn.MultiheadAttention(E, a.heads, batch_first=True)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
+        mha.in_proj_bias.zero_()
+        mha.out_proj.weight.copy_(a.proj.weight)
+        mha.out_proj.bias.copy_(a.proj.bias)
+    q = layer.norm1(u)
+    ref = u + mha(q, ctx, ctx, need_weights=False)[0]
+    torch.testing.assert_close(layer(u, ctx), ref + layer.mlp(layer.norm3(ref)))
+
+
+def video_prompt_inputs(model, call):
+    """Run call() and return (the prompt generator's (text, ctx), its output)."""
+    seen = {}
+    handle = model.prompts_generator.register_forward_hook(lambda m, args, out: seen.update(args=args, out=out))
+    try:
+        call()
+    finally:
+        handle.remove()
+    return seen["args"], seen["out"]
+
+
+def test_xclip_class_embeddings_get_the_prompts_made_from_the_videos_patch_tokens(tiny_clip_state):
+    model = xclip_perturbed(xclip_build(tiny_clip_state))
+    x = video()
+    logits = {}
+    (w, ctx), out = video_prompt_inputs(model, lambda: logits.update(all=model(x)))
+    N = model.visual.positional_embedding.shape[0] - 1                          # patches, no class token
+    assert ctx.shape == (B, N, model.text_projection.shape[1])
+    seen = {}
+    model.mit.register_forward_hook(lambda m, args, v: seen.update(v=v))
+    model(x)
+    torch.testing.assert_close(logits["all"], common.cosine_logits(seen["v"], w + out, model.logit_scale))
+
+
+def test_omniclip_video_prompts_are_x_clips_formula(tiny_clip_state):
+    """--video-prompts: the class embeddings plus alpha * (the layers' update of them), the layers
+    u + cross_attn(norm1 u, norm ctx), then + mlp(norm3 .); ctx from the patch tokens only."""
+    model = omniclip_wake_up(omniclip_omni(tiny_clip_state, video_prompts=True))
+    x = video()
+    logits = {}
+    (text, ctx), out = video_prompt_inputs(model, lambda: logits.update(all=model(x)))
+    N = model.clip.visual.positional_embedding.shape[0] - 1
+    assert ctx.shape == (B, N, text.shape[-1])
+    frames, _ = model.frame_features(x)
+    torch.testing.assert_close(logits["all"], common.cosine_logits(frames.mean(1), text + out, model.clip.logit_scale))
+    vsp = model.prompts_generator
+    u, c = text.expand(B, -1, -1), vsp.norm(ctx)
+    for layer in vsp.decoder:
+        u = u + layer.cross_attn(layer.norm1(u), c, c, need_weights=False)[0]
+        u = u + layer.mlp(layer.norm3(u))
+    torch.testing.assert_close(out, vsp.alpha * u)
+
+
+def test_omniclip_st_block_adds_the_adapter_once_in_parallel_or_before_the_block_in_serial(tiny_clip_state):
+    model = omniclip_wake_up(omniclip_omni(tiny_clip_state))
+    visual = model.clip.visual
+    blk, pta = visual.transformer.resblocks[0], model.pta["0"]
+    x = common.patch_embed(visual, video().flatten(0, 1))                       # (B*T, K, D)
+    with torch.no_grad():
+        y = blk.ln_1(x)
+        out = x + blk.ls_1(common.attention(blk.attn, y)) + 0.5 * pta(y, T)     # parallel: the same ln_1 x
+        torch.testing.assert_close(omniclip.st_block(blk, x, T, pta, None, False, 0.5),
+                                   out + blk.mlp(blk.ln_2(out)))
+        torch.testing.assert_close(omniclip.st_block(blk, x, T, pta, None, True, 0.5),
+                                   common.block(blk, x + 0.5 * pta(blk.ln_1(x), T)))
+
+
+def test_omniclip_temporal_adapter_attends_over_time_with_the_time_embedding_added():
+    torch.manual_seed(0)
+    Bv, K, D, Da = 2, 3, 64, 16
+    pta = omniclip.TemporalAdapter(D, Da, T)
+    with torch.no_grad():
+        for p in pta.parameters():
+            p.normal_(std=0.5)
+    z = torch.randn(Bv * T, K, D)
+    h = pta.down_proj(z).view(Bv, T, K, Da).transpose(1, 2).reshape(Bv * K, T, Da) + pta.temporal_embedding
+    a = pta.attn(h, h, h, need_weights=False)[0]
+    torch.testing.assert_close(pta(z, T), pta.up_proj(a.view(Bv, K, T, Da).transpose(1, 2).reshape(Bv * T, K, Da)))
+
+
+def test_omniclip_spg_prompts_are_region_averages_plus_scale_embeddings_then_refined():
+    torch.manual_seed(0)
+    D, g = 64, 4
+    spg = omniclip.SelfPromptGenerator(D, 16, scales=(1, 2))
+    with torch.no_grad():
+        for p in spg.parameters():
+            p.normal_(std=0.5)
+    x = torch.randn(3, 1 + g * g, D)
+    grid = x[:, 1:].view(3, g, g, D)                                            # row-major patches
+    regions = [grid.mean((1, 2))] + [grid[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean((1, 2))
+                                     for i in range(2) for j in range(2)]
+    q = torch.stack(regions, 1) + spg.scale_embedding[[0, 1, 1, 1, 1]]          # (3, 1 + 4, D)
+    torch.testing.assert_close(spg(x), q + spg.up_proj(F.gelu(spg.down_proj(spg.norm(q)))))
+
+
+def test_omniclip_temporal_embedding_resampled_to_more_frames_than_it_has_channels():
+    e = torch.randn(4, 8)                                                       # 4 frames, 8 channels
+    r = omniclip.resample(e, 8)
+    assert r.shape == (8, 8)
+    torch.testing.assert_close(r[[0, -1]], e[[0, -1]])                          # first and last rows kept
+    torch.testing.assert_close(r[1], e[0] + (e[1] - e[0]) * 3 / 7)              # frame 1 of 8 sits at 3/7
