@@ -280,9 +280,9 @@ def check_fits(model, state, path, what):
     file, what it holds, the first tensor that differs, and the flag to change."""
     own = model.state_dict()
     wrong = [k for k in sorted(own.keys() & state.keys()) if own[k].shape != state[k].shape]
-    conv = next((v for k, v in state.items() if k.endswith("visual.conv1.weight")), None)   # (width, 3, patch, patch)
-    holds = f"a ViT of width {conv.shape[0]} with {conv.shape[-1]}-px patches" if conv is not None else "another model"
     if wrong:
+        conv = next((v for k, v in state.items() if k.endswith("visual.conv1.weight")), None)   # (width, 3, patch, patch)
+        holds = f"a ViT of width {conv.shape[0]} with {conv.shape[-1]}-px patches" if conv is not None else "another model"
         raise CheckpointError(f"{path}: {what} of {holds}, which does not fit this --model ({wrong[0]} is "
                               f"{tuple(state[wrong[0]].shape)} there, {tuple(own[wrong[0]].shape)} here; "
                               f"{len(wrong)} tensors differ): give the --model it was trained with")
@@ -373,6 +373,11 @@ def cosine_logits(video, text, logit_scale):
 def in_chunks(fn, items, size=512):
     """fn over items (a list or a tensor) `size` at a time, concatenated: thousands of captions in bounded memory."""
     return torch.cat([fn(items[i:i + size]) for i in range(0, len(items), size)])
+
+
+def encode_captions(clip, captions):
+    """(K, E): captions through a CLIP's text tower as written (a caption is its own sentence), in chunks."""
+    return in_chunks(lambda c: encode_text(clip, tokenize(clip, c)), list(captions))
 
 
 def prompted_similarity(video, ctx, text, prompted, logit_scale, videos=16, captions=1024):

@@ -66,8 +66,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import (PHOTO_TEMPLATE, attention, cosine_logits, count_params, encode_text, frame_head, freeze, in_chunks,
-                    param_groups, patch_embed, prompted_similarity, tokenize)
+from common import (PHOTO_TEMPLATE, attention, cosine_logits, count_params, encode_captions, encode_text, frame_head,
+                    freeze, param_groups, patch_embed, prompted_similarity, tokenize)
 
 # Supervised Kinetics-400 at 8 frames. The paper's recipe was not readable [P]; these are X-CLIP's
 # (configs/k400/16_8.yaml + utils/config.py defaults) [V], the recipe the OmniCLIP regimes follow.
@@ -337,7 +337,7 @@ class Model(nn.Module):
     def forward(self, video):
         v, text = self.embed_videos(video), self.text_features()   # (B, E) [and ctx (B, N, E)], (C, E)
         if self.prompts_generator is not None:
-            (v, ctx), text = v, text + self.prompts_generator(text, v[1])   # (B, C, E): per video
+            v, text = v[0], text + self.prompts_generator(text, v[1])   # (B, C, E): per video
         return cosine_logits(v, text, self.clip.logit_scale)       # (B, C)
 
     def embed_videos(self, video):
@@ -350,7 +350,7 @@ class Model(nn.Module):
 
     def embed_captions(self, captions):
         """(K, E): each caption through the frozen text tower, as written (the template is for class names)."""
-        return in_chunks(lambda c: encode_text(self.clip, tokenize(self.clip, c)), list(captions))
+        return encode_captions(self.clip, captions)
 
     def similarity(self, videos, text):
         """(N, K) retrieval logits: cosine, or with video prompts every pair on its own (prompted_similarity)."""

@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import (CheckpointError, check_fits, cosine_logits, encode_text, frame_head, freeze, in_chunks,
+from common import (CheckpointError, check_fits, cosine_logits, encode_captions, encode_text, frame_head, freeze,
                     load_checkpoint, load_state_dict, param_groups, patch_embed, tokenize)
 
 # temporalclip_video_model.py text_prompt: 4 openings x 7 bodies ("a example" sic).
@@ -278,7 +278,7 @@ class Model(nn.Module):
 
     def embed_captions(self, captions):
         """(K, E): each caption through the frozen text tower, as written (no templates: it is a sentence)."""
-        return in_chunks(lambda c: encode_text(self.clip, tokenize(self.clip, c)), list(captions))
+        return encode_captions(self.clip, captions)
 
     def similarity(self, videos, text):
         """(N, K) retrieval logits: cosine (forward averages per-frame logits with 28 templates a class)."""

@@ -62,7 +62,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from common import (BARE_TEMPLATE, CheckpointError, attention, check_fits, cosine_logits, encode_text, frame_head,
-                    in_chunks, load_state_dict, param_groups, patch_embed, prompted_similarity, tokenize)
+                    encode_captions, load_state_dict, param_groups, patch_embed, prompted_similarity, tokenize)
 
 # Fully-supervised Kinetics-400, ViT-B/16 with 8 frames: configs/k400/16_8.yaml over the defaults of
 # utils/config.py; optimizer and schedule from utils/optimizer.py; final 4x3-view test from main.py.
@@ -278,14 +278,17 @@ class Model(nn.Module):
         return self._text
 
     def forward(self, video):
-        B, T = video.shape[:2]                                          # video (B, T, 3, S, S)
+        T = video.shape[1]                                              # video (B, T, 3, S, S)
         if T != self.T:
             raise ValueError(f"this X-CLIP was built for {self.T} frames (its mit.positional_embedding is "
                              f"(1, {self.T}, E)) but got {T}; pass --frames {self.T} or build with --frames {T}")
         v, ctx = self.embed_videos(video)                               # (B, E), (B, N, E)
-        w = self.text_features().to(ctx.dtype).expand(B, -1, -1)        # (B, C, E)
-        t = w + self.prompts_generator(w, ctx)                          # (B, C, E): one set of classes per video
-        return cosine_logits(v, t, self.logit_scale)                    # (B, C)
+        return cosine_logits(v, self.prompted(self.text_features(), ctx), self.logit_scale)   # (B, C)
+
+    def prompted(self, text, ctx):
+        """(C, E) class or caption embeddings, rewritten for each video by its ctx (B, N, E) -> (B, C, E)."""
+        w = text.to(ctx.dtype).expand(len(ctx), -1, -1)                # (B, C, E)
+        return w + self.prompts_generator(w, ctx)                      # one set of classes per video
 
     def embed_videos(self, video):
         """(B, T, 3, S, S) -> the video embedding v (B, E) and what the prompts attend to, ctx (B, N, E)."""
@@ -302,14 +305,12 @@ class Model(nn.Module):
 
     def embed_captions(self, captions):
         """(K, E): each caption through the frozen text tower (the template is "{}": a class name is its caption)."""
-        return in_chunks(lambda c: encode_text(self, tokenize(self, c)), list(captions))
+        return encode_captions(self, captions)
 
     def similarity(self, videos, text):
         """(N, K) retrieval logits: the prompts rewrite every caption for every video, as forward does for the
         classes, so each pair is scored on its own (common.prompted_similarity, in chunks)."""
-        v, ctx = videos
-        prompted = lambda t, c: (w := t.to(c.dtype).expand(len(c), -1, -1)) + self.prompts_generator(w, c)
-        return prompted_similarity(v, ctx, text, prompted, self.logit_scale)
+        return prompted_similarity(*videos, text, self.prompted, self.logit_scale)
 
     def param_groups(self, lr, weight_decay):
         """utils/optimizer.py: 10x LR for message_/mit/prompts parameters; no decay for 1-D tensors, biases
