@@ -72,6 +72,13 @@ class DataError(ValueError):
 # -----------------------------------------------------------------------------
 # lists, class files and the standard datasets, read in the formats they are published in
 
+def _lines(file, strip=str.strip):
+    """(line number, line) of the non-blank lines: a byte-order mark (Windows editors save one) is read as nothing,
+    strip() drops the '\\r' and spaces UCF101 and HMDB51 end with (a caption list keeps its tabs: strip=...)."""
+    with open(file, encoding="utf-8-sig") as f:
+        return [(n, strip(line)) for n, line in enumerate(f, 1) if line.strip()]
+
+
 def read_list(list_file):
     """Lines "path label" -> [(path, label)]. Paths may hold spaces. Every line but a blank one is a video, whatever
     its first character: the format (mmaction2's, X-CLIP's, ViFi-CLIP's) has no comments, and HMDB51 has videos
@@ -83,16 +90,12 @@ def _list_lines(list_file):
     """[(line number, path, label)] of a "path label" list. A byte-order mark (Windows editors save one) and
     Windows line ends are read as nothing; an empty list is refused naming its file."""
     samples = []
-    with open(list_file, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.rsplit(maxsplit=1)
-            if len(parts) != 2 or not parts[1].isdecimal():
-                raise DataError(f"{list_file}:{n}: expected 'relative/path.mp4 label' with label an integer "
-                                f"class id >= 0, got {line!r}; fix or remove the line")
-            samples.append((n, parts[0], int(parts[1])))
+    for n, line in _lines(list_file):
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].isdecimal():
+            raise DataError(f"{list_file}:{n}: expected 'relative/path.mp4 label' with label an integer "
+                            f"class id >= 0, got {line!r}; fix or remove the line")
+        samples.append((n, parts[0], int(parts[1])))
     if not samples:
         raise DataError(f"{list_file}: lists no videos; expected one 'relative/path.mp4 label' line per video")
     return samples
@@ -125,12 +128,6 @@ def load_classes(csv_file):
 _UCF_LIST = re.compile(r"(train|test)list0*(\d+)\.txt")
 _HMDB_FILE = re.compile(r"(.+)_test_split(\d+)\.txt")
 _KINETICS = ("label", "youtube_id", "time_start", "time_end")
-
-
-def _lines(file):
-    """(line number, line) of the non-blank lines; strip() drops the '\\r' and spaces UCF101 and HMDB51 end with."""
-    with open(file, encoding="utf-8") as f:
-        return [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
 
 
 def _json(file):
@@ -319,9 +316,7 @@ def read_captions(path, root=""):
             pairs += [(f"{path}:{n}", os.path.join(root, f"{vid}.avi"), " ".join(c) if isinstance(c, list) else c)
                       for c in captions[vid]]
     else:
-        with open(path, encoding="utf-8-sig") as f:
-            lines = [(n, line.rstrip("\r\n")) for n, line in enumerate(f, 1) if line.strip()]
-        for n, line in lines:
+        for n, line in _lines(path, strip=lambda line: line.rstrip("\r\n")):
             video, tab, caption = line.partition("\t")
             if not tab:
                 raise DataError(f"{path}:{n}: expected 'path<TAB>caption', got {line!r}; fix or remove the line")
