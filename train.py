@@ -257,7 +257,7 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, skips)
     metrics.jsonl (resume_training continues a run from its checkpoint, mid-epoch included)."""
     val_title, val_samples, val_names = val
     loader = make_loader(args, device, samples, train=True, with_index=getattr(model, "needs_paths", False))
-    val_loader = make_loader(args, device, val_samples, with_index=args.protocol == "retrieval") if args.val_every else None
+    val_loader = make_loader(args, device, val_samples) if args.val_every else None
     accum, steps_per_epoch = batch_plan(args, loader, names, val_samples, val_title)
     model.set_classes(names)
     opt = make_optimizer(args, model, device, dtype, steps_per_epoch)
@@ -345,8 +345,8 @@ def make_loader(args, device, samples, train=False, views=False, with_index=Fals
         transform = data.TestTransform(args.size, mean, std, crops=args.test_crops if views else 1, crop=args.crop,
                                        normalise=False)
     dataset = data.VideoDataset(samples, "", args.frames, transform, args.sampling, args.stride, train=train,
-                                num_clips=args.test_clips if views else 1, return_index=with_index or (
-                                    not train and WORLD > 1),   # evaluate() gathers the shards by index
+                                num_clips=args.test_clips if views else 1, return_index=with_index or not train,
+                                # a test puts its videos in order by their indices (in_video_order)
                                 skip_bad=args.skip_bad_videos, seed=args.seed,
                                 clips_per_video=args.clips_per_video if train else 1)
     # A batch holds about --batch-size clips: fewer videos when each gives several views or clips.
@@ -384,14 +384,11 @@ def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None, st
         probs.append(fuse(logits, fusion).cpu())                            # (B, C)
         labels.append(label)
         index += i
-    skipped = (skips.count - before) if skips else 0
-    if WORLD > 1:   # each process tested its shard of the videos (with_index): every video once, in order.
-        # A video's views are one item, so they were fused on the process that computed them all.
-        shards = gather((probs, labels, index, skipped))
-        probs, labels, index = ([t for shard in shards for t in shard[k]] for k in range(3))
-        order = torch.cat(index).argsort()
-        probs, labels, skipped = [torch.cat(probs)[order]], [torch.cat(labels)[order]], sum(n for *_, n in shards)
-    probs, labels = torch.cat(probs), torch.cat(labels)                      # (videos, C), (videos,)
+    skipped = int(sum_over_processes((skips.count - before) if skips else 0))
+    if index:   # under torchrun each process tested its shard; a video's views, one item, were fused where computed
+        (probs, labels), _ = in_video_order(index, probs, labels)                  # (videos, C), (videos,)
+    else:   # a loader without indices (a list of batches): in order already
+        probs, labels = torch.cat(probs), torch.cat(labels)
     C = probs.shape[1]
     top = probs.topk(min(5, C), dim=1).indices
     hit = top[:, 0] == labels
@@ -475,10 +472,18 @@ def embed_videos(model, loader, device, autocast, desc, skips, stats, amp):
             state = model.embed_videos(video.flatten(0, 1))                              # (B*V, ...)
         parts.append(tree(lambda x: x.float().view(B, V, *x.shape[1:]).mean(1).cpu(), state))   # (B, ...)
         index.append(i)
-    shards = gather((parts, index))
-    parts, index = [p for shard in shards for p in shard[0]], torch.cat([i for shard in shards for i in shard[1]])
+    (videos,), index = in_video_order(index, parts)
+    return videos, index
+
+
+def in_video_order(index, *parts):
+    """The batches of a test: index [(B,) videos' indices] and parts, each a list of batches (tensors, or method
+    video states) -> (each part whole, index), in video order; under torchrun, every process's shard gathered."""
+    shards = gather((index, parts))
+    index = torch.cat([i for shard in shards for i in shard[0]])
     order = index.argsort()
-    return tree(lambda *x: torch.cat(x)[order], *parts), index[order]
+    return [tree(lambda *x: torch.cat(x)[order], *[p for shard in shards for p in shard[1][k]])
+            for k in range(len(parts))], index[order]
 
 
 def tree(fn, *states):
@@ -574,7 +579,7 @@ def run(args, method, seed, out):
         return write_embeddings(args, model, tests[0][1], device, autocast, skips, out, tested)
     results, views = {}, f"{args.test_clips} clips x {args.test_crops} crops"
     for title, samples, test_names in tests:   # the recipe's views, fused as the method's official test fuses them
-        loader = make_loader(args, device, samples, views=True, with_index=args.protocol == "retrieval")
+        loader = make_loader(args, device, samples, views=True)
         m = judge(args, model, loader, test_names, device, autocast, f"{title} ({views})", skips)
         left_out = f", {m['skipped']} left out as bad (listed in {skips.path})" if m.get("skipped") else ""
         print(f"{title} ({views}, {len(samples)} videos{left_out}): {format_metrics(m)}")
@@ -818,7 +823,7 @@ def get_args(argv=None):
     if args.search:   # the model that made the embeddings: its method, CLIP and weights
         if not args.embeddings:
             raise SystemExit("--search needs --embeddings FILE, an embeddings.pt written by --embed")
-        made = load_checkpoint(args.embeddings)
+        made = read_embeddings(args.embeddings)
         if made.get("method") != method_name:
             raise SystemExit(f"{args.embeddings} was made by --method {made.get('method')}: add --method {made.get('method')}")
         args.weights = made["weights"]
@@ -1024,7 +1029,7 @@ def predict(args, model, method, device, autocast, ckpt):
 def write_embeddings(args, model, samples, device, autocast, skips, out, weights):
     """--embed: every video of --val-list, its test views averaged, -> out/embeddings.pt: the paths, the unit
     embeddings (X-CLIP's video embedding alone: its text depends on the video) and what made them."""
-    loader = make_loader(args, device, samples, views=True, with_index=True)
+    loader = make_loader(args, device, samples, views=True)
     videos, index = embed_videos(model, loader, device, autocast, "embed", skips, STATS[args.mean], args.test_amp)
     made = dict(paths=[samples[i][0] for i in index.tolist()], method=args.method, weights=weights,
                 views=f"{args.test_clips} clips x {args.test_crops} crops", settings={
@@ -1035,11 +1040,17 @@ def write_embeddings(args, model, samples, device, autocast, skips, out, weights
     return {"embedded": made}
 
 
+@functools.lru_cache(maxsize=1)
+def read_embeddings(path):
+    """An embeddings.pt of --embed, read once for --search (its settings, then its embeddings)."""
+    return load_checkpoint(path)
+
+
 def search(args, model, device, autocast):
     """--search: the --top-k videos of --embeddings closest to a sentence, by cosine. X-CLIP (and OmniCLIP's video
     prompts) use the caption's embedding before any prompt: scoring each pair as their retrieval test does would
     need every video's context stored (P x E numbers), and a prompt pass per video for every query."""
-    stored = load_checkpoint(args.embeddings)
+    stored = read_embeddings(args.embeddings)
     model.to(device).eval()
     with torch.no_grad(), autocast() if args.test_amp else contextlib.nullcontext():
         text = F.normalize(model.embed_captions([args.search]).float(), dim=-1)[0]       # (E,)
@@ -1236,7 +1247,7 @@ def average_gradients(params, bucket_bytes=2**26):
 # ---- Run folders: each run writes into a folder of its own, and never into another run's --------------------
 RUNS = "runs"
 # What --resume takes from this command line, not from the run it continues (the decoding workers are this machine's).
-RUN_CONTROL = ("resume", "eval_only", "overwrite", "out", "explicit", "own", "run", "argv", "workers", "dist_timeout")
+RUN_CONTROL = ("resume", "eval_only", "overwrite", "out", "explicit", "run", "argv", "workers", "dist_timeout")
 
 
 # Settings renamed since: a config.json or checkpoint written before still resumes, under the new names.
@@ -1416,7 +1427,7 @@ def prepare(args):
     if args.run and not args.eval_only:
         # The result line is written once every shot seed is trained and tested: with it, the run is finished.
         result = [r["result"] for r in read_metrics(top) if "result" in r]
-        done = min(load_checkpoint(p)["epoch"] for p in checkpoints(args.out)) if checkpoints(args.out) else 0
+        done = min((load_checkpoint(p)["epoch"] for p in checkpoints(args.out)), default=0)
         if result and done >= args.epochs:
             print(f"{args.out} is finished ({done} epochs): {result[-1]}. Nothing to train: test it again with "
                   f"--eval-only --resume {args.out} (into a folder of its own), or train on with --resume {args.out} "
