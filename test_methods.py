@@ -3348,15 +3348,18 @@ def test_cli_retrieval_embed_and_search_round_trip(tmp_path, monkeypatch, capsys
     test = ["--method", "vificlip", "--model", "tiny", "--protocol", "retrieval", "--val-list", paths["retrieval"],
             "--data-root", paths["root"], "--workers", "0", "--frames", "4", "--test-clips", "1", "--test-crops", "1",
             "--batch-size", "32", "--threads", "1"]
+    scored, metrics = [], train.retrieval_metrics
+    monkeypatch.setattr(train, "retrieval_metrics", lambda sim, owner: scored.append(sim) or metrics(sim, owner))
     results = train.main([*test, "--eval-only"])
-    assert results["retrieval"][0]["videos"] == 96 and 0 <= results["retrieval"][0]["t2v_r1"] <= 100
+    assert results["retrieval"][0]["videos"] == 96 and scored[0].shape == (96, 96)
     train.main([*test, "--embed"])
     stored = torch.load(os.path.join("runs", "vificlip-retrieval-embed", "embeddings.pt"), weights_only=True)
     assert stored["embeddings"].shape == (96, 64) and torch.allclose(stored["embeddings"].norm(dim=1), torch.ones(96))
     capsys.readouterr()
     found = train.main(["--method", "vificlip", "--search", listed[1][5][0], "--embeddings",
                         os.path.join("runs", "vificlip-retrieval-embed", "embeddings.pt"), "--top-k", "3"])
-    assert len(found) == 3 and found[0][1] >= found[1][1] >= found[2][1] and "the 3 closest of the 96" in capsys.readouterr().out
+    assert "the 3 closest of the 96" in capsys.readouterr().out   # the same model (seed) ranks as the test did:
+    assert [path for path, _ in found] == [listed[0][i] for i in scored[0][:, 5].topk(3).indices]
     with pytest.raises(SystemExit, match="was made by --method vificlip: add --method vificlip"):
         train.main(["--method", "xclip", "--search", "a", "--embeddings", os.path.join("runs", "vificlip-retrieval-embed",
                                                                                      "embeddings.pt")])
