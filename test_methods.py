@@ -35,6 +35,9 @@ import xclip
 METHODS = ["vificlip", "xclip", "openvclip", "omniclip"]
 B, T, C = 2, 4, 5
 NAMES = [f"class number {i}" for i in range(C)]
+# The tiny models' matrices are too small to share between threads (train.py's EMBEDDED runs on one thread for
+# the same reason): one thread for the tests' own process; subprocesses the tests start say --threads 1 too.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
@@ -2158,7 +2161,7 @@ def test_cli_clips_per_second_count_training_not_the_validation(tmp_path, monkey
 def test_cli_ctrl_c_ends_in_the_line_to_continue_and_the_run_continues_exactly(tmp_path):
     import signal
     paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
-    argv = tiny_run_args(paths, "--epochs", "4", "--val-every", "0", "--save-every", "1")
+    argv = tiny_run_args(paths, "--epochs", "4", "--val-every", "0", "--save-every", "1", "--threads", "1")
     train.main(argv + ["--out", str(tmp_path / "whole")])
     stopped = str(tmp_path / "stopped")
     proc = subprocess.Popen([sys.executable, "-u", os.path.abspath(train.__file__), *argv, "--out", stopped],
