@@ -8,7 +8,7 @@ Nothing here knows about models.
         --read_dataset--> [(path, label)] and class names; few_shot, base_novel, select_classes pick from them
     VideoDataset[i]: clip_indices(path, T) (video_info, then sample_indices) -> T frame indices
         --read_frames--> uint8 (T,H,W,3) --TrainTransform--> uint8 (T,3,S,S) [and colour draws]
-    DataLoader -> video (B,T,3,S,S), label (B,) --colour_batch, normalise, mix (on the GPU)--> float (B,T,3,S,S)
+    DataLoader -> video (B,T,3,S,S), label (B,) --colour_batch, normalise, mix (on the device)--> float (B,T,3,S,S)
 
 At test time VideoDataset returns V = num_clips * crops views per video, (V,T,3,S,S), for the caller to fuse.
 The four methods come with two official pipelines, and data.py offers both exactly as their code has them, for
@@ -964,7 +964,7 @@ class TrainTransform:
     slowfast jitter (default 256/224 of size: 256 for 224, as both official pipelines).
     normalise=False stops before the last step and returns uint8, for normalise() to finish on the device.
     defer_colour=True (implies normalise=False) also leaves out the colour: -> (uint8 clip, its (T,10) colour
-    draws), for colour_batch() to apply on the device."""
+    draws), for colour_batch() to apply to a whole batch on the device, as train.py does."""
 
     def __init__(self, size, mean, std, crop="tsn", scales=(1, .875, .75, .66), flip=True, color_jitter=0.8,
                  grayscale=0.2, short_side=None, normalise=True, defer_colour=False):
@@ -1144,9 +1144,9 @@ _ONE_BY_ONE = 96 * 96   # pixels of a frame from which a CPU colours one frame a
 def colour(x, draws):
     """(T, 3, H, W) uint8 frames of one clip (or N frames of several), coloured as their (T, 10) draws say, on
     any device: each frame's four operations in its own order, then grayscale. One call per operation and
-    position for all the frames, where the cost is the calls (a GPU, or small frames: 2.8 CPU-ms a clip of 8
-    frames of 32 px, against 3.4 one frame at a time); one frame at a time on a CPU from 96 px on, where the cost
-    is the pixels (34 against 39 CPU-ms at 224 px). Either way the same pixels, to the bit."""
+    position for all the frames, where the cost is the calls (a GPU, or small frames); one frame at a time on a
+    CPU from 96 px on, where the cost is the pixels (34 against 39 CPU-ms a clip of 8 frames at 224 px). Either
+    way the same pixels, to the bit."""
     draws = draws.cpu()   # which frames get what is decided on the CPU: a GPU batch is never waited for
     on, grey = draws[:, 0] > 0, draws[:, 9] > 0
     if not on.any() and not grey.any():
@@ -1170,8 +1170,10 @@ def colour(x, draws):
 
 def colour_batch(video, draws):
     """(B, T, 3, S, S) uint8 clips and their (B, T, 10) draws -> uint8: TrainTransform's colour augmentation, each
-    frame its own, run where the batch is (a GPU) instead of in the decoding workers, where it is most of the
-    transforms' CPU time. The same function the transform runs itself, so on the CPU the bits are the same."""
+    frame its own, run on whole batches where the batch is. On a GPU that takes most of the transforms' CPU time
+    off the decoding workers; on a CPU the calls are shared by the batch's frames: 0.8 CPU-ms a clip of 8 frames
+    of 32 px in batches of 32, against 2.9 clip by clip. The same function the transform runs on one clip, so
+    the bits are the same."""
     return colour(video.flatten(0, 1), draws.flatten(0, 1)).view(video.shape)    # (B*T,3,S,S) -> (B,T,3,S,S)
 
 

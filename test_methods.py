@@ -993,7 +993,7 @@ def test_uint8_clips_normalised_on_the_device_equal_the_transforms_own_normalisa
 
 def test_colour_applied_to_the_batch_on_the_device_equals_the_transform_applying_it():
     """TrainTransform(defer_colour=True) hands the colour draws on; data.colour_batch applies them to a batch
-    (on the GPU in training): on the CPU the same bits as the transform colouring each clip itself."""
+    (on the device in training): on the CPU the same bits as the transform colouring each clip itself."""
     frames = torch.randint(0, 256, (4, 40, 56, 3), dtype=torch.uint8)
     whole = data.TrainTransform(32, data.CLIP_MEAN, data.CLIP_STD, normalise=False)
     deferred = data.TrainTransform(32, data.CLIP_MEAN, data.CLIP_STD, defer_colour=True)
@@ -1063,23 +1063,20 @@ def test_clips_per_video_come_from_one_decoding_pass_each_its_own_draw(tmp_path,
     assert torch.equal(clip, expected[0]) and torch.equal(d, expected[1])
 
 
-def test_cli_clips_per_video_and_colour_on_the_device_give_the_numbers_of_colour_in_the_workers(tmp_path, monkeypatch,
-                                                                                                  capsys):
-    """The training loop's GPU path (colour drawn in the workers, applied to the batch), taken on the CPU, with
-    2 clips per video: every figure equals the run that colours in the workers."""
+def test_cli_clips_per_video_and_colour_of_whole_batches_give_the_numbers_of_colour_clip_by_clip(tmp_path, monkeypatch,
+                                                                                                    capsys):
+    """The training loop colours whole batches (colour drawn in the workers, applied on the device), here with 2
+    clips per video: every figure equals a run that colours each clip alone, as the transform itself would."""
     paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
     argv = tiny_run_args(paths, "--epochs", "1", "--clips-per-video", "2", "--val-every", "0", "--test-clips", "1")
-    train.main(argv + ["--out", str(tmp_path / "workers")])
+    train.main(argv + ["--out", str(tmp_path / "batch")])
     assert "batch 4 (2 videos x 2 clips) x 1 accumulation = 4" in capsys.readouterr().out
-
-    class Deferred(data.TrainTransform):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **{**kwargs, "defer_colour": True})
-    monkeypatch.setattr(data, "TrainTransform", Deferred)
-    train.main(argv + ["--out", str(tmp_path / "device")])
+    monkeypatch.setattr(data, "colour_batch", lambda video, draws: torch.stack(
+        [data.colour(clip, d) for clip, d in zip(video, draws)]))
+    train.main(argv + ["--out", str(tmp_path / "alone")])
     drop = ("seconds", "val_seconds", "clips_per_s", "data_wait", "weights")
     a, b = ([{k: v for k, v in r.items() if k not in drop} for r in train.read_metrics(str(tmp_path / run / "metrics.jsonl"))]
-            for run in ("workers", "device"))
+            for run in ("batch", "alone"))
     assert a == b and len(a) == 3
 
 
@@ -3395,13 +3392,17 @@ def test_soft_cross_entropy_is_torchs_cross_entropy_and_linear_in_the_target():
 
 
 def test_micro_batches_of_several_clips_per_video_repeat_each_label_for_its_clips():
-    """3 videos x 2 clips of uint8 frames (B != K) -> 6 normalised clips, each with its video's target."""
-    loader = types.SimpleNamespace(dataset=types.SimpleNamespace(transform=types.SimpleNamespace(defer_colour=False)))
+    """3 videos x 2 clips of uint8 frames (B != K) and their colour draws -> 6 clips, each coloured by its own
+    draws and normalised, each with its video's target."""
     args = argparse.Namespace(mean="clip", smoothing=0.0, mixup=0.0, cutmix=0.0, mix_switch=0.5)
     video = torch.randint(0, 256, (3, 2, T, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    rng = random.Random(0)
+    draws = torch.stack([torch.stack([data._colour_draws(rng, T, 1.0, 0.5) for _ in range(2)]) for _ in range(3)])
     label = torch.tensor([4, 0, 2])
-    (clips, target, extra), = train.micro_batches([(video, label)], args, torch.device("cpu"), 5, loader)
-    assert torch.equal(clips, data.normalise(video.flatten(0, 1), *train.STATS["clip"])) and extra == {}
+    (clips, target, extra), = train.micro_batches([(video, label, draws)], args, torch.device("cpu"), 5, None)
+    alone = torch.stack([data.colour(clip, d) for clip, d in zip(video.flatten(0, 1), draws.flatten(0, 1))])
+    assert not torch.equal(alone, video.flatten(0, 1))                  # the draws do colour
+    assert torch.equal(clips, data.normalise(alone, *train.STATS["clip"])) and extra == {}
     assert torch.equal(target, F.one_hot(torch.tensor([4, 4, 0, 0, 2, 2]), 5).float())
 
 

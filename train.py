@@ -146,24 +146,22 @@ def soft_cross_entropy(logits, target):
 
 def micro_batches(batches, args, device, num_classes, loader):
     """The micro-batches of one optimizer step, made ready as the step takes them. A batch comes from the workers
-    as (video, label[, colour draws][, index]) in uint8, and leaves as (video (N,T,3,S,S) coloured and normalised
+    as (video, label, colour draws[, index]) in uint8, and leaves as (video (N,T,3,S,S) coloured and normalised
     on the device, target (N,C) smoothed and mixed, extra: the videos' paths for a method that asks, Open-VCLIP++
     for its captions); K clips of a video are N = B*K clips. None: a batch whose videos were all left out as bad."""
     for batch in batches:
         if not len(batch):
             yield None
             continue
-        video, label, *rest = batch
-        draws = rest.pop(0) if loader.dataset.transform.defer_colour else None      # (B,[K,]T,10), drawn in a worker
+        video, label, draws, *rest = batch                                         # draws (B,[K,]T,10): a worker's
         index = rest[0] if rest else None                                           # (B,)
         if video.dim() == 6:   # K clips per video: (B,K,T,3,S,S) -> (B*K,T,3,S,S)
             K = video.shape[1]
             video, label = video.flatten(0, 1), label.repeat_interleave(K)
             index = None if index is None else index.repeat_interleave(K)
-            draws = None if draws is None else draws.flatten(0, 1)                  # (B*K,T,10)
+            draws = draws.flatten(0, 1)                                             # (B*K,T,10)
         video, label = video.to(device, non_blocking=True), label.to(device, non_blocking=True)
-        if draws is not None:
-            video = data.colour_batch(video, draws)
+        video = data.colour_batch(video, draws)                                     # each frame its own colour
         video = data.normalise(video, *STATS[args.mean])                            # uint8 -> float
         target = soft_targets(label, num_classes, args.smoothing)                   # (N, C)
         video, target = data.mix(video, target, args.mixup, args.cutmix, args.mix_switch)
@@ -338,9 +336,9 @@ def batch_plan(args, loader, names, val_samples, val_title):
 def make_loader(args, device, samples, train=False, views=False, with_index=False):
     """A DataLoader over samples: one random clip (train), one centre view (per-epoch val), or the test views."""
     mean, std = STATS[args.mean]
-    if train:   # on a GPU the colour augmentation runs there, in the batch (data.colour_batch)
+    if train:   # the workers draw the colour augmentation; micro_batches applies it to whole batches on the device
         transform = data.TrainTransform(args.size, mean, std, args.crop, flip=args.flip, color_jitter=args.color_jitter,
-                                        grayscale=args.grayscale, normalise=False, defer_colour=device.type != "cpu")
+                                        grayscale=args.grayscale, normalise=False, defer_colour=True)
     else:
         transform = data.TestTransform(args.size, mean, std, crops=args.test_crops if views else 1, crop=args.crop,
                                        normalise=False)
