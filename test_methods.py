@@ -2413,8 +2413,8 @@ def test_torchrun_openvclip_each_process_takes_its_own_alpha_and_the_gradients_a
     grads, alphas = [], []
     for rank in range(PROCESSES):
         keys = list(data.EpochSampler(len(samples), args.seed, rank, PROCESSES))[:2]   # its first micro-batch
-        video, label = data.collate([dataset[k] for k in keys])
-        video = data.normalise(video, *train.STATS[args.mean])
+        video, label, draws = data.collate([dataset[k] for k in keys])
+        video = data.normalise(data.colour_batch(video, draws), *train.STATS[args.mean])
         target = train.soft_targets(label, len(names), args.smoothing)
         train.seed_process(args.seed, rank)
         state = random.getstate()
