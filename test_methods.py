@@ -2158,7 +2158,9 @@ def test_cli_clips_per_second_count_training_not_the_validation(tmp_path, monkey
 def test_cli_ctrl_c_ends_in_the_line_to_continue_and_the_run_continues_exactly(tmp_path):
     import signal
     paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
-    argv = tiny_run_args(paths, "--epochs", "4", "--val-every", "0", "--save-every", "1", "--threads", "1")
+    # 3 epochs of 6 steps (about 2 s) still to go when the first ends: time enough for the signal to land in training
+    argv = tiny_run_args(paths, "--epochs", "4", "--steps-per-epoch", "6", "--val-every", "0", "--save-every", "2",
+                         "--threads", "1")
     train.main(argv + ["--out", str(tmp_path / "whole")])
     stopped = str(tmp_path / "stopped")
     proc = subprocess.Popen([sys.executable, "-u", os.path.abspath(train.__file__), *argv, "--out", stopped],

@@ -38,6 +38,7 @@ import random
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -1563,4 +1564,7 @@ def cli(argv=None):
 
 
 if __name__ == "__main__":
-    cli()
+    try:
+        cli()
+    finally:   # all is said: a Ctrl-C in Python's second of shutdown has nothing to stop (it would print a traceback)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
