@@ -158,9 +158,8 @@ def micro_batches(batches, args, device, num_classes, loader):
         index = rest[0] if rest else None                                           # (B,)
         if video.dim() == 6:   # K clips per video: (B,K,T,3,S,S) -> (B*K,T,3,S,S)
             K = video.shape[1]
-            video, label = video.flatten(0, 1), label.repeat_interleave(K)
+            video, label, draws = video.flatten(0, 1), label.repeat_interleave(K), draws.flatten(0, 1)  # (B*K,T,10)
             index = None if index is None else index.repeat_interleave(K)
-            draws = draws.flatten(0, 1)                                             # (B*K,T,10)
         video, label = video.to(device, non_blocking=True), label.to(device, non_blocking=True)
         video = data.colour_batch(video, draws)                                     # each frame its own colour
         video = data.normalise(video, *STATS[args.mean])                            # uint8 -> float
