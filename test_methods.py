@@ -1523,8 +1523,8 @@ def test_evaluate_fuses_the_views_as_each_official_test_does(view_logits, by_sof
     video = torch.arange(V, dtype=torch.float32).view(1, V, 1, 1, 1, 1).expand(1, V, 1, 3, 2, 2)   # view k is all k
     for fusion, picked in (("softmax", by_softmax), ("sum", by_sum)):
         for label in range(C):
-            m = train.evaluate(Fixed(), [(video, torch.tensor([label]))], torch.device("cpu"), contextlib.nullcontext,
-                               [-1] * C, fusion=fusion)
+            m = train.evaluate(Fixed(), [(video, torch.tensor([label]), torch.tensor([0]))], torch.device("cpu"),
+                               contextlib.nullcontext, [-1] * C, fusion=fusion)
             assert m["top1"] == (100.0 if label == picked else 0.0), (fusion, label)
     assert train.fuse(view_logits[None], "softmax")[0].argmax() == by_softmax
     assert torch.equal(train.fuse(view_logits[None], "sum")[0], view_logits.sum(0))
@@ -3485,14 +3485,14 @@ def test_evaluate_figures_of_seven_videos_by_hand():
 
     clips = torch.arange(7, dtype=torch.float32).view(7, 1, 1, 1, 1, 1).expand(7, 1, 1, 3, 2, 2)
     twins = [1, 0] + [-1] * 6
-    m = train.evaluate(Fixed(), [(clips, labels)], torch.device("cpu"), autocast, twins)
+    m = train.evaluate(Fixed(), [(clips, labels, torch.arange(7))], torch.device("cpu"), autocast, twins)
     assert entered == [1] and "skipped" not in m
     assert (m["videos"], m["classes"]) == (7, 8)
     assert m["top1"] == pytest.approx(100 * 3 / 7) and m["top5"] == pytest.approx(100 * 6 / 7)
     assert m["mean_class"] == pytest.approx(100 * (2 / 3 + 1 / 2) / 4)
     assert m["twins"] == pytest.approx(60.0) and m["twins_se"] == pytest.approx(100 * math.sqrt(0.6 * 0.4 / 5))
     assert m["top1_se"] == pytest.approx(100 * math.sqrt(3 / 7 * 4 / 7 / 7))
-    train.evaluate(Fixed(), [(clips, labels)], torch.device("cpu"), autocast, twins, amp=False)
+    train.evaluate(Fixed(), [(clips, labels, torch.arange(7))], torch.device("cpu"), autocast, twins, amp=False)
     assert entered == [1]                                                        # amp=False: no autocast
 
 

@@ -368,12 +368,13 @@ def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None, st
     """Accuracy of a video's fused views: fusion "softmax" averages their softmax (X-CLIP's and ViFi-CLIP's
     main.py validate), "sum" adds their raw logits (PySlowFast's TestMeter, ensemble_method sum: Open-VCLIP);
     amp=False tests in float32 (Open-VCLIP's test). The loader yields video (B, V, T, 3, S, S) with V = clips x
-    crops: uint8 to be normalised on the device with stats = (mean, std), or float already normalised.
+    crops: uint8 to be normalised on the device with stats = (mean, std), or float already normalised; then the
+    label (B,) and the videos' indices (B,).
     twins[c] is the class with class c's frames in reverse order (or -1); 'twins' accuracy is how often the
     true class beats its twin, the figure a model that cannot see frame order leaves at 50%."""
     model.eval()
     probs, labels, index, before = [], [], [], skips.count if skips else 0
-    for video, label, *i in progress(data.batches(loader, skips, desc), total=len(loader), desc=desc, leave=False):
+    for video, label, i in progress(data.batches(loader, skips, desc), total=len(loader), desc=desc, leave=False):
         B, V = video.shape[:2]
         video = video.to(device, non_blocking=True)
         video = data.normalise(video, *stats) if stats else video
@@ -381,12 +382,10 @@ def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None, st
             logits = model(video.flatten(0, 1)).float().view(B, V, -1)      # (B*V, C) -> (B, V, C)
         probs.append(fuse(logits, fusion).cpu())                            # (B, C)
         labels.append(label)
-        index += i
+        index.append(i)
     skipped = int(sum_over_processes((skips.count - before) if skips else 0))
-    if index:   # under torchrun each process tested its shard; a video's views, one item, were fused where computed
-        (probs, labels), _ = in_video_order(index, probs, labels)                  # (videos, C), (videos,)
-    else:   # a loader without indices (a list of batches): in order already
-        probs, labels = torch.cat(probs), torch.cat(labels)
+    # under torchrun each process tested its shard; a video's views, one item, were fused where computed
+    (probs, labels), _ = in_video_order(index, probs, labels)                      # (videos, C), (videos,)
     C = probs.shape[1]
     top = probs.topk(min(5, C), dim=1).indices
     hit = top[:, 0] == labels
