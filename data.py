@@ -88,8 +88,7 @@ def read_list(list_file):
 
 
 def _list_lines(list_file):
-    """[(line number, path, label)] of a "path label" list. A byte-order mark (Windows editors save one) and
-    Windows line ends are read as nothing; an empty list is refused naming its file."""
+    """[(line number, path, label)] of a "path label" list (read by _lines); an empty list is refused naming it."""
     samples = []
     for n, line in _lines(list_file):
         parts = line.rsplit(maxsplit=1)
@@ -611,6 +610,7 @@ def collate(items):
     kept = [item for item in items if not isinstance(item, Skipped)]
     return Batch(torch.utils.data.default_collate(kept) if kept else (),
                  [tuple(item) for item in items if isinstance(item, Skipped)])
+
 
 class SkipLog:
     """The videos --skip-bad-videos left out: each one is written to the run's skipped.txt and counted."""
