@@ -2719,6 +2719,15 @@ def test_xclip_trains_the_image_side_and_freezes_the_text_side(tiny_clip_state):
         assert not any(n.startswith(prefix) for n in trainable), prefix
 
 
+def test_xclip_refuses_another_frame_count_in_one_line_for_classes_and_retrieval_alike(tiny_clip_state):
+    """X-CLIP's temporal position embedding fixes T: a clip of another length is refused naming the flag, whether
+    it is classified (forward) or embedded for retrieval (embed_videos)."""
+    model = build("xclip", tiny_clip_state)
+    for call in (model, model.embed_videos):
+        with pytest.raises(ValueError, match=rf"built for {T} frames .* but got {T + 2}; pass --frames {T}"):
+            call(video(frames=T + 2))
+
+
 def test_xclip_state_dict_has_the_official_names(tiny_clip_state):
     keys = set(xclip_build(tiny_clip_state).state_dict())
     official = {"visual.conv1.weight", "visual.proj", "visual.transformer.resblocks.2.message_fc.weight",

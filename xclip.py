@@ -278,10 +278,6 @@ class Model(nn.Module):
         return self._text
 
     def forward(self, video):
-        T = video.shape[1]                                              # video (B, T, 3, S, S)
-        if T != self.T:
-            raise ValueError(f"this X-CLIP was built for {self.T} frames (its mit.positional_embedding is "
-                             f"(1, {self.T}, E)) but got {T}; pass --frames {self.T} or build with --frames {T}")
         v, ctx = self.embed_videos(video)                               # (B, E), (B, N, E)
         return cosine_logits(v, self.prompted(self.text_features(), ctx), self.logit_scale)   # (B, C)
 
@@ -293,6 +289,9 @@ class Model(nn.Module):
     def embed_videos(self, video):
         """(B, T, 3, S, S) -> the video embedding v (B, E) and what the prompts attend to, ctx (B, N, E)."""
         B, T = video.shape[:2]
+        if T != self.T:
+            raise ValueError(f"this X-CLIP was built for {self.T} frames (its mit.positional_embedding is "
+                             f"(1, {self.T}, E)) but got {T}; pass --frames {self.T} or build with --frames {T}")
         x = patch_embed(self.visual, video.flatten(0, 1))               # (B*T, N+1, D), frames of a video contiguous
         for blk in self.visual.transformer.resblocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
