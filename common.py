@@ -1,4 +1,4 @@
-"""What every method needs from CLIP: loading, tokenising, and the ViT written out in small pieces.
+"""What every method changes inside CLIP, written out in small pieces; and, below the divider, how CLIP is loaded.
 
 Every method in this repository starts from an open_clip CLIP model and changes what happens *inside* its
 vision transformer (X-CLIP adds a message token, Open-VCLIP widens the attention to neighbour frames,
@@ -12,7 +12,11 @@ the official checkpoints share (open_clip's internals may change, these names do
     frame_head(visual, x)    ln_post(x[:, 0]) @ proj                                   (B', E)
 
 `encode_frames` and `encode_text` put them together and equal open_clip's own encoders (a test checks it).
-A method copies the loop it needs and changes one line of it.
+A method copies the loop it needs and changes one line of it. Then come the text side (tokenize, captions
+in chunks), the cosine logits, CLIP's prompt templates and freezing / counting / parameter groups.
+
+Below the divider, the tool: load_clip (open_clip architectures, the tiny ones, pretrained tags and files,
+offline failures), the offline stand-in for a pretrained CLIP (synthetic_clip), and safe checkpoint loading.
 
 Shapes: B videos, T frames, N patches, D width, E joint embedding, C classes, L text tokens.
 """
@@ -35,12 +39,157 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# ---------------------------------------------------------------------------------------------------------
-# Loading CLIP
-# ---------------------------------------------------------------------------------------------------------
 
-# Small CLIPs that run on a laptop CPU in seconds, for tests and the embedded demo. The same architecture as
-# ViT-B/16 (pre-LN blocks, class token, causal text tower), only narrower, shallower and on 32-pixel frames.
+# ---- The vision transformer in pieces -----------------------------------------------------------------------
+
+def patch_embed(visual, x):
+    """(B', 3, S, S) frames -> (B', N+1, D) tokens: patches, class token first, positional embedding, ln_pre."""
+    size = visual.conv1.kernel_size[0] * int(math.isqrt(visual.positional_embedding.shape[0] - 1))
+    if x.shape[-1] != size or x.shape[-2] != size:
+        raise ValueError(f"frames are {tuple(x.shape[-2:])} but this CLIP was trained on {size}x{size}; "
+                         f"pass --size {size}")
+    x = visual.conv1(x)                                            # (B', D, g, g)
+    x = x.flatten(2).transpose(1, 2)                               # (B', N, D), N = g*g
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1)                                 # (B', N+1, D)
+    x = x + visual.positional_embedding.to(x.dtype)
+    return visual.ln_pre(x)
+
+
+def attention(attn, x, kv=None, causal=False):
+    """Multi-head attention with the weights of an nn.MultiheadAttention `attn`, through SDPA.
+
+    x (B', Lq, D) are the queries; kv (B', Lk, D) the tokens keys and values are made from (default x).
+    Methods that let a frame attend to other tokens (a message token, neighbour frames, prompts) pass them
+    in kv. Only in_proj_weight/in_proj_bias/out_proj are used, so this survives changes to open_clip's
+    attention module and matches the official checkpoints' names.
+    """
+    kv = x if kv is None else kv
+    H = attn.num_heads
+    w_q, w_kv = attn.in_proj_weight.split([x.shape[-1], 2 * x.shape[-1]])
+    b_q, b_kv = attn.in_proj_bias.split([x.shape[-1], 2 * x.shape[-1]])
+    q = F.linear(x, w_q, b_q)                                      # (B', Lq, D)
+    k, v = F.linear(kv, w_kv, b_kv).chunk(2, dim=-1)               # 2 x (B', Lk, D)
+    q, k, v = (t.unflatten(-1, (H, -1)).transpose(1, 2) for t in (q, k, v))   # (B', H, L, D/H)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)          # (B', H, Lq, D/H)
+    out = out.transpose(1, 2).flatten(2)                           # (B', Lq, D)
+    return attn.out_proj(out)
+
+
+def block(blk, x, causal=False):
+    """One pre-LN residual block of CLIP: x + attn(ln_1 x), then x + mlp(ln_2 x).
+    ls_1/ls_2 (LayerScale) are Identity for CLIP weights; kept so other open_clip models stay correct."""
+    x = x + blk.ls_1(attention(blk.attn, blk.ln_1(x), causal=causal))
+    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+
+
+def frame_head(visual, x):
+    """(B', N+1, D) tokens -> (B', E): the class token after ln_post, projected to the joint space."""
+    return visual.ln_post(x[:, 0]) @ visual.proj
+
+
+def encode_frames(visual, x):
+    """(B', 3, S, S) -> (B', E): the plain CLIP image encoder, frame by frame (B' = B*T)."""
+    x = patch_embed(visual, x)
+    for blk in visual.transformer.resblocks:
+        x = block(blk, x)
+    return frame_head(visual, x)
+
+
+# ---- The text tower, and captions ---------------------------------------------------------------------------
+
+def encode_text(clip, tokens, embeds=None):
+    """(C, L) token ids -> (C, E) text embeddings: the causal text transformer, read at the end-of-text token
+    (the highest id in CLIP's vocabulary, hence argmax). `embeds` (C, L, W) replaces the token embeddings,
+    for methods that learn some of them (prompt learning)."""
+    x = clip.token_embedding(tokens) if embeds is None else embeds      # (C, L, W)
+    x = x + clip.positional_embedding.to(x.dtype)
+    for blk in clip.transformer.resblocks:
+        x = block(blk, x, causal=True)
+    x = clip.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]   # (C, W)
+    return x @ clip.text_projection
+
+
+def tokenize(clip, texts):
+    """list of C strings -> LongTensor (C, L) on the model's device."""
+    return clip.tokenizer(list(texts)).to(clip.logit_scale.device)
+
+
+def encode_captions(clip, captions):
+    """(K, E): captions through a CLIP's text tower as written (a caption is its own sentence), in chunks."""
+    return in_chunks(lambda c: encode_text(clip, tokenize(clip, c)), list(captions))
+
+
+def in_chunks(fn, items, size=512):
+    """fn over items (a list or a tensor) `size` at a time, concatenated: thousands of captions in bounded memory."""
+    return torch.cat([fn(items[i:i + size]) for i in range(0, len(items), size)])
+
+
+def prompted_similarity(video, ctx, text, prompted, logit_scale, videos=16, captions=1024):
+    """(N, K) logits of every video-caption pair when a caption's embedding depends on the video (X-CLIP's
+    video-specific prompts): video (N, E), ctx (N, P, E) what the prompts attend to, text (K, E); prompted(text
+    (k, E), ctx (n, P, E)) -> (n, k, E). `videos` x `captions` pairs at a time: memory stays bounded however
+    many pairs (10,000 x 10,000), the cost grows with their number (each pair is one pass of the prompts)."""
+    return in_chunks(lambda i: torch.cat([cosine_logits(video[i], prompted(text[j], ctx[i]), logit_scale) for j in
+                                          torch.arange(len(text)).split(captions)], 1),
+                     torch.arange(len(video)), videos)
+
+
+# ---- Video-text logits --------------------------------------------------------------------------------------
+
+def cosine_logits(video, text, logit_scale):
+    """video (B, E), text (C, E) or (B, C, E) -> (B, C) = exp(s) * cos(video, text), in float32 whatever the
+    autocast: logits of 10-35 in bf16 are rounded to steps of 0.06-0.25, enough to swap close classes."""
+    with torch.autocast(video.device.type, enabled=False):
+        video = F.normalize(video.float(), dim=-1)
+        text = F.normalize(text.float(), dim=-1)
+        if text.dim() == 3:
+            return logit_scale.float().exp() * torch.einsum("be,bce->bc", video, text)
+        return logit_scale.float().exp() * video @ text.t()
+
+
+# ---- Prompts, freezing, counting ----------------------------------------------------------------------------
+
+PHOTO_TEMPLATE = "a photo of a {}."   # CLIP's own; ViFi-CLIP fine-tunes with it
+BARE_TEMPLATE = "{}"                  # the raw class name: X-CLIP, and vanilla zero-shot CLIP in ViFi-CLIP's tables
+
+
+def freeze(*modules_or_params, frozen=True):
+    """Set requires_grad = not frozen on every parameter of the given modules or parameters."""
+    for m in modules_or_params:
+        for p in (m.parameters() if isinstance(m, nn.Module) else [m]):
+            p.requires_grad_(not frozen)
+
+
+def count_params(module, trainable=False):
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+
+def param_groups(model, lr, weight_decay, no_decay=lambda name, p: False, lr_scale=lambda name: 1.0):
+    """Split the trainable parameters into AdamW groups by (weight decay on/off, lr multiplier).
+    no_decay(name, param) -> bool and lr_scale(name) -> float carry a method's rules."""
+    groups = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        wd = 0.0 if no_decay(name, p) else weight_decay
+        scale = lr_scale(name)
+        g = groups.setdefault((wd, scale), dict(params=[], names=[], weight_decay=wd, lr=lr * scale, lr_scale=scale))
+        g["params"].append(p)
+        g["names"].append(name)
+    return list(groups.values())
+
+
+# ============================================================================================================
+# What makes this file a tool: loading CLIP (architectures, pretrained tags and files, offline failures), the
+# offline stand-in for a pretrained CLIP, and checkpoints read with PyTorch's safe loader
+# ============================================================================================================
+
+# ---- Loading CLIP -------------------------------------------------------------------------------------------
+
+# Small CLIPs for a laptop CPU, for tests and the embedded demo. The same architecture as ViT-B/16 (pre-LN
+# blocks, class token, causal text tower), only narrower, shallower and on 32-pixel frames.
 # The text side keeps the real 49,408-word BPE vocabulary so the real tokenizer works unchanged.
 TINY_CONFIGS = {
     "tiny": dict(
@@ -115,8 +264,8 @@ def load_clip(name="tiny", pretrained=None, quick_gelu=None, cache_dir=None):
                 repository keeps it; open_clip's plain "ViT-B-16" config uses exact GELU. None chooses
                 automatically: on for the "openai" tag and for files whose name says openai.
 
-    The tokenizer is attached as `clip.tokenizer`. Offline, a tag that is not already cached fails within
-    seconds with a message saying how to pass a local file, instead of open_clip's minute of retries.
+    The tokenizer is attached as `clip.tokenizer`. Offline, a tag that is not already cached fails at once
+    with a message saying how to pass a local file, instead of going through open_clip's retries.
     """
     register_tiny_configs()
     if name not in open_clip.list_models():
@@ -156,9 +305,7 @@ def load_clip(name="tiny", pretrained=None, quick_gelu=None, cache_dir=None):
     return clip
 
 
-# ---------------------------------------------------------------------------------------------------------
-# An offline stand-in for a pretrained CLIP
-# ---------------------------------------------------------------------------------------------------------
+# ---- An offline stand-in for a pretrained CLIP --------------------------------------------------------------
 
 def synthetic_path(name="tiny", cache_dir=None, steps=300, batch=256, seed=0):
     """Where synthetic_clip caches the stand-in CLIP, named after what it was trained with."""
@@ -166,7 +313,7 @@ def synthetic_path(name="tiny", cache_dir=None, steps=300, batch=256, seed=0):
 
 
 def synthetic_clip(name="tiny", cache_dir=None, steps=300, batch=256, lr=1e-3, seed=0):
-    """A CLIP pretrained here, in a minute or two on a CPU, on still images of coloured shapes and their
+    """A CLIP pretrained here, once, on a CPU, on still images of coloured shapes and their
     captions ("a red circle", "a photo of a small blue square on the left."), drawn by data.py in the style of
     the embedded videos. Like OpenAI's CLIP it learns what things look like and their names, and never sees
     motion: zero-shot it tells a circle from a square in a video but not "moving left" from "moving right".
@@ -217,10 +364,7 @@ def synthetic_clip(name="tiny", cache_dir=None, steps=300, batch=256, lr=1e-3, s
     return clip
 
 
-def tokenize(clip, texts):
-    """list of C strings -> LongTensor (C, L) on the model's device."""
-    return clip.tokenizer(list(texts)).to(clip.logit_scale.device)
-
+# ---- Checkpoints, read safely -------------------------------------------------------------------------------
 
 class CheckpointError(ValueError):
     """A file that is not loaded as a checkpoint, in one line: the file, why, and what to do."""
@@ -238,10 +382,11 @@ STAND_INS = [(_Inert, "yacs.config.CfgNode"), (_Inert, "fvcore.common.config.Cfg
 
 
 def load_checkpoint(path, what="checkpoint"):
-    """A checkpoint (or another file torch.save wrote: `what`), ours or a released one, read with PyTorch's safe loader (weights_only=True): it builds
-    tensors, numbers, strings and containers, and refuses any other class or function a file names, since
-    unpickling one would run code from the file. Only the STAND_INS are admitted besides, by their exact names.
-    Our own checkpoints need nothing more: their settings, class names, random states and metrics are plain."""
+    """A checkpoint (or another file torch.save wrote: `what`), ours or a released one, read with PyTorch's
+    safe loader (weights_only=True): it builds tensors, numbers, strings and containers, and refuses any other
+    class or function a file names, since unpickling one would run code from the file. Only the STAND_INS are
+    admitted besides, by their exact names. Our own checkpoints need nothing more: their settings, class names,
+    random states and metrics are plain."""
     try:
         with torch.serialization.safe_globals(STAND_INS):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -281,144 +426,10 @@ def check_fits(model, state, path, what):
     own = model.state_dict()
     wrong = [k for k in sorted(own.keys() & state.keys()) if own[k].shape != state[k].shape]
     if wrong:
-        conv = next((v for k, v in state.items() if k.endswith("visual.conv1.weight")), None)   # (width, 3, patch, patch)
-        holds = f"a ViT of width {conv.shape[0]} with {conv.shape[-1]}-px patches" if conv is not None else "another model"
+        # visual.conv1.weight is (width, 3, patch, patch): it says which ViT the file holds
+        conv = next((v for k, v in state.items() if k.endswith("visual.conv1.weight")), None)
+        holds = (f"a ViT of width {conv.shape[0]} with {conv.shape[-1]}-px patches" if conv is not None
+                 else "another model")
         raise CheckpointError(f"{path}: {what} of {holds}, which does not fit this --model ({wrong[0]} is "
                               f"{tuple(state[wrong[0]].shape)} there, {tuple(own[wrong[0]].shape)} here; "
                               f"{len(wrong)} tensors differ): give the --model it was trained with")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The vision transformer in pieces
-# ---------------------------------------------------------------------------------------------------------
-
-def patch_embed(visual, x):
-    """(B', 3, S, S) frames -> (B', N+1, D) tokens: patches, class token first, positional embedding, ln_pre."""
-    size = visual.conv1.kernel_size[0] * int(math.isqrt(visual.positional_embedding.shape[0] - 1))
-    if x.shape[-1] != size or x.shape[-2] != size:
-        raise ValueError(f"frames are {tuple(x.shape[-2:])} but this CLIP was trained on {size}x{size}; "
-                         f"pass --size {size}")
-    x = visual.conv1(x)                                            # (B', D, g, g)
-    x = x.flatten(2).transpose(1, 2)                               # (B', N, D), N = g*g
-    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1)                                 # (B', N+1, D)
-    x = x + visual.positional_embedding.to(x.dtype)
-    return visual.ln_pre(x)
-
-
-def attention(attn, x, kv=None, causal=False):
-    """Multi-head attention with the weights of an nn.MultiheadAttention `attn`, through SDPA.
-
-    x (B', Lq, D) are the queries; kv (B', Lk, D) the tokens keys and values are made from (default x).
-    Methods that let a frame attend to other tokens (a message token, neighbour frames, prompts) pass them
-    in kv. Only in_proj_weight/in_proj_bias/out_proj are used, so this survives changes to open_clip's
-    attention module and matches the official checkpoints' names.
-    """
-    kv = x if kv is None else kv
-    H = attn.num_heads
-    w_q, w_kv = attn.in_proj_weight.split([x.shape[-1], 2 * x.shape[-1]])
-    b_q, b_kv = attn.in_proj_bias.split([x.shape[-1], 2 * x.shape[-1]])
-    q = F.linear(x, w_q, b_q)                                      # (B', Lq, D)
-    k, v = F.linear(kv, w_kv, b_kv).chunk(2, dim=-1)               # 2 x (B', Lk, D)
-    q, k, v = (t.unflatten(-1, (H, -1)).transpose(1, 2) for t in (q, k, v))   # (B', H, L, D/H)
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)          # (B', H, Lq, D/H)
-    out = out.transpose(1, 2).flatten(2)                           # (B', Lq, D)
-    return attn.out_proj(out)
-
-
-def block(blk, x, causal=False):
-    """One pre-LN residual block of CLIP: x + attn(ln_1 x), then x + mlp(ln_2 x).
-    ls_1/ls_2 (LayerScale) are Identity for CLIP weights; kept so other open_clip models stay correct."""
-    x = x + blk.ls_1(attention(blk.attn, blk.ln_1(x), causal=causal))
-    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
-
-
-def frame_head(visual, x):
-    """(B', N+1, D) tokens -> (B', E): the class token after ln_post, projected to the joint space."""
-    return visual.ln_post(x[:, 0]) @ visual.proj
-
-
-def encode_frames(visual, x):
-    """(B', 3, S, S) -> (B', E): the plain CLIP image encoder, frame by frame (B' = B*T)."""
-    x = patch_embed(visual, x)
-    for blk in visual.transformer.resblocks:
-        x = block(blk, x)
-    return frame_head(visual, x)
-
-
-def encode_text(clip, tokens, embeds=None):
-    """(C, L) token ids -> (C, E) text embeddings: the causal text transformer, read at the end-of-text token
-    (the highest id in CLIP's vocabulary, hence argmax). `embeds` (C, L, W) replaces the token embeddings,
-    for methods that learn some of them (prompt learning)."""
-    x = clip.token_embedding(tokens) if embeds is None else embeds      # (C, L, W)
-    x = x + clip.positional_embedding.to(x.dtype)
-    for blk in clip.transformer.resblocks:
-        x = block(blk, x, causal=True)
-    x = clip.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]   # (C, W)
-    return x @ clip.text_projection
-
-
-def cosine_logits(video, text, logit_scale):
-    """video (B, E), text (C, E) or (B, C, E) -> (B, C) = exp(s) * cos(video, text), in float32 whatever the
-    autocast: logits of 10-35 in bf16 are rounded to steps of 0.06-0.25, enough to swap close classes."""
-    with torch.autocast(video.device.type, enabled=False):
-        video = F.normalize(video.float(), dim=-1)
-        text = F.normalize(text.float(), dim=-1)
-        if text.dim() == 3:
-            return logit_scale.float().exp() * torch.einsum("be,bce->bc", video, text)
-        return logit_scale.float().exp() * video @ text.t()
-
-
-def in_chunks(fn, items, size=512):
-    """fn over items (a list or a tensor) `size` at a time, concatenated: thousands of captions in bounded memory."""
-    return torch.cat([fn(items[i:i + size]) for i in range(0, len(items), size)])
-
-
-def encode_captions(clip, captions):
-    """(K, E): captions through a CLIP's text tower as written (a caption is its own sentence), in chunks."""
-    return in_chunks(lambda c: encode_text(clip, tokenize(clip, c)), list(captions))
-
-
-def prompted_similarity(video, ctx, text, prompted, logit_scale, videos=16, captions=1024):
-    """(N, K) logits of every video-caption pair when a caption's embedding depends on the video (X-CLIP's
-    video-specific prompts): video (N, E), ctx (N, P, E) what the prompts attend to, text (K, E); prompted(text
-    (k, E), ctx (n, P, E)) -> (n, k, E). `videos` x `captions` pairs at a time: memory stays bounded however
-    many pairs (10,000 x 10,000), the cost grows with their number (each pair is one pass of the prompts)."""
-    return in_chunks(lambda i: torch.cat([cosine_logits(video[i], prompted(text[j], ctx[i]), logit_scale) for j in
-                                          torch.arange(len(text)).split(captions)], 1),
-                     torch.arange(len(video)), videos)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Prompts, freezing, counting
-# ---------------------------------------------------------------------------------------------------------
-
-PHOTO_TEMPLATE = "a photo of a {}."   # CLIP's own; ViFi-CLIP fine-tunes with it
-BARE_TEMPLATE = "{}"                  # the raw class name: X-CLIP, and vanilla zero-shot CLIP in ViFi-CLIP's tables
-
-
-def freeze(*modules_or_params, frozen=True):
-    """Set requires_grad = not frozen on every parameter of the given modules or parameters."""
-    for m in modules_or_params:
-        for p in (m.parameters() if isinstance(m, nn.Module) else [m]):
-            p.requires_grad_(not frozen)
-
-
-def count_params(module, trainable=False):
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
-
-
-def param_groups(model, lr, weight_decay, no_decay=lambda name, p: False, lr_scale=lambda name: 1.0):
-    """Split the trainable parameters into AdamW groups by (weight decay on/off, lr multiplier).
-    no_decay(name, param) -> bool and lr_scale(name) -> float carry a method's rules."""
-    groups = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        wd = 0.0 if no_decay(name, p) else weight_decay
-        scale = lr_scale(name)
-        g = groups.setdefault((wd, scale), dict(params=[], names=[], weight_decay=wd, lr=lr * scale, lr_scale=scale))
-        g["params"].append(p)
-        g["names"].append(name)
-    return list(groups.values())
