@@ -1,23 +1,20 @@
 """
-Video data, in the order a training step uses it: the lists and the standard datasets' own files, the protocols'
-selections, the dataset, which frames, decoding, the transforms (and the colour, normalisation and mixup that
-train.py applies to whole batches), and last a synthetic video set that tests and demos generate in seconds.
-Nothing here knows about models.
+Video data, in the order a clip is made: the dataset, which frames, decoding, the transforms (and the colour,
+normalisation and mixup train.py applies to whole batches). Below the divider, the tool: the lists and the
+standard datasets' own files, the protocols' selections, the loader's batches, the decoder's fall-backs, and a
+synthetic video set that tests and demos generate in seconds. Nothing here knows about models.
 
-    list line "videos/a.mp4 3" --read_list--> (path, label); UCF101 / HMDB51 split files, Kinetics CSV, SSv2 JSON
-        --read_dataset--> [(path, label)] and class names; few_shot, base_novel, select_classes pick from them
-    VideoDataset[i]: clip_indices(path, T) (video_info, then sample_indices) -> T frame indices
+    VideoDataset[i]: (path, label) of a list (read_list; read_dataset: UCF101, HMDB51, Kinetics, SSv2)
+        --clip_indices (video_info, then segment_indices or dense_indices)--> T frame indices
         --read_frames--> uint8 (T,H,W,3) --TrainTransform--> uint8 (T,3,S,S) [and colour draws]
     DataLoader -> video (B,T,3,S,S), label (B,) --colour_batch, normalise, mix (on the device)--> float (B,T,3,S,S)
 
 At test time VideoDataset returns V = num_clips * crops views per video, (V,T,3,S,S), for the caller to fuse.
-The four methods come with two official pipelines, and data.py offers both exactly as their code has them, for
-each recipe to name its own: the frames, "segment" (TSN, mmaction2's SampleFrames; X-CLIP, ViFi-CLIP, OmniCLIP:
-one frame from each of T equal segments, so a clip spans the whole video) or "dense" (PySlowFast's decoder;
-Open-VCLIP: T frames over a fixed stretch of time, 8 frames at stride 16 of a 30 fps video: ~3.7 s, whatever the
-video's frame rate); the crops, "tsn" or "slowfast" (the transforms' section says how each resizes and crops).
-read_frames is the only function that touches a decoder. A video that cannot be decoded raises VideoError
-naming the file; it never becomes a tensor of zeros, which would quietly train the model on blank clips.
+The four methods come with two official pipelines, both here exactly as their code has them, for each recipe to
+name its own: the frames, "segment" (TSN: X-CLIP, ViFi-CLIP, OmniCLIP; one frame from each of T equal segments,
+so a clip spans the whole video) or "dense" (PySlowFast: Open-VCLIP; T frames over a fixed stretch of time,
+whatever the video's frame rate), and the crops, "tsn" or "slowfast". A video that cannot be decoded raises
+VideoError naming the file; it never becomes a tensor of zeros, which would quietly train on blank clips.
 
 The synthetic set: 3 shapes x 4 motions = 12 classes of 24-frame 64x64 clips of one coloured shape on a dark
 textured background. The motions come in temporal twins: "moving left" is "moving right" played backwards,
@@ -69,6 +66,541 @@ class DataError(ValueError):
     """A list, class file or annotation file that cannot be used as it is. The message starts with the file
     (and its line), names the offending value and says what to fix; train.py prints it as one line."""
 
+
+# -----------------------------------------------------------------------------
+# the dataset: one clip (training) or all the views (test) of a video
+
+class VideoDataset(torch.utils.data.Dataset):
+    """Videos listed in `list_file` (paths relative to `root`, or absolute), or (path, label) samples as
+    read_dataset returns them (paths already joined with the root, so `root` is not used).
+    train: (video (T,3,S,S), label), one random clip; clips_per_video K > 1: K clips of one decoding pass, each
+      sampled and augmented its own way -> video (K,T,3,S,S).
+    test:  (video (V,T,3,S,S), label) with V = num_clips * crops views, clip-major, always 5-D even if V = 1.
+    A transform that defers its colour (TrainTransform(defer_colour=True)) adds the clip's colour draws after the
+    label: (video, label, draws[, index]); return_index adds the item's index, for a step that reads self.samples.
+    skip_bad: a video that cannot be decoded becomes a Skipped item, which collate() leaves out of the batch and
+    hands on as batch.skipped. seed: a training clip's frames and augmentation are drawn from (seed, epoch, i), not
+    the worker's random state, so they do not depend on the worker or a restart; the epoch comes with the key
+    EpochSampler hands out, epoch * len(self) + i (a plain i is epoch 0)."""
+
+    def __init__(self, list_file, root, num_frames, transform, mode="segment", stride=1, train=False, num_clips=1,
+                 return_index=False, skip_bad=False, seed=0, clips_per_video=1):
+        if isinstance(list_file, (str, os.PathLike)):
+            self.samples = [(os.path.join(root, path), label) for path, label in read_list(list_file)]
+            source, hint = list_file, f"check the root folder ({root}) or the list"
+        else:  # samples from read_dataset, few_shot, ...: their paths already include the root
+            self.samples = [(path, int(label)) for path, label in list_file]
+            source, hint = "the samples given", "check the root given to read_dataset, or the annotation file"
+        self.labels = [label for _, label in self.samples]
+        if not self.samples:
+            raise ValueError(f"{source}: lists no videos; expected 'path label' lines or (path, label) pairs")
+        missing = [path for path, _ in self.samples if not os.path.isfile(path)]
+        if missing:  # check up front: a wrong root should fail now, not hours into an epoch
+            raise FileNotFoundError(f"{source}: {len(missing)} of {len(self.samples)} videos are missing, "
+                                    f"e.g. {missing[0]}; {hint}")
+        self.num_frames, self.transform, self.mode, self.stride = num_frames, transform, mode, stride
+        self.train, self.num_clips, self.return_index, self.skip_bad = train, num_clips, return_index, skip_bad
+        self.seed, self.clips_per_video = seed, clips_per_video
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, key):
+        epoch, i = divmod(key, len(self.samples))
+        try:
+            # A test view draws only where the official test does (several TSN clips): from the video alone.
+            rng = random.Random(f"{self.seed}:{epoch}:{i}" if self.train else f"{self.seed}:test:{i}")
+            item = self._load(i, rng)
+        except VideoError as e:
+            if not self.skip_bad:
+                raise
+            return Skipped(self.samples[i][0], str(e))
+        return (*item, i) if self.return_index else item
+
+    def _load(self, i, rng):
+        (path, label), T = self.samples[i], self.num_frames
+        K = self.clips_per_video if self.train else self.num_clips
+        picks = clip_indices(path, T, self.mode, self.stride, train=self.train, num_clips=K, rng=rng)
+        frames = read_frames(path, [j for clip in picks for j in clip])    # one decoding pass: (K*T,H,W,3)
+        if not self.train:
+            views = [self.transform(frames[k * T:(k + 1) * T]) for k in range(K)]
+            views = [v if v.dim() == 5 else v.unsqueeze(0) for v in views]  # a (T,3,S,S) transform gives one view
+            return torch.cat(views), label  # (num_clips*crops,T,3,S,S)
+        clips = [self.transform(frames[k * T:(k + 1) * T], rng) for k in range(K)]
+        if not isinstance(clips[0], tuple):   # (video,) or (video, colour draws)
+            clips = [(clip,) for clip in clips]
+        parts = clips[0] if K == 1 else [torch.stack(part) for part in zip(*clips)]  # (T,3,S,S) or (K,T,3,S,S)
+        return parts[0], label, *parts[1:]
+
+
+# -----------------------------------------------------------------------------
+# which frames: "segment" (TSN) or "dense" (PySlowFast) sampling
+
+def clip_indices(path, T, mode="segment", stride=1, train=False, num_clips=1, rng=None):
+    """[T frame indices of each of num_clips clips] of the video at `path` (training: num_clips random clips):
+    sample_indices with the video's own length, and for dense sampling its frame rate and timestamps."""
+    n, fps, ticks = video_info(path)
+    return [sample_indices(n, T, mode, stride, train=train, clip=0 if train else k, num_clips=1 if train else num_clips,
+                           rng=rng, fps=fps, ticks=ticks) for k in range(num_clips)]
+
+
+def sample_indices(num_frames, T, mode="segment", stride=1, train=False, clip=0, num_clips=1, rng=None,
+                   fps=TARGET_FPS, ticks=None):
+    """T sorted frame indices in [0, num_frames) by segment_indices or dense_indices: random when train (from
+    `rng`, default the `random` module), else clip `clip` of num_clips."""
+    if num_frames < 1 or T < 1 or not 0 <= clip < num_clips or mode not in ("segment", "dense"):
+        raise ValueError(f"sample_indices: need num_frames >= 1, T >= 1, 0 <= clip < num_clips and mode 'segment' "
+                         f"or 'dense'; got {num_frames}, {T}, {clip}, {num_clips}, {mode!r}")
+    rng = random if rng is None else rng
+    if mode == "segment":
+        return segment_indices(num_frames, T, train, num_clips, rng)
+    return dense_indices(num_frames, T, stride, train, clip, num_clips, rng, fps, ticks)
+
+
+def segment_indices(n, T, train=False, num_clips=1, rng=random):
+    """TSN, the mmaction2 SampleFrames of X-CLIP, ViFi-CLIP and OmniCLIP's code, with one frame per clip.
+    train: T segments of n // T frames, a random frame of each (the last n mod T frames are never drawn); for
+      n < T the frames round(i * n / T) mod n (numpy's around: halves to even; out_of_bound_opt "loop" wraps the
+      last ones into the video: n = 3, T = 8 gives 0 0 1 1 2 2 2 0), the same every time.
+    test, one clip: frame int(i * a + a / 2) of segment i, a = n / T (the middle of each segment).
+    test, several clips: each clip is a training draw, as the official multi-view test samples them (X-CLIP's
+      build.py builds it with the training sampler); VideoDataset seeds it per video, so a test is repeatable."""
+    if not train and num_clips == 1:
+        a = n / T
+        return [int(i * a + a / 2.0) for i in range(T)]
+    if n < T:   # np.around(arange(T) * n / T) (Python's round also takes halves to even), looped into [0, n)
+        return [round(i * (n / T)) % n for i in range(T)]
+    a = n // T
+    return [i * a + rng.randrange(a) for i in range(T)]
+
+
+def dense_indices(n, T, stride=1, train=False, clip=0, num_clips=1, rng=random, fps=TARGET_FPS, ticks=None):
+    """PySlowFast's pyav decoder, Open-VCLIP: a window of stride * (T - 1) frames of a TARGET_FPS video, i.e.
+    ceil(stride * (T - 1) / 30 * fps) frames of this one, starts at random in training and at k / num_clips of
+    the free range for test clip k (0, 1/3, 2/3: the fork's decoder ignores USE_OFFSET_SAMPLING). The frames from
+    its first timestamp to its last, and one more, are kept; the T indices are linspace(0, stride * T / 30 * fps
+    - 1, T) into them (float32, truncated), clamped to the last kept frame: at 30 fps a window of 113 frames gives
+    0, 18, .., 108, 112, and a short video repeats its last frame. ticks (timestamp ticks per frame) places the
+    window's ends as the decoder does (int(start * ticks)); a video without a duration is decoded whole and
+    sampled from linspace(start, start + stride * T / 30 * fps - 1, T), its test clips at k * (free range //
+    (num_clips - 1)) or the middle for one clip (USE_OFFSET_SAMPLING on that path)."""
+    span = stride * T / TARGET_FPS * fps                                  # the clip's length in this video's frames
+    if ticks is None:   # decoded whole: the clip is cut from all n frames
+        delta = max(n - span, 0)
+        start = rng.uniform(0, delta) if train else \
+            math.floor(delta / 2) if num_clips == 1 else clip * math.floor(delta / (num_clips - 1))
+        first, kept, end = 0, n, start + max(1.0, span) - 1
+    else:   # selective decoding: the frames between two timestamps (and one more) are kept
+        window = max(1.0, math.ceil(stride * (T - 1) / TARGET_FPS * fps))
+        delta = max(n - window, 0)
+        start = rng.uniform(0, delta) if train else delta * clip / num_clips
+        first_pts, last_pts = int(start * ticks), int((start + window - 1) * ticks)
+        first = math.ceil(first_pts / ticks)                               # the first frame at or after first_pts
+        last = min(math.floor(last_pts / ticks) + 1, n - 1)                # the last at or before, and one more
+        kept, start, end = last - first + 1, 0, max(1.0, span) - 1
+    picks = torch.linspace(start, end, T).clamp(0, kept - 1).long()       # float32, as torch.linspace
+    return [first + int(p) for p in picks]
+
+
+def video_length(path) -> int:
+    """Number of frames of the video at `path`, from the container's count or, if it has none, by demuxing."""
+    return video_info(path)[0]
+
+
+def video_info(path):
+    """(frames, fps, ticks) of the video at `path`: its frame count (the container's, or by demuxing), frame rate,
+    and timestamp ticks per frame (the stream's duration / frames; None when the container stores no duration, as
+    webm often does): what PySlowFast's pyav decoder reads to place a dense clip in time. Remembered per file
+    (path, size, time of change) for the next epoch, which then opens no container to sample its clips."""
+    try:
+        stat = os.stat(path)
+    except OSError as e:
+        raise VideoError(f"{path}: cannot be opened ({e}); {_FIX}") from e
+    return _video_info(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2 ** 16)
+def _video_info(path, size, changed):
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        try:  # webm, avi and raw streams often store no count (0): count packets then, which needs no decoding
+            n = stream.frames or sum(1 for packet in container.demux(stream) if packet.size > 0)
+        except av.FFmpegError as e:
+            raise VideoError(f"{path}: cannot be read ({e}); {_FIX}") from e
+        fps = float(stream.average_rate or TARGET_FPS)
+        ticks = stream.duration / stream.frames if stream.duration and stream.frames else None
+    if n <= 0:
+        raise VideoError(f"{path}: holds no video frames; {_FIX}")
+    return n, fps, ticks
+
+
+# -----------------------------------------------------------------------------
+# decoding: read_frames is the only function that touches a decoder
+
+def read_frames(path, indices) -> torch.Tensor:
+    """Decode the frames `indices` (any order, repeats allowed) -> uint8 (len(indices), H, W, 3) RGB, in that order.
+    The first try is the fast path (_decode: seek to the key frame before each wanted frame, decode up to it,
+    convert). The fall-backs below are each slower and ask less of the file; none comes twice."""
+    indices = [int(i) for i in indices]
+    if not indices or min(indices) < 0:
+        raise ValueError(f"read_frames({path}): indices must be a non-empty list of frame numbers >= 0, got {indices}")
+    wanted, how = sorted(set(indices)), dict(by_timestamp=True)
+    while True:
+        try:
+            arrays = _decode(path, wanted, **how)
+            break
+        except _Skipped:      # rare (timestamps with gaps or repeats): the frames a full decode gives, exactly
+            how["skip"] = False
+        except _SeekDamage:   # trouble after a seek (open GOPs, intra refresh): decode from the start
+            how["seek"] = False
+        except _BadTimestamps:  # count frames from the start instead: slower, but needs no timestamps
+            how = dict(by_timestamp=False)
+        except av.FFmpegError as e:
+            raise VideoError(f"{path}: decoding failed ({e}); {_FIX}") from e
+    return torch.from_numpy(np.stack([arrays[i] for i in indices]))  # (len(indices),H,W,3)
+
+
+def _decode(path, wanted, by_timestamp, skip=True, seek=True):
+    """Decode the sorted frame numbers `wanted` -> {number: uint8 (H,W,3)}, as a player shows them: the stream's
+    rotation flag applied (phones record upright video sideways and flag it), every frame at the first one's size.
+    by_timestamp: a frame's number comes from its timestamp, which stays right after a seek, so gaps are skipped
+    by seeking; otherwise frames are counted from the start, decoding every frame up to the last one wanted.
+    skip: frames nobody refers to are not decoded (H.264); seek=False: decode from the start."""
+    with _open(path) as container, av.logging.Capture(local=False) as logs:
+        reader = _Reader(path, container, logs, wanted, by_timestamp, skip, seek)
+        arrays = {}
+        for k in wanted:
+            reader.seek_before(k)
+            arrays[k] = reader.rgb(reader.decode_to(k))
+    return arrays
+
+
+class _Reader:
+    """One pass of _decode through a video: where decoding is and the frame it is at. What the fall-backs need
+    (the key frames, the skipped packets, the damage reported) is kept by the helpers below the divider."""
+
+    def __init__(self, path, container, logs, wanted, by_timestamp, skip, seek):
+        stream = container.streams.video[0]
+        stream.thread_count = 1   # the DataLoader workers are the parallelism; damage reports precede their frame
+        if by_timestamp and not (stream.average_rate and stream.time_base):
+            raise _BadTimestamps
+        self.path, self.container, self.stream, self.logs = path, container, stream, logs
+        self.by_timestamp, self.start = by_timestamp, stream.start_time or 0
+        self.ticks = 1 / (stream.time_base * stream.average_rate) if by_timestamp else None  # timestamp ticks a frame
+        self.keys = _key_frames(stream, self.ticks) if by_timestamp else []
+        self.skip = skip and by_timestamp and stream.codec_context.name == "h264"   # see _packets
+        self.wants, self.skippable = set(wanted), {}   # skippable: {pts: number} of packets sent so, not yet passed
+        self.frames, self.current, self.frame = _packets(self), -1, None
+        self.seeking, self.seeked_from, self.seeked = by_timestamp and seek, None, False
+        self.to_rgb, self.size, self.damage, self.reported = VideoReformatter(), None, None, 0
+
+    def seek_before(self, k):
+        """Seek to the key frame at or before frame k when that skips frames: with an index (_key_frames), when it
+        lies more than SEEK_SAVES ahead of where decoding is, whatever the gap (x264 puts one every 250 frames by
+        default, a re-encoded set every 16); without one, when frame k lies more than SEEK_GAP ahead."""
+        at = bisect.bisect_right(self.keys, k)
+        key = self.keys[at - 1] if at else -1   # the key frame at or before k (-1: none known)
+        if self.seeking and (key - self.current > SEEK_SAVES if self.keys else k - self.current > SEEK_GAP):
+            self.container.seek(self.start + int(k * self.ticks), stream=self.stream)
+            self.frames, self.seeked_from, self.seeked = _packets(self), self.current, True
+            self.skippable.clear()
+
+    def decode_to(self, k):
+        """The first frame numbered k or more (the last one decoded, if it is); damage near it is refused."""
+        while self.current < k or self.seeked_from is not None:
+            frame = next(self.frames, None)
+            self.current, self.frame = _frame_number(self, frame, k), frame
+            _note_damage(self, frame, self.current)
+        _refuse_damage(self, k)
+        return self.frame
+
+    def rgb(self, frame):
+        """The frame as uint8 (H,W,3) RGB at the first frame's size, turned upright. One converter for the whole
+        video (frame.to_ndarray(format=...) would build one per frame, with the same swscale settings), on one
+        thread, as the decoder (PyAV 17 on converts with several unless told)."""
+        self.size = self.size or (frame.width, frame.height)   # (W, H) of the first frame taken
+        image = self.to_rgb.reformat(frame, width=self.size[0], height=self.size[1], format="rgb24",
+                                     **_ONE_THREAD).to_ndarray()
+        turns = round((frame.rotation or 0) / 90) % 4   # quarter turns counterclockwise, as a player shows it
+        return np.rot90(image, turns) if turns else image
+
+
+def _open(path):
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError) as e:
+        raise VideoError(f"{path}: cannot be opened ({e}); {_FIX}") from e
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path}: has no video stream; {_FIX}")
+    return container
+
+
+# -----------------------------------------------------------------------------
+# transforms: uint8 (T,H,W,3) -> normalised float. Two official pipelines, each recipe names its own (crop=):
+#   "tsn"      X-CLIP's datasets/build.py (ViFi-CLIP ships the same file; OmniCLIP takes X-CLIP's recipe), mmaction2
+#              style: short side to 256/224 of the input, MultiScaleCrop, resize to S x S, flip, per-frame colour
+#              jitter, grayscale; test: short side 256/224 S and the centre, or short side S and three crops.
+#   "slowfast" Open-VCLIP's slowfast/datasets/utils.py spatial_sampling: a random short side in [S, 256/224 S], a
+#              random S x S crop, flip; test: short side S, the centre crop, or three crops along the long side.
+# Both resize with plain bilinear interpolation (cv2's INTER_LINEAR in mmcv, F.interpolate in PySlowFast), without
+# antialiasing, and here on uint8 frames: the official PySlowFast resizes floats, so our pixels may differ from
+# its by the rounding to whole levels (at most half a level).
+
+
+class TrainTransform:
+    """A training clip's augmentation, crop="tsn" or "slowfast" (see above). (T,H,W,3) uint8 -> (T,3,size,size)
+    float. Every draw comes from `rng` (default: the random module), so that VideoDataset can make a clip's
+    augmentation a function of the seed, epoch and video. short_side: the TSN resize, and the top of the
+    slowfast jitter (default 256/224 of size: 256 for 224, as both official pipelines).
+    normalise=False stops before the last step and returns uint8, for normalise() to finish on the device.
+    defer_colour=True (implies normalise=False) also leaves out the colour: -> (uint8 clip, its (T,10) colour
+    draws), for colour_batch() to apply to a whole batch on the device, as train.py does."""
+
+    def __init__(self, size, mean, std, crop="tsn", scales=(1, .875, .75, .66), flip=True, color_jitter=0.8,
+                 grayscale=0.2, short_side=None, normalise=True, defer_colour=False):
+        if crop not in ("tsn", "slowfast"):
+            raise ValueError(f"TrainTransform: crop must be 'tsn' or 'slowfast', got {crop!r}")
+        self.size, self.mean, self.std, self.crop = size, list(mean), list(std), crop
+        self.normalise, self.defer_colour = normalise and not defer_colour, defer_colour
+        self.scales, self.flip, self.color_jitter, self.grayscale = scales, flip, color_jitter, grayscale
+        self.short_side = short_side or int(256 / 224 * size)   # build.py's scale_resize
+
+    def _crop_box(self, height, width, rng=random):
+        """MultiScaleCrop (TSN, random_crop=False): each side is one of scales * short side, the two scale indices
+        at most one apart, a side within 3 pixels of the input size snapped to it, and the crop at one of 5 fixed
+        places (4 corners, centre) -> (top, left, h, w)."""
+        sides = [int(min(height, width) * s) for s in self.scales]
+        pairs = [(h, w) for i, h in enumerate(sides) for j, w in enumerate(sides) if abs(i - j) <= 1]
+        h, w = (self.size if abs(side - self.size) < 3 else side for side in rng.choice(pairs))
+        dy, dx = (height - h) // 4, (width - w) // 4
+        top, left = rng.choice([(0, 0), (0, 4 * dx), (4 * dy, 0), (4 * dy, 4 * dx), (2 * dy, 2 * dx)])
+        return top, left, h, w
+
+    def __call__(self, frames, rng=random):
+        x, S = frames.permute(0, 3, 1, 2), self.size                                   # (T,3,H,W)
+        if self.crop == "tsn":
+            x = resize(x, *short_side_size(*x.shape[-2:], self.short_side, "mmcv"))     # (T,3,H',W')
+            top, left, h, w = self._crop_box(*x.shape[-2:], rng)
+            x = resize(x[..., top:top + h, left:left + w], S, S)                         # (T,3,S,S)
+        else:   # the short side drawn from [S, short_side] and rounded (numpy's round: halves to even, as Python's)
+            x = resize(x, *short_side_size(*x.shape[-2:], int(round(rng.uniform(S, self.short_side))), "slowfast"))
+            height, width = x.shape[-2:]   # numpy's randint(0, height - S): the last offset is never drawn
+            top, left = (rng.randrange(side - S) if side > S else 0 for side in (height, width))
+            x = x[..., top:top + S, left:left + S]                                         # (T,3,S,S)
+        if self.flip and rng.random() < 0.5:
+            x = F.horizontal_flip(x)   # (the colour ops act on each pixel alone or on whole frames: a flip commutes)
+        draws = _colour_draws(rng, len(x), self.color_jitter, self.grayscale)
+        if self.defer_colour:
+            return x, draws
+        x = colour(x, draws)
+        return normalise(x, self.mean, self.std) if self.normalise else x
+
+
+class TestTransform:
+    """Deterministic test views, crop="tsn" or "slowfast" (see above). (T,H,W,3) uint8 -> (crops,T,3,size,size)
+    float (uint8 with normalise=False, as TrainTransform).
+    tsn, crops=1: short side to short_side (256/224 of size), the centre ((H - S) // 2, (W - S) // 2).
+    tsn, crops=3: short side to size, ThreeCrop along the long side at 0, 2 * ((L - S) // 2) and (L - S) // 2
+      (the 'right' crop is one pixel short of the edge when L - S is odd).
+    slowfast: short side to size (TRAIN_JITTER_SCALES[0] for one crop, TEST_CROP_SIZE for three: both the input
+      size in the released configs), the centre at ceil((L - S) / 2); three crops at 0, the centre and L - S."""
+
+    def __init__(self, size, mean, std, crops=1, crop="tsn", short_side=None, normalise=True):
+        if crops not in (1, 3) or crop not in ("tsn", "slowfast"):
+            raise ValueError(f"TestTransform: crops must be 1 or 3 and crop 'tsn' or 'slowfast', got {crops}, {crop!r}")
+        self.size, self.mean, self.std, self.crops, self.crop = size, list(mean), list(std), crops, crop
+        self.normalise = normalise
+        self.short_side = short_side or int(256 / 224 * size)
+
+    def boxes(self, height, width):
+        """(resized (H', W'), [(top, left) of each crop]) for a frame of height x width."""
+        S = self.size
+        if self.crop == "tsn":
+            H, W = short_side_size(height, width, self.short_side if self.crops == 1 else S, "mmcv")
+            step = (max(H, W) - S) // 2
+            along = [0, 2 * step, step] if self.crops == 3 else None
+            centre = ((H - S) // 2, (W - S) // 2)
+        else:
+            H, W = short_side_size(height, width, S, "slowfast")
+            along = [0, math.ceil((max(H, W) - S) / 2), max(H, W) - S] if self.crops == 3 else None
+            centre = (math.ceil((H - S) / 2), math.ceil((W - S) / 2))
+        if along is None:
+            return (H, W), [centre]
+        # tsn: ThreeCrop moves along the width when the height is the crop's (a square frame too); slowfast's
+        # uniform_crop along the height only when the frame is taller than wide
+        tall = H > W if self.crop == "slowfast" else H != S
+        return (H, W), [(o, centre[1]) if tall else (centre[0], o) for o in along]
+
+    def __call__(self, frames):
+        x, S = frames.permute(0, 3, 1, 2), self.size                                   # (T,3,H,W)
+        (H, W), offsets = self.boxes(*x.shape[-2:])
+        x = resize(x, H, W)                                                               # (T,3,H',W')
+        x = torch.stack([x[..., top:top + S, left:left + S] for top, left in offsets])    # (crops,T,3,S,S)
+        return normalise(x, self.mean, self.std) if self.normalise else x
+
+
+def resize(x, height, width):
+    """(T, 3, H, W) uint8 -> (T, 3, height, width), bilinear without antialiasing, as both official pipelines,
+    computed in float and rounded: within half a level of PySlowFast's float frames (torchvision's own uint8
+    kernel is off by up to one level), and of cv2's fixed-point INTER_LINEAR by at most one."""
+    if x.shape[-2:] == (height, width):
+        return x
+    out = torch.nn.functional.interpolate(x.float(), size=(height, width), mode="bilinear", align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def short_side_size(height, width, short, rule):
+    """(H', W') of a frame resized so that its short side is `short`. mmcv (X-CLIP's Resize, mmcv.rescale_size):
+    both sides scaled and rounded half up; slowfast (random_short_side_scale_jitter): the long side floored."""
+    if rule == "mmcv":
+        scale = short / min(height, width)
+        return int(height * scale + 0.5), int(width * scale + 0.5)
+    if width < height:
+        return int(math.floor(height / width * short)), short
+    return short, int(math.floor(width / height * short))
+
+
+# The colour augmentation of a training clip, as numbers drawn in a worker and applied wherever the clip is, one
+# row per frame: [jitter?, brightness, contrast, saturation, hue factors, the order of the four ops, grayscale?].
+
+
+def _colour_draws(rng, T, color_jitter, grayscale, strengths=(0.4, 0.4, 0.2, 0.1)):
+    """X-CLIP's ColorJitter then GrayScale (datasets/pipeline.py), drawn for a clip of T frames -> (T, 10) float64,
+    the factors exactly as drawn. Whether to jitter is drawn once per clip (probability color_jitter); then
+    torchvision's ColorJitter runs on every frame on its own, drawing its four factors and their order per frame.
+    Grayscale is drawn once per clip."""
+    draws = torch.zeros(T, 10, dtype=torch.float64)
+    if rng.random() < color_jitter:
+        b, c, s, h = strengths
+        for t in range(T):
+            order = [0, 1, 2, 3]
+            rng.shuffle(order)
+            draws[t, :9] = torch.tensor([1, rng.uniform(1 - b, 1 + b), rng.uniform(1 - c, 1 + c),
+                                         rng.uniform(1 - s, 1 + s), rng.uniform(-h, h), *order], dtype=torch.float64)
+    draws[:, 9] = float(rng.random() < grayscale)
+    return draws
+
+
+# torchvision's colour operations on uint8 images, for many frames at once, each with its own factor (N,1,1,1):
+# the same formulas, on float frames that hold whole levels between the operations, as uint8 images would.
+def _luma(x):
+    r, g, b = x.unbind(-3)
+    return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(-3)    # (N,1,H,W)
+
+
+def _blend(x, y, ratio):
+    return x.mul(ratio.float()).add_(y.mul((1.0 - ratio).float())).clamp_(0, 255).trunc_()
+
+
+def _brightness(x, f):
+    return x.mul(f.float()).clamp_(0, 255).trunc_()
+
+
+def _contrast(x, f):
+    return _blend(x, _luma(x).floor_().mean((-3, -2, -1), keepdim=True), f)
+
+
+def _saturation(x, f):
+    return _blend(x, _luma(x).floor_(), f)
+
+
+def _hue(x, f):
+    """The hue turned by f of a full turn, through HSV (Pillow's formulas, as torchvision's adjust_hue)."""
+    x = x / 255
+    top, bottom = x.amax(-3), x.amin(-3)                                               # (N,H,W)
+    flat = top == bottom
+    spread = torch.where(flat, torch.ones_like(top), top - bottom)
+    s = (top - bottom) / torch.where(flat, torch.ones_like(top), top)
+    rc, gc, bc = ((top.unsqueeze(-3) - x) / spread.unsqueeze(-3)).unbind(-3)
+    r, g, _ = x.unbind(-3)
+    h = torch.where(top == r, bc - gc, torch.where(top == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = (h / 6.0 + 1.0).fmod(1.0).add_(f.float().flatten(1)[..., None]).remainder_(1.0)   # (N,H,W)
+    h6 = h * 6
+    i = h6.floor()
+    frac = h6 - i
+    v, p = top, ((1.0 - s) * top).clamp_(0, 1)
+    q, t = ((1.0 - s * frac) * top).clamp_(0, 1), ((s * frac + 1.0 - s) * top).clamp_(0, 1)
+    vpqt = torch.stack((v, p, q, t), -3)                                              # (N,4,H,W)
+    select = _HUE_SECTORS.to(x.device, non_blocking=True)[:, i.long().remainder_(6)]   # (3,N,H,W)
+    rgb = vpqt.gather(-3, select.moveaxis(0, -3))                                     # (N,3,H,W)
+    return rgb.mul_(255 + 1.0 - 1e-3).trunc_()                                         # to uint8 as torchvision
+
+
+_HUE_SECTORS = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]])   # rgb from (v,p,q,t)
+_COLOUR_OPS = (_brightness, _contrast, _saturation, _hue)
+_ONE_BY_ONE = 96 * 96   # pixels of a frame from which a CPU colours one frame at a time
+
+
+def colour(x, draws):
+    """(T, 3, H, W) uint8 frames of one clip (or N frames of several), coloured as their (T, 10) draws say, on
+    any device: each frame's four operations in its own order, then grayscale. One call per operation and
+    position for all the frames, where the cost is the calls (a GPU, or small frames); one frame at a time on a
+    CPU from 96 px on, where the cost is the pixels. Either way the same pixels, to the bit."""
+    draws = draws.cpu()   # which frames get what is decided on the CPU: a GPU batch is never waited for
+    on, grey = draws[:, 0] > 0, draws[:, 9] > 0
+    if not on.any() and not grey.any():
+        return x
+    y, factors = x.float(), draws[:, 1:5, None, None, None].to(x.device)                # (T,4,1,1,1)
+    if x.device.type == "cpu" and x.shape[-2] * x.shape[-1] >= _ONE_BY_ONE:   # one frame at a time
+        for t in on.nonzero().flatten().tolist():
+            for k in draws[t, 5:9].long().tolist():                              # its operations, in its order
+                y[t:t + 1] = _COLOUR_OPS[k](y[t:t + 1], factors[t:t + 1, k])
+    else:   # one call per operation and position, for all the frames that take it there
+        for position in range(4):
+            for k, op in enumerate(_COLOUR_OPS):
+                frames = (on & (draws[:, 5 + position] == k)).nonzero().flatten().to(x.device)   # frame indices
+                if len(frames):
+                    y[frames] = op(y[frames], factors[frames, k])
+    if grey.any():
+        frames = grey.nonzero().flatten().to(x.device)
+        y[frames] = _luma(y[frames]).trunc_().expand(-1, 3, -1, -1)
+    return y.to(torch.uint8)
+
+
+def colour_batch(video, draws):
+    """(B, T, 3, S, S) uint8 clips and their (B, T, 10) draws -> uint8: TrainTransform's colour augmentation, each
+    frame its own, run on whole batches where the batch is: on a GPU that takes most of the transforms' CPU time
+    off the decoding workers, on a CPU the batch's frames share the calls. colour() itself, so the same bits."""
+    return colour(video.flatten(0, 1), draws.flatten(0, 1)).view(video.shape)    # (B*T,3,S,S) -> (B,T,3,S,S)
+
+
+def normalise(x, mean, std):
+    """uint8 (..., 3, H, W) -> float, (x / 255 - mean) / std per channel: the transforms' last step. train.py
+    runs it on the device on whole batches, so that the workers hand over uint8 clips (a quarter of the bytes
+    to pass between processes and to the GPU); the result is the same to the last bit."""
+    return F.normalize(x.float() / 255, list(mean), list(std))
+
+
+def mix(video, target, mixup, cutmix, switch):
+    """Mixup or CutMix of a training batch as X-CLIP's datasets/blending.py (ViFi-CLIP ships the same file): one
+    lambda per batch, each video's partner from torch.randperm(B), so a video may be paired with itself and stay
+    as it was. video (B, T, 3, S, S) on any device, target (B, C); CutMix cuts one box for all frames of a video."""
+    if (mixup <= 0 and cutmix <= 0) or video.shape[0] < 2:
+        return video, target
+    use_cutmix = cutmix > 0 and (mixup <= 0 or torch.rand(()) < switch)
+    alpha = cutmix if use_cutmix else mixup
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    order = torch.randperm(video.shape[0]).to(video.device)
+    partner = video[order]
+    if use_cutmix:
+        S_h, S_w = video.shape[-2:]
+        h, w = int(S_h * math.sqrt(1 - lam)), int(S_w * math.sqrt(1 - lam))
+        cy, cx = int(torch.randint(S_h, ())), int(torch.randint(S_w, ()))
+        y0, y1 = max(cy - h // 2, 0), min(cy + h // 2, S_h)
+        x0, x1 = max(cx - w // 2, 0), min(cx + w // 2, S_w)
+        video = video.clone()
+        video[..., y0:y1, x0:x1] = partner[..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (S_h * S_w)            # the box was clipped at the border
+    else:
+        video = lam * video + (1 - lam) * partner
+    return video, lam * target + (1 - lam) * target[order]
+
+
+# =============================================================================
+# The tool: below here, what makes the lesson above run on real data (the datasets' files, the protocols,
+# the loader's batches, the decoder's fall-backs) and the synthetic set.
+# =============================================================================
 
 # -----------------------------------------------------------------------------
 # lists, class files and the standard datasets, read in the formats they are published in
@@ -326,7 +858,8 @@ def read_captions(path, root=""):
         if not isinstance(caption, str) or not caption.strip():
             raise DataError(f"{where}: an empty caption; write one, or remove the line")
         if not os.path.isfile(video):
-            raise DataError(f"{where}: no video at {video}; check the root folder ({root or '.'}: --val-root) or the file")
+            raise DataError(f"{where}: no video at {video}; check the root folder ({root or '.'}: --val-root) or the "
+                            f"file")
         captions.append((caption.strip(), videos.setdefault(video, len(videos))))
     if not captions:
         raise DataError(f"{path}: holds no captions")
@@ -334,9 +867,8 @@ def read_captions(path, root=""):
 
 
 class _Plain(pickle.Unpickler):
-    """Python's unpickler refusing every class and function a file names: dicts, lists, tuples, strings and numbers
-    build without one, so a file of captions loads and nothing in any file runs. (PyTorch's safe loader, which
-    reads every checkpoint here, does not read the pickle protocol MSVD's raw-captions.pkl is written in.)"""
+    """Python's unpickler refusing every class and function a file names: a file of captions loads and nothing in
+    any file runs. (PyTorch's safe loader does not read the pickle protocol of MSVD's raw-captions.pkl.)"""
     def find_class(self, module, name):
         raise pickle.UnpicklingError(f"{module}.{name}")
 
@@ -358,6 +890,7 @@ def camel_words(name):
     also rewrites "Yo Yo" as "Yoyo"; this function does not.)"""
     camel = r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])"  # between "aB" and before the B of "ABc"
     return name if " " in name else re.sub(camel, " ", name)
+
 
 # -----------------------------------------------------------------------------
 # the protocols: which videos and classes each trains and tests on
@@ -414,15 +947,17 @@ def protocol_data(args, seed, trained_names=None):
                             "classes (--base-classes)")
         base = (class_ids(load_classes(args.base_classes), names, args.base_classes) if args.base_classes
                 else base_novel(train, len(names))[0])
-        if args.base_classes and train and dataset_format(train_list) == "list" and max(c for _, c in train) < len(base):
-            train = [(path, base[c]) for path, c in train]   # ViFi-CLIP's released lists count 0..B-1 in the base file
+        if args.base_classes and train and dataset_format(train_list) == "list" and max(c for _, c in train) < len(
+                base):   # ViFi-CLIP's released lists count 0..B-1 in the base file
+            train = [(path, base[c]) for path, c in train]
         novel = [c for c in range(len(names)) if c not in base]
         train = train and select_classes(train, base)
     if args.shots and train is not None:
         train = few_shot(train, args.shots, seed)
     elif train and args.protocol in ("few-shot", "base2novel"):
         counts = [sum(1 for _, c in train if c == k) for k in sorted({c for _, c in train})]
-        print(f"{train_list}: the shots as listed (no --shots, no draw), {min(counts)} to {max(counts)} videos per class")
+        print(f"{train_list}: the shots as listed (no --shots, no draw), {min(counts)} to {max(counts)} videos per "
+              f"class")
 
     if not args.val_list:
         raise DataError("give the test videos with --val-list (any format --train-list takes)")
@@ -478,84 +1013,15 @@ def class_ids(wanted, names, source):
 
 
 # -----------------------------------------------------------------------------
-# the dataset: one clip (training) or all the views (test) of a video
-
-class VideoDataset(torch.utils.data.Dataset):
-    """Videos listed in `list_file` (paths relative to `root`, or absolute), or given as a list of (path, label)
-    samples, as read_dataset returns them (paths already joined with the root, so `root` is not used).
-    train: (video (T,3,S,S), label), one random clip.
-    test:  (video (V,T,3,S,S), label) with V = num_clips * crops views, clip-major, always 5-D even if V = 1.
-    return_index adds the item's index, for a training step that needs the videos' paths (self.samples).
-    skip_bad: a video that cannot be decoded becomes a Skipped item instead of an error; collate() leaves it
-    out of the batch and hands it on as batch.skipped, for the caller to count and report.
-    seed: a training clip's frames and augmentation are drawn from random.Random((seed, epoch, i)), not from
-    the worker's random state, so they do not depend on which worker loads it or on a restart; the epoch comes
-    with the key EpochSampler hands out, epoch * len(self) + i (a plain i is epoch 0).
-    clips_per_video K > 1 (train): one decoding pass, K clips sampled and augmented each their own way ->
-    video (K,T,3,S,S). A transform that defers its colour (TrainTransform(defer_colour=True)) adds the clip's
-    colour draws after the label: (video, label, draws[, index])."""
-
-    def __init__(self, list_file, root, num_frames, transform, mode="segment", stride=1, train=False, num_clips=1,
-                 return_index=False, skip_bad=False, seed=0, clips_per_video=1):
-        if isinstance(list_file, (str, os.PathLike)):
-            self.samples = [(os.path.join(root, path), label) for path, label in read_list(list_file)]
-            source, hint = list_file, f"check the root folder ({root}) or the list"
-        else:  # samples from read_dataset, few_shot, ...: their paths already include the root
-            self.samples = [(path, int(label)) for path, label in list_file]
-            source, hint = "the samples given", "check the root given to read_dataset, or the annotation file"
-        self.labels = [label for _, label in self.samples]
-        if not self.samples:
-            raise ValueError(f"{source}: lists no videos; expected 'path label' lines or (path, label) pairs")
-        missing = [path for path, _ in self.samples if not os.path.isfile(path)]
-        if missing:  # check up front: a wrong root should fail now, not hours into an epoch
-            raise FileNotFoundError(f"{source}: {len(missing)} of {len(self.samples)} videos are missing, "
-                                    f"e.g. {missing[0]}; {hint}")
-        self.num_frames, self.transform, self.mode, self.stride = num_frames, transform, mode, stride
-        self.train, self.num_clips, self.return_index, self.skip_bad = train, num_clips, return_index, skip_bad
-        self.seed, self.clips_per_video = seed, clips_per_video
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, key):
-        epoch, i = divmod(key, len(self.samples))
-        try:
-            # A test view draws only where the official test does (several TSN clips): from the video alone.
-            rng = random.Random(f"{self.seed}:{epoch}:{i}" if self.train else f"{self.seed}:test:{i}")
-            item = self._load(i, rng)
-        except VideoError as e:
-            if not self.skip_bad:
-                raise
-            return Skipped(self.samples[i][0], str(e))
-        return (*item, i) if self.return_index else item
-
-    def _load(self, i, rng):
-        path, label = self.samples[i]
-        T = self.num_frames
-        if self.train:
-            K = self.clips_per_video
-            picks = clip_indices(path, T, self.mode, self.stride, train=True, num_clips=K, rng=rng)
-            frames = read_frames(path, [j for clip in picks for j in clip])    # one decoding pass: (K*T,H,W,3)
-            clips = [self.transform(frames[k * T:(k + 1) * T], rng) for k in range(K)]
-            if not isinstance(clips[0], tuple):   # (video,) or (video, colour draws)
-                clips = [(clip,) for clip in clips]
-            parts = clips[0] if K == 1 else [torch.stack(part) for part in zip(*clips)]  # (T,3,S,S) or (K,T,3,S,S)
-            return parts[0], label, *parts[1:]
-        clips = clip_indices(path, T, self.mode, self.stride, num_clips=self.num_clips, rng=rng)
-        frames = read_frames(path, [j for clip in clips for j in clip])  # one decoding pass: (num_clips*T,H,W,3)
-        views = [self.transform(frames[k * T:(k + 1) * T]) for k in range(self.num_clips)]
-        views = [v if v.dim() == 5 else v.unsqueeze(0) for v in views]  # a (T,3,S,S) transform gives one view
-        return torch.cat(views), label  # (num_clips*crops,T,3,S,S)
-
+# the loader: training order, shards, and the videos that could not be decoded
 
 class EpochSampler(torch.utils.data.Sampler):
-    """The training order: a permutation drawn from (seed, epoch) alone, so a resumed run sees the same order
-    as an uninterrupted one, and can start an epoch part way (`start` items in). It hands out the keys
-    epoch * n + i, from which VideoDataset derives each clip's randomness.
-    Under torchrun, process `rank` of `world` takes every world-th video of the permutation, from its rank on,
-    and the same count on every process (n // world, the rest left for the epoch, as drop_last does): the
-    micro-batches of b videos of all processes together then hold exactly the videos one process with batch
-    world * b would take (PyTorch's DistributedSampler deals them out the same way)."""
+    """The training order: a permutation drawn from (seed, epoch) alone, so a resumed run sees the same order as
+    an uninterrupted one and can start an epoch part way (`start` items in); it hands out the keys epoch * n + i,
+    from which VideoDataset derives each clip's randomness. Under torchrun, process `rank` of `world` takes every
+    world-th video of the permutation from its rank on, n // world of them (the rest left, as drop_last does): the
+    micro-batches of b videos of all processes then hold exactly what one process with batch world * b takes
+    (PyTorch's DistributedSampler deals them out the same way)."""
 
     def __init__(self, n, seed, rank=0, world=1):
         self.n, self.seed, self.rank, self.world, self.epoch, self.start = n, seed, rank, world, 0, 0
@@ -651,273 +1117,91 @@ def batches(loader, skips, where, waited=None, keep_empty=False):
 
 
 # -----------------------------------------------------------------------------
-# which frames
+# the decoder's fall-backs: what _Reader checks so that the fast path gives a full decode's frames, or none
 
-def clip_indices(path, T, mode="segment", stride=1, train=False, num_clips=1, rng=None):
-    """[T frame indices of each of num_clips clips] of the video at `path` (training: num_clips random clips):
-    sample_indices with the video's own length, and for dense sampling its frame rate and timestamps."""
-    n, fps, ticks = video_info(path)
-    return [sample_indices(n, T, mode, stride, train=train, clip=0 if train else k, num_clips=1 if train else num_clips,
-                           rng=rng, fps=fps, ticks=ticks) for k in range(num_clips)]
-
-
-def sample_indices(num_frames, T, mode="segment", stride=1, train=False, clip=0, num_clips=1, rng=None, fps=TARGET_FPS,
-                   ticks=None):
-    """T sorted frame indices in [0, num_frames): random when train (from `rng`, default the `random` module),
-    else clip k of num_clips.
-
-    segment (TSN, the mmaction2 SampleFrames of X-CLIP, ViFi-CLIP and OmniCLIP's code, with one frame per clip):
-      train: T segments of n // T frames, a random frame of each (the last n mod T frames are never drawn); for
-      n < T the frames round(i * n / T) mod n (numpy's around: halves to even; out_of_bound_opt "loop" wraps the
-      last ones into the video: n = 3, T = 8 gives 0 0 1 1 2 2 2 0), the same every time.
-      test, one clip: frame int(i * a + a / 2) of segment i, a = n / T (the middle of each segment).
-      test, several clips: each clip is a training draw, as the official multi-view test samples them (X-CLIP's
-      build.py builds it with the training sampler); VideoDataset seeds it per video, so a test is repeatable.
-    dense (PySlowFast's pyav decoder, Open-VCLIP): a window of stride * (T - 1) frames of a TARGET_FPS video,
-      i.e. ceil(stride * (T - 1) / 30 * fps) frames of this one, starts at random in training and at k / num_clips
-      of the free range for test clip k (0, 1/3, 2/3: the fork's decoder ignores USE_OFFSET_SAMPLING). The frames
-      from its first timestamp to its last, and one more, are kept; the T indices are linspace(0, stride * T / 30 *
-      fps - 1, T) into them (float32, truncated), clamped to the last kept frame: at 30 fps a window of 113 frames
-      gives 0, 18, .., 108, 112, and a short video repeats its last frame. ticks (timestamp ticks per frame) places
-      the window's ends as the decoder does (int(start * ticks)); a video without a duration is decoded whole
-      and sampled from linspace(start, start + stride * T / 30 * fps - 1, T), its test clips at k * (free range //
-      (num_clips - 1)) or the middle for one clip (USE_OFFSET_SAMPLING on that path)."""
-    rng = random if rng is None else rng
-    if num_frames < 1 or T < 1 or not 0 <= clip < num_clips or mode not in ("segment", "dense"):
-        raise ValueError(f"sample_indices: need num_frames >= 1, T >= 1, 0 <= clip < num_clips and mode 'segment' "
-                         f"or 'dense'; got {num_frames}, {T}, {clip}, {num_clips}, {mode!r}")
-    n = num_frames
-    if mode == "segment":
-        if not train and num_clips == 1:
-            a = n / T
-            return [int(i * a + a / 2.0) for i in range(T)]
-        if n < T:   # np.around(arange(T) * n / T) (Python's round also takes halves to even), looped into [0, n)
-            return [round(i * (n / T)) % n for i in range(T)]
-        a = n // T
-        return [i * a + rng.randrange(a) for i in range(T)]
-    span = stride * T / TARGET_FPS * fps                                  # the clip's length in this video's frames
-    if ticks is None:   # decoded whole: the clip is cut from all n frames
-        delta = max(n - span, 0)
-        start = rng.uniform(0, delta) if train else \
-            math.floor(delta / 2) if num_clips == 1 else clip * math.floor(delta / (num_clips - 1))
-        first, kept, end = 0, n, start + max(1.0, span) - 1
-    else:   # selective decoding: the frames between two timestamps (and one more) are kept
-        window = max(1.0, math.ceil(stride * (T - 1) / TARGET_FPS * fps))
-        delta = max(n - window, 0)
-        start = rng.uniform(0, delta) if train else delta * clip / num_clips
-        first_pts, last_pts = int(start * ticks), int((start + window - 1) * ticks)
-        first = math.ceil(first_pts / ticks)                               # the first frame at or after first_pts
-        last = min(math.floor(last_pts / ticks) + 1, n - 1)                # the last at or before, and one more
-        kept, start, end = last - first + 1, 0, max(1.0, span) - 1
-    picks = torch.linspace(start, end, T).clamp(0, kept - 1).long()       # float32, as torch.linspace
-    return [first + int(p) for p in picks]
-
-# -----------------------------------------------------------------------------
-# decoding: read_frames is the only function that touches a decoder
-
-def read_frames(path, indices) -> torch.Tensor:
-    """Decode the frames `indices` (any order, repeats allowed) -> uint8 (len(indices), H, W, 3) RGB, in that order.
-    The first try is the fast path (_decode: seek to the key frame before each wanted frame, decode up to it,
-    convert). The fall-backs below are each slower and ask less of the file; none comes twice."""
-    indices = [int(i) for i in indices]
-    if not indices or min(indices) < 0:
-        raise ValueError(f"read_frames({path}): indices must be a non-empty list of frame numbers >= 0, got {indices}")
-    wanted, how = sorted(set(indices)), dict(by_timestamp=True)
-    while True:
-        try:
-            arrays = _decode(path, wanted, **how)
-            break
-        except _Skipped:      # rare (timestamps with gaps or repeats): the frames a full decode gives, exactly
-            how["skip"] = False
-        except _SeekDamage:   # trouble after a seek (open GOPs, intra refresh): decode from the start
-            how["seek"] = False
-        except _BadTimestamps:  # count frames from the start instead: slower, but needs no timestamps
-            how = dict(by_timestamp=False)
-        except av.FFmpegError as e:
-            raise VideoError(f"{path}: decoding failed ({e}); {_FIX}") from e
-    return torch.from_numpy(np.stack([arrays[i] for i in indices]))  # (len(indices),H,W,3)
+def _key_frames(stream, ticks):
+    """The key frames' numbers from the container's index (mp4 has one at open), for seek_before: entries are in
+    decoding order with decoding timestamps, a fixed reorder delay behind the frames' own, so numbers count from
+    the first entry. A wrong guess costs only time: a seek that lands after the wanted frame falls back to
+    counting frames, one that lands behind stops further seeks."""
+    entries = stream.index_entries
+    return [round((e.timestamp - entries[0].timestamp) / ticks) for e in entries if e.is_keyframe] if len(
+        entries) else []
 
 
-def _decode(path, wanted, by_timestamp, skip=True, seek=True):
-    """Decode the sorted frame numbers `wanted` -> {number: uint8 (H,W,3)}, as a player shows them: the stream's
-    rotation flag applied (phones record upright video sideways and flag it), a video whose size changes midway
-    brought to its first frame's size. by_timestamp: a frame's number comes from its timestamp, which stays right
-    after a seek, so gaps are skipped by seeking; otherwise frames are counted from the start, always right but
-    decoding every frame up to the last one wanted. skip: frames nobody refers to are not decoded (H.264);
-    seek=False: decode from the start."""
-    with _open(path) as container, av.logging.Capture(local=False) as logs:
-        reader = _Reader(path, container, logs, wanted, by_timestamp, skip, seek)
-        arrays = {}
-        for k in wanted:
-            reader.seek_before(k)
-            arrays[k] = reader.rgb(reader.decode_to(k))
-    return arrays
+def _packets(reader):
+    """container.decode(stream), with the packets of frames not wanted sent to be skipped (skip_frame NONREF):
+    most frames of H.264 with B-frames are B-frames no other frame refers to. Only H.264: there a non-reference
+    picture is never referred to, whereas in HEVC one may be, by a higher temporal layer. The decoder is told per
+    packet, from the packet's own timestamp, before it reads it: a wanted frame's packet is always decoded in
+    full, so the reordering needs no margin (one thread: the setting applies to that packet)."""
+    for packet in reader.container.demux(reader.stream):
+        if reader.skip:
+            number = None if packet.pts is None else round((packet.pts - reader.start) / reader.ticks)
+            unwanted = number is not None and number not in reader.wants
+            reader.stream.codec_context.skip_frame = "NONREF" if unwanted else "DEFAULT"
+            if unwanted and packet.pts in reader.skippable:   # two packets with one timestamp
+                raise _Skipped
+            if unwanted:
+                reader.skippable[packet.pts] = number
+        yield from packet.decode()
 
 
-class _Reader:
-    """One pass of _decode through a video: where decoding is, what was skipped, what damage was reported."""
-
-    def __init__(self, path, container, logs, wanted, by_timestamp, skip, seek):
-        stream = container.streams.video[0]
-        # One decoding thread: the DataLoader workers are the parallelism (FFmpeg's own frame threads cost 40%
-        # more CPU per clip on the embedded set, for no gain in wall time), and the decoder's error reports then
-        # arrive just before the frame they concern, which is how damage is pinned to a frame below.
-        stream.thread_count = 1
-        if by_timestamp and not (stream.average_rate and stream.time_base):
+def _frame_number(reader, frame, k):
+    """The number of the frame just decoded on the way to frame k, or the fall-back that must take over."""
+    if frame is None and reader.by_timestamp:  # fewer timestamps than frames (variable frame rate)
+        raise _Skipped if reader.skippable else _BadTimestamps   # (a skipped frame might have been taken)
+    if frame is None:
+        raise VideoError(f"{reader.path}: frame {k} was asked for but only frames 0..{reader.current} decode, "
+                         f"although the container reports {reader.stream.frames}; {_FIX}")
+    if reader.by_timestamp and frame.pts is None:
+        raise _BadTimestamps
+    number = round((frame.pts - reader.start) / reader.ticks) if reader.by_timestamp else reader.current + 1
+    _check_skipped(reader, frame, number, k)
+    if reader.seeked_from is not None:  # the first frame after a seek: the keyframe we landed on
+        if number > k:
             raise _BadTimestamps
-        self.path, self.container, self.stream, self.logs, self.by_timestamp = path, container, stream, logs, by_timestamp
-        self.start = stream.start_time or 0
-        self.ticks = 1 / (stream.time_base * stream.average_rate) if by_timestamp else None  # timestamp ticks a frame
-        # The container's index (mp4 has one at open) tells where the key frames are: seeking is worth it when
-        # the key frame at or before the next wanted frame lies ahead of where decoding is, whatever the gap
-        # (x264 puts one every 250 frames by default, a re-encoded set every 16). Entries are in decoding
-        # order with decoding timestamps, which run a fixed reorder delay behind the frames' own, so a key
-        # frame's number counts from the first entry. A wrong guess costs only time: a seek that lands after
-        # the wanted frame falls back to counting frames, one that lands behind stops further seeks.
-        entries = stream.index_entries if by_timestamp else []
-        self.keys = [round((e.timestamp - entries[0].timestamp) / self.ticks) for e in entries if e.is_keyframe] if len(
-            entries) else []
-        # Most frames of H.264 with B-frames are B-frames that no other frame refers to; the decoder can skip
-        # them unread (skip_frame NONREF): a quarter less CPU per clip on x264's defaults. Only H.264: there a
-        # non-reference picture is never referred to, whereas in HEVC one may be, by a higher temporal layer.
-        self.skip = skip and by_timestamp and stream.codec_context.name == "h264"
-        self.wants, self.skippable = set(wanted), {}   # skippable: {pts: number} of packets sent so, not yet passed
-        self.frames, self.current, self.frame = self._decoded(), -1, None
-        self.seeking, self.seeked_from, self.seeked = by_timestamp and seek, None, False
-        self.to_rgb, self.size, self.damage, self.reported = VideoReformatter(), None, None, 0
-
-    def _decoded(self):
-        """container.decode(stream), with the packets of frames not wanted sent to be skipped. The decoder is
-        told per packet, from the packet's own timestamp, before it reads it: a wanted frame's packet is always
-        decoded in full, so the reordering needs no margin (one thread: the setting applies to that packet)."""
-        for packet in self.container.demux(self.stream):
-            if self.skip:
-                number = None if packet.pts is None else round((packet.pts - self.start) / self.ticks)
-                unwanted = number is not None and number not in self.wants
-                self.stream.codec_context.skip_frame = "NONREF" if unwanted else "DEFAULT"
-                if unwanted and packet.pts in self.skippable:   # two packets with one timestamp
-                    raise _Skipped
-                if unwanted:
-                    self.skippable[packet.pts] = number
-            yield from packet.decode()
-
-    def seek_before(self, k):
-        """Seek to the key frame at or before frame k when that skips enough frames (SEEK_SAVES with an index,
-        else SEEK_GAP)."""
-        at = bisect.bisect_right(self.keys, k)
-        key = self.keys[at - 1] if at else -1   # the key frame at or before k (-1: none known)
-        if self.seeking and (key - self.current > SEEK_SAVES if self.keys else k - self.current > SEEK_GAP):
-            self.container.seek(self.start + int(k * self.ticks), stream=self.stream)
-            self.frames, self.seeked_from, self.seeked = self._decoded(), self.current, True
-            self.skippable.clear()
-
-    def decode_to(self, k):
-        """The first frame numbered k or more (the last one decoded, if it is); damage near it is refused."""
-        while self.current < k or self.seeked_from is not None:
-            frame = next(self.frames, None)
-            if frame is None and self.by_timestamp:  # fewer timestamps than frames (variable frame rate)
-                raise _Skipped if self.skippable else _BadTimestamps   # (a skipped frame might have been taken)
-            if frame is None:
-                raise VideoError(f"{self.path}: frame {k} was asked for but only frames 0..{self.current} decode, "
-                                 f"although the container reports {self.stream.frames}; {_FIX}")
-            if self.by_timestamp and frame.pts is None:
-                raise _BadTimestamps
-            number = round((frame.pts - self.start) / self.ticks) if self.by_timestamp else self.current + 1
-            self._check_skipped(frame, number, k)
-            if self.seeked_from is not None:  # the first frame after a seek: the keyframe we landed on
-                if number > k:
-                    raise _BadTimestamps
-                # Landing at or before where we already were means keyframes are further apart than our
-                # gaps (x264 puts one every 250 frames): more seeks would only decode the same frames again.
-                self.seeking, self.seeked_from = number > self.seeked_from, None
-            elif number <= self.current:  # out of order: H.264 with B-frames in AVI, variable frame rate
-                raise _BadTimestamps
-            self.current, self.frame = number, frame
-            self._note_damage(frame, number)
-        if self.damage and self.seeked:
-            raise _SeekDamage
-        if self.damage:   # the report comes as the frames before the broken one leave the decoder: it is near
-            raise VideoError(f"{self.path}: frame {k} may be damaged: near frame {self.damage[0]} the decoder reports "
-                             f"'{self.damage[1]}' and conceals it until the next clean key frame; {_FIX}")
-        return self.frame
-
-    def _check_skipped(self, frame, number, k):
-        """Raise _Skipped if frames skipped before this one would not have passed in order in a full decode."""
-        if not self.skippable:
-            return
-        skipped = sorted((pts, n) for pts, n in self.skippable.items() if pts <= frame.pts)
-        for pts, _ in skipped:
-            del self.skippable[pts]
-        skipped = [n for pts, n in skipped if pts != frame.pts]
-        if skipped and (self.seeked_from is not None or skipped[-1] >= min(k, number) or any(
-                a >= b for a, b in zip([self.current] + skipped, skipped))):
-            raise _Skipped
-
-    def _note_damage(self, frame, number):
-        """FFmpeg conceals broken packets and carries on: a frame it marks corrupt, or an error it logs, marks
-        every frame from there to the next clean key frame as damaged. (The log arrives a few frames early,
-        B-frames being reordered, so a few clean frames before the damage are refused too; damage FFmpeg does
-        not notice, as in some broken B-frames or a lost packet of a reference frame, passes.)"""
-        errors = [message.strip() for level, _, message in self.logs[self.reported:] if level <= av.logging.ERROR]
-        self.reported = len(self.logs)
-        if errors or frame.is_corrupt:
-            self.damage = self.damage or (number, errors[0] if errors else "a frame the decoder marks corrupt")
-        elif frame.key_frame:
-            self.damage = None   # a clean key frame: what follows no longer depends on the damage
-
-    def rgb(self, frame):
-        """The frame as uint8 (H,W,3) RGB at the first frame's size, turned upright. One converter for the whole
-        video: frame.to_ndarray(format=...) builds one per frame, 4 times the decoding's own cost on small videos
-        (the pixels are the same: the same swscale settings). One thread, as the decoder: PyAV 17 on converts
-        with several unless told, which costs 8 times the CPU on 64 px frames and 1.8 times on 480 x 360."""
-        self.size = self.size or (frame.width, frame.height)   # (W, H) of the first frame taken
-        image = self.to_rgb.reformat(frame, width=self.size[0], height=self.size[1], format="rgb24",
-                                     **_ONE_THREAD).to_ndarray()
-        turns = round((frame.rotation or 0) / 90) % 4   # quarter turns counterclockwise, as a player shows it
-        return np.rot90(image, turns) if turns else image
+        # Landing at or before where we already were means keyframes are further apart than our
+        # gaps (x264 puts one every 250 frames): more seeks would only decode the same frames again.
+        reader.seeking, reader.seeked_from = number > reader.seeked_from, None
+    elif number <= reader.current:  # out of order: H.264 with B-frames in AVI, variable frame rate
+        raise _BadTimestamps
+    return number
 
 
-def _open(path):
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError) as e:
-        raise VideoError(f"{path}: cannot be opened ({e}); {_FIX}") from e
-    if not container.streams.video:
-        container.close()
-        raise VideoError(f"{path}: has no video stream; {_FIX}")
-    return container
+def _check_skipped(reader, frame, number, k):
+    """Raise _Skipped if frames skipped before this one would not have passed in order in a full decode."""
+    if not reader.skippable:
+        return
+    skipped = sorted((pts, n) for pts, n in reader.skippable.items() if pts <= frame.pts)
+    for pts, _ in skipped:
+        del reader.skippable[pts]
+    skipped = [n for pts, n in skipped if pts != frame.pts]
+    if skipped and (reader.seeked_from is not None or skipped[-1] >= min(k, number) or any(
+            a >= b for a, b in zip([reader.current] + skipped, skipped))):
+        raise _Skipped
 
 
-def video_length(path) -> int:
-    """Number of frames of the video at `path`, from the container's count or, if it has none, by demuxing."""
-    return video_info(path)[0]
+def _note_damage(reader, frame, number):
+    """FFmpeg conceals broken packets and carries on: a frame it marks corrupt, or an error it logs, marks
+    every frame from there to the next clean key frame as damaged. (The log arrives a few frames early,
+    B-frames being reordered, so a few clean frames before the damage are refused too; damage FFmpeg does
+    not notice, as in some broken B-frames or a lost packet of a reference frame, passes.)"""
+    errors = [message.strip() for level, _, message in reader.logs[reader.reported:] if level <= av.logging.ERROR]
+    reader.reported = len(reader.logs)
+    if errors or frame.is_corrupt:
+        reader.damage = reader.damage or (number, errors[0] if errors else "a frame the decoder marks corrupt")
+    elif frame.key_frame:
+        reader.damage = None   # a clean key frame: what follows no longer depends on the damage
 
 
-def video_info(path):
-    """(frames, fps, ticks) of the video at `path`: its frame count (the container's, or by demuxing), frame rate,
-    and timestamp ticks per frame (the stream's duration / frames; None when the container stores no duration, as
-    webm often does): what PySlowFast's pyav decoder reads to place a dense clip in time. Remembered per file
-    (path, size, time of change) for the next epoch: opening a container is a tenth of a small clip's CPU time."""
-    try:
-        stat = os.stat(path)
-    except OSError as e:
-        raise VideoError(f"{path}: cannot be opened ({e}); {_FIX}") from e
-    return _video_info(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=2 ** 16)
-def _video_info(path, size, changed):
-    with _open(path) as container:
-        stream = container.streams.video[0]
-        try:  # webm, avi and raw streams often store no count (0): count packets then, which needs no decoding
-            n = stream.frames or sum(1 for packet in container.demux(stream) if packet.size > 0)
-        except av.FFmpegError as e:
-            raise VideoError(f"{path}: cannot be read ({e}); {_FIX}") from e
-        fps = float(stream.average_rate or TARGET_FPS)
-        ticks = stream.duration / stream.frames if stream.duration and stream.frames else None
-    if n <= 0:
-        raise VideoError(f"{path}: holds no video frames; {_FIX}")
-    return n, fps, ticks
+def _refuse_damage(reader, k):
+    """Damage reported near frame k: after a seek, decode again from the start (_SeekDamage); else refused."""
+    if reader.damage and reader.seeked:
+        raise _SeekDamage
+    if reader.damage:   # the report comes as the frames before the broken one leave the decoder: it is near
+        raise VideoError(f"{reader.path}: frame {k} may be damaged: near frame {reader.damage[0]} the decoder reports "
+                         f"'{reader.damage[1]}' and conceals it until the next clean key frame; {_FIX}")
 
 
 class _BadTimestamps(Exception):
@@ -940,276 +1224,13 @@ class _Skipped(Exception):
 if av.logging.get_level() is None or av.logging.get_level() < av.logging.ERROR:
     av.logging.set_level(av.logging.ERROR)
 # PyAV drops a message identical to the one before it, even from another file: reading a damaged video again
-# (the next epoch, or a retry below) would then hear nothing of damage that logs a single kind of message.
+# (the next epoch, or read_frames trying again) would then hear nothing of damage that logs a single kind of message.
 av.logging.set_skip_repeated(False)
 # PyAV hands every message to Python's logging as well, whose last resort prints it: a damaged video would show
 # FFmpeg's lines beside the one-line error that already quotes the first of them.
 logging.getLogger("libav").addHandler(logging.NullHandler())
 logging.getLogger("libav").propagate = False
 
-
-# -----------------------------------------------------------------------------
-# transforms: uint8 (T,H,W,3) -> normalised float. Two official pipelines, each recipe names its own (crop=):
-#   "tsn"      X-CLIP's datasets/build.py (ViFi-CLIP ships the same file; OmniCLIP takes X-CLIP's recipe), mmaction2
-#              style: short side to 256/224 of the input, MultiScaleCrop, resize to S x S, flip, per-frame colour
-#              jitter, grayscale; test: short side 256/224 S and the centre, or short side S and three crops.
-#   "slowfast" Open-VCLIP's slowfast/datasets/utils.py spatial_sampling: a random short side in [S, 256/224 S], a
-#              random S x S crop, flip; test: short side S, the centre crop, or three crops along the long side.
-# Both resize with plain bilinear interpolation (cv2's INTER_LINEAR in mmcv, F.interpolate in PySlowFast), without
-# antialiasing, and here on uint8 frames: the official PySlowFast resizes floats, so our pixels may differ from
-# its by the rounding to whole levels (at most half a level).
-
-
-class TrainTransform:
-    """A training clip's augmentation, crop="tsn" or "slowfast" (see above). (T,H,W,3) uint8 -> (T,3,size,size)
-    float. Every draw comes from `rng` (default: the random module), so that VideoDataset can make a clip's
-    augmentation a function of the seed, epoch and video. short_side: the TSN resize, and the top of the
-    slowfast jitter (default 256/224 of size: 256 for 224, as both official pipelines).
-    normalise=False stops before the last step and returns uint8, for normalise() to finish on the device.
-    defer_colour=True (implies normalise=False) also leaves out the colour: -> (uint8 clip, its (T,10) colour
-    draws), for colour_batch() to apply to a whole batch on the device, as train.py does."""
-
-    def __init__(self, size, mean, std, crop="tsn", scales=(1, .875, .75, .66), flip=True, color_jitter=0.8,
-                 grayscale=0.2, short_side=None, normalise=True, defer_colour=False):
-        if crop not in ("tsn", "slowfast"):
-            raise ValueError(f"TrainTransform: crop must be 'tsn' or 'slowfast', got {crop!r}")
-        self.size, self.mean, self.std, self.crop = size, list(mean), list(std), crop
-        self.normalise, self.defer_colour = normalise and not defer_colour, defer_colour
-        self.scales, self.flip, self.color_jitter, self.grayscale = scales, flip, color_jitter, grayscale
-        self.short_side = short_side or int(256 / 224 * size)   # build.py's scale_resize
-
-    def _crop_box(self, height, width, rng=random):
-        """MultiScaleCrop (TSN, random_crop=False): each side is one of scales * short side, the two scale indices
-        at most one apart, a side within 3 pixels of the input size snapped to it, and the crop at one of 5 fixed
-        places (4 corners, centre) -> (top, left, h, w)."""
-        sides = [int(min(height, width) * s) for s in self.scales]
-        pairs = [(h, w) for i, h in enumerate(sides) for j, w in enumerate(sides) if abs(i - j) <= 1]
-        h, w = (self.size if abs(side - self.size) < 3 else side for side in rng.choice(pairs))
-        dy, dx = (height - h) // 4, (width - w) // 4
-        top, left = rng.choice([(0, 0), (0, 4 * dx), (4 * dy, 0), (4 * dy, 4 * dx), (2 * dy, 2 * dx)])
-        return top, left, h, w
-
-    def __call__(self, frames, rng=random):
-        x, S = frames.permute(0, 3, 1, 2), self.size                                   # (T,3,H,W)
-        if self.crop == "tsn":
-            x = resize(x, *short_side_size(*x.shape[-2:], self.short_side, "mmcv"))     # (T,3,H',W')
-            top, left, h, w = self._crop_box(*x.shape[-2:], rng)
-            x = resize(x[..., top:top + h, left:left + w], S, S)                         # (T,3,S,S)
-        else:   # the short side drawn from [S, short_side] and rounded (numpy's round: halves to even, as Python's)
-            x = resize(x, *short_side_size(*x.shape[-2:], int(round(rng.uniform(S, self.short_side))), "slowfast"))
-            height, width = x.shape[-2:]   # numpy's randint(0, height - S): the last offset is never drawn
-            top, left = (rng.randrange(side - S) if side > S else 0 for side in (height, width))
-            x = x[..., top:top + S, left:left + S]                                         # (T,3,S,S)
-        if self.flip and rng.random() < 0.5:
-            x = F.horizontal_flip(x)   # (the colour ops act on each pixel alone or on whole frames: a flip commutes)
-        draws = _colour_draws(rng, len(x), self.color_jitter, self.grayscale)
-        if self.defer_colour:
-            return x, draws
-        x = colour(x, draws)
-        return normalise(x, self.mean, self.std) if self.normalise else x
-
-
-class TestTransform:
-    """Deterministic test views, crop="tsn" or "slowfast" (see above). (T,H,W,3) uint8 -> (crops,T,3,size,size)
-    float (uint8 with normalise=False, as TrainTransform).
-    tsn, crops=1: short side to short_side (256/224 of size), the centre ((H - S) // 2, (W - S) // 2).
-    tsn, crops=3: short side to size, ThreeCrop along the long side at 0, 2 * ((L - S) // 2) and (L - S) // 2
-      (the 'right' crop is one pixel short of the edge when L - S is odd).
-    slowfast: short side to size (TRAIN_JITTER_SCALES[0] for one crop, TEST_CROP_SIZE for three: both the input
-      size in the released configs), the centre at ceil((L - S) / 2); three crops at 0, the centre and L - S."""
-
-    def __init__(self, size, mean, std, crops=1, crop="tsn", short_side=None, normalise=True):
-        if crops not in (1, 3) or crop not in ("tsn", "slowfast"):
-            raise ValueError(f"TestTransform: crops must be 1 or 3 and crop 'tsn' or 'slowfast', got {crops}, {crop!r}")
-        self.size, self.mean, self.std, self.crops, self.crop = size, list(mean), list(std), crops, crop
-        self.normalise = normalise
-        self.short_side = short_side or int(256 / 224 * size)
-
-    def boxes(self, height, width):
-        """(resized (H', W'), [(top, left) of each crop]) for a frame of height x width."""
-        S = self.size
-        if self.crop == "tsn":
-            H, W = short_side_size(height, width, self.short_side if self.crops == 1 else S, "mmcv")
-            step = (max(H, W) - S) // 2
-            along = [0, 2 * step, step] if self.crops == 3 else None
-            centre = ((H - S) // 2, (W - S) // 2)
-        else:
-            H, W = short_side_size(height, width, S, "slowfast")
-            along = [0, math.ceil((max(H, W) - S) / 2), max(H, W) - S] if self.crops == 3 else None
-            centre = (math.ceil((H - S) / 2), math.ceil((W - S) / 2))
-        if along is None:
-            return (H, W), [centre]
-        # tsn: ThreeCrop moves along the width when the height is the crop's (a square frame too); slowfast's
-        # uniform_crop along the height only when the frame is taller than wide
-        tall = H > W if self.crop == "slowfast" else H != S
-        return (H, W), [(o, centre[1]) if tall else (centre[0], o) for o in along]
-
-    def __call__(self, frames):
-        x, S = frames.permute(0, 3, 1, 2), self.size                                   # (T,3,H,W)
-        (H, W), offsets = self.boxes(*x.shape[-2:])
-        x = resize(x, H, W)                                                               # (T,3,H',W')
-        x = torch.stack([x[..., top:top + S, left:left + S] for top, left in offsets])    # (crops,T,3,S,S)
-        return normalise(x, self.mean, self.std) if self.normalise else x
-
-
-def resize(x, height, width):
-    """(T, 3, H, W) uint8 -> (T, 3, height, width), bilinear without antialiasing, as both official pipelines,
-    computed in float and rounded: within half a level of PySlowFast's float frames (torchvision's own uint8
-    kernel is off by up to one level), and of cv2's fixed-point INTER_LINEAR by at most one."""
-    if x.shape[-2:] == (height, width):
-        return x
-    out = torch.nn.functional.interpolate(x.float(), size=(height, width), mode="bilinear", align_corners=False)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def short_side_size(height, width, short, rule):
-    """(H', W') of a frame resized so that its short side is `short`. mmcv (X-CLIP's Resize, mmcv.rescale_size):
-    both sides scaled and rounded half up; slowfast (random_short_side_scale_jitter): the long side floored."""
-    if rule == "mmcv":
-        scale = short / min(height, width)
-        return int(height * scale + 0.5), int(width * scale + 0.5)
-    if width < height:
-        return int(math.floor(height / width * short)), short
-    return short, int(math.floor(width / height * short))
-
-
-# The colour augmentation of a training clip, as numbers drawn in a worker and applied wherever the clip is, one
-# row per frame: [jitter?, brightness, contrast, saturation, hue factors, the order of the four ops, grayscale?].
-
-
-def _colour_draws(rng, T, color_jitter, grayscale, strengths=(0.4, 0.4, 0.2, 0.1)):
-    """X-CLIP's ColorJitter then GrayScale (datasets/pipeline.py), drawn for a clip of T frames -> (T, 10) float64,
-    the factors exactly as drawn. Whether to jitter is drawn once per clip (probability color_jitter); then
-    torchvision's ColorJitter runs on every frame on its own, drawing its four factors and their order per frame.
-    Grayscale is drawn once per clip."""
-    draws = torch.zeros(T, 10, dtype=torch.float64)
-    if rng.random() < color_jitter:
-        b, c, s, h = strengths
-        for t in range(T):
-            order = [0, 1, 2, 3]
-            rng.shuffle(order)
-            draws[t, :9] = torch.tensor([1, rng.uniform(1 - b, 1 + b), rng.uniform(1 - c, 1 + c),
-                                         rng.uniform(1 - s, 1 + s), rng.uniform(-h, h), *order], dtype=torch.float64)
-    draws[:, 9] = float(rng.random() < grayscale)
-    return draws
-
-
-# torchvision's colour operations on uint8 images, for many frames at once, each with its own factor (N,1,1,1):
-# the same formulas, on float frames that hold whole levels between the operations, as uint8 images would.
-def _luma(x):
-    r, g, b = x.unbind(-3)
-    return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(-3)    # (N,1,H,W)
-
-
-def _blend(x, y, ratio):
-    return x.mul(ratio.float()).add_(y.mul((1.0 - ratio).float())).clamp_(0, 255).trunc_()
-
-
-def _brightness(x, f):
-    return x.mul(f.float()).clamp_(0, 255).trunc_()
-
-
-def _contrast(x, f):
-    return _blend(x, _luma(x).floor_().mean((-3, -2, -1), keepdim=True), f)
-
-
-def _saturation(x, f):
-    return _blend(x, _luma(x).floor_(), f)
-
-
-def _hue(x, f):
-    """The hue turned by f of a full turn, through HSV (Pillow's formulas, as torchvision's adjust_hue)."""
-    x = x / 255
-    top, bottom = x.amax(-3), x.amin(-3)                                               # (N,H,W)
-    flat = top == bottom
-    spread = torch.where(flat, torch.ones_like(top), top - bottom)
-    s = (top - bottom) / torch.where(flat, torch.ones_like(top), top)
-    rc, gc, bc = ((top.unsqueeze(-3) - x) / spread.unsqueeze(-3)).unbind(-3)
-    r, g, _ = x.unbind(-3)
-    h = torch.where(top == r, bc - gc, torch.where(top == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = (h / 6.0 + 1.0).fmod(1.0).add_(f.float().flatten(1)[..., None]).remainder_(1.0)   # (N,H,W)
-    h6 = h * 6
-    i = h6.floor()
-    frac = h6 - i
-    v, p = top, ((1.0 - s) * top).clamp_(0, 1)
-    q, t = ((1.0 - s * frac) * top).clamp_(0, 1), ((s * frac + 1.0 - s) * top).clamp_(0, 1)
-    vpqt = torch.stack((v, p, q, t), -3)                                              # (N,4,H,W)
-    select = _HUE_SECTORS.to(x.device, non_blocking=True)[:, i.long().remainder_(6)]   # (3,N,H,W)
-    rgb = vpqt.gather(-3, select.moveaxis(0, -3))                                     # (N,3,H,W)
-    return rgb.mul_(255 + 1.0 - 1e-3).trunc_()                                         # to uint8 as torchvision
-
-
-_HUE_SECTORS = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]])   # rgb from (v,p,q,t)
-_COLOUR_OPS = (_brightness, _contrast, _saturation, _hue)
-_ONE_BY_ONE = 96 * 96   # pixels of a frame from which a CPU colours one frame at a time (colour measured both ways)
-
-
-def colour(x, draws):
-    """(T, 3, H, W) uint8 frames of one clip (or N frames of several), coloured as their (T, 10) draws say, on
-    any device: each frame's four operations in its own order, then grayscale. One call per operation and
-    position for all the frames, where the cost is the calls (a GPU, or small frames); one frame at a time on a
-    CPU from 96 px on, where the cost is the pixels (34 against 39 CPU-ms a clip of 8 frames at 224 px). Either
-    way the same pixels, to the bit."""
-    draws = draws.cpu()   # which frames get what is decided on the CPU: a GPU batch is never waited for
-    on, grey = draws[:, 0] > 0, draws[:, 9] > 0
-    if not on.any() and not grey.any():
-        return x
-    y, factors = x.float(), draws[:, 1:5, None, None, None].to(x.device)                # (T,4,1,1,1)
-    if x.device.type == "cpu" and x.shape[-2] * x.shape[-1] >= _ONE_BY_ONE:   # one frame at a time
-        for t in on.nonzero().flatten().tolist():
-            for k in draws[t, 5:9].long().tolist():                              # its operations, in its order
-                y[t:t + 1] = _COLOUR_OPS[k](y[t:t + 1], factors[t:t + 1, k])
-    else:   # one call per operation and position, for all the frames that take it there
-        for position in range(4):
-            for k, op in enumerate(_COLOUR_OPS):
-                frames = (on & (draws[:, 5 + position] == k)).nonzero().flatten().to(x.device)   # frame indices
-                if len(frames):
-                    y[frames] = op(y[frames], factors[frames, k])
-    if grey.any():
-        frames = grey.nonzero().flatten().to(x.device)
-        y[frames] = _luma(y[frames]).trunc_().expand(-1, 3, -1, -1)
-    return y.to(torch.uint8)
-
-
-def colour_batch(video, draws):
-    """(B, T, 3, S, S) uint8 clips and their (B, T, 10) draws -> uint8: TrainTransform's colour augmentation, each
-    frame its own, run on whole batches where the batch is. On a GPU that takes most of the transforms' CPU time
-    off the decoding workers; on a CPU the calls are shared by the batch's frames: 0.8 CPU-ms a clip of 8 frames
-    of 32 px in batches of 32, against 2.9 clip by clip. The same function the transform runs on one clip, so
-    the bits are the same."""
-    return colour(video.flatten(0, 1), draws.flatten(0, 1)).view(video.shape)    # (B*T,3,S,S) -> (B,T,3,S,S)
-
-
-def normalise(x, mean, std):
-    """uint8 (..., 3, H, W) -> float, (x / 255 - mean) / std per channel: the transforms' last step. train.py
-    runs it on the device on whole batches, so that the workers hand over uint8 clips (a quarter of the bytes
-    to pass between processes and to the GPU); the result is the same to the last bit."""
-    return F.normalize(x.float() / 255, list(mean), list(std))
-
-
-def mix(video, target, mixup, cutmix, switch):
-    """Mixup or CutMix of a training batch as X-CLIP's datasets/blending.py (ViFi-CLIP ships the same file): one
-    lambda per batch, each video's partner from torch.randperm(B), so a video may be paired with itself and stay
-    as it was. video (B, T, 3, S, S) on any device, target (B, C); CutMix cuts one box for all frames of a video."""
-    if (mixup <= 0 and cutmix <= 0) or video.shape[0] < 2:
-        return video, target
-    use_cutmix = cutmix > 0 and (mixup <= 0 or torch.rand(()) < switch)
-    alpha = cutmix if use_cutmix else mixup
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    order = torch.randperm(video.shape[0]).to(video.device)
-    partner = video[order]
-    if use_cutmix:
-        S_h, S_w = video.shape[-2:]
-        h, w = int(S_h * math.sqrt(1 - lam)), int(S_w * math.sqrt(1 - lam))
-        cy, cx = int(torch.randint(S_h, ())), int(torch.randint(S_w, ()))
-        y0, y1 = max(cy - h // 2, 0), min(cy + h // 2, S_h)
-        x0, x1 = max(cx - w // 2, 0), min(cx + w // 2, S_w)
-        video = video.clone()
-        video[..., y0:y1, x0:x1] = partner[..., y0:y1, x0:x1]
-        lam = 1 - (y1 - y0) * (x1 - x0) / (S_h * S_w)            # the box was clipped at the border
-    else:
-        video = lam * video + (1 - lam) * partner
-    return video, lam * target + (1 - lam) * target[order]
 
 # -----------------------------------------------------------------------------
 # the synthetic set (see the module docstring for why twins)
@@ -1311,9 +1332,8 @@ def write_video(path, frames, fps=8, keyint=8, options=None):
     if height % 2 or width % 2:
         raise ValueError(f"write_video({path}): frames are {width}x{height}; yuv420p needs even sides, crop or pad")
     with av.open(str(path), "w") as container:
-        # A constant quantiser: x264's rate control (crf) encoded the same frames to different pixels from one
-        # call to the next (3 or 4 versions of a clip in 40 encodings, threads or not), and so made a first run's
-        # numbers differ from the next first run's. With qp the bytes are the same every time.
+        # A constant quantiser: x264's rate control (crf) encodes the same frames to different pixels from one
+        # call to the next, so a first run's numbers would differ from the next's. With qp the bytes never change.
         options = (options or {"qp": "20", "preset": "veryfast"}) if _CODEC == "libx264" else {}
         stream = container.add_stream(_CODEC, rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -1328,9 +1348,8 @@ def reencode(src, dst, short_side=256, keyint=16):
     transforms resize to anyway; the official pipelines read Kinetics at 340x256 or 320 short side) and a key
     frame every `keyint` frames, so that read_frames seeks close to every frame it wants instead of decoding
     from a key frame up to 250 frames back. Frames as read_frames shows them (rotation applied, damage refused),
-    at the source's frame rate. x264 at its default quality (crf 23) and preset veryfast: the constant quantiser
-    write_video uses for the synthetic set made files 2.4 times the size here, slower to decode than the
-    source for clips of 16 frames or more. For a dataset whose loader bounds training, once:
+    at the source's frame rate, by x264 at its default quality (crf 23; write_video's constant quantiser makes
+    larger files, slower to decode) and preset veryfast. For a dataset whose loader bounds training, once:
         for path, _ in data.read_list("train.txt"): data.reencode(f"videos/{path}", f"fast/{path}")"""
     frames = read_frames(src, range(video_length(src))).permute(0, 3, 1, 2)   # (T,3,H,W) uint8
     height, width = frames.shape[-2:]
@@ -1356,11 +1375,12 @@ def make_synthetic(root, seed=0, train_per_class=40, val_per_class=35, T=24, siz
     and the zero-shot protocol's lists: seen_train.txt with seen.csv (the classes not in UNSEEN), unseen_val.txt
     with unseen.csv.
     Deterministic from the arguments, and cached: a finished set with the same arguments is reused. Encoded one
-    after another (threads took as long on 2 cores); 420 test videos put an accuracy's standard error below 2.5."""
+    after another; 420 test videos put an accuracy's standard error below 2.5."""
     root = os.path.abspath(root)
+    splits = {"train": train_per_class, "val": val_per_class}
     params = dict(seed=seed, train_per_class=train_per_class, val_per_class=val_per_class, T=T, size=size,
                   codec=_CODEC, version=4)
-    paths = dict(root=root, **{name: os.path.join(root, f"{name}.{'csv' if name in ('classes', 'seen', 'unseen') else 'txt'}")
+    paths = dict(root=root, **{name: os.path.join(root, f"{name}.{'txt' if '_' in name or name in splits else 'csv'}")
                                for name in ("train", "val", "classes", "seen_train", "unseen_val", "seen", "unseen")})
     if _done(root) == params:
         return paths
@@ -1374,20 +1394,14 @@ def make_synthetic(root, seed=0, train_per_class=40, val_per_class=35, T=24, siz
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.join(tmp, "videos"))
     names = synthetic_classes()
-    splits = {"train": train_per_class, "val": val_per_class}
     jobs = [(split, c, n) for split in splits for c in range(len(names)) for n in range(splits[split])]
-
-    def make(job):
-        split, c, n = job
+    for split, c, n in jobs:
         rng = np.random.default_rng([seed, list(splits).index(split), c, n])  # one stream per video: any order
         shape, motion = names[c].split(" ", 1)
         write_video(os.path.join(tmp, f"videos/{split}_{c}_{n}.mp4"), render_clip(shape, motion, rng, T, size))
-
-    for job in jobs:
-        make(job)
     files = {f"{split}.txt": "".join(f"videos/{s}_{c}_{n}.mp4 {c}\n" for s, c, n in jobs if s == split)
              for split in splits}
-    groups = dict(seen=[c for c, name in enumerate(names) if name not in UNSEEN], unseen=[names.index(n) for n in UNSEEN])
+    groups = dict(seen=[c for c, n in enumerate(names) if n not in UNSEEN], unseen=[names.index(n) for n in UNSEEN])
     for group, split in (("seen", "train"), ("unseen", "val")):   # labels renumbered within the group
         files[f"{group}_{split}.txt"] = "".join(f"videos/{s}_{c}_{n}.mp4 {groups[group].index(c)}\n"
                                                 for s, c, n in jobs if s == split and c in groups[group])
@@ -1414,7 +1428,8 @@ def make_retrieval_set(root, seed=0, T=24, size=64):
         return path
     os.makedirs(os.path.join(root, "videos"), exist_ok=True)
     lines = []
-    for i, (shape, motion, colour) in enumerate((s, m, c) for s in SHAPES for m in MOTIONS for c in range(len(COLOURS))):
+    kinds = [(s, m, c) for s in SHAPES for m in MOTIONS for c in range(len(COLOURS))]
+    for i, (shape, motion, colour) in enumerate(kinds):
         rng = np.random.default_rng([seed, 2, i])   # one stream per video, apart from the classes' (0 and 1)
         write_video(os.path.join(root, f"videos/retrieval_{i}.mp4"), render_clip(shape, motion, rng, T, size, colour))
         lines.append(f"videos/retrieval_{i}.mp4\ta {COLOURS[colour]} {shape} {motion}\n")
