@@ -34,25 +34,7 @@ Parameter names are the official ones, so a released checkpoint loads with only 
 random ViT-B/16 weights this file's logits equal those of the official XCLIP class to 3e-7 in float32 (2e-15 in
 float64); for B/16 at T=8 it has the official 194.9M parameters (131.5M trained).
 
-Where we differ from the official code, and why:
-- Text embeddings are cached per class list (set_classes), in the weights' precision, and dropped when
-  weights are loaded; the official cache is never invalidated (a second class list silently reuses the
-  first's) and its forward switches the model back to train mode on every call, also during evaluation.
-  We leave the mode alone.
-- The spatial attention computes queries for the N+1 image tokens only: the message token's output is
-  discarded anyway, so the result is the same with one query fewer.
-- The prompt context averages the normed patch tokens over frames before projecting them (the projection is
-  linear): the same up to round-off, with T times fewer FLOPs in the projection.
-- No DropPath: DROP_PATH_RATE is 0 in every released config (and the official DropPath draws per token,
-  not per sample). All dropouts of the official modules are 0 and are left out.
-- Gradient checkpointing (--grad-checkpointing) checkpoints every block; the official code uses
-  checkpoint_sequential with 3 segments. Same gradients, a different memory/time trade.
-- The message attention has as many heads as its CLIP block (D/64 for every OpenAI ViT, as official; the
-  tiny test CLIP has 32-wide heads). New modules always use QuickGELU, as official, even if the CLIP uses GELU.
-- Mixed precision is torch.autocast (bf16 where the GPU has it), not apex O1 (fp16); the final similarity is
-  computed in float32 all the same (common.cosine_logits), where bf16 would round logits of 10-35 to steps of
-  up to 0.25. The official validation loader drops the last odd video of each GPU's shard (drop_last with 2
-  videos per batch); we test every video.
+After build, below the divider: the recipe, where we differ from the official code and why, load_official.
 """
 from collections import OrderedDict
 
@@ -63,67 +45,6 @@ from torch.utils.checkpoint import checkpoint
 
 from common import (BARE_TEMPLATE, CheckpointError, attention, check_fits, cosine_logits, encode_text, frame_head,
                     encode_captions, load_state_dict, param_groups, patch_embed, prompted_similarity, tokenize)
-
-# Fully-supervised Kinetics-400, ViT-B/16 with 8 frames: configs/k400/16_8.yaml over the defaults of
-# utils/config.py; optimizer and schedule from utils/optimizer.py; final 4x3-view test from main.py.
-RECIPE = dict(
-    frames=8,                  # DATA.NUM_FRAMES
-    sampling="segment",        # TSN segments, one random frame each (datasets/pipeline.py SampleFrames)
-    crop="tsn",                # datasets/build.py: Resize(-1, 256), MultiScaleCrop, Resize(224), Flip; test below
-    stride=1,
-    lr=8e-6,                   # TRAIN.LR; x10 for message/MIT/prompt parameters (param_groups)
-    lr_min_ratio=0.01,         # CosineLRScheduler(lr_min=TRAIN.LR / 100), the same floor for the 10x groups
-    schedule="timm", official_accum=4,   # per micro-batch, warm-up from 0; ACCUMULATION_STEPS 4 (16_8.yaml)
-    weight_decay=1e-3,         # TRAIN.WEIGHT_DECAY; not on 1-D tensors, biases, positional embeddings
-    betas=(0.9, 0.98), eps=1e-8,
-    epochs=30, warmup_epochs=5,
-    global_batch=256,          # 8 per GPU x 4 accumulation steps x 8 GPUs (config + README command)
-    grad_clip=0.0,             # main.py clips nothing
-    mean="imagenet",           # datasets/build.py normalises with ImageNet statistics
-    flip=True, color_jitter=0.8, grayscale=0.2,
-    mixup=0.8, cutmix=1.0, mix_switch=0.5, smoothing=0.1,   # AUG defaults (datasets/blending.py)
-    test_clips=4, test_crops=3,   # main.py sets TEST.NUM_CLIP 4, NUM_CROP 3 for the final test
-    template=BARE_TEMPLATE,    # utils/tools.py generate_text: the raw names of labels/*.csv
-)
-
-# Other official settings (--recipe NAME), as overrides of RECIPE.
-VARIANTS = {
-    "k400-16f": dict(frames=16, official_accum=8),   # configs/k400/16_16.yaml (4 x 8 accumulation: same 256)
-    "k400-32f": dict(frames=32, official_accum=8),   # configs/k400/16_32.yaml
-    # configs/hmdb51/16_32.yaml and ucf101/16_32.yaml: 2/4/8/16-shot, from CLIP, 4 x 2 accumulation x 8 GPUs.
-    # Tested after training with main.py's 4 clips x 3 crops, like every X-CLIP training run.
-    "few-shot": dict(frames=32, lr=2e-6, epochs=50, global_batch=64, official_accum=2),
-    # No config released: K400 with 32 frames for 10 epochs (maintainer, VideoX issue #68), text frozen; the
-    # accumulation of 16_32.yaml. The transfer is tested with --only_test, whose views are utils/config.py's
-    # defaults, TEST.NUM_CLIP 1 x NUM_CROP 1.
-    "zero-shot": dict(frames=32, epochs=10, official_accum=8, test_clips=1, test_crops=1),
-}
-
-# The embedded demo trains a tiny CLIP; train.py's lr 1e-3 would give the new modules 10x, 1e-2. Measured on
-# the default run from a random CLIP (--pretrained none; the synthetic-pretrained default came later): lr 1e-3 ends at top-1 41.7%, twins 73.3%; lr 3e-4 (new modules at 3e-3)
-# at top-1 85.8%, twins 100% (twins already 100% at epoch 17 of 40).
-EMBEDDED = dict(lr=3e-4)
-
-
-def add_args(parser):
-    parser.add_argument("--grad-checkpointing", action="store_true",
-                        help="recompute each vision block in the backward pass: less activation memory for "
-                             "one more forward (the official code does this for ViT-L/14 at 336 px)")
-
-
-class QuickGELU(nn.Module):
-    """x * sigmoid(1.702 x): OpenAI CLIP's activation, used by all of X-CLIP's new modules."""
-    def forward(self, x):
-        return x * torch.sigmoid(1.702 * x)
-
-
-def init_linear(m):
-    """MIT and prompt generator init (mit.py, prompt.py _init_weights): Linear trunc-normal 0.02, bias 0.
-    LayerNorms keep their (1, 0) default; nn.MultiheadAttention's in_proj keeps its xavier default."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -154,6 +75,21 @@ class CrossFrameBlock(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 # 2. Multi-frame integration transformer (models/mit.py)
 # ---------------------------------------------------------------------------------------------------------
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): OpenAI CLIP's activation, used by all of X-CLIP's new modules."""
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+def init_linear(m):
+    """MIT and prompt generator init (mit.py, prompt.py _init_weights): Linear trunc-normal 0.02, bias 0.
+    LayerNorms keep their (1, 0) default; nn.MultiheadAttention's in_proj keeps its xavier default."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
 
 class ResidualAttentionBlock(nn.Module):
     """A pre-LN CLIP block of width E over the T frame embeddings of each video."""
@@ -262,29 +198,9 @@ class Model(nn.Module):
         self._text = None
         self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_text", None))
 
-    def set_classes(self, names):
-        self.tokens = tokenize(self, [self.template.format(n) for n in names])   # (C, L)
-        self._text = None
-
-    def text_features(self):
-        """(C, E) class embeddings of the frozen text tower, computed once per class list, device and dtype
-        (in the weights' own precision, outside autocast: it is done once)."""
-        if not self.tokens.numel():
-            raise RuntimeError("call set_classes(names) before the forward pass")
-        w = self.text_projection
-        if self._text is None or (self._text.device, self._text.dtype) != (w.device, w.dtype):
-            with torch.no_grad(), torch.autocast(w.device.type, enabled=False):
-                self._text = encode_text(self, self.tokens)
-        return self._text
-
     def forward(self, video):
         v, ctx = self.embed_videos(video)                               # (B, E), (B, N, E)
         return cosine_logits(v, self.prompted(self.text_features(), ctx), self.logit_scale)   # (B, C)
-
-    def prompted(self, text, ctx):
-        """(C, E) class or caption embeddings, rewritten for each video by its ctx (B, N, E) -> (B, C, E)."""
-        w = text.to(ctx.dtype).expand(len(ctx), -1, -1)                # (B, C, E)
-        return w + self.prompts_generator(w, ctx)                      # one set of classes per video
 
     def embed_videos(self, video):
         """(B, T, 3, S, S) -> the video embedding v (B, E) and what the prompts attend to, ctx (B, N, E)."""
@@ -302,14 +218,25 @@ class Model(nn.Module):
         patches = self.prompts_visual_ln(x[:, 1:])                      # (B*T, N, D): no ln_post, as official
         return v, patches.view(B, T, *patches.shape[1:]).mean(1) @ self.prompts_visual_proj   # ctx (B, N, E)
 
-    def embed_captions(self, captions):
-        """(K, E): each caption through the frozen text tower (the template is "{}": a class name is its caption)."""
-        return encode_captions(self, captions)
+    def prompted(self, text, ctx):
+        """(C, E) class or caption embeddings, rewritten for each video by its ctx (B, N, E) -> (B, C, E)."""
+        w = text.to(ctx.dtype).expand(len(ctx), -1, -1)                # (B, C, E)
+        return w + self.prompts_generator(w, ctx)                      # one set of classes per video
 
-    def similarity(self, videos, text):
-        """(N, K) retrieval logits: the prompts rewrite every caption for every video, as forward does for the
-        classes, so each pair is scored on its own (common.prompted_similarity, in chunks)."""
-        return prompted_similarity(*videos, text, self.prompted, self.logit_scale)
+    def set_classes(self, names):
+        self.tokens = tokenize(self, [self.template.format(n) for n in names])   # (C, L)
+        self._text = None
+
+    def text_features(self):
+        """(C, E) class embeddings of the frozen text tower, computed once per class list, device and dtype
+        (in the weights' own precision, outside autocast: it is done once)."""
+        if not self.tokens.numel():
+            raise RuntimeError("call set_classes(names) before the forward pass")
+        w = self.text_projection
+        if self._text is None or (self._text.device, self._text.dtype) != (w.device, w.dtype):
+            with torch.no_grad(), torch.autocast(w.device.type, enabled=False):
+                self._text = encode_text(self, self.tokens)
+        return self._text
 
     def param_groups(self, lr, weight_decay):
         """utils/optimizer.py: 10x LR for message_/mit/prompts parameters; no decay for 1-D tensors, biases
@@ -321,10 +248,92 @@ class Model(nn.Module):
             no_decay=lambda name, p: p.ndim <= 1 or name.endswith(".bias") or "positional_embedding" in name,
             lr_scale=lambda name: 10.0 if any(k in name for k in new) else 1.0)
 
+    def embed_captions(self, captions):
+        """(K, E): each caption through the frozen text tower (the template is "{}": a class name is its caption)."""
+        return encode_captions(self, captions)
+
+    def similarity(self, videos, text):
+        """(N, K) retrieval logits: the prompts rewrite every caption for every video, as forward does for the
+        classes, so each pair is scored on its own (common.prompted_similarity, in chunks)."""
+        return prompted_similarity(*videos, text, self.prompted, self.logit_scale)
+
 
 def build(clip, args):
     return Model(clip, T=args.frames, template=getattr(args, "template", None) or BARE_TEMPLATE,
                  grad_checkpointing=getattr(args, "grad_checkpointing", False))
+
+
+# =========================================================================================================
+# What makes X-CLIP a tool: the official recipe and its variants, the embedded demo's setting, the flags, where
+# we differ from the official code and why, and loading the released checkpoints.
+# =========================================================================================================
+
+# Fully-supervised Kinetics-400, ViT-B/16 with 8 frames: configs/k400/16_8.yaml over the defaults of
+# utils/config.py; optimizer and schedule from utils/optimizer.py; final 4x3-view test from main.py.
+RECIPE = dict(
+    frames=8,                  # DATA.NUM_FRAMES
+    sampling="segment",        # TSN segments, one random frame each (datasets/pipeline.py SampleFrames)
+    crop="tsn",                # datasets/build.py: Resize(-1, 256), MultiScaleCrop, Resize(224), Flip; test below
+    stride=1,
+    lr=8e-6,                   # TRAIN.LR; x10 for message/MIT/prompt parameters (param_groups)
+    lr_min_ratio=0.01,         # CosineLRScheduler(lr_min=TRAIN.LR / 100), the same floor for the 10x groups
+    schedule="timm", official_accum=4,   # per micro-batch, warm-up from 0; ACCUMULATION_STEPS 4 (16_8.yaml)
+    weight_decay=1e-3,         # TRAIN.WEIGHT_DECAY; not on 1-D tensors, biases, positional embeddings
+    betas=(0.9, 0.98), eps=1e-8,
+    epochs=30, warmup_epochs=5,
+    global_batch=256,          # 8 per GPU x 4 accumulation steps x 8 GPUs (config + README command)
+    grad_clip=0.0,             # main.py clips nothing
+    mean="imagenet",           # datasets/build.py normalises with ImageNet statistics
+    flip=True, color_jitter=0.8, grayscale=0.2,
+    mixup=0.8, cutmix=1.0, mix_switch=0.5, smoothing=0.1,   # AUG defaults (datasets/blending.py)
+    test_clips=4, test_crops=3,   # main.py sets TEST.NUM_CLIP 4, NUM_CROP 3 for the final test
+    template=BARE_TEMPLATE,    # utils/tools.py generate_text: the raw names of labels/*.csv
+)
+
+# Other official settings (--recipe NAME), as overrides of RECIPE.
+VARIANTS = {
+    "k400-16f": dict(frames=16, official_accum=8),   # configs/k400/16_16.yaml (4 x 8 accumulation: same 256)
+    "k400-32f": dict(frames=32, official_accum=8),   # configs/k400/16_32.yaml
+    # configs/hmdb51/16_32.yaml and ucf101/16_32.yaml: 2/4/8/16-shot, from CLIP, 4 x 2 accumulation x 8 GPUs.
+    # Tested after training with main.py's 4 clips x 3 crops, like every X-CLIP training run.
+    "few-shot": dict(frames=32, lr=2e-6, epochs=50, global_batch=64, official_accum=2),
+    # No config released: K400 with 32 frames for 10 epochs (maintainer, VideoX issue #68), text frozen; the
+    # accumulation of 16_32.yaml. The transfer is tested with --only_test, whose views are utils/config.py's
+    # defaults, TEST.NUM_CLIP 1 x NUM_CROP 1.
+    "zero-shot": dict(frames=32, epochs=10, official_accum=8, test_clips=1, test_crops=1),
+}
+
+# The embedded demo trains a tiny CLIP: train.py's lr 1e-3 would give the new modules 10x, 1e-2, which (from a
+# random CLIP) trained worse than 3e-4 with the new modules at 3e-3. The figures are in the README's Measured part.
+EMBEDDED = dict(lr=3e-4)
+
+
+def add_args(parser):
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="recompute each vision block in the backward pass: less activation memory for "
+                             "one more forward (the official code does this for ViT-L/14 at 336 px)")
+
+
+# Where we differ from the official code, and why:
+#  1. Text embeddings are cached per class list (set_classes), in the weights' precision, and dropped when
+#     weights are loaded; the official cache is never invalidated (a second class list silently reuses the
+#     first's) and its forward switches the model back to train mode on every call, also during evaluation.
+#     We leave the mode alone.
+#  2. The spatial attention computes queries for the N+1 image tokens only: the message token's output is
+#     discarded anyway, so the result is the same with one query fewer.
+#  3. The prompt context averages the normed patch tokens over frames before projecting them (the projection is
+#     linear): the same up to round-off, with T times fewer FLOPs in the projection.
+#  4. No DropPath: DROP_PATH_RATE is 0 in every released config (and the official DropPath draws per token,
+#     not per sample). All dropouts of the official modules are 0 and are left out.
+#  5. Gradient checkpointing (--grad-checkpointing) checkpoints every block; the official code uses
+#     checkpoint_sequential with 3 segments. Same gradients, a different memory/time trade.
+#  6. The message attention has as many heads as its CLIP block (D/64 for every OpenAI ViT, as official; the
+#     tiny test CLIP has 32-wide heads). New modules always use QuickGELU, as official, even if the CLIP uses
+#     GELU.
+#  7. Mixed precision is torch.autocast (bf16 where the GPU has it), not apex O1 (fp16); the final similarity is
+#     computed in float32 all the same (common.cosine_logits), where bf16 would round logits of 10-35 to steps
+#     of up to 0.25. The official validation loader drops the last odd video of each GPU's shard (drop_last
+#     with 2 videos per batch); we test every video.
 
 
 def load_official(model, path):
