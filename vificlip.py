@@ -45,105 +45,13 @@ prompt_learner, `VPT` on the image encoder, `VPT_shallow` on each prompted block
 checkpoint loads with only the tower prefixes renamed, and a plain ViFi-CLIP (the bridge) loads with only
 the prompts missing.
 
-Where we differ from the official code, and why:
-- Text features are cached while evaluating (no gradient): identical results, since CLIP has no dropout;
-  the official code re-runs the text tower for every test view.
-- In training, the text is encoded once per optimizer step, not once per micro-batch (begin_step/end_step):
-  the text weights do not change within a step, so the micro-batches can share one encoding W, each adding
-  its gradient dL/dW to a detached copy, and one backward pass takes the sum through the text tower. The
-  gradients are the same (the chain rule is linear in dL/dW); the text tower, 52% of a micro-batch's FLOPs
-  with Kinetics-400's 400 classes at B/16, runs once instead of accumulation-steps times.
-- Weights stay fp32 with autocast on the GPU; the official code relies on apex O1 and casts inputs to
-  fp16 by hand in its model's forward. Prompts are cast to the activations' dtype, not forced to fp16. The
-  final similarity is computed in float32 (common.cosine_logits).
-- The official validation loader drops the last odd video of each GPU's shard (drop_last with 2 videos per
-  batch); we test every video. The pipeline (frames, crops, colour per frame, mixup partners, the schedule
-  counted in micro-batches) is the official one: data.py and train.py say how.
-- Prompting: the class tokens are embedded by the frozen token_embedding at each pass, not stored as
-  prefix/suffix buffers (identical, and any class list works). The placeholders come before --template;
-  the prompt recipes set "{}.", which gives the official "X X .. X {c}.". Word-initialised context
-  (CTX_INIT with n_t <= 4) is not built: no official setting uses it. Vision-only prompts (no text
-  tokens) are allowed; the official code insists on d_t >= 1.
+After build, below the divider: the recipe, where we differ from the official code and why, load_official.
 """
 import torch
 from torch import nn
 
 from common import (PHOTO_TEMPLATE, CheckpointError, block, check_fits, cosine_logits, frame_head, freeze, in_chunks,
                     load_state_dict, param_groups, patch_embed, tokenize)
-
-# Fully-supervised Kinetics-400 recipe: configs/fully_supervised/k400/16_16_vifi_clip.yaml and the defaults
-# of utils/config.py; test views from the README (--opts TEST.NUM_CLIP 4 TEST.NUM_CROP 3).
-RECIPE = dict(
-    frames=16,                 # DATA.NUM_FRAMES
-    sampling="segment",        # TSN: one frame per equal segment (datasets/pipeline.py SampleFrames)
-    crop="tsn",                # datasets/build.py (the same file as X-CLIP's)
-    stride=1,                  # (input side: 224, the CLIP's own; train.py takes it from the model)
-    lr=2.2e-5,                 # TRAIN.LR (absolute, not scaled by batch)
-    lr_min_ratio=0.01,         # timm cosine with lr_min = LR / 100 (utils/optimizer.py build_scheduler)
-    schedule="timm", official_accum=16,   # counted per micro-batch; ACCUMULATION_STEPS 16 (16_16_vifi_clip.yaml)
-    weight_decay=1e-3,         # TRAIN.WEIGHT_DECAY, on every parameter (utils/optimizer.py)
-    betas=(0.9, 0.98), eps=1e-8,
-    epochs=30, warmup_epochs=5,
-    global_batch=512,          # 4 per GPU x 16 accumulation steps x 8 GPUs (README)
-    grad_clip=0.0,             # none in the official code
-    mean="imagenet",           # datasets/build.py normalises with ImageNet statistics, not CLIP's
-    flip=True, color_jitter=0.8, grayscale=0.2,
-    mixup=0.8, cutmix=1.0, mix_switch=0.5, smoothing=0.1,   # AUG defaults, never overridden
-    test_clips=4, test_crops=3,
-    template=PHOTO_TEMPLATE,   # TRAINER.ViFi_CLIP.CTX_INIT "a photo of a" + " {}."
-    prompt_tokens_text=0, prompt_tokens_vision=0,   # TRAINER.ViFi_CLIP.PROMPT_MODEL False: no prompts,
-    prompt_depth_text=0, prompt_depth_vision=0,     # the whole of CLIP is fine-tuned
-)
-
-# The other official settings, as overrides of RECIPE (chosen with --recipe NAME).
-VARIANTS = {
-    # configs/zero_shot/train/k400/16_16_vifi_clip.yaml: K400 training for zero-shot transfer (32 frames).
-    "zero-shot": dict(frames=32, lr=8e-6, epochs=10, global_batch=256, official_accum=8, test_clips=1, test_crops=1),
-    # configs/few_shot/finetuning_few_shot/*: 2/4/8/16-shot fine-tuning from CLIP.
-    "few-shot": dict(frames=32, lr=2e-6, epochs=50, global_batch=64, official_accum=2, test_clips=1, test_crops=1),
-    # configs/base2novel/finetuning_base2novel/*: base-class fine-tuning from CLIP.
-    "base2novel": dict(frames=32, lr=2e-6, epochs=11, global_batch=64, official_accum=2, test_clips=1, test_crops=1),
-    # configs/fully_supervised/k400/16_16_image_tuned_clip.yaml (text-FT has the same numbers): add --tune.
-    "one-tower": dict(lr=8e-6, global_batch=256, official_accum=8),
-    # Bridge and prompt from a K400 ViFi-CLIP (--weights): configs/base2novel/prompting_base2novel/
-    # {hmdb,ucf,ssv2}/16_32_prompting*_s{1,2,3}.yaml. Their CTX_INIT "a photo of a" is ignored for 16 tokens.
-    "prompt-base2novel": dict(frames=32, lr=4e-2, epochs=11, global_batch=64, official_accum=2, test_clips=1, test_crops=1,
-                              template="{}.", prompt_tokens_text=16, prompt_tokens_vision=16,
-                              prompt_depth_text=9, prompt_depth_vision=9),
-    # configs/few_shot/prompting_few_shot/{hmdb51,ucf101,ssv2}/16_32_prompting_{2,4,8,16}_shot.yaml.
-    "prompt-few-shot": dict(frames=32, lr=8e-3, epochs=50, global_batch=64, official_accum=2, test_clips=1, test_crops=1,
-                            template="{}.", prompt_tokens_text=10, prompt_tokens_vision=10,
-                            prompt_depth_text=12, prompt_depth_vision=12),
-}
-
-
-def add_args(parser):
-    parser.add_argument("--tune", choices=["both", "image", "text"], default="both",
-                        help="which tower to fine-tune: both (ViFi-CLIP), image or text (the paper's CLIP "
-                             "image-FT / text-FT baselines); with prompts only the prompts train")
-    parser.add_argument("--template", default=None,
-                        help="text template with {} for the class name; default from the recipe "
-                             "('a photo of a {}.'); '{}' gives vanilla zero-shot CLIP's bare names; with text "
-                             "prompts the learned tokens come first (the prompt recipes use '{}.')")
-    prompts = "Any prompt freezes all of CLIP and trains only the prompts: start from a fine-tuned ViFi-CLIP " \
-              "checkpoint with --weights (or use --recipe prompt-base2novel / prompt-few-shot)"
-    for tower, width in (("text", "W"), ("vision", "D")):
-        parser.add_argument(f"--prompt-tokens-{tower}", type=int, default=None, metavar="N",
-                            help=f"learned {tower} prompt tokens per layer, each ({width},) (default 0: plain "
-                                 f"ViFi-CLIP fine-tuning; 16 or 10 in the official recipes). {prompts}")
-        parser.add_argument(f"--prompt-depth-{tower}", type=int, default=None, metavar="D",
-                            help=f"how many {tower} layers, from the input, get prompts of their own (1: the "
-                                 f"input only; up to the layer count; 0: none). 9 or 12 officially")
-
-
-def new_prompt(n, width, like):
-    """(n, width) learned tokens, N(0, 0.02) as every prompt of the official code."""
-    return nn.Parameter(torch.empty(n, width, dtype=like.dtype, device=like.device).normal_(std=0.02))
-
-
-def is_prompt(name):
-    """The official rule for what trains in prompting mode (trainers/vificlip.py returnCLIP)."""
-    return "prompt_learner" in name or "VPT" in name
 
 
 def splice(x, prompt, start):
@@ -181,6 +89,11 @@ def encode_prompted_text(clip, tokens, ctx=None):
     x = clip.ln_final(x)
     x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]   # (C, W) at end-of-text
     return x @ clip.text_projection
+
+
+def new_prompt(n, width, like):
+    """(n, width) learned tokens, N(0, 0.02) as every prompt of the official code."""
+    return nn.Parameter(torch.empty(n, width, dtype=like.dtype, device=like.device).normal_(std=0.02))
 
 
 class Model(nn.Module):
@@ -235,6 +148,15 @@ class Model(nn.Module):
         self._step_text = self._text_leaf = None   # the text of the current optimizer step (begin_step)
         self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_text_cache", None))
 
+    def forward(self, video):
+        return cosine_logits(self.embed_videos(video), self.text_features(), self.clip.logit_scale)   # (B, C)
+
+    def embed_videos(self, video):
+        """(B, T, 3, S, S) -> (B, E): the mean of the frames' embeddings, before normalising (retrieval too)."""
+        B, T = video.shape[:2]
+        frames = encode_prompted_frames(self.clip.visual, video.flatten(0, 1))   # (B*T, E): frames are independent
+        return frames.view(B, T, -1).mean(dim=1)                     # (B, E)
+
     def set_classes(self, names):
         self._step_text = self._text_leaf = None
         self.tokens = self.tokenize(names, self.template)            # (C, L)
@@ -247,25 +169,6 @@ class Model(nn.Module):
             return tokenize(self.clip, [template.format(n) for n in names])
         placeholders = " ".join(["X"] * self.n_text)
         return tokenize(self.clip, [f"{placeholders} {template.format(n.replace('_', ' '))}" for n in names])
-
-    def train(self, mode=True):
-        self._text_cache = None   # weights are about to change (or just did): cached text is stale
-        return super().train(mode)
-
-    def encode_text(self):
-        return encode_prompted_text(self.clip, self.tokens, getattr(self.prompt_learner, "ctx", None))
-
-    def begin_step(self):
-        """Called by train.py before the micro-batches of an optimizer step: encode the text once, and hand
-        the forward passes a detached copy that collects the gradient of all of them."""
-        self._step_text = self.encode_text() if self.text_trainable and torch.is_grad_enabled() else None
-        self._text_leaf = None if self._step_text is None else self._step_text.detach().requires_grad_()
-
-    def end_step(self):
-        """Called after the last micro-batch's backward: the summed gradient goes through the text tower once."""
-        if self._text_leaf is not None and self._text_leaf.grad is not None:
-            self._step_text.backward(self._text_leaf.grad)
-        self._step_text = self._text_leaf = None
 
     def text_features(self):
         """(C, E). Recomputed on every training step while the text side is learning (its tower, or the
@@ -282,14 +185,28 @@ class Model(nn.Module):
                 self._text_cache = self.encode_text()
         return self._text_cache
 
-    def forward(self, video):
-        return cosine_logits(self.embed_videos(video), self.text_features(), self.clip.logit_scale)   # (B, C)
+    def encode_text(self):
+        return encode_prompted_text(self.clip, self.tokens, getattr(self.prompt_learner, "ctx", None))
 
-    def embed_videos(self, video):
-        """(B, T, 3, S, S) -> (B, E): the mean of the frames' embeddings, before normalising (retrieval too)."""
-        B, T = video.shape[:2]
-        frames = encode_prompted_frames(self.clip.visual, video.flatten(0, 1))   # (B*T, E): frames are independent
-        return frames.view(B, T, -1).mean(dim=1)                     # (B, E)
+    def begin_step(self):
+        """Called by train.py before the micro-batches of an optimizer step: encode the text once, and hand
+        the forward passes a detached copy that collects the gradient of all of them."""
+        self._step_text = self.encode_text() if self.text_trainable and torch.is_grad_enabled() else None
+        self._text_leaf = None if self._step_text is None else self._step_text.detach().requires_grad_()
+
+    def end_step(self):
+        """Called after the last micro-batch's backward: the summed gradient goes through the text tower once."""
+        if self._text_leaf is not None and self._text_leaf.grad is not None:
+            self._step_text.backward(self._text_leaf.grad)
+        self._step_text = self._text_leaf = None
+
+    def train(self, mode=True):
+        self._text_cache = None   # weights are about to change (or just did): cached text is stale
+        return super().train(mode)
+
+    def param_groups(self, lr, weight_decay):
+        # One group: the official optimizer decays every parameter, biases, norms, logit_scale and prompts included.
+        return param_groups(self, lr, weight_decay)
 
     def embed_captions(self, captions):
         """(K, E): captions through the text side as class names go, but a caption is its own sentence (no
@@ -301,9 +218,112 @@ class Model(nn.Module):
         """(N, K) retrieval logits of embed_videos' (N, E) and embed_captions' (K, E): cosine, as forward."""
         return cosine_logits(videos, text, self.clip.logit_scale)
 
-    def param_groups(self, lr, weight_decay):
-        # One group: the official optimizer decays every parameter, biases, norms, logit_scale and prompts included.
-        return param_groups(self, lr, weight_decay)
+
+def build(clip, args):
+    def option(name):
+        return getattr(args, name, None) or 0
+    return Model(clip, tune=getattr(args, "tune", "both"), template=getattr(args, "template", None) or PHOTO_TEMPLATE,
+                 text_tokens=option("prompt_tokens_text"), text_depth=option("prompt_depth_text"),
+                 vision_tokens=option("prompt_tokens_vision"), vision_depth=option("prompt_depth_vision"))
+
+
+# =========================================================================================================
+# What makes ViFi-CLIP a tool: the official recipe and its variants, the flags, where we differ from the
+# official code and why, and loading the released checkpoints.
+# =========================================================================================================
+
+# Fully-supervised Kinetics-400 recipe: configs/fully_supervised/k400/16_16_vifi_clip.yaml and the defaults
+# of utils/config.py; test views from the README (--opts TEST.NUM_CLIP 4 TEST.NUM_CROP 3).
+RECIPE = dict(
+    frames=16,                 # DATA.NUM_FRAMES
+    sampling="segment",        # TSN: one frame per equal segment (datasets/pipeline.py SampleFrames)
+    crop="tsn",                # datasets/build.py (the same file as X-CLIP's)
+    stride=1,                  # (input side: 224, the CLIP's own; train.py takes it from the model)
+    lr=2.2e-5,                 # TRAIN.LR (absolute, not scaled by batch)
+    lr_min_ratio=0.01,         # timm cosine with lr_min = LR / 100 (utils/optimizer.py build_scheduler)
+    schedule="timm", official_accum=16,   # counted per micro-batch; ACCUMULATION_STEPS 16 (16_16_vifi_clip.yaml)
+    weight_decay=1e-3,         # TRAIN.WEIGHT_DECAY, on every parameter (utils/optimizer.py)
+    betas=(0.9, 0.98), eps=1e-8,
+    epochs=30, warmup_epochs=5,
+    global_batch=512,          # 4 per GPU x 16 accumulation steps x 8 GPUs (README)
+    grad_clip=0.0,             # none in the official code
+    mean="imagenet",           # datasets/build.py normalises with ImageNet statistics, not CLIP's
+    flip=True, color_jitter=0.8, grayscale=0.2,
+    mixup=0.8, cutmix=1.0, mix_switch=0.5, smoothing=0.1,   # AUG defaults, never overridden
+    test_clips=4, test_crops=3,
+    template=PHOTO_TEMPLATE,   # TRAINER.ViFi_CLIP.CTX_INIT "a photo of a" + " {}."
+    prompt_tokens_text=0, prompt_tokens_vision=0,   # TRAINER.ViFi_CLIP.PROMPT_MODEL False: no prompts,
+    prompt_depth_text=0, prompt_depth_vision=0,     # the whole of CLIP is fine-tuned
+)
+
+# The other official settings, as overrides of RECIPE (chosen with --recipe NAME).
+VARIANTS = {
+    # configs/zero_shot/train/k400/16_16_vifi_clip.yaml: K400 training for zero-shot transfer (32 frames).
+    "zero-shot": dict(frames=32, lr=8e-6, epochs=10, global_batch=256, official_accum=8, test_clips=1, test_crops=1),
+    # configs/few_shot/finetuning_few_shot/*: 2/4/8/16-shot fine-tuning from CLIP.
+    "few-shot": dict(frames=32, lr=2e-6, epochs=50, global_batch=64, official_accum=2, test_clips=1, test_crops=1),
+    # configs/base2novel/finetuning_base2novel/*: base-class fine-tuning from CLIP.
+    "base2novel": dict(frames=32, lr=2e-6, epochs=11, global_batch=64, official_accum=2, test_clips=1, test_crops=1),
+    # configs/fully_supervised/k400/16_16_image_tuned_clip.yaml (text-FT has the same numbers): add --tune.
+    "one-tower": dict(lr=8e-6, global_batch=256, official_accum=8),
+    # Bridge and prompt from a K400 ViFi-CLIP (--weights): configs/base2novel/prompting_base2novel/
+    # {hmdb,ucf,ssv2}/16_32_prompting*_s{1,2,3}.yaml. Their CTX_INIT "a photo of a" is ignored for 16 tokens.
+    "prompt-base2novel": dict(frames=32, lr=4e-2, epochs=11, global_batch=64, official_accum=2,
+                              test_clips=1, test_crops=1, template="{}.",
+                              prompt_tokens_text=16, prompt_tokens_vision=16,
+                              prompt_depth_text=9, prompt_depth_vision=9),
+    # configs/few_shot/prompting_few_shot/{hmdb51,ucf101,ssv2}/16_32_prompting_{2,4,8,16}_shot.yaml.
+    "prompt-few-shot": dict(frames=32, lr=8e-3, epochs=50, global_batch=64, official_accum=2,
+                            test_clips=1, test_crops=1, template="{}.",
+                            prompt_tokens_text=10, prompt_tokens_vision=10,
+                            prompt_depth_text=12, prompt_depth_vision=12),
+}
+
+
+def add_args(parser):
+    parser.add_argument("--tune", choices=["both", "image", "text"], default="both",
+                        help="which tower to fine-tune: both (ViFi-CLIP), image or text (the paper's CLIP "
+                             "image-FT / text-FT baselines); with prompts only the prompts train")
+    parser.add_argument("--template", default=None,
+                        help="text template with {} for the class name; default from the recipe "
+                             "('a photo of a {}.'); '{}' gives vanilla zero-shot CLIP's bare names; with text "
+                             "prompts the learned tokens come first (the prompt recipes use '{}.')")
+    prompts = "Any prompt freezes all of CLIP and trains only the prompts: start from a fine-tuned ViFi-CLIP " \
+              "checkpoint with --weights (or use --recipe prompt-base2novel / prompt-few-shot)"
+    for tower, width in (("text", "W"), ("vision", "D")):
+        parser.add_argument(f"--prompt-tokens-{tower}", type=int, default=None, metavar="N",
+                            help=f"learned {tower} prompt tokens per layer, each ({width},) (default 0: plain "
+                                 f"ViFi-CLIP fine-tuning; 16 or 10 in the official recipes). {prompts}")
+        parser.add_argument(f"--prompt-depth-{tower}", type=int, default=None, metavar="D",
+                            help=f"how many {tower} layers, from the input, get prompts of their own (1: the "
+                                 f"input only; up to the layer count; 0: none). 9 or 12 officially")
+
+
+# Where we differ from the official code, and why:
+#  1. Text features are cached whenever no gradient flows into them: while evaluating, and while training with a
+#     frozen text side (--tune image, or vision prompts only). Identical results, since CLIP has no dropout; the
+#     official code re-runs the text tower in every forward pass, for every test view too.
+#  2. In training, the text is encoded once per optimizer step, not once per micro-batch (begin_step/end_step):
+#     the text weights do not change within a step, so the micro-batches can share one encoding W, each adding
+#     its gradient dL/dW to a detached copy, and one backward pass takes the sum through the text tower. The
+#     gradients are the same (the chain rule is linear in dL/dW); the text tower, 52% of a micro-batch's FLOPs
+#     with Kinetics-400's 400 classes at B/16, runs once instead of accumulation-steps times.
+#  3. Weights stay fp32 with autocast on the GPU; the official code relies on apex O1 and casts inputs to
+#     fp16 by hand in its model's forward. Prompts are cast to the activations' dtype, not forced to fp16. The
+#     final similarity is computed in float32 (common.cosine_logits).
+#  4. The official validation loader drops the last odd video of each GPU's shard (drop_last with 2 videos per
+#     batch); we test every video. The pipeline (frames, crops, colour per frame, mixup partners, the schedule
+#     counted in micro-batches) is the official one: data.py and train.py say how.
+#  5. Prompting: the class tokens are embedded by the frozen token_embedding at each pass, not stored as
+#     prefix/suffix buffers (identical, and any class list works). The placeholders come before --template;
+#     the prompt recipes set "{}.", which gives the official "X X .. X {c}.". Word-initialised context
+#     (CTX_INIT with n_t <= 4) is not built: no official setting uses it. Vision-only prompts (no text
+#     tokens) are allowed; the official code insists on d_t >= 1.
+
+
+def is_prompt(name):
+    """The official rule for what trains in prompting mode (trainers/vificlip.py returnCLIP)."""
+    return "prompt_learner" in name or "VPT" in name
 
 
 def load_official(model, path):
@@ -337,11 +357,3 @@ def load_official(model, path):
                 if any(is_prompt(k) for k in missing + unexpected) else "")
         raise CheckpointError(f"{path} is not a ViFi-CLIP checkpoint of this model: it lacks {missing[:3]} "
                               f"({len(missing)}) and holds {unexpected[:3]} ({len(unexpected)}){hint}")
-
-
-def build(clip, args):
-    def option(name):
-        return getattr(args, name, None) or 0
-    return Model(clip, tune=getattr(args, "tune", "both"), template=getattr(args, "template", None) or PHOTO_TEMPLATE,
-                 text_tokens=option("prompt_tokens_text"), text_depth=option("prompt_depth_text"),
-                 vision_tokens=option("prompt_tokens_vision"), vision_depth=option("prompt_depth_vision"))
