@@ -19,8 +19,9 @@ open-vocabulary. Three pieces, none of which adds a parameter, so CLIP's state d
 2. The classifier is frozen: W_c = normalise(1/28 sum_j normalise(TextEnc(template_j(c)))) from the original
    CLIP text tower and 28 templates. Each frame embedding is normalised, and the per-frame logits averaged:
        f_t = ln_post(cls_t) @ proj,   logit_c = exp(s) * 1/T sum_t <f_t/|f_t|, W_c>     s = logit_scale, trained
-3. Interpolated weight optimisation (IWO). theta0 = CLIP's weights, theta the current ones. Each step draws
-   alpha ~ U(0, 0.6) and adds the gradient of beta*L (beta = 0.5) at the interpolated weights to the usual one:
+3. Interpolated weight optimisation (IWO). theta0 = CLIP's weights, theta the current ones. Each forward-backward
+   pass (one per micro-batch here, one per GPU and iteration in the official code) draws alpha ~ U(0, 0.6) and
+   adds the gradient of beta*L (beta = 0.5) at the interpolated weights to the usual one:
        g = grad L(theta) + beta * grad_w L(w) |_{w = alpha theta0 + (1-alpha) theta}
    The true gradient of beta*L(alpha theta0 + (1-alpha) theta) w.r.t. theta has a factor (1-alpha) on the
    second term; the official code leaves it out (tools/train_net.py keeps the multiplied line commented out,
@@ -29,7 +30,8 @@ open-vocabulary. Three pieces, none of which adds a parameter, so CLIP's state d
    average is interpolated once more towards CLIP for testing (tools/test_net.py, TEST.PATCHING_RATIO):
        theta_test = lambda theta0 + (1-lambda) mean_e theta_e        lambda = 0.5 (B/32, B/16), 0.6 (L/14)
 4. Open-VCLIP++ adds LLM-written captions of the training videos and aligns them with the video embeddings.
-   Its code is unreleased; the loss here is a RECONSTRUCTION (our choices, from the paper's description), CLIP's symmetric InfoNCE:
+   Its code is unreleased; the loss here is a RECONSTRUCTION (our choices, from the paper's description),
+   CLIP's symmetric InfoNCE:
        L = L_CE + lambda_cap * (CE(S, I) + CE(S^T, I)) / 2,   S_ij = exp(s) <v_i, u_j>,
        v_i = normalise(1/T sum_t f_t/|f_t|),   u_j = normalise(TextEnc(caption_j)), frozen text tower.
    train.py passes each batch's video paths to train_step so the captions can be looked up.
@@ -37,26 +39,10 @@ open-vocabulary. Three pieces, none of which adds a parameter, so CLIP's state d
 A property worth knowing: nothing in the model knows which neighbour is before and which after (softmax is
 blind to key order, there is no temporal position embedding, the zero padding is symmetric), so the logits of
 a clip and of the same clip played backwards are identical. Open-VCLIP models motion, but not its direction:
-on the embedded set's time-reversed twins it stays at chance like ViFi-CLIP (a test checks the invariance).
+on the embedded set's time-reversed twins it stays at chance like ViFi-CLIP (a test checks the invariance), as
+long as the sampled frames do not mark the clip's end themselves (see EMBEDDED's stride).
 
-Where we differ from the official code, and why:
-- The attention is our own function rather than common.attention: the zero keys/values come after the
-  projection, which a token-level kv cannot express (a zero token would still get the bias).
-- IWO interpolates only the trainable weights (visual tower, logit_scale); the text tower is frozen, so its
-  interpolation is the identity. Both passes add into .grad (autograd accumulates), which equals the
-  official "copy the gradients, restore, add them back" without the gradient copy. The passes run one after
-  the other, so activations are never held twice; the extra memory is theta0 and the SWA sum (buffers), and
-  during the step the saved theta and the gradients, alive through the second pass (as in the official code).
-- One alpha per step; the official code draws one per GPU (8) and DDP averages their gradients.
-- SWA is a running sum in buffers (so checkpoints and --resume carry it) over the states after epochs
-  e >= --swa-start (1-based, default = warm-up epochs = 2, the official files 2..22); the average and the
-  interpolation are applied at the last epoch's on_epoch_end, so the last validation, the checkpoint and
-  the final test all use theta_test. Ask for none of it with --no-swa and --interp-lambda 0.
-- Training runs under bf16 autocast where the GPU has it (the official TRAIN.MIXED_PRECISION is fp16); the test
-  runs in float32, as the official one. Frames are resized as uint8, the official code resizes floats: pixels
-  may differ by rounding to whole levels.
-- The classifier is built from the frozen text tower for set_classes' names on first use (the official
-  builds it once at construction); identical, and it works for any class list. No gradient checkpointing for L/14.
+After build, below the divider: the recipe, where we differ from the official code and why, load_official.
 """
 import json
 import os
@@ -68,65 +54,6 @@ from torch import nn
 
 from common import (CheckpointError, check_fits, cosine_logits, encode_captions, encode_text, frame_head, freeze,
                     load_checkpoint, load_state_dict, param_groups, patch_embed, tokenize)
-
-# temporalclip_video_model.py text_prompt: 4 openings x 7 bodies ("a example" sic).
-TEMPLATES = [f"{opening} {body}." for opening in ("a photo of", "a video of", "a example of", "a demonstration of")
-             for body in ("{}", "a person {}", "a person using {}", "a person doing {}", "a person during {}",
-                          "a person performing {}", "a person practicing {}")]
-
-# script/training/temporal_b16/train_tclip_interpolation_0.0-0.6_ratio0.5.sh, which overrides
-# configs/Kinetics/TemporalCLIP_vitb16_8x16_STAdapter.yaml; test views from script/testing/temporal_test_b16/*.
-RECIPE = dict(
-    frames=8, sampling="dense", stride=16,   # DATA.NUM_FRAMES 8, SAMPLING_RATE 16 at TARGET_FPS 30 (decoder.py, pyav)
-    crop="slowfast",             # TRAIN_JITTER_SCALES [224, 256], random 224 crop, flip; test: short side 224, centre
-    lr=3.33e-6,                  # SOLVER.BASE_LR (script), for a batch of 64
-    lr_min_ratio=0.01,           # SOLVER.COSINE_END_LR 3.33e-8 = BASE_LR / 100
-    schedule="slowfast", warmup_start_ratio=0.01,   # lr_policy.py, WARMUP_START_LR 3.33e-8, COSINE_AFTER_WARMUP
-    weight_decay=0.01,           # SOLVER.WEIGHT_DECAY (yaml), ZERO_WD_1D_PARAM True (see param_groups)
-    betas=(0.9, 0.999), eps=1e-8,   # OPTIMIZING_METHOD adamw, torch defaults
-    epochs=22, warmup_epochs=2,  # SOLVER.MAX_EPOCH 22, WARMUP_EPOCHS 2.0 (script)
-    global_batch=64,             # TRAIN.BATCH_SIZE 64: global over 8 GPUs
-    grad_clip=1.0,               # SOLVER.CLIP_GRAD_L2NORM
-    mean="clip",                 # DATA.MEAN / STD are CLIP's
-    flip=True, color_jitter=0.0, grayscale=0.0,   # AUG.ENABLE False: crops and flips only
-    mixup=0.0, cutmix=0.0, smoothing=0.0,         # MIXUP.ENABLE False, soft_cross_entropy on hard labels
-    test_clips=3, test_crops=1,  # TEST.NUM_ENSEMBLE_VIEWS 3, NUM_SPATIAL_CROPS 1
-    test_fusion="sum", test_amp=False,   # DATA.ENSEMBLE_METHOD sum of the raw logits (meters.py); test in float32
-    temporal_window=1,           # MODEL.TEMPORAL_MODELING_TYPE expand_temporal_view
-    iwo_alpha=0.6, iwo_ratio=0.5,   # TRAIN.LINEAR_CONNECT_SAMPLE_R 0.6 (L 0.0), LINEAR_CONNECT_LOSS_RATIO 0.5
-    swa_start=None,              # weight_average_tool.py wa_start 2 = the warm-up epochs (None: take those)
-    interp_lambda=None,          # TEST.PATCHING_RATIO: 0.5 for B/32 and B/16, 0.6 for L/14 (None: by model)
-    class_words=True,            # UCF101 "ApplyEyeMakeup" -> "Apply Eye Makeup" (zs_label_db/ucf101_full/process.py)
-)
-
-# Chosen when the embedded demo trained a random-initialised tiny CLIP (now --pretrained none), whose theta0 is
-# noise, not knowledge to keep: interpolating towards it at test time only undoes learning (lambda 0), and IWO has nothing to
-# preserve while it doubles the cost of every step (the demo must stay within minutes; with --iwo-alpha 0.6
-# it reached the same accuracy, within noise). The weights of the last quarter of the 20 epochs (16..20) are
-# averaged: those of early epochs are far from the end when training from scratch. The tests exercise IWO
-# and the interpolation. From the synthetic-pretrained default, theta0 does know shapes, and the paper's
-# --iwo-alpha 0.6 --interp-lambda 0.5 is the setting to try; these defaults were not re-measured for it.
-# stride 10: the recipe's 16 (at 30 fps) spans 3.7 s, longer than an embedded clip (24 frames at 8 fps, 3 s), and
-# the official sampler then repeats the last frame three times at the end of every clip. That marks a clip's end,
-# and with it the direction of the motion, which the model itself cannot see: with stride 16 the twins figure rose
-# to 63.6 ± 2.3 from the repeats alone. Stride 10 spans 2.4 s, 8 distinct frames.
-EMBEDDED = dict(iwo_alpha=0.0, interp_lambda=0.0, swa_start=16, stride=10)
-
-
-def add_args(parser):
-    parser.add_argument("--temporal-window", type=int, choices=[0, 1, 2, 3],
-                        help="neighbour frames on each side each frame attends to (1: released models; 2, 3: "
-                             "expand_temporal_view_step2/3; 0: none, frame-level CLIP)")
-    parser.add_argument("--iwo-alpha", type=float, help="IWO draws alpha ~ U(0, this) (0.6); 0 switches IWO off")
-    parser.add_argument("--iwo-ratio", type=float, help="weight beta of the interpolated loss (0.5)")
-    parser.add_argument("--no-swa", action="store_true", help="test the last weights instead of their average")
-    parser.add_argument("--swa-start", type=int, help="first epoch (1-based) whose weights are averaged; "
-                                                      "default: the warm-up epochs (2), as the official files 2..22")
-    parser.add_argument("--interp-lambda", type=float, help="weight of the original CLIP in the test weights "
-                                                            "(0.5 for B, 0.6 for L/14; 0: none, 1: CLIP itself)")
-    parser.add_argument("--captions", help="Open-VCLIP++: caption file, {video path: caption} (torch.save or "
-                                           "json); needs the per-batch video paths from train.py")
-    parser.add_argument("--caption-weight", type=float, default=1.0, help="weight of the video-caption loss")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -165,6 +92,16 @@ def encode_video_frames(visual, x, T, window=1):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The frozen classifier's prompts (Model.classifier averages their text embeddings)
+# ---------------------------------------------------------------------------------------------------------
+
+# temporalclip_video_model.py text_prompt: 4 openings x 7 bodies ("a example" sic).
+TEMPLATES = [f"{opening} {body}." for opening in ("a photo of", "a video of", "a example of", "a demonstration of")
+             for body in ("{}", "a person {}", "a person using {}", "a person doing {}", "a person during {}",
+                          "a person performing {}", "a person practicing {}")]
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Open-VCLIP++ caption alignment (reconstruction)
 # ---------------------------------------------------------------------------------------------------------
 
@@ -174,28 +111,6 @@ def video_caption_loss(video, text, logit_scale):
     logits = logit_scale.exp() * F.normalize(video, dim=-1) @ F.normalize(text, dim=-1).t()   # (B, B)
     labels = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits.t().float(), labels)) / 2
-
-
-def caption_key(path):
-    """Join captions and list entries by file name without folder or extension ("abseiling/x.mp4" -> "x"):
-    the released caption file's keys (class folder or not, extension or not) were not available to check."""
-    return os.path.splitext(os.path.basename(str(path)))[0]
-
-
-def load_captions(path):
-    """{video: caption} from a json file or a torch-serialised dict (the released
-    blip_llama2_caption/refine_llama2_videocaption_noprioract.pt, expected to be such a dict), keyed by caption_key."""
-    if path.endswith(".json"):
-        with open(path) as f:
-            captions = json.load(f)
-    else:
-        captions = load_checkpoint(path, "caption file")   # PyTorch's safe loader: nothing in the file runs
-    if not isinstance(captions, dict):
-        raise ValueError(f"{path}: expected a dict {{video path: caption}}, got {type(captions).__name__}")
-    for key, text in captions.items():
-        if not isinstance(text, str):
-            raise ValueError(f"{path}: the caption of {key!r} is a {type(text).__name__}, not a string")
-    return {caption_key(k): v for k, v in captions.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -223,38 +138,8 @@ class Model(nn.Module):
         self.register_buffer("tokens", torch.zeros(0, dtype=torch.long), persistent=False)   # (28*C, L)
         self._classifier = None
 
-    @property
-    def needs_paths(self):
-        """Open-VCLIP++: train_step wants each batch's video paths (paths=...) for the caption loss."""
-        return bool(self.captions) and bool(self.caption_weight)
-
-    def trainable(self):
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def unflatten(self, flat):
-        """A flat buffer -> views shaped like the trainable parameters, in the same order."""
-        params = self.trainable()
-        return [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in params]), params)]
-
-    def set_classes(self, names):
-        self.tokens = tokenize(self.clip, [t.format(n) for t in TEMPLATES for n in names])   # (28*C, L), template-major
-        self._classifier = None
-
-    def train(self, mode=True):
-        self._classifier = None   # weights may have been loaded since: rebuild the classifier on next use
-        return super().train(mode)
-
-    def classifier(self):
-        """(C, E) = W. Built on first use, so on the model's device (K400: 11,200 prompts), in fp32, and from
-        the frozen text tower, which never leaves theta0: the same W the official code builds at construction."""
-        if not self.tokens.numel():
-            raise RuntimeError("call set_classes(names) before the forward pass")
-        if self._classifier is None or self._classifier.device != self.tokens.device:
-            with torch.no_grad(), torch.autocast(self.tokens.device.type, enabled=False):
-                w = torch.cat([encode_text(self.clip, chunk) for chunk in self.tokens.split(1024)])   # (28*C, E)
-            w = F.normalize(w, dim=-1).view(len(TEMPLATES), -1, w.shape[-1])   # (28, C, E)
-            self._classifier = F.normalize(w.mean(0), dim=-1)     # (C, E)
-        return self._classifier
+    def forward(self, video):
+        return self.logits(self.frame_embeddings(video))
 
     def frame_embeddings(self, video):
         """(B, T, 3, S, S) -> (B, T, E) unit vectors, one per frame."""
@@ -268,25 +153,6 @@ class Model(nn.Module):
         with torch.autocast(f.device.type, enabled=False):
             scores = self.clip.logit_scale.float().exp() * f.float() @ self.classifier().float().t()   # (B, T, C)
         return scores.mean(1)                                                                         # (B, C)
-
-    def forward(self, video):
-        return self.logits(self.frame_embeddings(video))
-
-    def embed_videos(self, video):
-        """(B, T, 3, S, S) -> (B, E) for retrieval: the mean of the unit frame embeddings (as the caption loss)."""
-        return self.frame_embeddings(video).mean(1)
-
-    def embed_captions(self, captions):
-        """(K, E): each caption through the frozen text tower, as written (no templates: it is a sentence)."""
-        return encode_captions(self.clip, captions)
-
-    def similarity(self, videos, text):
-        """(N, K) retrieval logits: cosine (forward averages per-frame logits with 28 templates a class)."""
-        return cosine_logits(videos, text, self.clip.logit_scale)
-
-    def param_groups(self, lr, weight_decay):
-        # ZERO_WD_1D_PARAM: no decay on 1-D tensors and biases; matrices and the 0-D logit_scale are decayed.
-        return param_groups(self, lr, weight_decay, no_decay=lambda name, p: p.ndim == 1 or name.endswith(".bias"))
 
     def loss(self, video, target, loss_fn, paths=None):
         """The training loss: cross-entropy, plus the Open-VCLIP++ caption loss when captions are known."""
@@ -326,6 +192,14 @@ class Model(nn.Module):
         backward(loss)                                             # .grad += grad L(theta)
         return loss.detach()
 
+    def trainable(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def unflatten(self, flat):
+        """A flat buffer -> views shaped like the trainable parameters, in the same order."""
+        params = self.trainable()
+        return [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in params]), params)]
+
     @torch.no_grad()
     def on_epoch_end(self, epoch, epochs):
         """Add the weights after this epoch to the SWA sum (epochs swa_start..last, 1-based, as the official
@@ -354,23 +228,46 @@ class Model(nn.Module):
             for p, p0 in zip(self.trainable(), self.unflatten(self.theta0)):
                 p.copy_(lam * p0 + (1 - lam) * p)
 
+    @property
+    def needs_paths(self):
+        """Open-VCLIP++: train_step wants each batch's video paths (paths=...) for the caption loss."""
+        return bool(self.captions) and bool(self.caption_weight)
 
-def load_official(model, path, interp_lambda=None):
-    """Load a released Open-VCLIP checkpoint (swa_2_22.pth: {'model_state': {'model.' + OpenAI CLIP key}}),
-    then interpolate towards theta0 with the model's lambda: the file holds the weight average BEFORE the
-    test-time interpolation (the official test script applies it when it loads the file). theta0 comes from --pretrained, which must be OpenAI's CLIP with
-    QuickGELU (--pretrained openai, or the ViT-*-quickgelu architectures)."""
-    state = {"clip." + k.removeprefix("model."): v for k, v in load_state_dict(path).items()}
-    state = {k: v for k, v in state.items() if k not in ("clip.input_resolution", "clip.context_length",
-                                                         "clip.vocab_size")}   # OpenAI JIT metadata, if any
-    check_fits(model, state, path, "an Open-VCLIP checkpoint")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(("theta0", "swa_"))]
-    if missing or unexpected:
-        raise CheckpointError(f"{path} is not an Open-VCLIP checkpoint of this model: it lacks {missing[:3]} "
-                              f"({len(missing)}) and holds {unexpected[:3]} ({len(unexpected)}); check --method")
-    model.interpolate_to_clip(model.interp_lambda if interp_lambda is None else interp_lambda)
-    model.train(model.training)   # the text tower may have changed: rebuild the classifier on next use
+    def set_classes(self, names):
+        self.tokens = tokenize(self.clip, [t.format(n) for t in TEMPLATES for n in names])   # (28*C, L), template-major
+        self._classifier = None
+
+    def classifier(self):
+        """(C, E) = W. Built on first use, so on the model's device (K400: 11,200 prompts), in fp32, and from
+        the frozen text tower, which never leaves theta0: the same W the official code builds at construction."""
+        if not self.tokens.numel():
+            raise RuntimeError("call set_classes(names) before the forward pass")
+        if self._classifier is None or self._classifier.device != self.tokens.device:
+            with torch.no_grad(), torch.autocast(self.tokens.device.type, enabled=False):
+                w = torch.cat([encode_text(self.clip, chunk) for chunk in self.tokens.split(1024)])   # (28*C, E)
+            w = F.normalize(w, dim=-1).view(len(TEMPLATES), -1, w.shape[-1])   # (28, C, E)
+            self._classifier = F.normalize(w.mean(0), dim=-1)     # (C, E)
+        return self._classifier
+
+    def train(self, mode=True):
+        self._classifier = None   # weights may have been loaded since: rebuild the classifier on next use
+        return super().train(mode)
+
+    def param_groups(self, lr, weight_decay):
+        # ZERO_WD_1D_PARAM: no decay on 1-D tensors and biases; matrices and the 0-D logit_scale are decayed.
+        return param_groups(self, lr, weight_decay, no_decay=lambda name, p: p.ndim == 1 or name.endswith(".bias"))
+
+    def embed_videos(self, video):
+        """(B, T, 3, S, S) -> (B, E) for retrieval: the mean of the unit frame embeddings (as the caption loss)."""
+        return self.frame_embeddings(video).mean(1)
+
+    def embed_captions(self, captions):
+        """(K, E): each caption through the frozen text tower, as written (no templates: it is a sentence)."""
+        return encode_captions(self.clip, captions)
+
+    def similarity(self, videos, text):
+        """(N, K) retrieval logits: cosine (forward averages per-frame logits with 28 templates a class)."""
+        return cosine_logits(videos, text, self.clip.logit_scale)
 
 
 def build(clip, args):
@@ -384,3 +281,127 @@ def build(clip, args):
                  iwo_ratio=arg("iwo_ratio", 0.5), swa=not arg("no_swa", False),
                  swa_start=arg("swa_start", max(1, round(arg("warmup_epochs", 2)))), interp_lambda=lam,
                  captions=load_captions(captions) if captions else None, caption_weight=arg("caption_weight", 1.0))
+
+
+# =========================================================================================================
+# What makes Open-VCLIP a tool: the official recipe, the embedded demo's setting, the flags, where we differ from
+# the official code and why, the Open-VCLIP++ caption file, and loading the released checkpoints.
+# =========================================================================================================
+
+# script/training/temporal_b16/train_tclip_interpolation_0.0-0.6_ratio0.5.sh, which overrides
+# configs/Kinetics/TemporalCLIP_vitb16_8x16_STAdapter.yaml; test views from script/testing/temporal_test_b16/*.
+RECIPE = dict(
+    frames=8, sampling="dense", stride=16,   # DATA.NUM_FRAMES 8, SAMPLING_RATE 16 at TARGET_FPS 30 (decoder.py, pyav)
+    crop="slowfast",             # TRAIN_JITTER_SCALES [224, 256], random 224 crop, flip; test: short side 224, centre
+    lr=3.33e-6,                  # SOLVER.BASE_LR (script), for a batch of 64
+    lr_min_ratio=0.01,           # SOLVER.COSINE_END_LR 3.33e-8 = BASE_LR / 100
+    schedule="slowfast", warmup_start_ratio=0.01,   # lr_policy.py, WARMUP_START_LR 3.33e-8, COSINE_AFTER_WARMUP
+    weight_decay=0.01,           # SOLVER.WEIGHT_DECAY (yaml), ZERO_WD_1D_PARAM True (see param_groups)
+    betas=(0.9, 0.999), eps=1e-8,   # OPTIMIZING_METHOD adamw, torch defaults
+    epochs=22, warmup_epochs=2,  # SOLVER.MAX_EPOCH 22, WARMUP_EPOCHS 2.0 (script)
+    global_batch=64,             # TRAIN.BATCH_SIZE 64: global over 8 GPUs
+    grad_clip=1.0,               # SOLVER.CLIP_GRAD_L2NORM
+    mean="clip",                 # DATA.MEAN / STD are CLIP's
+    flip=True, color_jitter=0.0, grayscale=0.0,   # AUG.ENABLE False: crops and flips only
+    mixup=0.0, cutmix=0.0, smoothing=0.0,         # MIXUP.ENABLE False, soft_cross_entropy on hard labels
+    test_clips=3, test_crops=1,  # TEST.NUM_ENSEMBLE_VIEWS 3, NUM_SPATIAL_CROPS 1
+    test_fusion="sum", test_amp=False,   # DATA.ENSEMBLE_METHOD sum of the raw logits (meters.py); test in float32
+    temporal_window=1,           # MODEL.TEMPORAL_MODELING_TYPE expand_temporal_view
+    iwo_alpha=0.6, iwo_ratio=0.5,   # TRAIN.LINEAR_CONNECT_SAMPLE_R 0.6 (L 0.0), LINEAR_CONNECT_LOSS_RATIO 0.5
+    swa_start=None,              # weight_average_tool.py wa_start 2 = the warm-up epochs (None: take those)
+    interp_lambda=None,          # TEST.PATCHING_RATIO: 0.5 for B/32 and B/16, 0.6 for L/14 (None: by model)
+    class_words=True,            # UCF101 "ApplyEyeMakeup" -> "Apply Eye Makeup" (zs_label_db/ucf101_full/process.py)
+)
+
+# The embedded demo. Chosen when it trained a random-initialised tiny CLIP (now --pretrained none): its theta0 is
+# noise, not knowledge to keep, so interpolating towards it at test time only undoes learning (lambda 0), and IWO
+# has nothing to preserve while it doubles the cost of every step. From the synthetic-pretrained default theta0
+# does know shapes: the paper's --iwo-alpha 0.6 --interp-lambda 0.5 is the setting to try (these defaults were not
+# re-measured for it). The tests exercise IWO and the interpolation. SWA averages the last quarter of the 20 epochs
+# (16..20): the weights of early epochs are far from the end when training from scratch.
+# stride 10: the recipe's 16 (at 30 fps) spans 3.7 s, longer than an embedded clip (24 frames at 8 fps, 3 s), and
+# the official sampler then ends every clip on three copies of its last frame. That marks a clip's end, and with it
+# the direction of the motion, which the model itself cannot see: with stride 16 the twins rose above chance from
+# the repeats alone. Stride 10 spans 2.4 s, 8 distinct frames.
+EMBEDDED = dict(iwo_alpha=0.0, interp_lambda=0.0, swa_start=16, stride=10)
+
+
+def add_args(parser):
+    parser.add_argument("--temporal-window", type=int, choices=[0, 1, 2, 3],
+                        help="neighbour frames on each side each frame attends to (1: released models; 2, 3: "
+                             "expand_temporal_view_step2/3; 0: none, frame-level CLIP)")
+    parser.add_argument("--iwo-alpha", type=float, help="IWO draws alpha ~ U(0, this) (0.6); 0 switches IWO off")
+    parser.add_argument("--iwo-ratio", type=float, help="weight beta of the interpolated loss (0.5)")
+    parser.add_argument("--no-swa", action="store_true", help="test the last weights instead of their average")
+    parser.add_argument("--swa-start", type=int, help="first epoch (1-based) whose weights are averaged; "
+                                                      "default: the warm-up epochs (2), as the official files 2..22")
+    parser.add_argument("--interp-lambda", type=float, help="weight of the original CLIP in the test weights "
+                                                            "(0.5 for B, 0.6 for L/14; 0: none, 1: CLIP itself)")
+    parser.add_argument("--captions", help="Open-VCLIP++: caption file, {video path: caption} (torch.save or "
+                                           "json); needs the per-batch video paths from train.py")
+    parser.add_argument("--caption-weight", type=float, default=1.0, help="weight of the video-caption loss")
+
+
+# Where we differ from the official code, and why:
+#  1. The attention is our own function rather than common.attention: the zero keys/values come after the
+#     projection, which a token-level kv cannot express (a zero token would still get the bias).
+#  2. IWO interpolates only the trainable weights (visual tower, logit_scale); the text tower is frozen, so its
+#     interpolation is the identity. Both passes add into .grad (autograd accumulates), which equals the
+#     official "copy the gradients, restore, add them back" without the gradient copy. The passes run one after
+#     the other, so activations are never held twice; the extra memory is theta0 and the SWA sum (buffers), and
+#     during the step a copy of theta, freed once restored after the first pass, and the first pass's gradients,
+#     alive through the second (as the official gradient copy is).
+#  3. One alpha per micro-batch (each train_step call), as the official code draws one per GPU in every
+#     iteration: with the default micro-batch of 8 videos, the official 8 per GPU, an optimizer step of the
+#     recipe's 64 videos averages the gradients of 8 alphas, as the official DDP step does.
+#  4. SWA is a running sum in buffers (so checkpoints and --resume carry it) over the states after epochs
+#     e >= --swa-start (1-based, default = warm-up epochs = 2, the official files 2..22); the average and the
+#     interpolation are applied at the last epoch's on_epoch_end, so the last validation, the checkpoint and
+#     the final test all use theta_test. Ask for none of it with --no-swa and --interp-lambda 0.
+#  5. Training runs under bf16 autocast where the GPU has it (the official TRAIN.MIXED_PRECISION is fp16); the
+#     test runs in float32, as the official one. Frames are resized as uint8, the official code resizes floats:
+#     pixels may differ by rounding to whole levels.
+#  6. The classifier is built from the frozen text tower for set_classes' names on first use (the official
+#     builds it once at construction); identical, and it works for any class list. No gradient checkpointing
+#     for L/14.
+
+
+def caption_key(path):
+    """Join captions and list entries by file name without folder or extension ("abseiling/x.mp4" -> "x"):
+    the released caption file's keys (class folder or not, extension or not) were not available to check."""
+    return os.path.splitext(os.path.basename(str(path)))[0]
+
+
+def load_captions(path):
+    """{video: caption} from a json file or a torch-serialised dict (the released
+    blip_llama2_caption/refine_llama2_videocaption_noprioract.pt, expected to be such a dict), keyed by caption_key."""
+    if path.endswith(".json"):
+        with open(path) as f:
+            captions = json.load(f)
+    else:
+        captions = load_checkpoint(path, "caption file")   # PyTorch's safe loader: nothing in the file runs
+    if not isinstance(captions, dict):
+        raise ValueError(f"{path}: expected a dict {{video path: caption}}, got {type(captions).__name__}")
+    for key, text in captions.items():
+        if not isinstance(text, str):
+            raise ValueError(f"{path}: the caption of {key!r} is a {type(text).__name__}, not a string")
+    return {caption_key(k): v for k, v in captions.items()}
+
+
+def load_official(model, path, interp_lambda=None):
+    """Load a released Open-VCLIP checkpoint (swa_2_22.pth: {'model_state': {'model.' + OpenAI CLIP key}}),
+    then interpolate towards theta0 with the model's lambda: the file holds the weight average BEFORE the
+    test-time interpolation (the official test script applies it when it loads the file). theta0 comes from
+    --pretrained, which must be OpenAI's CLIP with QuickGELU (--pretrained openai, or the ViT-*-quickgelu
+    architectures)."""
+    state = {"clip." + k.removeprefix("model."): v for k, v in load_state_dict(path).items()}
+    state = {k: v for k, v in state.items() if k not in ("clip.input_resolution", "clip.context_length",
+                                                         "clip.vocab_size")}   # OpenAI JIT metadata, if any
+    check_fits(model, state, path, "an Open-VCLIP checkpoint")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(("theta0", "swa_"))]
+    if missing or unexpected:
+        raise CheckpointError(f"{path} is not an Open-VCLIP checkpoint of this model: it lacks {missing[:3]} "
+                              f"({len(missing)}) and holds {unexpected[:3]} ({len(unexpected)}); check --method")
+    model.interpolate_to_clip(model.interp_lambda if interp_lambda is None else interp_lambda)
+    model.train(model.training)   # the text tower may have changed: rebuild the classifier on next use
