@@ -634,22 +634,28 @@ def _list_lines(list_file):
 
 
 def load_classes(csv_file):
-    """An "id,name" CSV (optional header "id,name") -> names ordered by id 0..C-1. Read by the csv module's
-    rules, as spreadsheets write it: a name holding a comma is quoted ("3,\"push, pull\""), quotes inside
-    doubled; an unquoted name may hold commas too (everything after the first). A byte-order mark is skipped."""
-    names = {}
+    """Class names ordered by id 0..C-1 from "id,name" lines (optional header "id,name"), or from one name a line,
+    ids from 0 (mmaction2's label_map_k400.txt: "abseiling", "air drumming", ...), one way throughout. Read by the
+    csv module's rules, as spreadsheets write it: a name holding a comma is quoted ("3,\"push, pull\""), quotes
+    inside doubled; a later unquoted name may hold commas too. A byte-order mark is skipped."""
+    names, first = {}, None   # first: whether the first line is a name alone; every line goes the same way
     with open(csv_file, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         for row in reader:
             n, line = f"{csv_file}:{reader.line_num}", ",".join(row)
             if not "".join(row).strip() or (not names and [c.strip().lower() for c in row] == ["id", "name"]):
                 continue
-            id_, name = row[0].strip(), ",".join(row[1:]).strip()
-            if not id_.isdecimal() or not name:
-                raise DataError(f"{n}: expected 'id,name' with id an integer >= 0, got {line!r}; fix the line")
-            if int(id_) in names:
-                raise DataError(f"{n}: class id {int(id_)} appears a second time; ids must be unique")
-            names[int(id_)] = name
+            bare = len(row) == 1 or not row[0].strip().isdecimal()   # a name alone, not "id,name"
+            if first is None and bare and len(row) > 1:   # a header of other columns
+                raise _csv_error(csv_file, row)
+            first = bare if first is None else first
+            id_, name = (len(names), line.strip()) if bare else (int(row[0]), ",".join(row[1:]).strip())
+            if bare != first or not name:
+                way = "one class name a line" if first else "'id,name' with id an integer >= 0"
+                raise DataError(f"{n}: expected {way}, as on the first line, got {line!r}; fix the line")
+            if id_ in names:
+                raise DataError(f"{n}: class id {id_} appears a second time; ids must be unique")
+            names[id_] = name
     if not names or max(names) != len(names) - 1:
         missing = min(set(range(max(names, default=-1) + 1)) - set(names), default=0)
         raise DataError(f"{csv_file}: class ids must run 0..C-1 without gaps; found {len(names)} ids, the largest "
@@ -660,6 +666,31 @@ def load_classes(csv_file):
 _UCF_LIST = re.compile(r"(train|test)list0*(\d+)\.txt")
 _HMDB_FILE = re.compile(r"(.+)_test_split(\d+)\.txt")
 _KINETICS = ("label", "youtube_id", "time_start", "time_end")
+_MSRVTT = ("key", "vid_key", "video_id", "sentence")
+_VIDEO_TYPES = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
+
+
+def _csv_error(path, found):
+    """The error for a CSV whose columns no reader here knows: it names them and the formats that are read."""
+    return DataError(f"{path}:1: the columns {','.join(found or ()) or '(none)'} are no CSV format read here; "
+                     f"Kinetics' video list: {','.join(_KINETICS)},...; MSR-VTT's captions: {','.join(_MSRVTT)} "
+                     f"(--protocol retrieval); a class file: id,name (or one name a line, quoted if it holds a comma)")
+
+
+def _existing(*paths):
+    """The first of `paths` that is a file, else the first (for the missing-video error to name)."""
+    return next((path for path in paths if os.path.isfile(path)), paths[0])
+
+
+def _files_by_stem(root):
+    """{file name without extension: [its paths]} of every file under root, one walk (not one search per video),
+    in sorted order: a video saved twice always resolves to the same copy."""
+    found = {}
+    for folder, subfolders, files in os.walk(root or os.curdir):
+        subfolders.sort()
+        for file in sorted(files):
+            found.setdefault(os.path.splitext(file)[0], []).append(os.path.join(folder, file))
+    return found
 
 
 def _json(file):
@@ -718,7 +749,7 @@ def _kinetics(csv_file, root, classes):
     with open(csv_file, encoding="utf-8-sig", newline="") as f:
         reader, clips = csv.DictReader(f), []  # labels may be quoted and hold commas; clips: (line, file stem, name)
         if not set(_KINETICS) <= set(reader.fieldnames or ()):
-            raise ValueError(f"{csv_file}:1: expected the columns {', '.join(_KINETICS)}, got {reader.fieldnames}")
+            raise _csv_error(csv_file, reader.fieldnames)
         for row in reader:  # a row too short has None in its last fields
             label, youtube_id, start, end = ((row[column] or "").strip() for column in _KINETICS)
             if not (label and youtube_id and start.isdecimal() and end.isdecimal()):
@@ -726,16 +757,13 @@ def _kinetics(csv_file, root, classes):
                                  f"with whole seconds, got {row}; fix or remove the line")
             clips.append((reader.line_num, f"{youtube_id}_{int(start):06d}_{int(end):06d}", label))
     names = list(classes) if classes is not None else sorted({label for _, _, label in clips})
-    ids, found = {name: i for i, name in enumerate(names)}, {}
+    ids = {name: i for i, name in enumerate(names)}
     for n, _, label in clips:
         if label not in ids:
             raise ValueError(f"{csv_file}:{n}: label {label!r} is not among the {len(names)} classes given; add it "
                              f"to classes or remove the line")
-    for folder, subfolders, files in os.walk(root or os.curdir):  # index root once, not one search per clip
-        subfolders.sort()  # a clip saved twice always resolves to the same copy
-        found.update((os.path.splitext(file)[0], os.path.join(folder, file)) for file in sorted(files)
-                     if os.path.splitext(file)[0] not in found)
-    samples = [(found[stem], ids[label]) for _, stem, label in clips if stem in found]
+    found = _files_by_stem(root)
+    samples = [(found[stem][0], ids[label]) for _, stem, label in clips if stem in found]
     missing = [stem for _, stem, _ in clips if stem not in found]
     if not samples:
         raise FileNotFoundError(f"{csv_file}: none of its {len(clips)} clips is under {root!r}, e.g. "
@@ -764,8 +792,8 @@ def _ssv2(json_file, root):
             raise ValueError(f"{json_file}: item {i}: expected {{\"id\": \"78687\", \"template\": \"Holding [something]"
                              f"...\"}} with the template, brackets removed, in {label_file}; got {item!r}; fix or "
                              f"remove the item (test.json has no templates: evaluate on validation.json)")
-        webm, mp4 = (os.path.join(root, f"{item['id']}.{ext}") for ext in ("webm", "mp4"))  # mp4: a re-encoded set
-        samples.append((mp4 if os.path.isfile(mp4) and not os.path.isfile(webm) else webm, ids[name]))
+        video = _existing(*(os.path.join(root, f"{item['id']}.{ext}") for ext in ("webm", "mp4")))  # mp4: re-encoded
+        samples.append((video, ids[name]))
     return samples, sorted(ids, key=ids.get)
 
 
@@ -828,25 +856,31 @@ def check_videos(path, root, samples):
 
 def read_captions(path, root=""):
     """A retrieval test set -> (videos [path], captions [(text, index of its video)]), in the file's order: MSR-VTT's
-    1k-A csv (key,vid_key,video_id,sentence, one caption a video: root/video<N>.mp4), MSVD's test_list.txt with
-    raw-captions.pkl beside it (video id -> its tokenised captions: root/<id>.avi), or "path<TAB>caption" lines,
-    several a video allowed. A missing video, an empty caption or a malformed line is refused naming file and line."""
+    1k-A csv (key,vid_key,video_id,sentence, one caption a video: root/video<N>.mp4, else .webm, as CLIP4Clip's
+    dataloader_msrvtt_retrieval.py), MSVD's test_list.txt with raw-captions.pkl beside it (id -> tokenised captions:
+    the one video <id>.<any video extension> under root or its sub-folders, as its dataloader_msvd_retrieval.py),
+    or "path<TAB>caption" lines. A missing video, an empty caption or a bad line is refused naming file and line."""
     pairs, raw = [], os.path.join(os.path.dirname(path), "raw-captions.pkl")   # (where, video, caption)
     if path.lower().endswith(".csv"):
         with open(path, encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f)
             if not {"video_id", "sentence"} <= set(reader.fieldnames or ()):
-                raise DataError(f"{path}:1: expected MSR-VTT's columns key,vid_key,video_id,sentence, got "
-                                f"{reader.fieldnames}; give the 1k-A test csv (MSRVTT_JSFUSION_test.csv)")
-            pairs = [(f"{path}:{reader.line_num}", os.path.join(root, f"{(row['video_id'] or '').strip()}.mp4"),
-                      (row["sentence"] or "").strip()) for row in reader]
+                raise _csv_error(path, reader.fieldnames)
+            pairs = [(f"{path}:{reader.line_num}", (row["video_id"] or "").strip(), (row["sentence"] or "").strip())
+                     for row in reader]
+        pairs = [(where, _existing(*(os.path.join(root, f"{vid}.{ext}") for ext in ("mp4", "webm"))), caption)
+                 for where, vid, caption in pairs]
     elif os.path.isfile(raw):
-        captions = _plain_pickle(raw)
+        captions, found = _plain_pickle(raw), _files_by_stem(root)
         for n, vid in _lines(path):
             if not isinstance(captions, dict) or not isinstance(captions.get(vid), list):
                 raise DataError(f"{path}:{n}: raw-captions.pkl beside it holds no list of captions for {vid!r}")
-            pairs += [(f"{path}:{n}", os.path.join(root, f"{vid}.avi"), " ".join(c) if isinstance(c, list) else c)
-                      for c in captions[vid]]
+            videos = [video for video in found.get(vid, []) if os.path.splitext(video)[1].lower() in _VIDEO_TYPES]
+            if len(videos) > 1:
+                raise DataError(f"{path}:{n}: two videos for {vid!r} under {root or '.'}: {videos[0]} and "
+                                f"{videos[1]}; keep one")
+            video = videos[0] if videos else os.path.join(root, f"{vid}.*")   # none: the error below names it
+            pairs += [(f"{path}:{n}", video, " ".join(c) if isinstance(c, list) else c) for c in captions[vid]]
     else:
         for n, line in _lines(path, strip=lambda line: line.rstrip("\r\n")):
             video, tab, caption = line.partition("\t")
@@ -864,6 +898,24 @@ def read_captions(path, root=""):
     if not captions:
         raise DataError(f"{path}: holds no captions")
     return list(videos), captions
+
+
+def read_test_videos(path, root="", split=1):
+    """[(video path, label)] of any list a test takes, without knowing the protocol (train.py's --embed): what
+    read_dataset reads, its labels as given, or a list of captions read_captions reads, each video once, label 0."""
+    kind, captions = dataset_format(path), False
+    if kind == "kinetics":   # a CSV: Kinetics' video list, or MSR-VTT's captions
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            captions = {"video_id", "sentence"} <= set(next(csv.reader(f), ()))
+    elif kind == "list":   # MSVD's ids with raw-captions.pkl beside them, or "path<TAB>caption" (not a class id)
+        first = next(iter(_lines(path)), (0, ""))[1]
+        captions = os.path.isfile(os.path.join(os.path.dirname(path), "raw-captions.pkl")) or (
+            "\t" in first and not first.rsplit("\t", 1)[1].strip().isdecimal())
+    if captions:
+        return [(video, 0) for video in read_captions(path, root)[0]]
+    samples, _ = read_dataset(path, root, split=split, train=False)
+    check_videos(path, root, samples)
+    return samples
 
 
 class _Plain(pickle.Unpickler):
@@ -995,7 +1047,7 @@ def protocol_data(args, seed, trained_names=None):
 
 def read_videos(path, root, split, train, names=None):
     """(samples, names) of one side of a dataset in any format read_dataset knows. `names` is a list of
-    names, or an "id,name" CSV, for a plain list, and maps a Kinetics CSV's labels to the training ids."""
+    names, or a class file (load_classes), for a plain list, and maps a Kinetics CSV's labels to the training ids."""
     names = load_classes(names) if isinstance(names, str) else names
     samples, names = read_dataset(path, root, split=split, train=train, classes=names)
     check_videos(path, root, samples)

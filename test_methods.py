@@ -3324,6 +3324,85 @@ def test_readers_of_retrieval_sets_in_their_published_formats(tmp_path):
     assert not marker.exists()
 
 
+# ------------------------------------------------------- lists and class files as the published loaders read them
+def test_data_retrieval_lists_find_videos_as_clip4clips_loaders(tmp_path):
+    """MSR-VTT: root/video<N>.mp4, else .webm (CLIP4Clip's dataloader_msrvtt_retrieval.py); MSVD: <id> with any
+    video extension anywhere under root (its dataloader_msvd_retrieval.py walks the folder); two for one id: refused."""
+    touch_files(str(tmp_path), "video1.mp4", "video2.webm", "video3.mp4", "video3.webm", "clips/abc.mp4",
+                "def.avi", "def.txt")
+    csv = tmp_path / "MSRVTT_JSFUSION_test.csv"
+    csv.write_text("key,vid_key,video_id,sentence\nr1,m1,video1,one\nr2,m2,video2,two\nr3,m3,video3,three\n")
+    videos, _ = data.read_captions(str(csv), str(tmp_path))
+    assert videos == [str(tmp_path / n) for n in ("video1.mp4", "video2.webm", "video3.mp4")]
+    msvd = tmp_path / "msvd"
+    msvd.mkdir()
+    (msvd / "test_list.txt").write_text("abc\ndef\n")
+    with open(msvd / "raw-captions.pkl", "wb") as f:
+        pickle.dump({"abc": [["a", "cat"]], "def": [["a", "dog"]], "gone": [["none"]]}, f, protocol=4)
+    videos, captions = data.read_captions(str(msvd / "test_list.txt"), str(tmp_path))
+    assert videos == [str(tmp_path / "clips/abc.mp4"), str(tmp_path / "def.avi")]
+    assert captions == [("a cat", 0), ("a dog", 1)]
+    touch_files(str(tmp_path), "other/abc.webm")
+    with pytest.raises(data.DataError, match=r"test_list.txt:1: two videos for 'abc' under .*: .*clips/abc.mp4 and "
+                                             r".*other/abc.webm; keep one") as e:
+        data.read_captions(str(msvd / "test_list.txt"), str(tmp_path))
+    assert "\n" not in str(e.value)
+    (msvd / "test_list.txt").write_text("gone\n")
+    with pytest.raises(data.DataError, match=r"test_list.txt:1: no video at .*gone\.\*"):
+        data.read_captions(str(msvd / "test_list.txt"), str(tmp_path))
+
+
+def test_data_class_files_of_one_name_a_line_as_mmaction2s_label_maps(tmp_path):
+    label_map = tmp_path / "label_map_k400.txt"
+    label_map.write_text("abseiling\nair drumming\n\n\"push, pull\"\nanswering questions\n")
+    assert data.load_classes(str(label_map)) == ["abseiling", "air drumming", "push, pull", "answering questions"]
+    for text, line, says in (("abseiling\n1,air drumming\n", 2, "one class name a line"),
+                             ("0,abseiling\nair drumming\n", 2, "'id,name'")):
+        label_map.write_text(text)
+        with pytest.raises(data.DataError, match=rf"label_map_k400.txt:{line}: expected {says}") as e:
+            data.load_classes(str(label_map))
+        assert "\n" not in str(e.value)
+    label_map.write_text("abseiling\nair drumming\n")   # taken wherever an "id,name" file is
+    touch_files(str(tmp_path), "a.mp4", "b.mp4")
+    (tmp_path / "test.txt").write_text("a.mp4 1\nb.mp4 0\n")
+    assert data.read_videos(str(tmp_path / "test.txt"), str(tmp_path), 1, False, str(label_map)) == (
+        [(str(tmp_path / "a.mp4"), 1), (str(tmp_path / "b.mp4"), 0)], ["abseiling", "air drumming"])
+
+
+def test_data_a_csv_of_unknown_columns_names_them_and_every_known_format(tmp_path):
+    msrvtt, other = tmp_path / "MSRVTT_JSFUSION_test.csv", tmp_path / "other.csv"
+    msrvtt.write_text("key,vid_key,video_id,sentence\nr1,m1,video1,one\n")
+    other.write_text("a,b,c\n1,2,3\n")
+    known = r"Kinetics' video list: label,youtube_id,time_start,time_end.*MSR-VTT's captions: key,vid_key,video_id," \
+            r"sentence.*class file: id,name"
+    for read, path, found in ((data.read_dataset, msrvtt, "key,vid_key,video_id,sentence"), (data.read_captions, other,
+                              "a,b,c"), (data.read_dataset, other, "a,b,c"), (data.load_classes, other, "a,b,c")):
+        with pytest.raises(data.DataError, match=rf"{path.name}:1: the columns {found} are no CSV format read here.*"
+                                                 + known) as e:
+            read(str(path))
+        assert "\n" not in str(e.value)
+
+
+def test_data_read_test_videos_takes_any_list_a_test_takes(tmp_path):
+    touch_files(str(tmp_path), "video1.mp4", "video2.webm", "a b.mp4", "c.mp4")
+    (tmp_path / "msrvtt.csv").write_text("key,vid_key,video_id,sentence\nr1,m1,video1,one\nr2,m2,video2,two\n"
+                                         "r3,m3,video1,again\n")
+    assert data.read_test_videos(str(tmp_path / "msrvtt.csv"), str(tmp_path)) == [
+        (str(tmp_path / "video1.mp4"), 0), (str(tmp_path / "video2.webm"), 0)]
+    (tmp_path / "captions.txt").write_text("a b.mp4\tsomeone waves\nc.mp4\t2 dogs\na b.mp4\ta wave\n")
+    assert data.read_test_videos(str(tmp_path / "captions.txt"), str(tmp_path)) == [
+        (str(tmp_path / "a b.mp4"), 0), (str(tmp_path / "c.mp4"), 0)]
+    (tmp_path / "test.txt").write_text("a b.mp4 3\nc.mp4\t1\n")
+    assert data.read_test_videos(str(tmp_path / "test.txt"), str(tmp_path)) == [
+        (str(tmp_path / "a b.mp4"), 3), (str(tmp_path / "c.mp4"), 1)]
+    msvd = tmp_path / "msvd"
+    msvd.mkdir()
+    (msvd / "test_list.txt").write_text("video2\n")
+    with open(msvd / "raw-captions.pkl", "wb") as f:
+        pickle.dump({"video2": [["a", "dog"], ["the", "dog"]]}, f, protocol=4)
+    assert data.read_test_videos(str(msvd / "test_list.txt"), str(tmp_path)) == [(str(tmp_path / "video2.webm"), 0)]
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_retrieval_pieces_give_the_forward_and_a_class_sentence_scores_as_its_class(name, tiny_clip_state):
     """similarity(embed_videos(v), embed_captions(captions)) scores every pair; a method's sentence for a class,
