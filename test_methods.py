@@ -2235,10 +2235,10 @@ def test_compile_gives_the_eager_logits_and_gradients(tiny_clip_state):
     x, target = video(), F.one_hot(torch.tensor([1, 3]), C).float()
     runs = []
     for model in (eager, compiled):   # one training step each (the test mode would be a second compilation)
-        logits = []
-        loss = train.forward_backward(lambda v: logits.append(model(v)) or logits[0], x, target,
-                                      train.soft_cross_entropy, lambda loss: loss.backward(), contextlib.nullcontext)
-        runs.append((logits[0].detach(), loss, [p.grad for p in model.parameters() if p.requires_grad]))
+        logits = model(x)
+        loss = train.soft_cross_entropy(logits, target)
+        loss.backward()
+        runs.append((logits.detach(), loss.detach(), [p.grad for p in model.parameters() if p.requires_grad]))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     assert all(torch.equal(a, b) for a, b in zip(runs[0][2], runs[1][2]))
 
@@ -3499,7 +3499,7 @@ def test_micro_batches_of_several_clips_per_video_repeat_each_label_for_its_clip
 def test_training_step_steps_once_on_the_mean_of_its_micro_batches_text_gradient_included(tiny_clip_state):
     """ViFi-CLIP (its text tower trains, encoded once a step by begin_step/end_step), 3 micro-batches of 2 clips of
     4 frames, plain SGD at lr 1: the step moves every weight by minus the gradient of the mean of the 3 losses,
-    returns the sum of the 3 losses and the 6 clips; a step cut short (2 of 3) takes no step."""
+    returns the mean of the 3 losses and the 6 clips; a step cut short (2 of 3) takes no step."""
     model, reference = build("vificlip", tiny_clip_state), build("vificlip", tiny_clip_state)
     micro = [(video(seed=k, batch=2), train.soft_targets(torch.tensor([k, 4 - k]), C, 0.0), {}) for k in range(3)]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -3513,7 +3513,7 @@ def test_training_step_steps_once_on_the_mean_of_its_micro_batches_text_gradient
     loss, clips = train.training_step(model, iter(micro), 3, opt, args, contextlib.nullcontext)
     losses = [train.soft_cross_entropy(reference(v), t) for v, t, _ in micro]
     (sum(losses) / 3).backward()
-    assert clips == 6 and loss.item() == pytest.approx(sum(l.item() for l in losses), rel=1e-5)
+    assert clips == 6 and loss.item() == pytest.approx(sum(l.item() for l in losses) / 3, rel=1e-5)
     ref_params = [p for p in reference.parameters() if p.requires_grad]
     assert any(p.grad is not None and p.grad.abs().max() > 0 for n, p in reference.named_parameters()
                if "transformer.resblocks" in n and "visual" not in n)          # the text tower learns

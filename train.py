@@ -2,24 +2,19 @@
 command after `torchrun --nproc_per_node N`). Each run writes a folder of its own: runs/METHOD-PROTOCOL[-N].
 
     python train.py --method vificlip                     # embedded synthetic videos, tiny CLIP, minutes on a CPU
-    python train.py --method all                          # the four methods, then a table of their results
+    python train.py --method all                          # every method, then a table of their results
     python train.py --method xclip --model ViT-B-16 --pretrained openai \\
         --train-list k400/train.txt --val-list k400/val.txt --data-root k400/videos --classes k400/classes.csv
     python train.py --method vificlip --resume            # continue the latest runs/vificlip-supervised[-N]
     python train.py --method xclip --protocol zero-shot                  # also few-shot --shots K, base2novel
 """
-# Reading guide. First the lesson: how any method is trained and tested, in the order it runs, never looking
-# inside a method file (each exposes RECIPE, Model with set_classes / forward / param_groups, and build):
-#   1. the recipe resolved into settings: BASE (every recipe key and what it means), EMBEDDED, settings
-#   2. the batches: soft_targets, micro_batches (data.py decodes, samples and augments)
-#   3. the optimizer and the learning rate: make_optimizer, lr_factor
-#   4. one training step: training_step (micro-batches, backward, gradient average, clipping, AdamW, schedule)
-#   5. the loop: train, batch_plan, make_loader
-#   6. the test: evaluate (a video's views, fused as the method's official test fuses them)
-#   7. the protocols' results (data.protocol_data picks their videos); 8. one run, main
-# One X-CLIP training step is training_step here, xclip.py (its RECIPE, Model.forward, param_groups) and data.py's
-# TrainTransform and mix. Below the line "What makes this script a tool": the flags, checkpoints and resume,
-# --predict, --benchmark, torchrun (RANK and WORLD: this process and the count, 0 and 1 without), run folders.
+# Reading guide. The lesson first, in the order it runs, never looking inside a method file (each exposes RECIPE,
+# Model with set_classes / forward / param_groups, and build): 1. the recipe resolved into settings; 2. the
+# batches; 3. the optimizer and the learning rate; 4. one training step (the micro-batch loop, the gradients
+# averaged over processes, clipping, AdamW, the schedule); 5. the loop; 6. the test; 7. the protocols' results;
+# 8. one run, and main. Below the line "What makes this script a tool": the flags, --predict / --embed / --search /
+# --benchmark, checkpoints and resume, torchrun (RANK and WORLD: this process and the count, 0 and 1 without),
+# run folders, --method all, one-line errors.
 import argparse
 import contextlib
 import datetime
@@ -88,16 +83,16 @@ BASE = dict(
 # 1 warm-up epoch (--lr, --weight-decay, --warmup-epochs); a global batch of 32 in one pass, the schedule counting
 # optimizer steps (--batch-size, --accum-steps; official_accum has no flag); no mixup, CutMix or smoothing
 # (--mixup, --cutmix, --smoothing); 2 clips x 1 crop in the test (--test-clips, --test-crops); one thread
-# (--threads: beside two decoding workers a second cost 30% more CPU for the same wall time). No horizontal flip
-# (no flag): it turns "moving left" into "moving right" (the official codes flip even SSv2, whose classes have
-# the same problem). A method's own EMBEDDED adjusts more (xclip.py: lr; openvclip.py: IWO, interpolation, stride).
+# (--threads: the decoding workers have the other core). No horizontal flip (no flag): it turns "moving left"
+# into "moving right" (the official codes flip even SSv2, whose classes have the same problem). A method's own
+# EMBEDDED adjusts more (xclip.py: lr; openvclip.py: IWO, interpolation, stride).
 EMBEDDED = dict(model="tiny", pretrained="synthetic", frames=8, epochs=20, val_every=10, global_batch=32,
-                micro_batch=32, lr=1e-3, warmup_epochs=1, official_accum=1, weight_decay=0.05, mixup=0.0, cutmix=0.0,
-                smoothing=0.0, test_clips=2, test_crops=1, flip=False, threads=1)
+                micro_batch=32, lr=1e-3, warmup_epochs=1, official_accum=1, weight_decay=0.05, mixup=0.0,
+                cutmix=0.0, smoothing=0.0, test_clips=2, test_crops=1, flip=False, threads=1)
 
 # What --weights carries over from the run that wrote the checkpoint (with the method's own options), unless given.
-INHERITED = ("model", "quick_gelu", "frames", "sampling", "crop", "stride", "size", "mean", "test_clips", "test_crops",
-             "test_fusion", "test_amp")
+INHERITED = ("model", "quick_gelu", "frames", "sampling", "crop", "stride", "size", "mean", "test_clips",
+             "test_crops", "test_fusion", "test_amp")
 
 
 def settings(args, method, own):
@@ -149,10 +144,11 @@ def micro_batches(batches, args, device, num_classes, loader):
     """The micro-batches of one optimizer step, made ready as the step takes them. A batch comes from the workers
     as (video, label, colour draws[, index]) in uint8, and leaves as (video (N,T,3,S,S) coloured and normalised
     on the device, target (N,C) smoothed and mixed, extra: the videos' paths for a method that asks, Open-VCLIP++
-    for its captions); K clips of a video are N = B*K clips. None: a batch whose videos were all left out as bad."""
+    for its captions); K clips of a video are N = B*K clips. A batch whose videos were all left out as bad leaves
+    empty (N = 0)."""
     for batch in batches:
         if not len(batch):
-            yield None
+            yield torch.empty(0), torch.empty(0), {}
             continue
         video, label, draws, *rest = batch                                         # draws (B,[K,]T,10): a worker's
         index = rest[0] if rest else None                                           # (B,)
@@ -203,42 +199,37 @@ def lr_factor(step, args, steps_per_epoch, floor, start=0.0):
 
 
 # ---- 4. One training step -----------------------------------------------------------------------------------
-def forward_backward(model, video, target, loss_fn, backward, autocast):
-    """One micro-batch's forward and backward pass -> its loss. A method can replace it with its own
-    `train_step` (the same arguments but the model), to take e.g. an extra pass at other weights (Open-VCLIP)."""
-    with autocast():
-        loss = loss_fn(model(video), target)
-    backward(loss)
-    return loss.detach()
-
-
 def training_step(model, micro, accum, opt, args, autocast):
-    """One optimizer step over the `accum` micro-batches of `micro` -> (the step's loss: the sum of its
-    micro-batches' mean losses, averaged over the processes; the clips it trained on). The loss is None when
-    `micro` ran out before the step's last micro-batch (an epoch's end): then no step is taken."""
+    """One optimizer step over the `accum` micro-batches of `micro` -> (the step's mean loss, averaged over the
+    processes; the clips it trained on). When `micro` runs out before the step's last micro-batch (an epoch's
+    end) no step is taken: (None, clips)."""
     optimizer, scheduler, scaler = opt
-    step = getattr(model, "train_step", None) or functools.partial(forward_backward, model)
-    loss, taken, clips = torch.zeros((), device=next(model.parameters()).device), 0, 0
-    for batch in micro:
+    # Each micro-batch's loss divided by the accumulation: the gradients add up to those of the step's mean loss.
+    backward = lambda micro_loss: scaler.scale(micro_loss / accum).backward()
+    loss, taken, clips = 0.0, 0, 0
+    for video, target, extra in micro:
         if taken == 0 and hasattr(model, "begin_step"):   # work shared by the step's micro-batches (ViFi-CLIP's text)
             with autocast():
                 model.begin_step()
         taken += 1
-        if batch is None:   # under torchrun it still counts, so that every process reaches the all-reduce below
+        if not len(video):   # its videos were all left out as bad; under torchrun it counts, to meet the others
             continue
-        video, target, extra = batch
-        # Each micro-batch's loss divided by the accumulation: the gradients add up to those of the step's mean.
-        loss = loss + step(video, target, soft_cross_entropy, lambda l: scaler.scale(l / accum).backward(),
-                           autocast, **extra).float()
-        clips += video.shape[0]
+        if hasattr(model, "train_step"):   # a method's own forward and backward (Open-VCLIP: a second pass)
+            micro_loss = model.train_step(video, target, soft_cross_entropy, backward, autocast, **extra)
+        else:
+            with autocast():
+                micro_loss = soft_cross_entropy(model(video), target)
+            backward(micro_loss)
+        loss += micro_loss.detach().float() / accum
+        clips += len(video)
     if taken < accum:
         return None, clips
     if hasattr(model, "end_step"):
         model.end_step()
-    average_gradients([p for p in model.parameters() if p.requires_grad])   # the mean over processes (torchrun)
-    loss = sum_over_processes(loss) / WORLD                                  # the same on every process
+    average_gradients(model.parameters())             # the mean over processes (torchrun); one process: nothing
+    loss = sum_over_processes(torch.as_tensor(loss)) / WORLD                  # the same on every process
     if not math.isfinite(loss.item()):   # one sync per optimizer step, not per micro-batch
-        raise FloatingPointError(f"the loss is {loss.item() / accum} and training has diverged")
+        raise FloatingPointError(f"the loss is {loss.item()} and training has diverged")
     if args.grad_clip:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -249,71 +240,78 @@ def training_step(model, micro, accum, opt, args, autocast):
     return loss, clips
 
 
+def average_gradients(params, bucket_bytes=2**26):
+    """The mean of every process's .grad, once per optimizer step, after the step's last backward pass: the
+    gradient of the global batch's mean loss, exactly. Not DistributedDataParallel, whose reducer fires during
+    one backward of the wrapped model's forward: the methods run backward passes of their own (Open-VCLIP two
+    per micro-batch, ViFi-CLIP one through the text tower after the last). One all-reduce per step, in flat
+    buckets of 64 MB. A parameter with no gradient on some processes counts as zero there; one with none on any
+    process keeps .grad None, as on one process."""
+    if WORLD == 1:
+        return
+    params = [p for p in params if p.requires_grad]
+    has = sum_over_processes(torch.tensor([p.grad is not None for p in params], dtype=torch.float32))
+    buckets, size = [[]], 0
+    for p, n in zip(params, has.tolist()):
+        if not n:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        nbytes = p.grad.numel() * p.grad.element_size()
+        if buckets[-1] and (p.grad.dtype != buckets[-1][0].dtype or size + nbytes > bucket_bytes):
+            buckets.append([])
+            size = 0
+        buckets[-1].append(p.grad)
+        size += nbytes
+    for bucket in buckets:
+        if not bucket:
+            continue
+        flat = torch.cat([g.reshape(-1) for g in bucket])      # (total numel,) where the gradients are
+        torch.distributed.all_reduce(flat)
+        flat /= WORLD
+        for g, piece in zip(bucket, flat.split([g.numel() for g in bucket])):
+            g.copy_(piece.view_as(g))
+
+
 # ---- 5. The loop --------------------------------------------------------------------------------------------
 def train(args, model, samples, names, val, device, autocast, dtype, out, skips):
-    """Train in `out`: each epoch's optimizer steps, then its records: validation, the checkpoint, a line in
-    metrics.jsonl (resume_training continues a run from its checkpoint, mid-epoch included)."""
-    val_title, val_samples, val_names = val
+    """Train in `out`: each epoch its optimizer steps, then its validation, checkpoint and line in metrics.jsonl.
+    A resumed run goes on from its checkpoint (resume_training), mid-epoch included."""
     loader = make_loader(args, device, samples, train=True, with_index=getattr(model, "needs_paths", False))
-    val_loader = make_loader(args, device, val_samples) if args.val_every else None
-    accum, steps_per_epoch = batch_plan(args, loader, names, val_samples, val_title)
+    val_loader = make_loader(args, device, val[1]) if args.val_every else None
+    accum, steps_per_epoch = batch_plan(args, loader, names, val)
     model.set_classes(names)
     opt = make_optimizer(args, model, device, dtype, steps_per_epoch)
-    checkpoint = os.path.join(out, "last.pt")
     if WORLD > 1:   # every process draws its own mixup / Open-VCLIP alpha (a resumed run restores its state below)
         seed_process(args.seed, RANK)
-    start_epoch, partial, record = resume_training(checkpoint, model, opt, args) if args.run and os.path.isfile(
-        checkpoint) else (0, None, None)   # a shot seed the resumed run had not reached starts afresh
-    for epoch in range(start_epoch, args.epochs):
+    start, partial, record = resume_training(out, model, opt, args)           # (0, None, None) for a new run
+    for epoch in range(start, args.epochs):
         model.train()
-        opt[0].zero_grad(set_to_none=True)
-        # a checkpoint from within this epoch: go on from its step, with what the epoch had summed
-        steps, seen, loss_sum = (partial["steps"], partial["seen"], partial["loss_sum"].to(device)) if partial \
-            else (0, 0, torch.zeros((), device=device))
+        meter = EpochMeter(args, epoch, steps_per_epoch, device, skips, partial)   # steps, clips, loss, the bar
         partial = None
-        clock = dict(tic=time.perf_counter(), resumed_at=seen, waited=[0.0], skipped=skips.count)
-        bar = progress(total=steps_per_epoch, initial=steps, desc=f"epoch {epoch + 1}/{args.epochs}")
-        loader.sampler.set_epoch(epoch, start=steps * accum * loader.batch_size)
+        loader.sampler.set_epoch(epoch, start=meter.steps * accum * loader.batch_size)
         # Under torchrun a batch whose videos were all left out as bad still comes (empty), as a micro-batch.
-        loaded = data.batches(loader, skips, f"epoch {epoch + 1}", clock["waited"], keep_empty=WORLD > 1)
-        while steps < steps_per_epoch:
+        loaded = data.batches(loader, skips, f"epoch {epoch + 1}", meter.waited, keep_empty=WORLD > 1)
+        while meter.steps < steps_per_epoch:
             micro = micro_batches(itertools.islice(loaded, accum), args, device, len(names), loader)
             try:
                 loss, clips = training_step(model, micro, accum, opt, args, autocast)
             except FloatingPointError as e:
-                raise SystemExit(f"epoch {epoch + 1}, step {steps + 1}: {e}. {checkpoint} is the last good checkpoint "
-                                 f"and is kept: lower --lr (now {args.lr:g}){' or add --no-amp' if dtype else ''}, "
-                                 f"then --resume {out}") from None
-            seen += clips
-            if loss is None:   # the loader ran out (videos left out as bad)
+                raise diverged(e, meter, args, out, dtype) from None
+            if not meter.add(loss, clips, opt):   # the loader ran out (videos left out as bad)
                 break
-            loss_sum, steps = loss_sum + loss, steps + 1
-            if not bar.disable:   # on a terminal only: reading the loss waits for the GPU
-                elapsed = time.perf_counter() - clock["tic"]
-                bar.update()
-                bar.set_postfix(loss=f"{loss_sum.item() / (steps * accum):.3f}", lr=f"{opt[1].get_last_lr()[0]:.2e}",
-                                clips_s=f"{WORLD * (seen - clock['resumed_at']) / elapsed:.1f}",
-                                data=f"{clock['waited'][0] / elapsed:.0%}")
-            if args.save_every and steps % args.save_every == 0 and steps < steps_per_epoch:
-                save_training(checkpoint, model, opt, epoch, names, args, record,
-                              partial=dict(steps=steps, seen=seen, loss_sum=loss_sum.cpu()))
-        bar.close()
+            if args.save_every and meter.steps % args.save_every == 0 and meter.steps < steps_per_epoch:
+                save_training(out, model, opt, epoch, names, args, record, partial=meter.state())
         if hasattr(model, "on_epoch_end"):
             model.on_epoch_end(epoch, args.epochs)
-        clock["trained"] = time.perf_counter() - clock["tic"]   # clips/s counts training, not the validation below
-        # the loss of the micro-batches whose steps were taken (not those of an accumulation the epoch cut short)
-        record = dict(epoch=epoch + 1, loss=loss_sum.item() / max(steps * accum, 1), lr=opt[1].get_last_lr()[0],
-                      data_wait=clock["waited"][0] / clock["trained"])
+        record = meter.close(opt)
         if args.val_every and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs):
-            record["val"] = judge(args, model, val_loader, val_names, device, autocast, "val", skips)
+            record["val"] = judge(args, model, val_loader, val[2], device, autocast, "val", skips)
             model.set_classes(names)
-        record_epoch(record, args, seen, skips, clock)
-        save_training(checkpoint, model, opt, epoch + 1, names, args, record)
-        if RANK == 0:
-            append_metrics(os.path.join(out, "metrics.jsonl"), record)
+        end_epoch(record, meter, args, out, model, opt, names, skips)   # its line, checkpoint, metrics.jsonl
 
 
-def batch_plan(args, loader, names, val_samples, val_title):
+def batch_plan(args, loader, names, val):
     """-> (accumulation steps, optimizer steps per epoch), printed. The recipe's global batch is kept whatever the
     number of processes: global_batch = micro-batch x processes x accumulation."""
     clips = loader.batch_size * args.clips_per_video   # --batch-size, or the multiple of K below it
@@ -321,7 +319,7 @@ def batch_plan(args, loader, names, val_samples, val_title):
     split = (f"{clips}" + (f" ({loader.batch_size} videos x {args.clips_per_video} clips)" if
                             args.clips_per_video > 1 else "") + (f" x {WORLD} processes" if WORLD > 1 else ""))
     print(f"batch {split} x {accum} accumulation = {clips * WORLD * accum} (recipe {args.global_batch}), "
-          f"chance {100 / len(names):.1f}%" + (f"; val: 1 view of the {len(val_samples)} {val_title} videos " + (
+          f"chance {100 / len(names):.1f}%" + (f"; val: 1 view of the {len(val[1])} {val[0]} videos " + (
               f"every {args.val_every} epochs and after the last" if args.val_every > 1 else "after every epoch")
               if args.val_every else "; no val, only the final test"))
     steps_per_epoch = len(loader) // accum
@@ -337,8 +335,9 @@ def make_loader(args, device, samples, train=False, views=False, with_index=Fals
     """A DataLoader over samples: one random clip (train), one centre view (per-epoch val), or the test views."""
     mean, std = STATS[args.mean]
     if train:   # the workers draw the colour augmentation; micro_batches applies it to whole batches on the device
-        transform = data.TrainTransform(args.size, mean, std, args.crop, flip=args.flip, color_jitter=args.color_jitter,
-                                        grayscale=args.grayscale, normalise=False, defer_colour=True)
+        transform = data.TrainTransform(args.size, mean, std, args.crop, flip=args.flip,
+                                        color_jitter=args.color_jitter, grayscale=args.grayscale, normalise=False,
+                                        defer_colour=True)
     else:
         transform = data.TestTransform(args.size, mean, std, crops=args.test_crops if views else 1, crop=args.crop,
                                        normalise=False)
@@ -516,131 +515,78 @@ def harmonic_mean(base, novel):
 
 
 # ---- 8. One run, and main -----------------------------------------------------------------------------------
-def run(args, method, seed, out):
-    """Build, train (unless --eval-only) and test one model in the folder `out`; -> {test title: metrics}."""
+def build_model(args, method, seed):
+    """The method's model on its CLIP, with the weights it tests or starts from -> (model, their checkpoint or
+    None, (device, autocast, dtype))."""
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     device, autocast, dtype = device_and_precision(args)
     if args.threads or WORLD > 1:   # under torchrun, the processes of a machine share its cores
         torch.set_num_threads(args.threads or PROCESS_CORES)
-    try:   # under torchrun a download or the stand-in's pretraining happens once, on rank 0, the others wait
-        with rank_zero_first():
-            clip = common.load_clip(args.model, args.pretrained, args.quick_gelu)
-    except (ValueError, RuntimeError) as e:   # an unknown architecture or tag, no network, a broken weights file
-        raise SystemExit(f"--model {args.model} --pretrained {args.pretrained}: {e}") from None
-    args.quick_gelu = clip.quick_gelu
-    if not args.pretrained and not args.weights and not args.model.startswith("tiny"):
-        print(f"note: {args.model} starts from random weights; the papers start from --pretrained openai")
+    clip = load_clip(args)
     args.size = args.size or clip.visual.image_size[0]
     model = method.build(clip, args)
-    if args.run:   # testing a run's checkpoint, or resuming it (train() then loads the checkpoint)
-        tested = os.path.join(seed_folder(args.run, seed, args), "last.pt") if args.eval_only else None
-    else:
-        tested = args.weights
+    # --eval-only --resume RUN tests that run's checkpoint; a resumed run loads its own in train()
+    tested = args.weights if not args.run else \
+        os.path.join(seed_folder(args.run, seed, args), "last.pt") if args.eval_only else None
     ckpt = load_weights(model, method, tested, args) if tested else None
     share_weights(model)
-    if args.predict:
-        return predict(args, model, method, device, autocast, ckpt)
-    if args.search:
-        return search(args, model, device, autocast)
-    if args.benchmark is not None:
-        return benchmark(args, model, device, autocast, dtype)
+    return model, ckpt, (device, autocast, dtype)
 
+
+def run(args, method, seed, out):
+    """Build, train (unless --eval-only) and test one model in the folder `out`; -> {test title: metrics}."""
+    model, ckpt, (device, autocast, dtype) = build_model(args, method, seed)
     train_samples, names, tests = data.protocol_data(args, seed, ckpt and ckpt.get("classes"))
     if train_samples is None and not args.eval_only:
         raise SystemExit("give the training videos with --train-list, or test a model with --eval-only --weights")
     model.to(device)
     if args.compile:   # in place (nn.Module.compile): every call of the model, a method's train_step's too, compiled
         model.compile()
-    val_title, val_samples, val_names = tests[0]
-    seen = f"{len(train_samples)} train videos ({len(names)} classes), " if train_samples and not args.eval_only else ""
-    print(f"{args.method}, {args.protocol}{f' (shot seed {seed})' if len(args.shot_seeds) > 1 else ''}: "
-          f"{common.count_params(model, trainable=True) / 1e6:.2f}M trainable of {common.count_params(model) / 1e6:.2f}M "
-          f"parameters, {seen}{len(val_samples)} {val_title} videos ({len(val_names)} "
-          f"{'captions' if args.protocol == 'retrieval' else 'classes'}), {args.frames} frames "
-          f"at {args.size}px, device {device}" + (f" ({dtype})" if dtype else ""))
+    describe(args, model, seed, train_samples, names, tests[0], device, dtype)
     os.makedirs(out, exist_ok=True)
     skips = data.SkipLog(out)
     if args.eval_only:
-        trained = ckpt and ckpt["epoch"]
-        held = f" (after epoch {trained} of its {ckpt['args'].get('epochs')})" if ckpt else ""
-        bare = args.pretrained or "random weights"
-        print(f"testing {tested}{held}" if tested else f"testing the CLIP as pretrained ({bare}), and whatever "
-              f"{args.method} adds to it at its initialisation: no video training (give --weights or --resume RUN to "
-              f"test a trained model)")
-        weights = tested or f"pretrained {args.pretrained or 'none'}, no video training"
+        weights, trained = tested_weights(args, seed, ckpt)
     else:
         train(args, model, train_samples, names, tests[0], device, autocast, dtype, out, skips)
         weights, trained = os.path.join(out, "last.pt"), args.epochs
-    if args.embed:
-        return write_embeddings(args, model, tests[0][1], device, autocast, skips, out, tested)
     results, views = {}, f"{args.test_clips} clips x {args.test_crops} crops"
     for title, samples, test_names in tests:   # the recipe's views, fused as the method's official test fuses them
         loader = make_loader(args, device, samples, views=True)
         m = judge(args, model, loader, test_names, device, autocast, f"{title} ({views})", skips)
-        left_out = f", {m['skipped']} left out as bad (listed in {skips.path})" if m.get("skipped") else ""
-        print(f"{title} ({views}, {len(samples)} videos{left_out}): {format_metrics(m)}")
-        record = dict(test=title, protocol=args.protocol, views=views, weights=weights, trained_epochs=trained, **m)
-        if args.shots:
-            record["shot_seed"] = seed
-        if RANK == 0:
-            append_metrics(os.path.join(out, "metrics.jsonl"), record)
+        record_test(args, out, seed, title, views, len(samples), weights, trained, m, skips)
         results[title] = m
     return results
 
 
 def main(argv=None):
+    """One command: a run of --method on --protocol over its shot seeds, then its result; or another mode."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args, method = get_args(argv)
     if args.method == "all":
-        return compare(argv)
+        return run_all(argv)
     start_processes(args)
-    if args.predict and WORLD > 1:
-        raise SystemExit("--predict reads one video on one device: run it without torchrun")
-    if args.predict and not os.path.isfile(args.predict):
-        raise SystemExit(f"--predict {args.predict}: " + ("a folder; give one video file" if os.path.isdir(args.predict)
-                                                          else "no such file"))
     if args.predict or args.benchmark is not None or args.search:
-        return run(args, method, None, None)
-    # Rank 0 decides where the run goes and what it continues, and generates the embedded set; every process
-    # then runs with rank 0's settings (the run folder and the videos must be on a filesystem they all see).
-    device = args.device
-    ready = prepare(args) if RANK == 0 else None
-    args, ready = gather((args, ready))[0]   # rank 0's
-    if WORLD > 1:
-        args.device = device   # this process's own GPU
-    if not ready:
+        return use_model(args, method)   # one video, a sentence, or a speed test: no run folder
+    args = begin(args)   # the run's folder (a new one, or the run it continues) and its data, or None: nothing to do
+    if args is None:
         return None
-    if not os.path.isdir(args.out):
-        raise SystemExit(f"process {RANK} cannot see the run folder {args.out} that process 0 made: under torchrun "
-                         f"on several machines, put the run (--out) and the videos on a filesystem all of them share")
-    global RUN
-    RUN = args   # what a Ctrl-C says it stopped
+    if args.embed:
+        return embed(args, method)
     results = {}
     for seed in args.shot_seeds:
         for title, m in run(args, method, seed, seed_folder(args.out, seed, args)).items():
             results.setdefault(title, []).append(m)
-    if args.embed:
-        return closing_lines(args, f"embeddings of {len(results['embedded'][0]['paths'])} videos in "
-                                   f"{os.path.join(args.out, 'embeddings.pt')}: --search SENTENCE --embeddings FILE")
     figures, result_line = summarise(args.protocol, results)
-    record = dict(result=result_line, protocol=args.protocol, trained_epochs=None if args.eval_only else args.epochs,
-                  **figures)
-    if len(args.shot_seeds) > 1 or len(results) > 1:
-        print(f"{args.protocol}: {result_line}")
-        record["summary"] = args.protocol
-    if RANK == 0:
-        append_metrics(os.path.join(args.out, "metrics.jsonl"), record)
-    closing_lines(args, result_line)
+    finish(args, figures, result_line, results)   # the result in metrics.jsonl, and where everything went
     return results
 
 
 # ==============================================================================================================
-# What makes this script a tool: the flags, the device, checkpoints and resume, --predict and --benchmark,
-# torchrun, run folders and records, one-line errors
+# What makes this script a tool: the flags, the model without a run (--predict, --search, --benchmark, --embed),
+# checkpoints and resume, torchrun, run folders and records, --method all, one-line errors
 # ==============================================================================================================
-
-# ---- The command line ---------------------------------------------------------------------------------------
 
 # The cores this process may use: all of them, or under torchrun an equal share per process on the machine.
 PROCESS_CORES = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
@@ -846,7 +792,7 @@ def get_args(argv=None):
     return args, method
 
 
-# ---- The device and the CLIP --------------------------------------------------------------------------------
+# ---- The device, the CLIP, and what a run prints ------------------------------------------------------------
 def device_and_precision(args):
     """(device, autocast, dtype): --device (auto: cuda, then mps, then cpu), and mixed precision on CUDA only:
     bf16 where the GPU has it (no loss scaling needed), else fp16."""
@@ -858,10 +804,338 @@ def device_and_precision(args):
     return device, (lambda: torch.autocast("cuda", dtype=dtype)), dtype
 
 
+def load_clip(args):
+    """The CLIP of --model and --pretrained, or one line saying why it cannot be had. Under torchrun a download or
+    the stand-in's pretraining happens once, on rank 0, while the others wait."""
+    try:
+        with rank_zero_first():
+            clip = common.load_clip(args.model, args.pretrained, args.quick_gelu)
+    except (ValueError, RuntimeError) as e:   # an unknown architecture or tag, no network, a broken weights file
+        raise SystemExit(f"--model {args.model} --pretrained {args.pretrained}: {e}") from None
+    args.quick_gelu = clip.quick_gelu
+    if not args.pretrained and not args.weights and not args.model.startswith("tiny"):
+        print(f"note: {args.model} starts from random weights; the papers start from --pretrained openai")
+    return clip
+
+
+def tested_path(args, seed):
+    """The checkpoint a run starts from or tests: --weights, or with --eval-only --resume RUN that run's (a resumed
+    training run loads its own in train())."""
+    if not args.run:
+        return args.weights
+    return os.path.join(seed_folder(args.run, seed, args), "last.pt") if args.eval_only else None
+
+
+def describe(args, model, seed, train_samples, names, val, device, dtype):
+    """The run's first line: the method, what trains and what is tested, on which device."""
+    val_title, val_samples, val_names = val
+    seen = f"{len(train_samples)} train videos ({len(names)} classes), " if train_samples and not args.eval_only \
+        else ""
+    print(f"{args.method}, {args.protocol}{f' (shot seed {seed})' if len(args.shot_seeds) > 1 else ''}: "
+          f"{common.count_params(model, trainable=True) / 1e6:.2f}M trainable of "
+          f"{common.count_params(model) / 1e6:.2f}M parameters, {seen}{len(val_samples)} {val_title} videos "
+          f"({len(val_names)} {'captions' if args.protocol == 'retrieval' else 'classes'}), {args.frames} frames "
+          f"at {args.size}px, device {device}" + (f" ({dtype})" if dtype else ""))
+
+
+def tested_weights(args, seed, ckpt):
+    """An --eval-only run: say what it tests -> (the weights, as its metrics lines name them; epochs trained)."""
+    tested = tested_path(args, seed)
+    trained = ckpt and ckpt["epoch"]
+    held = f" (after epoch {trained} of its {ckpt['args'].get('epochs')})" if ckpt else ""
+    bare = args.pretrained or "random weights"
+    print(f"testing {tested}{held}" if tested else f"testing the CLIP as pretrained ({bare}), and whatever "
+          f"{args.method} adds to it at its initialisation: no video training (give --weights or --resume RUN to "
+          f"test a trained model)")
+    return tested or f"pretrained {args.pretrained or 'none'}, no video training", trained
+
+
+def record_test(args, out, seed, title, views, videos, weights, trained, m, skips):
+    """A test's line, printed and appended to metrics.jsonl."""
+    left_out = f", {m['skipped']} left out as bad (listed in {skips.path})" if m.get("skipped") else ""
+    print(f"{title} ({views}, {videos} videos{left_out}): {format_metrics(m)}")
+    record = dict(test=title, protocol=args.protocol, views=views, weights=weights, trained_epochs=trained, **m)
+    if args.shots:
+        record["shot_seed"] = seed
+    if RANK == 0:
+        append_metrics(os.path.join(out, "metrics.jsonl"), record)
+
+
+def finish(args, figures, result_line, results):
+    """The run's result line in metrics.jsonl (after a summary over several tests or seeds), then its last lines."""
+    record = dict(result=result_line, protocol=args.protocol, trained_epochs=None if args.eval_only else args.epochs,
+                  **figures)
+    if len(args.shot_seeds) > 1 or len(results) > 1:
+        print(f"{args.protocol}: {result_line}")
+        record["summary"] = args.protocol
+    if RANK == 0:
+        append_metrics(os.path.join(args.out, "metrics.jsonl"), record)
+    closing_lines(args, result_line)
+
+
+# ---- An epoch's bookkeeping: its count and bar, its line, a diverged loss ------------------------------------
+class EpochMeter:
+    """An epoch's running count (optimizer steps, clips, the sum of the steps' losses, the seconds spent waiting for
+    data) and its tqdm bar on a terminal; a checkpoint from within the epoch (partial) gives the count back."""
+    def __init__(self, args, epoch, steps_per_epoch, device, skips, partial=None):
+        self.epoch, self.epochs = epoch, args.epochs
+        self.steps, self.seen, self.loss_sum = (partial["steps"], partial["seen"], partial["loss_sum"].to(device)) \
+            if partial else (0, 0, torch.zeros((), device=device))
+        self.tic, self.resumed_at, self.waited, self.skipped = time.perf_counter(), self.seen, [0.0], skips.count
+        self.bar = progress(total=steps_per_epoch, initial=self.steps, desc=f"epoch {epoch + 1}/{args.epochs}")
+
+    def add(self, loss, clips, opt):
+        """Count a step's clips, and its loss if it was taken; -> whether it was (not when the loader ran out)."""
+        self.seen += clips
+        if loss is None:
+            return False
+        self.loss_sum, self.steps = self.loss_sum + loss, self.steps + 1
+        if not self.bar.disable:   # on a terminal only: reading the loss waits for the GPU
+            elapsed = time.perf_counter() - self.tic
+            self.bar.update()
+            self.bar.set_postfix(loss=f"{self.loss_sum.item() / self.steps:.3f}",
+                                 lr=f"{opt[1].get_last_lr()[0]:.2e}",
+                                 clips_s=f"{WORLD * (self.seen - self.resumed_at) / elapsed:.1f}",
+                                 data=f"{self.waited[0] / elapsed:.0%}")
+        return True
+
+    def state(self):
+        """What a checkpoint from within the epoch keeps of the count."""
+        return dict(steps=self.steps, seen=self.seen, loss_sum=self.loss_sum.cpu())
+
+    def close(self, opt):
+        """-> the epoch's record: its mean loss over the steps taken, the last learning rate, the share of time
+        spent waiting for data (clips/s counts training, not the validation after it)."""
+        self.bar.close()
+        self.trained = time.perf_counter() - self.tic
+        return dict(epoch=self.epoch + 1, loss=self.loss_sum.item() / max(self.steps, 1), lr=opt[1].get_last_lr()[0],
+                    data_wait=self.waited[0] / self.trained)
+
+
+def diverged(e, meter, args, out, dtype):
+    """The one line a diverged loss stops the run with: where, what is kept, what to try."""
+    return SystemExit(f"epoch {meter.epoch + 1}, step {meter.steps + 1}: {e}. {os.path.join(out, 'last.pt')} is the "
+                      f"last good checkpoint and is kept: lower --lr (now {args.lr:g})"
+                      f"{' or add --no-amp' if dtype else ''}, then --resume {out}")
+
+
+def end_epoch(record, meter, args, out, model, opt, names, skips):
+    """Complete the epoch's record (time, clips/s, videos left out as bad, over all processes), print it as the
+    epoch's one plain line, and save it: in the checkpoint, then in metrics.jsonl."""
+    seen, left_out = sum_over_processes(meter.seen - meter.resumed_at), sum_over_processes(skips.count - meter.skipped)
+    record.update(seconds=meter.trained, clips_per_s=seen / meter.trained)
+    shown, val = "", ""
+    if "val" in record:
+        record["val_seconds"] = time.perf_counter() - meter.tic - meter.trained
+        shown, val = f"  val {format_metrics(record['val'])}", f" + {record['val_seconds']:.0f}s val"
+    if left_out:
+        record["skipped"] = int(left_out)
+        shown += f"  skipped {record['skipped']} bad videos ({skips.path})"
+    print(f"epoch {record['epoch']}/{args.epochs}  loss {record['loss']:.3f}{shown}  ({record['seconds']:.0f}s{val}, "
+          f"{record['clips_per_s']:.0f} clips/s, {record['data_wait']:.0%} waiting for data)", flush=True)
+    save_training(out, model, opt, record["epoch"], names, args, record)
+    if RANK == 0:
+        append_metrics(os.path.join(out, "metrics.jsonl"), record)
+
+
+def format_metrics(m):
+    """top-1 (with its standard error and chance), mean-class accuracy, top-5 where there are enough classes
+    for it to say something (50 or more), and twins on the embedded set; or retrieval's ranks both ways."""
+    if "t2v_r1" in m:
+        return "  ".join(f"{way} R@1 {m[f'{way}_r1']:5.1f} R@5 {m[f'{way}_r5']:5.1f} R@10 {m[f'{way}_r10']:5.1f} MdR "
+                         f"{m[f'{way}_median_rank']:g} MnR {m[f'{way}_mean_rank']:.1f}" for way in ("t2v", "v2t")) + \
+            f"  (chance R@1 {m['chance_r1']:.1f})"
+    s = f"top1 {m['top1']:5.1f} ±{m['top1_se']:.1f} (chance {100 / m['classes']:.1f})  mean-class {m['mean_class']:5.1f}"
+    if m["classes"] >= 50:
+        s += f"  top5 {m['top5']:5.1f}"
+    if "twins" in m:
+        s += f"  twins {m['twins']:5.1f} ±{m['twins_se']:.1f} (chance 50)"
+    return s
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm bar on a terminal; nothing when the output goes to a file or a pipe, where the one plain line per
+    epoch says what the bar would have (and a log does not fill with carriage-return frames)."""
+    return tqdm(iterable, disable=not sys.stderr.isatty() or RANK > 0, dynamic_ncols=True, **kwargs)
+
+
+# ---- The model without a run folder: --predict, --search, --benchmark; and --embed ---------------------------
+def use_model(args, method):
+    """--predict, --search or --benchmark: the model alone, no run folder."""
+    if args.predict and WORLD > 1:
+        raise SystemExit("--predict reads one video on one device: run it without torchrun")
+    if args.predict and not os.path.isfile(args.predict):
+        raise SystemExit(f"--predict {args.predict}: " + ("a folder; give one video file" if os.path.isdir(
+            args.predict) else "no such file"))
+    model, ckpt, (device, autocast, dtype) = build_model(args, method, None)
+    if args.predict:
+        return predict(args, model, method, device, autocast, ckpt)
+    if args.search:
+        return search(args, model, device, autocast)
+    return benchmark(args, model, device, autocast, dtype)
+
+
+def class_names(args, ckpt):
+    """--classes as a CSV file, or as "a,b,c" (with --predict), or the names stored in a checkpoint."""
+    if args.classes and os.path.isfile(args.classes):
+        return data.load_classes(args.classes)
+    if args.classes:
+        return [n.strip() for n in args.classes.split(",") if n.strip()]
+    if ckpt is not None and ckpt.get("classes"):
+        return ckpt["classes"]
+    raise SystemExit("give the class names: --classes classes.csv or --classes 'name one,name two,...'")
+
+
+def predict(args, model, method, device, autocast, ckpt):
+    """The most likely classes of one video: the test's views, fused as the method's own test fuses them."""
+    try:
+        video = make_loader(args, device, [(args.predict, 0)], views=True).dataset[0][0]   # the test's views (V,T,3,S,S)
+    except data.VideoError as e:
+        raise SystemExit(f"--predict {str(e).split('; check that')[0]}: give a video file that plays") from None
+    names = class_names(args, ckpt)
+    model.set_classes(names)
+    model.to(device).eval()
+    video = data.normalise(video.to(device), *STATS[args.mean])
+    with torch.no_grad(), autocast() if args.test_amp else contextlib.nullcontext():
+        scores = fuse(model(video).float()[None], args.test_fusion)[0]               # (C,)
+    probs = scores if args.test_fusion == "softmax" else scores.softmax(-1)        # summed logits, ranked the same
+    made = args.weights or f"none: the CLIP as pretrained ({args.pretrained or 'random'}), no video training"
+    print(f"{args.predict} ({args.test_clips} clips x {args.test_crops} crops; weights {made}):")
+    for p, c in zip(*probs.topk(min(5, len(names)))):
+        print(f"  {100 * p:5.1f}%  {names[c]}")
+    if args.model.startswith("tiny"):
+        print(f"note: --model {args.model} knows only the embedded set's synthetic shapes and motions; for real videos "
+              f"use --model ViT-B-16 --pretrained openai, or weights trained on your classes")
+
+
+def embed(args, method):
+    """--embed: every video of --val-list, its test views averaged, written to the run's embeddings.pt."""
+    seed = args.shot_seeds[0]
+    model, ckpt, (device, autocast, dtype) = build_model(args, method, seed)
+    _, _, tests = data.protocol_data(args, seed, ckpt and ckpt.get("classes"))
+    model.to(device)
+    describe(args, model, seed, None, [], tests[0], device, dtype)
+    tested_weights(args, seed, ckpt)
+    made = write_embeddings(args, model, tests[0][1], device, autocast, data.SkipLog(args.out), args.out,
+                            tested_path(args, seed))
+    closing_lines(args, f"embeddings of {len(made['paths'])} videos in {os.path.join(args.out, 'embeddings.pt')}: "
+                        f"--search SENTENCE --embeddings FILE")
+    return {"embedded": [made]}
+
+
+def write_embeddings(args, model, samples, device, autocast, skips, out, weights):
+    """--embed: every video of --val-list, its test views averaged, -> out/embeddings.pt: the paths, the unit
+    embeddings (X-CLIP's video embedding alone: its text depends on the video) and what made them."""
+    loader = make_loader(args, device, samples, views=True)
+    videos, index = embed_videos(model, loader, device, autocast, "embed", skips, STATS[args.mean], args.test_amp)
+    made = dict(paths=[samples[i][0] for i in index.tolist()], method=args.method, weights=weights,
+                views=f"{args.test_clips} clips x {args.test_crops} crops", settings={
+                    k: getattr(args, k) for k in (*INHERITED, "pretrained", *args.own)})
+    if RANK == 0:
+        save_checkpoint(os.path.join(out, "embeddings.pt"), dict(made, embeddings=F.normalize(
+            videos[0] if isinstance(videos, tuple) else videos, dim=-1)))
+    return made
+
+
+@functools.lru_cache(maxsize=1)
+def read_embeddings(path):
+    """An embeddings.pt of --embed, read once for --search (its settings, then its embeddings)."""
+    return load_checkpoint(path)
+
+
+def search(args, model, device, autocast):
+    """--search: the --top-k videos of --embeddings closest to a sentence, by cosine. X-CLIP (and OmniCLIP's video
+    prompts) use the caption's embedding before any prompt: scoring each pair as their retrieval test does would
+    need every video's context stored (P x E numbers), and a prompt pass per video for every query."""
+    stored = read_embeddings(args.embeddings)
+    model.to(device).eval()
+    with torch.no_grad(), autocast() if args.test_amp else contextlib.nullcontext():
+        text = F.normalize(model.embed_captions([args.search]).float(), dim=-1)[0]       # (E,)
+    tic = time.perf_counter()
+    scores = stored["embeddings"].float().to(device) @ text                              # (N,)
+    top = scores.topk(min(args.top_k, len(scores)))
+    print(f"{args.search!r}: the {len(top[0])} closest of the {len(scores)} videos of {args.embeddings} (searched in "
+          f"{time.perf_counter() - tic:.3f} s; made by {stored['weights'] or 'the CLIP as pretrained'}):")
+    for score, i in zip(*top):
+        print(f"  {score:6.3f}  {stored['paths'][i]}")
+    return [(stored["paths"][i], score.item()) for score, i in zip(*top)]
+
+
+# Dense peak TFLOP/s of common GPUs in bf16/fp16 (and fp32), from their data sheets, for MFU (else --peak-tflops).
+PEAK_TFLOPS = {"H200": (989, 67), "H100": (989, 67), "A100": (312, 19.5), "L40S": (362, 91.6), "A10G": (70, 31),
+               "L4": (121, 30), "RTX 4090": (165, 82.6), "RTX 3090": (71, 35.6), "V100": (125, 15.7), "T4": (65, 8.1)}
+
+
+def benchmark(args, model, device, autocast, dtype, warmup=3):
+    """Training steps on random input (400 made-up classes, one micro-batch a step): clips/s, peak memory, FLOPs a
+    clip (torch.utils.flop_counter), MFU; with --train-list the data loader's clips/s too, and which bounds."""
+    model.set_classes([f"class {i}" for i in range(400)])
+    model.to(device).train()
+    opt = make_optimizer(args, model, device, dtype, args.benchmark)   # the training step's, at accumulation 1
+    video = torch.randn(args.micro_batch, args.frames, 3, args.size, args.size, device=device)
+    target = soft_targets(torch.randint(400, (args.micro_batch,), device=device), 400, 0.0)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def one_step():   # under torchrun it includes what each optimizer step costs in communication
+        training_step(model, [(video, target, {})], 1, opt, args, autocast)
+
+    from torch.utils.flop_counter import FlopCounterMode
+    one_step()   # the first step fills caches (a frozen text side is encoded once): count a later one
+    with FlopCounterMode(display=False) as counter:
+        one_step()
+    flops = counter.get_total_flops() / args.micro_batch                  # per training clip
+    if args.compile:   # counted before: the counter does not see inside compiled code (compiled in warm-up)
+        model.compile()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in progress(range(warmup + args.benchmark), desc="benchmark", leave=False):
+        if i == warmup:
+            sync()
+            start = time.perf_counter()
+        one_step()
+    sync()
+    clips = args.benchmark * args.micro_batch / (time.perf_counter() - start)
+    if device.type == "cuda":
+        mem = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB peak GPU memory"
+    else:
+        import resource   # Unix only: imported where it is used
+        mem = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB peak RSS"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    peak = args.peak_tflops or next((p[0] if dtype else p[1] for k, p in PEAK_TFLOPS.items() if k in name), None)
+    mfu = f", MFU {flops * clips / (peak * 1e12):.1%} of {peak:g} TFLOP/s" if peak else \
+        " (MFU: give the device's peak with --peak-tflops)"
+    together = f" ({sum_over_processes(clips):.1f} clips/s over the {WORLD} processes)" if WORLD > 1 else ""
+    print(f"benchmark {args.method} {args.model} on {device}{f' ({name})' if name else ''} ({dtype or torch.float32}):"
+          f" batch {args.micro_batch} x {args.frames} frames x {args.size}px, 400 classes: {clips:.1f} clips/s "
+          f"training{together}, {flops / 1e9:.4g} GFLOP per clip, {flops * clips / 1e12:.3g} TFLOP/s{mfu}, {mem}"
+          + (" (per process)" if WORLD > 1 else ""))
+    if not args.train_list:
+        print("the data loader: give --train-list (with --data-root, --classes) to time it on your videos too")
+        return
+    samples, names = data.read_videos(args.train_list, args.data_root, (args.split or [1])[0], True, args.classes)
+    loader = make_loader(args, device, samples[:args.micro_batch * (args.benchmark + 2)], train=True)
+    micro = micro_batches(data.batches(loader, None, "benchmark"), args, device, len(names), loader)
+    for i, (video, _, _) in enumerate(itertools.islice(micro, args.benchmark + 1)):
+        if i == 0:   # the workers' start-up is not throughput
+            start, count = time.perf_counter(), 0
+        else:
+            count += len(video)
+    loaded = count / (time.perf_counter() - start)
+    bound = "the data loader" if loaded < clips else "the model"
+    print(f"the data loader: {loaded:.1f} clips/s with {args.workers} workers on {args.train_list}; training is "
+          f"bound by {bound} (at most {min(loaded, clips):.1f} clips/s)" + (
+              "; more --workers, or re-encoding the videos to a short key-frame interval, would help" if
+              loaded < clips else ""))
+
+
 # ---- Checkpoints and resume ---------------------------------------------------------------------------------
-def resume_training(checkpoint, model, opt, args):
+def resume_training(out, model, opt, args):
     """Continue a run from its checkpoint: the model, optimizer, schedule, loss scaler and every process's random
-    state as they were, metrics.jsonl cut back -> (epochs done, a part-done epoch's state, the last epoch's record)."""
+    state as they were, metrics.jsonl cut back -> (epochs done, a part-done epoch's state, the last epoch's record);
+    (0, None, None) for a new run, or a shot seed the resumed run had not reached."""
+    checkpoint = os.path.join(out, "last.pt")
+    if not (args.run and os.path.isfile(checkpoint)):
+        return 0, None, None
     state = load_checkpoint(checkpoint)   # every process reads the same file: the run folder must be shared
     for part, key in zip((model, *opt), ("model", "optimizer", "scheduler", "scaler")):
         part.load_state_dict(state[key])
@@ -880,13 +1154,13 @@ def resume_training(checkpoint, model, opt, args):
     return epoch, partial, record
 
 
-def save_training(checkpoint, model, opt, epoch, names, args, record, **extra):
-    """The checkpoint after `epoch` epochs (rank 0 writes it): every process's random state, to continue each one's
+def save_training(out, model, opt, epoch, names, args, record, **extra):
+    """out/last.pt after `epoch` epochs (rank 0 writes it): every process's random state, to continue each one's
     draws, and the last epoch's record (key "line"), which a kill before its append to metrics.jsonl loses not."""
     rngs = gather(rng_state())
     if RANK == 0:
         optimizer, scheduler, scaler = opt
-        save_checkpoint(checkpoint, dict(
+        save_checkpoint(os.path.join(out, "last.pt"), dict(
             model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
             scaler=scaler.state_dict(), epoch=epoch, rng=rngs[0], classes=names, args=saved_args(args), line=record,
             **(dict(rngs=rngs) if WORLD > 1 else {}), **extra))
@@ -989,150 +1263,13 @@ def load_weights(model, method, path, args):
     return ckpt
 
 
-def class_names(args, ckpt):
-    """--classes as a CSV file, or as "a,b,c" (with --predict), or the names stored in a checkpoint."""
-    if args.classes and os.path.isfile(args.classes):
-        return data.load_classes(args.classes)
-    if args.classes:
-        return [n.strip() for n in args.classes.split(",") if n.strip()]
-    if ckpt is not None and ckpt.get("classes"):
-        return ckpt["classes"]
-    raise SystemExit("give the class names: --classes classes.csv or --classes 'name one,name two,...'")
-
-
-# ---- --predict and --benchmark ------------------------------------------------------------------------------
-def predict(args, model, method, device, autocast, ckpt):
-    """The most likely classes of one video: the test's views, fused as the method's own test fuses them."""
-    try:
-        video = make_loader(args, device, [(args.predict, 0)], views=True).dataset[0][0]   # the test's views (V,T,3,S,S)
-    except data.VideoError as e:
-        raise SystemExit(f"--predict {str(e).split('; check that')[0]}: give a video file that plays") from None
-    names = class_names(args, ckpt)
-    model.set_classes(names)
-    model.to(device).eval()
-    video = data.normalise(video.to(device), *STATS[args.mean])
-    with torch.no_grad(), autocast() if args.test_amp else contextlib.nullcontext():
-        scores = fuse(model(video).float()[None], args.test_fusion)[0]               # (C,)
-    probs = scores if args.test_fusion == "softmax" else scores.softmax(-1)        # summed logits, ranked the same
-    made = args.weights or f"none: the CLIP as pretrained ({args.pretrained or 'random'}), no video training"
-    print(f"{args.predict} ({args.test_clips} clips x {args.test_crops} crops; weights {made}):")
-    for p, c in zip(*probs.topk(min(5, len(names)))):
-        print(f"  {100 * p:5.1f}%  {names[c]}")
-    if args.model.startswith("tiny"):
-        print(f"note: --model {args.model} knows only the embedded set's synthetic shapes and motions; for real videos "
-              f"use --model ViT-B-16 --pretrained openai, or weights trained on your classes")
-
-
-def write_embeddings(args, model, samples, device, autocast, skips, out, weights):
-    """--embed: every video of --val-list, its test views averaged, -> out/embeddings.pt: the paths, the unit
-    embeddings (X-CLIP's video embedding alone: its text depends on the video) and what made them."""
-    loader = make_loader(args, device, samples, views=True)
-    videos, index = embed_videos(model, loader, device, autocast, "embed", skips, STATS[args.mean], args.test_amp)
-    made = dict(paths=[samples[i][0] for i in index.tolist()], method=args.method, weights=weights,
-                views=f"{args.test_clips} clips x {args.test_crops} crops", settings={
-                    k: getattr(args, k) for k in (*INHERITED, "pretrained", *args.own)})
-    if RANK == 0:
-        save_checkpoint(os.path.join(out, "embeddings.pt"), dict(made, embeddings=F.normalize(
-            videos[0] if isinstance(videos, tuple) else videos, dim=-1)))
-    return {"embedded": made}
-
-
-@functools.lru_cache(maxsize=1)
-def read_embeddings(path):
-    """An embeddings.pt of --embed, read once for --search (its settings, then its embeddings)."""
-    return load_checkpoint(path)
-
-
-def search(args, model, device, autocast):
-    """--search: the --top-k videos of --embeddings closest to a sentence, by cosine. X-CLIP (and OmniCLIP's video
-    prompts) use the caption's embedding before any prompt: scoring each pair as their retrieval test does would
-    need every video's context stored (P x E numbers), and a prompt pass per video for every query."""
-    stored = read_embeddings(args.embeddings)
-    model.to(device).eval()
-    with torch.no_grad(), autocast() if args.test_amp else contextlib.nullcontext():
-        text = F.normalize(model.embed_captions([args.search]).float(), dim=-1)[0]       # (E,)
-    tic = time.perf_counter()
-    scores = stored["embeddings"].float().to(device) @ text                              # (N,)
-    top = scores.topk(min(args.top_k, len(scores)))
-    print(f"{args.search!r}: the {len(top[0])} closest of the {len(scores)} videos of {args.embeddings} (searched in "
-          f"{time.perf_counter() - tic:.3f} s; made by {stored['weights'] or 'the CLIP as pretrained'}):")
-    for score, i in zip(*top):
-        print(f"  {score:6.3f}  {stored['paths'][i]}")
-    return [(stored["paths"][i], score.item()) for score, i in zip(*top)]
-
-
-# Dense peak TFLOP/s of common GPUs in bf16/fp16 (and fp32), from their data sheets, for MFU (else --peak-tflops).
-PEAK_TFLOPS = {"H200": (989, 67), "H100": (989, 67), "A100": (312, 19.5), "L40S": (362, 91.6), "A10G": (70, 31),
-               "L4": (121, 30), "RTX 4090": (165, 82.6), "RTX 3090": (71, 35.6), "V100": (125, 15.7), "T4": (65, 8.1)}
-
-
-def benchmark(args, model, device, autocast, dtype, warmup=3):
-    """Training steps on random input (400 made-up classes, one micro-batch a step): clips/s, peak memory, FLOPs a
-    clip (torch.utils.flop_counter), MFU; with --train-list the data loader's clips/s too, and which bounds."""
-    model.set_classes([f"class {i}" for i in range(400)])
-    model.to(device).train()
-    opt = make_optimizer(args, model, device, dtype, args.benchmark)   # the training step's, at accumulation 1
-    video = torch.randn(args.micro_batch, args.frames, 3, args.size, args.size, device=device)
-    target = soft_targets(torch.randint(400, (args.micro_batch,), device=device), 400, 0.0)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def one_step():   # under torchrun it includes what each optimizer step costs in communication
-        training_step(model, [(video, target, {})], 1, opt, args, autocast)
-
-    from torch.utils.flop_counter import FlopCounterMode
-    one_step()   # the first step fills caches (a frozen text side is encoded once): count a later one
-    with FlopCounterMode(display=False) as counter:
-        one_step()
-    flops = counter.get_total_flops() / args.micro_batch                  # per training clip
-    if args.compile:   # counted before: the counter does not see inside compiled code (compiled in warm-up)
-        model.compile()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for i in progress(range(warmup + args.benchmark), desc="benchmark", leave=False):
-        if i == warmup:
-            sync()
-            start = time.perf_counter()
-        one_step()
-    sync()
-    clips = args.benchmark * args.micro_batch / (time.perf_counter() - start)
-    if device.type == "cuda":
-        mem = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB peak GPU memory"
-    else:
-        import resource   # Unix only: imported where it is used
-        mem = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB peak RSS"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    peak = args.peak_tflops or next((p[0] if dtype else p[1] for k, p in PEAK_TFLOPS.items() if k in name), None)
-    mfu = f", MFU {flops * clips / (peak * 1e12):.1%} of {peak:g} TFLOP/s" if peak else \
-        " (MFU: give the device's peak with --peak-tflops)"
-    together = f" ({sum_over_processes(clips):.1f} clips/s over the {WORLD} processes)" if WORLD > 1 else ""
-    print(f"benchmark {args.method} {args.model} on {device}{f' ({name})' if name else ''} ({dtype or torch.float32}):"
-          f" batch {args.micro_batch} x {args.frames} frames x {args.size}px, 400 classes: {clips:.1f} clips/s "
-          f"training{together}, {flops / 1e9:.4g} GFLOP per clip, {flops * clips / 1e12:.3g} TFLOP/s{mfu}, {mem}"
-          + (" (per process)" if WORLD > 1 else ""))
-    if not args.train_list:
-        print("the data loader: give --train-list (with --data-root, --classes) to time it on your videos too")
-        return
-    samples, names = data.read_videos(args.train_list, args.data_root, (args.split or [1])[0], True, args.classes)
-    loader = make_loader(args, device, samples[:args.micro_batch * (args.benchmark + 2)], train=True)
-    micro = micro_batches(data.batches(loader, None, "benchmark"), args, device, len(names), loader)
-    for i, (video, _, _) in enumerate(itertools.islice(micro, args.benchmark + 1)):
-        if i == 0:   # the workers' start-up is not throughput
-            start, count = time.perf_counter(), 0
-        else:
-            count += len(video)
-    loaded = count / (time.perf_counter() - start)
-    bound = "the data loader" if loaded < clips else "the model"
-    print(f"the data loader: {loaded:.1f} clips/s with {args.workers} workers on {args.train_list}; training is "
-          f"bound by {bound} (at most {min(loaded, clips):.1f} clips/s)" + (
-              "; more --workers, or re-encoding the videos to a short key-frame interval, would help" if
-              loaded < clips else ""))
-
-
 # ---- More than one GPU: one process per GPU (torchrun), each on its own share of every batch --------------
 # torchrun sets RANK, WORLD_SIZE and LOCAL_RANK in each process; without them this file runs as one process.
 # Every process builds the same model from the same seed, reads its own shard of each epoch (data.EpochSampler),
 # and averages the gradients once per optimizer step (average_gradients); only rank 0 prints and writes files.
 RANK, WORLD, LOCAL_RANK = 0, 1, 0
+
+
 RUN = None   # the settings of the run in progress (main), for the line a Ctrl-C ends with
 
 
@@ -1207,42 +1344,10 @@ def share_weights(model):
             t.copy_(sent)
 
 
-def average_gradients(params, bucket_bytes=2**26):
-    """The mean of every process's .grad, once per optimizer step, after the step's last backward pass. Not
-    DistributedDataParallel, whose reducer fires during one backward of the wrapped model's forward: the methods
-    run backward passes of their own (Open-VCLIP two per micro-batch, ViFi-CLIP one through the text tower after
-    the last). Whatever a method adds into .grad, the mean of the sums is the gradient of the global batch's mean
-    loss, exactly, for one all-reduce per step (DDP would overlap it with the last backward; the recipes take a
-    step per 4 to 16 micro-batches), in flat buckets of 64 MB. A parameter with no gradient on some processes
-    counts as zero there; one with none on any process keeps .grad None, as on one process."""
-    if WORLD == 1:
-        return
-    params = [p for p in params if p.requires_grad]
-    has = sum_over_processes(torch.tensor([p.grad is not None for p in params], dtype=torch.float32))
-    buckets, size = [[]], 0
-    for p, n in zip(params, has.tolist()):
-        if not n:
-            continue
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        nbytes = p.grad.numel() * p.grad.element_size()
-        if buckets[-1] and (p.grad.dtype != buckets[-1][0].dtype or size + nbytes > bucket_bytes):
-            buckets.append([])
-            size = 0
-        buckets[-1].append(p.grad)
-        size += nbytes
-    for bucket in buckets:
-        if not bucket:
-            continue
-        flat = torch.cat([g.reshape(-1) for g in bucket])      # (total numel,) where the gradients are
-        torch.distributed.all_reduce(flat)
-        flat /= WORLD
-        for g, piece in zip(bucket, flat.split([g.numel() for g in bucket])):
-            g.copy_(piece.view_as(g))
-
-
 # ---- Run folders: each run writes into a folder of its own, and never into another run's --------------------
 RUNS = "runs"
+
+
 # What --resume takes from this command line, not from the run it continues (the decoding workers are this machine's).
 RUN_CONTROL = ("resume", "eval_only", "overwrite", "out", "explicit", "run", "argv", "workers", "dist_timeout")
 
@@ -1254,7 +1359,6 @@ RENAMED = dict(step_batch="micro_batch", batch_size="global_batch", schedule_acc
 def saved_args(args):
     """The resolved settings, as config.json and the checkpoints keep them."""
     return {k: v for k, v in vars(args).items() if k not in ("explicit", "own")}
-
 
 
 def append_metrics(path, record):
@@ -1311,6 +1415,58 @@ def latest_run(method, protocol):
              if (c := read_config(folder)) and c.get("method") == method and c.get("protocol") == protocol
              and not c.get("eval_only") and "started" in c]
     return max(found)[1] if found else None
+
+
+def begin(args):
+    """Rank 0 decides where the run goes and what it continues, and generates the embedded set; every process
+    then runs with rank 0's settings (the run folder and the videos must be on a filesystem they all see).
+    -> those settings, or None when there is nothing to do (a resumed run that is finished)."""
+    device = args.device
+    ready = prepare(args) if RANK == 0 else None
+    args, ready = gather((args, ready))[0]   # rank 0's
+    if WORLD > 1:
+        args.device = device   # this process's own GPU
+    if not ready:
+        return None
+    if not os.path.isdir(args.out):
+        raise SystemExit(f"process {RANK} cannot see the run folder {args.out} that process 0 made: under torchrun "
+                         f"on several machines, put the run (--out) and the videos on a filesystem all of them share")
+    global RUN
+    RUN = args   # what a Ctrl-C says it stopped
+    return args
+
+
+def prepare(args):
+    """Place the run (a new folder, or the run it continues), and generate the embedded set if it is used.
+    -> False when there is nothing to do (a resumed run that is finished)."""
+    try:
+        place_run(args)
+    except OSError as e:
+        raise SystemExit(f"cannot make the run's folder: {e}; choose another --out") from None
+    top = os.path.join(args.out, "metrics.jsonl")
+    if args.run and not args.eval_only:
+        # The result line is written once every shot seed is trained and tested: with it, the run is finished.
+        result = [r["result"] for r in read_metrics(top) if "result" in r]
+        done = min((load_checkpoint(p)["epoch"] for p in checkpoints(args.out)), default=0)
+        if result and done >= args.epochs:
+            print(f"{args.out} is finished ({done} epochs): {result[-1]}. Nothing to train: test it again with "
+                  f"--eval-only --resume {args.out} (into a folder of its own), or train on with --resume {args.out} "
+                  f"--epochs N (N > {done}; its tests so far stay in its metrics)")
+            return False
+        print(f"continuing {args.out}" + (f" (the latest {args.method} {args.protocol} run)"
+                                          if args.resume == "auto" and "out" not in args.explicit else ""))
+        if len(args.shot_seeds) > 1:   # each seed's own file is cut back as the seed resumes
+            trim_metrics(top, 0)
+        write_config(args)
+    if args.embedded:   # the synthetic set; zero-shot trains on 8 of its classes and tests on the 4 held out
+        paths = data.make_synthetic(args.embedded_dir)
+        keys = ("seen_train", "unseen_val", "seen", "unseen") if args.protocol == "zero-shot" else \
+            ("train", "val", "classes", None)
+        args.train_list, args.val_list, args.classes, args.val_classes = (paths.get(k) for k in keys)
+        if args.protocol == "retrieval":   # 96 videos, each with a caption of its own
+            args.val_list = data.make_retrieval_set(paths["root"])
+        args.data_root = paths["root"]
+    return True
 
 
 def place_run(args):
@@ -1390,78 +1546,6 @@ def write_config(args, **extra):
         raise SystemExit(f"--out {args.out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
 
 
-def compare(argv):
-    """--method all: every method in turn with the same flags, each in its own run folder, then one table of their
-    results and CPU time (user + system of this process and its decoding workers; under torchrun rank 0's)."""
-    cpu_seconds = lambda: sum(os.times()[:4])   # user, system, and the joined children's (decoding workers)
-    clock = lambda seconds: f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
-    rows = ["| method | test top-1 | twins | CPU-s | wall |", "|---|---|---|---|---|"]
-    protocol, start = get_args(argv)[0].protocol, (cpu_seconds(), time.perf_counter())
-    for name in METHODS:
-        sub = [f"--method={name}" if a == "--method=all" else name if k and argv[k - 1] == "--method" else a
-               for k, a in enumerate(argv)]
-        cpu, wall = cpu_seconds(), time.perf_counter()
-        results = main(sub)
-        gc.collect()   # the DataLoader workers are joined, so that their CPU time is counted
-        cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
-        figures, line = summarise(protocol, results) if results else ({}, "finished")
-        cell = [f"{figures[k]:.1f} ± {figures[k + '_se']:.1f}" if k + "_se" in figures else "" for k in ("top1", "twins")]
-        rows.append(f"| {name} | {cell[0] or line} | {cell[1]} | {cpu:.0f} | {clock(wall)} |")
-        print()
-    rows.append(f"| all four | | | {cpu_seconds() - start[0]:.0f} | {clock(time.perf_counter() - start[1])} |")
-    print("\n".join(rows))
-    return rows
-
-
-def prepare(args):
-    """Place the run (a new folder, or the run it continues), and generate the embedded set if it is used.
-    -> False when there is nothing to do (a resumed run that is finished)."""
-    try:
-        place_run(args)
-    except OSError as e:
-        raise SystemExit(f"cannot make the run's folder: {e}; choose another --out") from None
-    top = os.path.join(args.out, "metrics.jsonl")
-    if args.run and not args.eval_only:
-        # The result line is written once every shot seed is trained and tested: with it, the run is finished.
-        result = [r["result"] for r in read_metrics(top) if "result" in r]
-        done = min((load_checkpoint(p)["epoch"] for p in checkpoints(args.out)), default=0)
-        if result and done >= args.epochs:
-            print(f"{args.out} is finished ({done} epochs): {result[-1]}. Nothing to train: test it again with "
-                  f"--eval-only --resume {args.out} (into a folder of its own), or train on with --resume {args.out} "
-                  f"--epochs N (N > {done}; its tests so far stay in its metrics)")
-            return False
-        print(f"continuing {args.out}" + (f" (the latest {args.method} {args.protocol} run)"
-                                          if args.resume == "auto" and "out" not in args.explicit else ""))
-        if len(args.shot_seeds) > 1:   # each seed's own file is cut back as the seed resumes
-            trim_metrics(top, 0)
-        write_config(args)
-    if args.embedded:   # the synthetic set; zero-shot trains on 8 of its classes and tests on the 4 held out
-        paths = data.make_synthetic(args.embedded_dir)
-        keys = ("seen_train", "unseen_val", "seen", "unseen") if args.protocol == "zero-shot" else \
-            ("train", "val", "classes", None)
-        args.train_list, args.val_list, args.classes, args.val_classes = (paths.get(k) for k in keys)
-        if args.protocol == "retrieval":   # 96 videos, each with a caption of its own
-            args.val_list = data.make_retrieval_set(paths["root"])
-        args.data_root = paths["root"]
-    return True
-
-
-def record_epoch(record, args, seen, skips, clock):
-    """Complete an epoch's record with its time, clips/s and the videos left out as bad, over all processes,
-    and print it as the epoch's one plain line."""
-    seen, left_out = sum_over_processes(seen - clock["resumed_at"]), sum_over_processes(skips.count - clock["skipped"])
-    record.update(seconds=clock["trained"], clips_per_s=seen / clock["trained"])
-    shown, val = "", ""
-    if "val" in record:
-        record["val_seconds"] = time.perf_counter() - clock["tic"] - clock["trained"]
-        shown, val = f"  val {format_metrics(record['val'])}", f" + {record['val_seconds']:.0f}s val"
-    if left_out:
-        record["skipped"] = int(left_out)
-        shown += f"  skipped {record['skipped']} bad videos ({skips.path})"
-    print(f"epoch {record['epoch']}/{args.epochs}  loss {record['loss']:.3f}{shown}  ({record['seconds']:.0f}s{val}, "
-          f"{record['clips_per_s']:.0f} clips/s, {record['data_wait']:.0%} waiting for data)", flush=True)
-
-
 def closing_lines(args, result_line):
     """The last lines of a run: where what it used and wrote is, and its result."""
     top = os.path.join(args.out, "metrics.jsonl")
@@ -1484,25 +1568,27 @@ def closing_lines(args, result_line):
         print(f"{key:11s} {value}")
 
 
-def format_metrics(m):
-    """top-1 (with its standard error and chance), mean-class accuracy, top-5 where there are enough classes
-    for it to say something (50 or more), and twins on the embedded set; or retrieval's ranks both ways."""
-    if "t2v_r1" in m:
-        return "  ".join(f"{way} R@1 {m[f'{way}_r1']:5.1f} R@5 {m[f'{way}_r5']:5.1f} R@10 {m[f'{way}_r10']:5.1f} MdR "
-                         f"{m[f'{way}_median_rank']:g} MnR {m[f'{way}_mean_rank']:.1f}" for way in ("t2v", "v2t")) + \
-            f"  (chance R@1 {m['chance_r1']:.1f})"
-    s = f"top1 {m['top1']:5.1f} ±{m['top1_se']:.1f} (chance {100 / m['classes']:.1f})  mean-class {m['mean_class']:5.1f}"
-    if m["classes"] >= 50:
-        s += f"  top5 {m['top5']:5.1f}"
-    if "twins" in m:
-        s += f"  twins {m['twins']:5.1f} ±{m['twins_se']:.1f} (chance 50)"
-    return s
-
-
-def progress(iterable=None, **kwargs):
-    """A tqdm bar on a terminal; nothing when the output goes to a file or a pipe, where the one plain line per
-    epoch says what the bar would have (and a log does not fill with carriage-return frames)."""
-    return tqdm(iterable, disable=not sys.stderr.isatty() or RANK > 0, dynamic_ncols=True, **kwargs)
+def run_all(argv):
+    """--method all: every method in turn with the same flags, each in its own run folder, then one table of their
+    results and CPU time (user + system of this process and its decoding workers; under torchrun rank 0's)."""
+    cpu_seconds = lambda: sum(os.times()[:4])   # user, system, and the joined children's (decoding workers)
+    clock = lambda seconds: f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+    rows = ["| method | test top-1 | twins | CPU-s | wall |", "|---|---|---|---|---|"]
+    protocol, start = get_args(argv)[0].protocol, (cpu_seconds(), time.perf_counter())
+    for name in METHODS:
+        sub = [f"--method={name}" if a == "--method=all" else name if k and argv[k - 1] == "--method" else a
+               for k, a in enumerate(argv)]
+        cpu, wall = cpu_seconds(), time.perf_counter()
+        results = main(sub)
+        gc.collect()   # the DataLoader workers are joined, so that their CPU time is counted
+        cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
+        figures, line = summarise(protocol, results) if results else ({}, "finished")
+        cell = [f"{figures[k]:.1f} ± {figures[k + '_se']:.1f}" if k + "_se" in figures else "" for k in ("top1", "twins")]
+        rows.append(f"| {name} | {cell[0] or line} | {cell[1]} | {cpu:.0f} | {clock(wall)} |")
+        print()
+    rows.append(f"| all four | | | {cpu_seconds() - start[0]:.0f} | {clock(time.perf_counter() - start[1])} |")
+    print("\n".join(rows))
+    return rows
 
 
 # ---- One-line errors ----------------------------------------------------------------------------------------
