@@ -3283,6 +3283,22 @@ def test_retrieval_metrics_by_hand():
     assert even["t2v_median_rank"] == 1.5   # ranks 2 and 1: their median as np.median gives it
 
 
+def test_video_to_text_with_several_captions_ranks_videos_by_their_best_caption_as_clip4clip():
+    """MSVD's protocol (CLIP4Clip's multi-sentence evaluation): a video query scores every candidate video by the
+    maximum over that video's captions, and its rank is its own video's among the N videos, not its best own
+    caption's among the K captions. Ranks worked by hand; a tie still counts against the query."""
+    sim = torch.tensor([[0.90, 0.10, 0.95, 0.20, 0.50],      # 3 videos x 5 captions: video 0 owns captions 0, 1,
+                        [0.80, 0.70, 0.60, 0.30, 0.10],      # video 1 owns 2, 3, video 2 owns 4
+                        [0.30, 0.30, 0.20, 0.20, 0.30]])
+    m = train.retrieval_metrics(sim, torch.tensor([0, 0, 1, 1, 2]))
+    # video 0: videos' best captions 0.90, 0.95, 0.50: its own second (2)
+    # video 1: 0.80, 0.60, 0.10: its own second (2); among the captions it would be third (0.8, 0.7 above it)
+    # video 2: 0.30, 0.20, 0.30: tied with video 0, so second (2); among the captions it would be third
+    assert (m["v2t_r1"], m["v2t_r5"], m["v2t_median_rank"], m["v2t_mean_rank"]) == (0.0, 100.0, 2, 2.0)
+    # text to video is as with one caption a video: captions 0-4 find their videos at 1, 3, 2, 1, 2
+    assert (m["t2v_r1"], m["t2v_median_rank"], m["t2v_mean_rank"]) == (pytest.approx(40), 2, pytest.approx(9 / 5))
+
+
 def test_readers_of_retrieval_sets_in_their_published_formats(tmp_path):
     for name in ("video7020.mp4", "video9731.mp4", "abc_1_5.avi", "def_2_8.avi", "mine/a b.mp4"):
         touch_files(tmp_path, name)

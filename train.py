@@ -438,20 +438,20 @@ def retrieve(model, loader, captions, device, autocast, desc="retrieval", skips=
 
 
 def retrieval_metrics(sim, owner):
-    """sim (N videos, K captions), owner (K,) the video of each caption -> R@1, R@5, R@10, median and mean rank,
-    text to video (a caption's query: where its video ranks among the N) and video to text (a video's query: where
-    its best-ranked own caption ranks among the K; several captions a video as MSVD's protocol), as CLIP4Clip's.
-    A tie counts against the query: the match ranks after every item scored as high, so a model that scores
-    everything alike ranks last, not first."""
+    """sim (N videos, K captions), owner (K,) the video of each caption -> R@1, R@5, R@10, median and mean rank
+    both ways, as CLIP4Clip's evaluation: text to video, a caption's query, ranks its video among the N videos;
+    video to text, a video's query, scores each of the N videos by the best of its own captions and ranks the
+    query's own video among them (with one caption a video: its caption among the K). A tie counts against the
+    query: the match ranks after every item scored as high, so a model that scores everything alike ranks last."""
     N, K = sim.shape
-    t2v = (sim >= sim[owner, torch.arange(K)]).sum(0)                                   # (K,) videos as high or higher
-    ascending = sim.sort(1).values
-    as_high = K - torch.searchsorted(ascending, sim.contiguous())                       # (N, K) captions as high or higher
-    v2t = as_high.masked_fill(owner[None, :] != torch.arange(N)[:, None], K + 1).min(1).values   # (N,) best own caption
+    t2v = (sim >= sim[owner, torch.arange(K)]).sum(0)                        # (K,) videos as high or higher
+    best = sim.new_full((N, N), -math.inf).scatter_reduce(1, owner.expand(N, K), sim, "amax")   # (N, N) by video
+    v2t = (best >= best.diagonal()[:, None]).sum(1)                          # (N,) videos as high or higher
     figures = dict(videos=N, captions=K, chance_r1=100 / N)
     for way, ranks in (("t2v", t2v), ("v2t", v2t)):
         figures.update({f"{way}_r{k}": 100 * (ranks <= k).float().mean().item() for k in (1, 5, 10)})
-        figures.update({f"{way}_median_rank": statistics.median(ranks.tolist()), f"{way}_mean_rank": ranks.float().mean().item()})
+        figures.update({f"{way}_median_rank": statistics.median(ranks.tolist()),
+                        f"{way}_mean_rank": ranks.float().mean().item()})
     return figures
 
 
