@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import warnings
 import zipfile
 
 import open_clip
@@ -267,12 +268,30 @@ def load_clip(name="tiny", pretrained=None, quick_gelu=None, cache_dir=None):
     The tokenizer is attached as `clip.tokenizer`. Offline, a tag that is not already cached fails at once
     with a message saying how to pass a local file, instead of going through open_clip's retries.
     """
+    pretrained, quick_gelu = resolve_pretrained(name, pretrained, quick_gelu, cache_dir)
+    if pretrained == "synthetic":
+        return synthetic_clip(name, cache_dir)
+    if pretrained is None:   # random weights are asked for here: silence open_clip's warning that they are random
+        logging.disable(logging.WARNING)
+    try:
+        clip = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=bool(quick_gelu),
+                                      cache_dir=cache_dir)
+    finally:
+        logging.disable(logging.NOTSET)
+    clip.tokenizer = open_clip.get_tokenizer(name)
+    clip.quick_gelu = bool(quick_gelu)
+    return clip
+
+
+def resolve_pretrained(name, pretrained=None, quick_gelu=None, cache_dir=None):
+    """-> (the weights load_clip takes: None, "synthetic", a local file, or a tag open_clip downloads; quick_gelu
+    decided), or an error at once: an unknown architecture or tag, or no network for weights not yet cached."""
     register_tiny_configs()
     if name not in open_clip.list_models():
         raise ValueError(f"unknown CLIP architecture {name!r}; choose one of {', '.join(open_clip.list_models())}")
     pretrained = None if pretrained in (None, "", "none") else pretrained
     if pretrained == "synthetic":
-        return synthetic_clip(name, cache_dir)
+        return pretrained, False
     if pretrained is not None and not os.path.isfile(pretrained):
         cfg = open_clip.get_pretrained_cfg(name, pretrained)
         if not cfg:
@@ -293,16 +312,7 @@ def load_clip(name="tiny", pretrained=None, quick_gelu=None, cache_dir=None):
                 f"{' (OpenAI weights: add --quick-gelu)' if cfg.get('quick_gelu') else ''}")
     if quick_gelu is None:
         quick_gelu = pretrained is not None and "openai" in os.path.basename(pretrained).lower()
-    if pretrained is None:   # random weights are asked for here: silence open_clip's warning that they are random
-        logging.disable(logging.WARNING)
-    try:
-        clip = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=bool(quick_gelu),
-                                      cache_dir=cache_dir)
-    finally:
-        logging.disable(logging.NOTSET)
-    clip.tokenizer = open_clip.get_tokenizer(name)
-    clip.quick_gelu = bool(quick_gelu)
-    return clip
+    return pretrained, quick_gelu
 
 
 # ---- An offline stand-in for a pretrained CLIP --------------------------------------------------------------
@@ -388,9 +398,15 @@ def load_checkpoint(path, what="checkpoint"):
     admitted besides, by their exact names. Our own checkpoints need nothing more: their settings, class names,
     random states and metrics are plain."""
     try:
-        with torch.serialization.safe_globals(STAND_INS):
+        with torch.serialization.safe_globals(STAND_INS), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Detected pickle protocol")   # said in the one line below, if it fails
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if _pickle_protocol(path) >= 4:   # torch.save(..., pickle_protocol=4 or 5): its FRAME opcode is refused
+            raise CheckpointError(
+                f"{path}: written with pickle protocol {_pickle_protocol(path)}, which PyTorch's safe loader cannot "
+                f"read as data. If you trust the file, load it once yourself (torch.load(FILE, weights_only=False)) "
+                f"and torch.save it again with the default protocol, then give that file") from None
         try:   # what the file names besides what the safe loader and STAND_INS admit, read without running it
             named = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except (RuntimeError, ValueError, OSError):   # not torch.save's zip format: the message names the first
@@ -407,6 +423,18 @@ def load_checkpoint(path, what="checkpoint"):
         reason = str(e).strip().splitlines()[0]
     raise CheckpointError(f"{path}: not a whole {what} ({reason[:200]}); it was cut short or is no {what} at all: "
                           f"take another copy, or start without it")
+
+
+def _pickle_protocol(path):
+    """The pickle protocol of a checkpoint (its data.pkl inside torch.save's zip, or the whole file), read from its
+    first two bytes (PROTO n), without unpickling anything; 0 if it names none."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            head = z.open(next(n for n in z.namelist() if n.endswith("data.pkl"))).read(2)
+    except (zipfile.BadZipFile, StopIteration, OSError):
+        with open(path, "rb") as f:
+            head = f.read(2)
+    return head[1] if head[:1] == b"\x80" and len(head) == 2 else 0
 
 
 def load_state_dict(path):

@@ -1612,7 +1612,7 @@ def test_cli_protocols(tmp_path, capsys):
                                         "--classes", paths["classes"], "--out", out])
     printed = capsys.readouterr().out
     assert set(results) == {"test base", "test novel"} and all(len(v) == 2 for v in results.values())
-    assert "test base (1 clips x 1 crops, 12 videos)" in printed and "test novel (1 clips x 1 crops, 12 videos)" in printed
+    assert "test base (1 clip x 1 crop, 12 videos)" in printed and "test novel (1 clip x 1 crop, 12 videos)" in printed
     summary = json.loads(open(os.path.join(out, "metrics.jsonl")).read().splitlines()[-1])
     b = sum(m["top1"] for m in results["test base"]) / 2
     n = sum(m["top1"] for m in results["test novel"]) / 2
@@ -1774,7 +1774,7 @@ def test_cli_runs_get_folders_of_their_own_and_never_overwrite_each_other(tmp_pa
     lines = train.read_metrics(os.path.join(first, "metrics.jsonl"))
     assert [r["epoch"] for r in lines if "epoch" in r] == [1, 2]
     assert [r["trained_epochs"] for r in lines if "result" in r] == [1, 2]
-    assert lines[-2]["views"] == "2 clips x 1 crops" and lines[-2]["weights"] == os.path.join(first, "last.pt")
+    assert lines[-2]["views"] == "2 clips x 1 crop" and lines[-2]["weights"] == os.path.join(first, "last.pt")
     assert json.load(open(os.path.join(first, "config.json")))["epochs"] == 2
 
     # An eval-only run tests that checkpoint into a folder of its own, says which, and gets the same figures.
@@ -1939,7 +1939,7 @@ def test_cli_bad_videos_stop_the_run_or_are_left_out_counted_and_listed(tmp_path
     result = train.main(argv + ["--out", out, "--skip-bad-videos"])
     printed = capsys.readouterr().out
     listed = open(os.path.join(out, "skipped.txt")).read().splitlines()
-    assert {line.split("\t")[0] for line in listed} == {"epoch 1", "val", "test (2 clips x 1 crops)"}
+    assert {line.split("\t")[0] for line in listed} == {"epoch 1", "val", "test (2 clips x 1 crop)"}
     assert all("may be damaged" in line for line in listed)
     lines = train.read_metrics(os.path.join(out, "metrics.jsonl"))
     assert lines[0]["skipped"] == 2 and lines[0]["val"]["skipped"] == 1       # the epoch counts its val pass too
@@ -2127,8 +2127,8 @@ def test_cli_a_finished_run_trained_further_keeps_its_results_and_eval_folders_p
     assert sorted(os.listdir("runs")) == ["vificlip-supervised", "vificlip-supervised-2", "vificlip-supervised-2-eval",
                                           "vificlip-supervised-eval", "vificlip-supervised-eval-2"]
     assert "(after epoch 3 of its 3)" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="an --eval-only run's folder, not a training run; to test again: --eval-only "
-                                         f"--resume {re.escape(run)}"):
+    with pytest.raises(SystemExit, match="the folder of an --eval-only run, which trains nothing; to run it again: "
+                                         f"--eval-only --resume {re.escape(run)}"):
         train.main(tiny_run_args(paths, "--resume", run + "-eval"))
     with pytest.raises(SystemExit, match=f"continue it with --method vificlip --resume {re.escape(run)}"):
         train.main(tiny_run_args(paths, "--method", "xclip", "--out", run))
@@ -3459,15 +3459,15 @@ def test_cli_retrieval_embed_and_search_round_trip(tmp_path, monkeypatch, capsys
     results = train.main([*test, "--eval-only"])
     assert results["retrieval"][0]["videos"] == 96 and scored[0].shape == (96, 96)
     train.main([*test, "--embed"])
-    stored = torch.load(os.path.join("runs", "vificlip-retrieval-embed", "embeddings.pt"), weights_only=True)
+    stored = torch.load(os.path.join("runs", "vificlip-retrieval-random-embed", "embeddings.pt"), weights_only=True)
     assert stored["embeddings"].shape == (96, 64) and torch.allclose(stored["embeddings"].norm(dim=1), torch.ones(96))
     capsys.readouterr()
     found = train.main(["--method", "vificlip", "--search", listed[1][5][0], "--embeddings",
-                        os.path.join("runs", "vificlip-retrieval-embed", "embeddings.pt"), "--top-k", "3"])
+                        os.path.join("runs", "vificlip-retrieval-random-embed", "embeddings.pt"), "--top-k", "3"])
     assert "the 3 closest of the 96" in capsys.readouterr().out   # the same model (seed) ranks as the test did:
     assert [path for path, _ in found] == [listed[0][i] for i in scored[0][:, 5].topk(3).indices]
     with pytest.raises(SystemExit, match="was made by --method vificlip: add --method vificlip"):
-        train.main(["--method", "xclip", "--search", "a", "--embeddings", os.path.join("runs", "vificlip-retrieval-embed",
+        train.main(["--method", "xclip", "--search", "a", "--embeddings", os.path.join("runs", "vificlip-retrieval-random-embed",
                                                                                      "embeddings.pt")])
 
 
@@ -3827,3 +3827,143 @@ def test_omniclip_temporal_embedding_resampled_to_more_frames_than_it_has_channe
     assert r.shape == (8, 8)
     torch.testing.assert_close(r[[0, -1]], e[[0, -1]])                          # first and last rows kept
     torch.testing.assert_close(r[1], e[0] + (e[1] - e[0]) * 3 / 7)              # frame 1 of 8 sits at 3/7
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A newcomer's third hour: every line a run prints is true of what it did, every suggestion works as given
+# ---------------------------------------------------------------------------------------------------------
+
+def test_cli_a_run_trained_further_and_stopped_in_its_test_resumes_to_a_test_of_its_new_weights(tmp_path,
+                                                                                                   monkeypatch):
+    """A finished 1-epoch run trained on to 2 epochs, stopped by a real SIGINT as its final test starts, is not
+    finished: resumed, it tests its new weights (trained_epochs 2), and its 1-epoch test and result stay."""
+    import signal
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    out = str(tmp_path / "run")
+    train.main(tiny_run_args(paths, "--epochs", "1", "--val-every", "0", "--out", out))
+    judge = train.judge
+
+    def ctrl_c(*args, **kwargs):   # the final test begins: Ctrl-C
+        os.kill(os.getpid(), signal.SIGINT)
+        return judge(*args, **kwargs)
+
+    monkeypatch.setattr(train, "judge", ctrl_c)
+    with pytest.raises(SystemExit) as stopped:
+        train.cli(["--method", "vificlip", "--resume", out, "--epochs", "2"])
+    assert stopped.value.code == 130
+    monkeypatch.setattr(train, "judge", judge)
+    assert train.main(["--method", "vificlip", "--resume", out]) is not None      # not "finished": tested now
+    lines = train.read_metrics(os.path.join(out, "metrics.jsonl"))
+    assert [(r.get("test"), r.get("result") is not None, r["trained_epochs"]) for r in lines if "epoch" not in r] == [
+        ("test", False, 1), (None, True, 1), ("test", False, 2), (None, True, 2)]
+    assert train.main(["--method", "vificlip", "--resume", out]) is None           # now it is finished
+
+
+def test_cli_predict_without_a_run_uses_the_stand_in_and_points_to_a_run(tmp_path, monkeypatch, capsys):
+    """--predict without weights takes the stand-in CLIP, as --eval-only and --embed do; without classes it
+    names the flags that give them; --resume without a name takes the latest run that has a checkpoint, and
+    says so; predicting a video of the embedded set itself prints no caution about real videos."""
+    paths = data.make_synthetic(str(tmp_path / "data" / "embedded"), train_per_class=2, val_per_class=1, T=12)
+    made = []
+    monkeypatch.setattr(common, "synthetic_clip", lambda name, cache_dir=None: made.append(name) or
+                        common.load_clip(name))
+    monkeypatch.chdir(tmp_path)
+    clip = os.path.join(paths["root"], data.read_list(paths["val"])[0][0])
+    predict = ["--method", "vificlip", "--predict", clip, "--workers", "0", "--frames", "4"]
+    train.main([*predict, "--classes", "circle moving left,square growing"])
+    printed = capsys.readouterr().out
+    assert made == ["tiny"] and "the CLIP as pretrained (synthetic)" in printed and "note:" not in printed
+    with pytest.raises(SystemExit, match="--classes .* or the weights of a trained run.*--resume RUN or --weights"):
+        train.main(predict)
+    train.main(tiny_run_args(paths, "--epochs", "1", "--val-every", "0"))          # runs/vificlip-supervised
+    os.makedirs(os.path.join("runs", "vificlip-supervised-2"))                      # a newer run, stopped at once
+    train.write_config(argparse.Namespace(out=os.path.join("runs", "vificlip-supervised-2"), argv=[],
+                                          method="vificlip", protocol="supervised", eval_only=False),
+                       started="9999-01-01T00:00:00")
+    capsys.readouterr()
+    train.main([*predict, "--resume"])
+    printed = capsys.readouterr().out
+    assert "--resume: runs/vificlip-supervised, the latest vificlip supervised run with a checkpoint" in printed
+    assert "weights runs/vificlip-supervised/last.pt" in printed and printed.count("%") == 5
+
+
+def test_cli_resume_and_out_messages_agree_with_each_other(tmp_path, monkeypatch, capsys):
+    """An --eval-only or --embed folder is refused for --resume in one line, with the command that runs it again;
+    --out naming one is refused without advice to continue it; --eval-only --resume of a run that has no
+    checkpoint yet says to train it first. Folders of runs that test no trained run are named after what they
+    used (the CLIP, or the weights file), never like a second test of a trained run."""
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    monkeypatch.chdir(tmp_path)
+    train.main(tiny_run_args(paths, "--eval-only"))
+    train.main(tiny_run_args(paths, "--embed"))
+    assert sorted(os.listdir("runs")) == ["vificlip-supervised-random-embed", "vificlip-supervised-random-eval"]
+    for folder, mode in (("vificlip-supervised-random-eval", "--eval-only"), ("vificlip-supervised-random-embed",
+                                                                              "--embed")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit, match=f"the folder of an {mode} run, which trains nothing; to run it again: "
+                                             f"{mode}$"):
+            train.main(["--method", "vificlip", "--resume", os.path.join("runs", folder)])
+        assert "starting it again" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:
+        train.main(tiny_run_args(paths, "--out", os.path.join("runs", "vificlip-supervised-random-eval")))
+    assert "holds another run" in str(refused.value.code) and "--resume" not in str(refused.value.code)
+    os.makedirs(os.path.join("runs", "stopped"))   # stopped by Ctrl-C before its first checkpoint: config only
+    train.write_config(argparse.Namespace(out=os.path.join("runs", "stopped"), argv=[], method="vificlip",
+                                          protocol="supervised", eval_only=False), started="2026-01-01T00:00:00")
+    with pytest.raises(SystemExit, match=r"--eval-only --resume runs/stopped: it has no checkpoint yet .*train it "
+                                         r"first: --method vificlip --resume runs/stopped$"):
+        train.main(["--method", "vificlip", "--eval-only", "--resume", os.path.join("runs", "stopped")])
+    assert "starting it again" not in capsys.readouterr().out
+
+
+def test_cli_embed_takes_any_test_list_and_says_what_it_wrote(tmp_path, monkeypatch, capsys):
+    """--embed of a trained supervised run on a caption list (MSR-VTT's csv), without --protocol retrieval, and
+    with it (the README's example): it embeds, and its closing lines name what it wrote, no metrics file."""
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    monkeypatch.chdir(tmp_path)
+    out = os.path.join("runs", "trained")
+    train.main(tiny_run_args(paths, "--epochs", "1", "--val-every", "0", "--out", out))
+    videos = [p for p, _ in data.read_list(paths["val"])][:3]
+    with open("msrvtt.csv", "w") as f:
+        f.write("key,vid_key,video_id,sentence\n" + "".join(f"ret{i},msr{i},{os.path.splitext(p)[0]},clip {i}\n"
+                                                             for i, p in enumerate(videos)))
+    for extra in ([], ["--protocol", "retrieval"]):
+        capsys.readouterr()
+        train.main(["--method", "vificlip", "--embed", "--resume", out, "--val-list", "msrvtt.csv", "--val-root",
+                    paths["root"], "--workers", "0", *extra])
+        printed = capsys.readouterr().out
+        assert "embedding the 3 videos of msrvtt.csv" in printed and "metrics" not in printed
+        assert "testing" not in printed and "tested" not in printed
+        folder = printed.split("run folder")[1].split()[0]
+        assert f"embeddings  {folder}/embeddings.pt (3 videos)" in printed
+        assert len(torch.load(os.path.join(folder, "embeddings.pt"), weights_only=True)["paths"]) == 3
+
+
+def test_cli_offline_weights_fail_before_the_embedded_set_is_made(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "_reachable", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(common, "_cached_file", lambda cfg, cache_dir=None: None)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="--model ViT-B-16 --pretrained openai: cannot download"):
+        train.main(["--method", "vificlip", "--model", "ViT-B-16", "--pretrained", "openai"])
+    assert not os.path.exists(os.path.join("data", "embedded"))
+
+
+def test_a_checkpoint_pickled_with_protocol_4_or_5_is_refused_in_one_line(tmp_path):
+    for protocol in (4, 5):
+        path = str(tmp_path / f"p{protocol}.pt")
+        torch.save(dict(model={"w": torch.ones(2)}), path, pickle_protocol=protocol)
+        with pytest.raises(common.CheckpointError, match=f"written with pickle protocol {protocol}, which PyTorch's "
+                                                         f"safe loader cannot read as data.*torch.save it again"):
+            common.load_checkpoint(path)
+    torch.save(dict(model={"w": torch.ones(2)}), str(tmp_path / "p2.pt"))
+    assert torch.equal(common.load_checkpoint(str(tmp_path / "p2.pt"))["model"]["w"], torch.ones(2))
+
+
+def test_cli_small_truths_plurals_integers_and_what_an_eval_only_run_trains(tmp_path, capsys):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    out = str(tmp_path / "run")
+    train.main(tiny_run_args(paths, "--eval-only", "--test-clips", "1", "--out", out))
+    printed = capsys.readouterr().out
+    assert "(1 clip x 1 crop, 12 videos)" in printed and "trainable" not in printed
+    result = train.read_metrics(os.path.join(out, "metrics.jsonl"))[-1]
+    assert type(result["videos"]) is int and type(result["classes"]) is int

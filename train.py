@@ -111,7 +111,7 @@ def settings(args, method, own):
         # A variant's learning rate keeps its ratio to the recipe's: few-shot fine-tuning of a pretrained CLIP
         # wants a gentler step than supervised training (ViFi-CLIP: 2e-6 against 2.2e-5).
         recipe["lr"] *= variant.get("lr", method.RECIPE.get("lr", 1)) / method.RECIPE.get("lr", 1)
-        if not args.embedded or args.weights:   # no need to pretrain a CLIP whose weights are replaced
+        if args.weights or args.benchmark is not None:   # no stand-in for weights replaced, or random input
             recipe["pretrained"] = None
     saved = (read_checkpoint(args.weights) or {}).get("args", {}) if args.weights else {}
     recipe.update({k: saved[k] for k in (*INHERITED, *own) if saved.get(k) is not None and k not in variant})
@@ -318,8 +318,8 @@ def batch_plan(args, loader, names, val):
     accum = args.accum_steps or max(1, args.global_batch // (clips * WORLD))
     split = (f"{clips}" + (f" ({loader.batch_size} videos x {args.clips_per_video} clips)" if
                             args.clips_per_video > 1 else "") + (f" x {WORLD} processes" if WORLD > 1 else ""))
-    print(f"batch {split} x {accum} accumulation = {clips * WORLD * accum} (recipe {args.global_batch}), "
-          f"chance {100 / len(names):.1f}%" + (f"; val: 1 view of the {len(val[1])} {val[0]} videos " + (
+    print(f"batch {split} x {accum} accumulation = {clips * WORLD * accum} (recipe {args.global_batch})"
+          + (f", chance {100 / len(names):.1f}%" if args.protocol != "retrieval" else "") + (f"; val: 1 view of the {len(val[1])} {val[0]} videos " + (
               f"every {args.val_every} epochs and after the last" if args.val_every > 1 else "after every epoch")
               if args.val_every else "; no val, only the final test"))
     steps_per_epoch = len(loader) // accum
@@ -493,7 +493,8 @@ def summarise(protocol, results):
     or the one test's figures."""
     if len(results) == 1 and protocol != "base2novel":
         (title, ms), = results.items()
-        figures = {k: statistics.fmean(m[k] for m in ms) for k in ms[0] if isinstance(ms[0][k], (int, float))}
+        figures = {k: ms[0][k] if isinstance(ms[0][k], int) and len({m[k] for m in ms}) == 1 else
+                   statistics.fmean(m[k] for m in ms) for k in ms[0] if isinstance(ms[0][k], (int, float))}
         return figures, f"{title} {format_metrics(figures)}"
     mean = {t: {k: statistics.fmean(m[k] for m in ms) for k in ("top1", "top5")} for t, ms in results.items()}
     runs = len(next(iter(results.values())))
@@ -551,7 +552,7 @@ def run(args, method, seed, out):
     else:
         train(args, model, train_samples, names, tests[0], device, autocast, dtype, out, skips)
         weights, trained = os.path.join(out, "last.pt"), args.epochs
-    results, views = {}, f"{args.test_clips} clips x {args.test_crops} crops"
+    results, views = {}, view_count(args)
     for title, samples, test_names in tests:   # the recipe's views, fused as the method's official test fuses them
         loader = make_loader(args, device, samples, views=True)
         m = judge(args, model, loader, test_names, device, autocast, f"{title} ({views})", skips)
@@ -722,7 +723,9 @@ def get_args(argv=None):
     g.add_argument("--test-crops", type=int, choices=[1, 3], help="spatial crops per clip in the final test")
     g.add_argument("--eval-only", action="store_true", help="only run the final test: of --weights, of --resume RUN, "
                    "or of the CLIP as pretrained (with what the method adds at its initialisation)")
-    g.add_argument("--predict", metavar="VIDEO", help="print the most likely classes of one video and exit")
+    g.add_argument("--predict", metavar="VIDEO", help="print the most likely classes of one video and exit: with the "
+                   "weights of --resume RUN (the latest run with a checkpoint if no RUN) or --weights FILE, else the "
+                   "stand-in CLIP as pretrained; the classes of --classes, else the run's own")
     g.add_argument("--benchmark", type=at_least(1), nargs="?", const=20, metavar="STEPS", help="time STEPS (default 20) "
                    "training steps on random input, 400 classes, and exit: clips/s, FLOPs, MFU, peak memory; with "
                    "--train-list also the data loader, and which one bounds")
@@ -760,9 +763,12 @@ def get_args(argv=None):
     if args.predict and args.resume:   # --predict --resume RUN: that run's checkpoint, as --eval-only tests it
         if args.weights:
             raise SystemExit("--predict takes the weights of --resume RUN or of --weights FILE: give one of them")
-        args.weights = latest_run(method_name, args.protocol) if args.resume == "auto" else args.resume
+        args.weights = latest_run(method_name, args.protocol, trained=True) if args.resume == "auto" else args.resume
         if args.weights is None:
-            raise SystemExit(f"--resume: no {method_name} {args.protocol} run in {RUNS}/; name one: --resume {RUNS}/NAME")
+            raise SystemExit(f"--resume: no {method_name} {args.protocol} run with a checkpoint in {RUNS}/; name one: "
+                             f"--resume {RUNS}/NAME")
+        if args.resume == "auto":
+            print(f"--resume: {args.weights}, the latest {method_name} {args.protocol} run with a checkpoint")
     if args.search:   # the model that made the embeddings: its method, CLIP and weights
         if not args.embeddings:
             raise SystemExit("--search needs --embeddings FILE, an embeddings.pt written by --embed")
@@ -818,6 +824,12 @@ def load_clip(args):
     return clip
 
 
+def view_count(args):
+    """The test's views in words: "4 clips x 3 crops", "1 clip x 1 crop"."""
+    return " x ".join(f"{n} {what}{'s' if n > 1 else ''}" for n, what in ((args.test_clips, "clip"),
+                                                                             (args.test_crops, "crop")))
+
+
 def tested_path(args, seed):
     """The checkpoint a run starts from or tests: --weights, or with --eval-only --resume RUN that run's (a resumed
     training run loads its own in train())."""
@@ -831,9 +843,9 @@ def describe(args, model, seed, train_samples, names, val, device, dtype):
     val_title, val_samples, val_names = val
     seen = f"{len(train_samples)} train videos ({len(names)} classes), " if train_samples and not args.eval_only \
         else ""
+    trainable = "" if args.eval_only else f"{common.count_params(model, trainable=True) / 1e6:.2f}M trainable of "
     print(f"{args.method}, {args.protocol}{f' (shot seed {seed})' if len(args.shot_seeds) > 1 else ''}: "
-          f"{common.count_params(model, trainable=True) / 1e6:.2f}M trainable of "
-          f"{common.count_params(model) / 1e6:.2f}M parameters, {seen}{len(val_samples)} {val_title} videos "
+          f"{trainable}{common.count_params(model) / 1e6:.2f}M parameters, {seen}{len(val_samples)} {val_title} videos "
           f"({len(val_names)} {'captions' if args.protocol == 'retrieval' else 'classes'}), {args.frames} frames "
           f"at {args.size}px, device {device}" + (f" ({dtype})" if dtype else ""))
 
@@ -983,7 +995,8 @@ def class_names(args, ckpt):
         return [n.strip() for n in args.classes.split(",") if n.strip()]
     if ckpt is not None and ckpt.get("classes"):
         return ckpt["classes"]
-    raise SystemExit("give the class names: --classes classes.csv or --classes 'name one,name two,...'")
+    raise SystemExit("give the class names: --classes classes.csv or --classes 'name one,name two,...', or the "
+                     "weights of a trained run, which know its classes: --resume RUN or --weights FILE")
 
 
 def predict(args, model, method, device, autocast, ckpt):
@@ -1000,26 +1013,29 @@ def predict(args, model, method, device, autocast, ckpt):
         scores = fuse(model(video).float()[None], args.test_fusion)[0]               # (C,)
     probs = scores if args.test_fusion == "softmax" else scores.softmax(-1)        # summed logits, ranked the same
     made = args.weights or f"none: the CLIP as pretrained ({args.pretrained or 'random'}), no video training"
-    print(f"{args.predict} ({args.test_clips} clips x {args.test_crops} crops; weights {made}):")
+    embedded = os.path.abspath(args.predict).startswith(os.path.abspath(args.embedded_dir) + os.sep)
+    print(f"{args.predict} ({view_count(args)}; weights {made}):")
     for p, c in zip(*probs.topk(min(5, len(names)))):
         print(f"  {100 * p:5.1f}%  {names[c]}")
-    if args.model.startswith("tiny"):
-        print(f"note: --model {args.model} knows only the embedded set's synthetic shapes and motions; for real videos "
-              f"use --model ViT-B-16 --pretrained openai, or weights trained on your classes")
+    if args.model.startswith("tiny") and not embedded:
+        print(f"note: --model {args.model} knows only the embedded set's synthetic shapes (and, trained, their "
+              f"motions); for real videos use --model ViT-B-16 --pretrained openai, or weights trained on your classes")
 
 
 def embed(args, method):
     """--embed: every video of --val-list, its test views averaged, written to the run's embeddings.pt."""
+    if not args.val_list:
+        raise SystemExit("--embed: give the videos to embed with --val-list (any list a test takes)")
     seed = args.shot_seeds[0]
     model, ckpt, (device, autocast, dtype) = build_model(args, method, seed)
-    _, _, tests = data.protocol_data(args, seed, ckpt and ckpt.get("classes"))
-    model.to(device)
-    describe(args, model, seed, None, [], tests[0], device, dtype)
-    tested_weights(args, seed, ckpt)
-    made = write_embeddings(args, model, tests[0][1], device, autocast, data.SkipLog(args.out), args.out,
-                            tested_path(args, seed))
-    closing_lines(args, f"embeddings of {len(made['paths'])} videos in {os.path.join(args.out, 'embeddings.pt')}: "
-                        f"--search SENTENCE --embeddings FILE")
+    samples = data.read_test_videos(args.val_list, args.val_root or args.data_root, (args.split or [1])[0])
+    weights = tested_path(args, seed)
+    print(f"{args.method}: embedding the {len(samples)} videos of {args.val_list} ({view_count(args)}, {args.frames} "
+          f"frames at {args.size}px) with " + (weights or f"the CLIP as pretrained ({args.pretrained or 'random'})"))
+    made = write_embeddings(args, model.to(device), samples, device, autocast, data.SkipLog(args.out), args.out,
+                            weights)
+    closing_lines(args, f"{os.path.join(args.out, 'embeddings.pt')} ({len(made['paths'])} videos): search them with "
+                        f"--search SENTENCE --embeddings {os.path.join(args.out, 'embeddings.pt')}")
     return {"embedded": [made]}
 
 
@@ -1029,7 +1045,7 @@ def write_embeddings(args, model, samples, device, autocast, skips, out, weights
     loader = make_loader(args, device, samples, views=True)
     videos, index = embed_videos(model, loader, device, autocast, "embed", skips, STATS[args.mean], args.test_amp)
     made = dict(paths=[samples[i][0] for i in index.tolist()], method=args.method, weights=weights,
-                views=f"{args.test_clips} clips x {args.test_crops} crops", settings={
+                views=view_count(args), settings={
                     k: getattr(args, k) for k in (*INHERITED, "pretrained", *args.own)})
     if RANK == 0:
         save_checkpoint(os.path.join(out, "embeddings.pt"), dict(made, embeddings=F.normalize(
@@ -1409,11 +1425,12 @@ def new_folder(stem):
             return path
 
 
-def latest_run(method, protocol):
-    """The training run of this method and protocol under runs/ that started last, or None."""
+def latest_run(method, protocol, trained=False):
+    """The training run of this method and protocol under runs/ that started last (trained: of those with a
+    checkpoint), or None."""
     found = [(c["started"], folder) for folder in glob.glob(os.path.join(RUNS, "*"))
              if (c := read_config(folder)) and c.get("method") == method and c.get("protocol") == protocol
-             and not c.get("eval_only") and "started" in c]
+             and not c.get("eval_only") and "started" in c and (checkpoints(folder) or not trained)]
     return max(found)[1] if found else None
 
 
@@ -1445,9 +1462,10 @@ def prepare(args):
         raise SystemExit(f"cannot make the run's folder: {e}; choose another --out") from None
     top = os.path.join(args.out, "metrics.jsonl")
     if args.run and not args.eval_only:
-        # The result line is written once every shot seed is trained and tested: with it, the run is finished.
-        result = [r["result"] for r in read_metrics(top) if "result" in r]
+        # The result line is written once every shot seed is trained and tested: with one for the checkpoint's
+        # epochs, the run is finished (a run trained further and stopped in its test has only its old one).
         done = min((load_checkpoint(p)["epoch"] for p in checkpoints(args.out)), default=0)
+        result = [r["result"] for r in read_metrics(top) if "result" in r and r.get("trained_epochs") == done]
         if result and done >= args.epochs:
             print(f"{args.out} is finished ({done} epochs): {result[-1]}. Nothing to train: test it again with "
                   f"--eval-only --resume {args.out} (into a folder of its own), or train on with --resume {args.out} "
@@ -1459,6 +1477,10 @@ def prepare(args):
             trim_metrics(top, 0)
         write_config(args)
     if args.embedded:   # the synthetic set; zero-shot trains on 8 of its classes and tests on the 4 held out
+        try:   # first, that the CLIP's weights can be had (offline, a tag not yet downloaded cannot)
+            common.resolve_pretrained(args.model, args.pretrained, args.quick_gelu)
+        except (ValueError, RuntimeError) as e:
+            raise SystemExit(f"--model {args.model} --pretrained {args.pretrained}: {e}") from None
         paths = data.make_synthetic(args.embedded_dir)
         keys = ("seen_train", "unseen_val", "seen", "unseen") if args.protocol == "zero-shot" else \
             ("train", "val", "classes", None)
@@ -1484,17 +1506,23 @@ def place_run(args):
             folder = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
             if re.fullmatch(r"seed\d+", os.path.basename(folder)) and read_config(os.path.dirname(folder)):
                 folder = os.path.dirname(folder)   # a shot seed's checkpoint: the run is the folder above
-        if not checkpoints(folder):   # stopped before its first checkpoint (no epoch line): start it again in place
-            if not read_config(folder) or any("epoch" in r for r in read_metrics(os.path.join(folder, "metrics.jsonl"))):
-                raise SystemExit(f"--resume: {folder} holds no checkpoint (last.pt); start without --resume")
-            print(f"{folder} stopped before its first checkpoint: starting it again from the beginning, in that folder")
-        saved = read_config(folder) or read_checkpoint(checkpoints(folder)[0])["args"]
-        if saved.get("eval_only"):
-            raise SystemExit(f"--resume {folder}: an --eval-only run's folder, not a training run; to test again: "
-                             f"--eval-only --resume {saved.get('run') or saved.get('weights') or 'RUN'}")
+        saved = read_config(folder) or checkpoints(folder) and read_checkpoint(checkpoints(folder)[0])["args"]
+        if not saved or not checkpoints(folder) and any("epoch" in r for r in read_metrics(os.path.join(
+                folder, "metrics.jsonl"))):
+            raise SystemExit(f"--resume: {folder} holds no checkpoint (last.pt); start without --resume")
+        if saved.get("eval_only"):   # an --eval-only or --embed run's folder
+            mode, of = "--embed" if saved.get("embed") else "--eval-only", saved.get("run") or saved.get("weights")
+            raise SystemExit(f"--resume {folder}: the folder of an {mode} run, which trains nothing; to run it again: "
+                             f"{mode}" + (f" --resume {of}" if saved.get("run") else f" --weights {of}" if of else ""))
         if saved.get("method") != args.method:
             raise SystemExit(f"--resume: {folder} is a run of --method {saved.get('method')}; add --method "
                              f"{saved.get('method')}")
+        if not checkpoints(folder):   # stopped before its first checkpoint (no epoch line): start it again in place
+            if args.eval_only:
+                raise SystemExit(f"{'--embed' if args.embed else '--eval-only'} --resume {folder}: it has no "
+                                 f"checkpoint yet (stopped before its first epoch ended); train it first: "
+                                 f"--method {args.method} --resume {folder}")
+            print(f"{folder} stopped before its first checkpoint: starting it again from the beginning, in that folder")
         for key, value in saved.items():
             key = RENAMED.get(key, key)
             if key in vars(args) and key not in args.explicit and key not in RUN_CONTROL:
@@ -1508,21 +1536,26 @@ def place_run(args):
             os.path.join(args.out, f))] + checkpoints(args.out)
         if args.eval_only and checkpoints(args.out):   # only training runs leave checkpoints
             raise SystemExit(f"--out {args.out} holds a training run, which an --eval-only run never writes into; "
-                             f"leave out --out (a new {RUNS}/{args.method}-{args.protocol}-eval folder) or name another")
+                             f"leave out --out (a new folder of its own) or name another")
         if held and not args.overwrite:
-            other = (read_config(args.out) or {}).get("method", args.method)
-            raise SystemExit(f"--out {args.out} holds another run ({held[0]}); choose a new folder, continue it with "
-                             f"--method {other} --resume {args.out}, or replace it with --overwrite")
+            other = read_config(args.out) or {}
+            go_on = "" if other.get("eval_only") else \
+                f", continue it with --method {other.get('method', args.method)} --resume {args.out}"
+            raise SystemExit(f"--out {args.out} holds another run ({held[0]}); choose a new folder{go_on}, or replace "
+                             f"it with --overwrite")
         for path in held:
             os.remove(path)
         for path in glob.glob(os.path.join(args.out, "seed*")):
             shutil.rmtree(path)
         os.makedirs(args.out, exist_ok=True)
-    else:   # an --eval-only run is named after the run it tests
+    else:   # an --eval-only or --embed run is named after what it uses: the run it tests, else the weights or CLIP
+        mode = "-embed" if args.embed else "-eval" if args.eval_only else ""
         tested = args.run or args.eval_only and args.weights and read_config(os.path.dirname(args.weights) or ".") and \
             os.path.dirname(args.weights)
-        mode = "-embed" if args.embed else "-eval" if args.eval_only else ""
-        args.out = new_folder(f"{tested}{mode}" if tested else os.path.join(RUNS, f"{args.method}-{args.protocol}{mode}"))
+        used = "" if not mode or tested else "-" + os.path.splitext(os.path.basename(
+            args.weights or args.pretrained or "random"))[0]
+        args.out = new_folder(f"{tested}{mode}" if tested else os.path.join(RUNS, f"{args.method}-{args.protocol}"
+                                                                                  f"{used}{mode}"))
     write_config(args, started=datetime.datetime.now().isoformat(timespec="microseconds"))
 
 
@@ -1549,12 +1582,13 @@ def write_config(args, **extra):
 def closing_lines(args, result_line):
     """The last lines of a run: where what it used and wrote is, and its result."""
     top = os.path.join(args.out, "metrics.jsonl")
-    where = [("run folder", args.out), ("settings", os.path.join(args.out, "config.json")),
-             ("metrics", top + (" (its tests and the result)" if args.eval_only else
-                                " (one line per epoch, then the tests and the result)"))]
+    where = [("run folder", args.out), ("settings", os.path.join(args.out, "config.json"))]
+    if not args.embed:
+        where.append(("metrics", top + (" (its tests and the result)" if args.eval_only else
+                                        " (one line per epoch, then the tests and the result)")))
     if args.eval_only:
-        where.append(("tested", ", ".join(checkpoints(args.run)) if args.run else args.weights or
-                      f"the CLIP as pretrained ({args.pretrained or 'none'}), no video training"))
+        where.append(("embedded by" if args.embed else "tested", ", ".join(checkpoints(args.run)) if args.run else
+                      args.weights or f"the CLIP as pretrained ({args.pretrained or 'none'}), no video training"))
     else:
         where.append(("checkpoint", ", ".join(checkpoints(args.out))))
     if args.embedded:
@@ -1564,7 +1598,7 @@ def closing_lines(args, result_line):
         where.append(("skipped", f"{count} videos that could not be decoded, listed in {', '.join(skipped)}"))
     if args.pretrained == "synthetic":
         where.append(("CLIP", f"{common.synthetic_path(args.model)} (pretrained once, reused)"))
-    for key, value in where + [("result", result_line)]:
+    for key, value in where + [("embeddings" if args.embed else "result", result_line)]:
         print(f"{key:11s} {value}")
 
 
