@@ -1,28 +1,23 @@
 """
 Video data, in the order a clip is made: the dataset, which frames, decoding, the transforms (and the colour,
-normalisation and mixup train.py applies to whole batches). Below the divider, the tool: the lists and the
-standard datasets' own files, the protocols' selections, the loader's batches, the decoder's fall-backs, and a
-synthetic video set that tests and demos generate in seconds. Nothing here knows about models.
+normalisation and mixup train.py applies to whole batches). Below the divider, the tool: the datasets' own
+files, the protocols' selections, the loader's batches, the decoder's fall-backs, and a synthetic video set
+that tests and demos generate in seconds. Nothing here knows about models.
 
     VideoDataset[i]: (path, label) of a list (read_list; read_dataset: UCF101, HMDB51, Kinetics, SSv2)
         --clip_indices (video_info, then segment_indices or dense_indices)--> T frame indices
         --read_frames--> uint8 (T,H,W,3) --TrainTransform--> uint8 (T,3,S,S) [and colour draws]
     DataLoader -> video (B,T,3,S,S), label (B,) --colour_batch, normalise, mix (on the device)--> float (B,T,3,S,S)
 
-At test time VideoDataset returns V = num_clips * crops views per video, (V,T,3,S,S), for the caller to fuse.
-The four methods come with two official pipelines, both here exactly as their code has them, for each recipe to
-name its own: the frames, "segment" (TSN: X-CLIP, ViFi-CLIP, OmniCLIP; one frame from each of T equal segments,
-so a clip spans the whole video) or "dense" (PySlowFast: Open-VCLIP; T frames over a fixed stretch of time,
-whatever the video's frame rate), and the crops, "tsn" or "slowfast". A video that cannot be decoded raises
-VideoError naming the file; it never becomes a tensor of zeros, which would quietly train on blank clips.
+Two official pipelines, as their code has them, each recipe naming its own: frames "segment" (TSN: X-CLIP,
+ViFi-CLIP, OmniCLIP) or "dense" (PySlowFast: Open-VCLIP), crops "tsn" or "slowfast". A video that cannot be
+decoded raises VideoError naming the file, never a tensor of zeros that would train on blank clips.
 
 The synthetic set: 3 shapes x 4 motions = 12 classes of 24-frame 64x64 clips of one coloured shape on a dark
-textured background. The motions come in temporal twins: "moving left" is "moving right" played backwards,
-"growing" is "shrinking" played backwards, and positions and sizes are drawn so that the *set* of frames has
-the same distribution for both twins. A model that averages per-frame features (CLIP with mean pooling) can
-learn the shape and the kind of motion but is at chance (50%) between twins; only temporal modelling beats
-that, so accuracy between twins measures what a video method adds to CLIP. synthetic_stills draws single
-frames of the same kind with captions, for pretraining a tiny CLIP that knows shapes but not motion.
+textured background. The motions come in temporal twins ("moving left" is "moving right" played backwards,
+"growing" is "shrinking"), the *set* of frames alike for both: a model that averages per-frame features is at
+chance (50%) between twins, so accuracy between twins measures what a video method adds to CLIP.
+synthetic_stills draws captioned single frames, for pretraining a tiny CLIP that knows shapes but not motion.
 """
 
 import bisect
@@ -45,10 +40,8 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 TARGET_FPS = 30  # PySlowFast's DATA.TARGET_FPS: a dense clip's stride counts frames of a 30 fps video
 SEEK_GAP = 32  # frames; without a key-frame index, seek only over gaps longer than this
@@ -63,25 +56,17 @@ class VideoError(RuntimeError):
 
 
 class DataError(ValueError):
-    """A list, class file or annotation file that cannot be used as it is. The message starts with the file
-    (and its line), names the offending value and says what to fix; train.py prints it as one line."""
+    """An annotation file that cannot be used as it is: the message names the file and line, the value and the fix."""
 
 
-# -----------------------------------------------------------------------------
-# the dataset: one clip (training) or all the views (test) of a video
-
+# ---- the dataset: one clip (training) or all the views (test) of a video --------------------------------------------
 class VideoDataset(torch.utils.data.Dataset):
-    """Videos listed in `list_file` (paths relative to `root`, or absolute), or (path, label) samples as
-    read_dataset returns them (paths already joined with the root, so `root` is not used).
-    train: (video (T,3,S,S), label), one random clip; clips_per_video K > 1: K clips of one decoding pass, each
-      sampled and augmented its own way -> video (K,T,3,S,S).
-    test:  (video (V,T,3,S,S), label) with V = num_clips * crops views, clip-major, always 5-D even if V = 1.
-    A transform that defers its colour (TrainTransform(defer_colour=True)) adds the clip's colour draws after the
-    label: (video, label, draws[, index]); return_index adds the item's index, for a step that reads self.samples.
-    skip_bad: a video that cannot be decoded becomes a Skipped item, which collate() leaves out of the batch and
-    hands on as batch.skipped. seed: a training clip's frames and augmentation are drawn from (seed, epoch, i), not
-    the worker's random state, so they do not depend on the worker or a restart; the epoch comes with the key
-    EpochSampler hands out, epoch * len(self) + i (a plain i is epoch 0)."""
+    """Videos listed in `list_file` (paths relative to `root`), or (path, label) samples from read_dataset.
+    train: (video (T,3,S,S), label), one random clip (clips_per_video K > 1: K clips of one decoding pass, each its
+      own draw: (K,T,3,S,S)), drawn from (seed, epoch, i), so that a restart draws it again (key epoch * n + i).
+    test:  (video (V,T,3,S,S), label) with V = num_clips * crops views, clip-major, for the caller to fuse.
+    A deferred colour adds its draws: (video, label, draws[, index]); return_index adds the index. skip_bad: a video
+    that cannot be decoded becomes a Skipped item, which collate() leaves out."""
 
     def __init__(self, list_file, root, num_frames, transform, mode="segment", stride=1, train=False, num_clips=1,
                  return_index=False, skip_bad=False, seed=0, clips_per_video=1):
@@ -114,7 +99,7 @@ class VideoDataset(torch.utils.data.Dataset):
         except VideoError as e:
             if not self.skip_bad:
                 raise
-            return Skipped(self.samples[i][0], str(e))
+            return Skipped((self.samples[i][0], str(e)))
         return (*item, i) if self.return_index else item
 
     def _load(self, i, rng):
@@ -122,23 +107,18 @@ class VideoDataset(torch.utils.data.Dataset):
         K = self.clips_per_video if self.train else self.num_clips
         picks = clip_indices(path, T, self.mode, self.stride, train=self.train, num_clips=K, rng=rng)
         frames = read_frames(path, [j for clip in picks for j in clip])    # one decoding pass: (K*T,H,W,3)
-        if not self.train:
-            views = [self.transform(frames[k * T:(k + 1) * T]) for k in range(K)]
-            views = [v if v.dim() == 5 else v.unsqueeze(0) for v in views]  # a (T,3,S,S) transform gives one view
-            return torch.cat(views), label  # (num_clips*crops,T,3,S,S)
-        clips = [self.transform(frames[k * T:(k + 1) * T], rng) for k in range(K)]
-        if not isinstance(clips[0], tuple):   # (video,) or (video, colour draws)
-            clips = [(clip,) for clip in clips]
+        if not self.train:   # each clip (crops,T,3,S,S), or (T,3,S,S) from a one-view transform
+            views = [self.transform(clip) for clip in frames.split(T)]
+            return torch.cat([v.reshape(-1, *v.shape[-4:]) for v in views]), label  # (num_clips*crops,T,3,S,S)
+        clips = [self.transform(clip, rng) for clip in frames.split(T)]   # each video, or (video, colour draws)
+        clips = [clip if isinstance(clip, tuple) else (clip,) for clip in clips]
         parts = clips[0] if K == 1 else [torch.stack(part) for part in zip(*clips)]  # (T,3,S,S) or (K,T,3,S,S)
         return parts[0], label, *parts[1:]
 
 
-# -----------------------------------------------------------------------------
-# which frames: "segment" (TSN) or "dense" (PySlowFast) sampling
-
+# ---- which frames: "segment" (TSN) or "dense" (PySlowFast) sampling -------------------------------------------------
 def clip_indices(path, T, mode="segment", stride=1, train=False, num_clips=1, rng=None):
-    """[T frame indices of each of num_clips clips] of the video at `path` (training: num_clips random clips):
-    sample_indices with the video's own length, and for dense sampling its frame rate and timestamps."""
+    """[T frame indices of each of num_clips clips] of the video at `path` (training: num_clips random clips)."""
     n, fps, ticks = video_info(path)
     return [sample_indices(n, T, mode, stride, train=train, clip=0 if train else k, num_clips=1 if train else num_clips,
                            rng=rng, fps=fps, ticks=ticks) for k in range(num_clips)]
@@ -146,8 +126,7 @@ def clip_indices(path, T, mode="segment", stride=1, train=False, num_clips=1, rn
 
 def sample_indices(num_frames, T, mode="segment", stride=1, train=False, clip=0, num_clips=1, rng=None,
                    fps=TARGET_FPS, ticks=None):
-    """T sorted frame indices in [0, num_frames) by segment_indices or dense_indices: random when train (from
-    `rng`, default the `random` module), else clip `clip` of num_clips."""
+    """T sorted frame indices in [0, num_frames): random when train (from `rng`), else clip `clip` of num_clips."""
     if num_frames < 1 or T < 1 or not 0 <= clip < num_clips or mode not in ("segment", "dense"):
         raise ValueError(f"sample_indices: need num_frames >= 1, T >= 1, 0 <= clip < num_clips and mode 'segment' "
                          f"or 'dense'; got {num_frames}, {T}, {clip}, {num_clips}, {mode!r}")
@@ -159,12 +138,11 @@ def sample_indices(num_frames, T, mode="segment", stride=1, train=False, clip=0,
 
 def segment_indices(n, T, train=False, num_clips=1, rng=random):
     """TSN, the mmaction2 SampleFrames of X-CLIP, ViFi-CLIP and OmniCLIP's code, with one frame per clip.
-    train: T segments of n // T frames, a random frame of each (the last n mod T frames are never drawn); for
-      n < T the frames round(i * n / T) mod n (numpy's around: halves to even; out_of_bound_opt "loop" wraps the
-      last ones into the video: n = 3, T = 8 gives 0 0 1 1 2 2 2 0), the same every time.
-    test, one clip: frame int(i * a + a / 2) of segment i, a = n / T (the middle of each segment).
-    test, several clips: each clip is a training draw, as the official multi-view test samples them (X-CLIP's
-      build.py builds it with the training sampler); VideoDataset seeds it per video, so a test is repeatable."""
+    train: T segments of n // T frames, a random frame of each (the last n mod T frames never drawn); for n < T
+      the frames round(i * n / T) mod n (halves to even, as numpy's around; out_of_bound_opt "loop" wraps them:
+      n = 3, T = 8 gives 0 0 1 1 2 2 2 0).
+    test, one clip: frame int(i * a + a / 2) of segment i, a = n / T (the middle of each segment); several clips:
+      training draws, as X-CLIP's build.py samples them (VideoDataset seeds them per video)."""
     if not train and num_clips == 1:
         a = n / T
         return [int(i * a + a / 2.0) for i in range(T)]
@@ -177,13 +155,12 @@ def segment_indices(n, T, train=False, num_clips=1, rng=random):
 def dense_indices(n, T, stride=1, train=False, clip=0, num_clips=1, rng=random, fps=TARGET_FPS, ticks=None):
     """PySlowFast's pyav decoder, Open-VCLIP: a window of stride * (T - 1) frames of a TARGET_FPS video, i.e.
     ceil(stride * (T - 1) / 30 * fps) frames of this one, starts at random in training and at k / num_clips of
-    the free range for test clip k (0, 1/3, 2/3: the fork's decoder ignores USE_OFFSET_SAMPLING). The frames from
-    its first timestamp to its last, and one more, are kept; the T indices are linspace(0, stride * T / 30 * fps
-    - 1, T) into them (float32, truncated), clamped to the last kept frame: at 30 fps a window of 113 frames gives
-    0, 18, .., 108, 112, and a short video repeats its last frame. ticks (timestamp ticks per frame) places the
-    window's ends as the decoder does (int(start * ticks)); a video without a duration is decoded whole and
-    sampled from linspace(start, start + stride * T / 30 * fps - 1, T), its test clips at k * (free range //
-    (num_clips - 1)) or the middle for one clip (USE_OFFSET_SAMPLING on that path)."""
+    the free range for test clip k (the fork's decoder ignores USE_OFFSET_SAMPLING). The frames from its first
+    timestamp (ticks per frame: int(start * ticks)) to its last, and one more, are kept; the T indices are
+    linspace(0, stride * T / 30 * fps - 1, T) into them (float32, truncated), clamped to the last kept frame (a
+    short video repeats its last frame). A video without a duration is decoded whole and sampled from
+    linspace(start, start + stride * T / 30 * fps - 1, T), its test clips at k * (free range // (num_clips - 1)),
+    or the middle for one clip (USE_OFFSET_SAMPLING on that path)."""
     span = stride * T / TARGET_FPS * fps                                  # the clip's length in this video's frames
     if ticks is None:   # decoded whole: the clip is cut from all n frames
         delta = max(n - span, 0)
@@ -208,10 +185,8 @@ def video_length(path) -> int:
 
 
 def video_info(path):
-    """(frames, fps, ticks) of the video at `path`: its frame count (the container's, or by demuxing), frame rate,
-    and timestamp ticks per frame (the stream's duration / frames; None when the container stores no duration, as
-    webm often does): what PySlowFast's pyav decoder reads to place a dense clip in time. Remembered per file
-    (path, size, time of change) for the next epoch, which then opens no container to sample its clips."""
+    """(frames, fps, timestamp ticks per frame or None without a stored duration) of the video at `path`: what
+    PySlowFast's decoder reads to place a dense clip. Remembered per (path, size, time of change) for later epochs."""
     try:
         stat = os.stat(path)
     except OSError as e:
@@ -234,13 +209,10 @@ def _video_info(path, size, changed):
     return n, fps, ticks
 
 
-# -----------------------------------------------------------------------------
-# decoding: read_frames is the only function that touches a decoder
-
+# ---- decoding: read_frames is the only function that touches a decoder ----------------------------------------------
 def read_frames(path, indices) -> torch.Tensor:
-    """Decode the frames `indices` (any order, repeats allowed) -> uint8 (len(indices), H, W, 3) RGB, in that order.
-    The first try is the fast path (_decode: seek to the key frame before each wanted frame, decode up to it,
-    convert). The fall-backs below are each slower and ask less of the file; none comes twice."""
+    """Decode the frames `indices` (any order, repeats allowed) -> uint8 (len(indices), H, W, 3) RGB, in that order:
+    first the fast path (_decode seeks near each wanted frame), then fall-backs, each slower and asking less."""
     indices = [int(i) for i in indices]
     if not indices or min(indices) < 0:
         raise ValueError(f"read_frames({path}): indices must be a non-empty list of frame numbers >= 0, got {indices}")
@@ -261,23 +233,17 @@ def read_frames(path, indices) -> torch.Tensor:
 
 
 def _decode(path, wanted, by_timestamp, skip=True, seek=True):
-    """Decode the sorted frame numbers `wanted` -> {number: uint8 (H,W,3)}, as a player shows them: the stream's
-    rotation flag applied (phones record upright video sideways and flag it), every frame at the first one's size.
-    by_timestamp: a frame's number comes from its timestamp, which stays right after a seek, so gaps are skipped
-    by seeking; otherwise frames are counted from the start, decoding every frame up to the last one wanted.
-    skip: frames nobody refers to are not decoded (H.264); seek=False: decode from the start."""
+    """Decode the sorted frame numbers `wanted` -> {number: uint8 (H,W,3)}, as a player shows them (rotation flag
+    applied, every frame at the first one's size). by_timestamp: a frame's number comes from its timestamp, which
+    stays right after a seek; otherwise frames are counted from the start. skip: frames nobody refers to are not
+    decoded (H.264); seek=False: decode from the start."""
     with _open(path) as container, av.logging.Capture(local=False) as logs:
         reader = _Reader(path, container, logs, wanted, by_timestamp, skip, seek)
-        arrays = {}
-        for k in wanted:
-            reader.seek_before(k)
-            arrays[k] = reader.rgb(reader.decode_to(k))
-    return arrays
+        return {k: reader.rgb(reader.decode_to(k)) for k in wanted}
 
 
 class _Reader:
-    """One pass of _decode through a video: where decoding is and the frame it is at. What the fall-backs need
-    (the key frames, the skipped packets, the damage reported) is kept by the helpers below the divider."""
+    """One pass of _decode through a video: where decoding is; the fall-backs' checks are below the divider."""
 
     def __init__(self, path, container, logs, wanted, by_timestamp, skip, seek):
         stream = container.streams.video[0]
@@ -295,9 +261,7 @@ class _Reader:
         self.to_rgb, self.size, self.damage, self.reported = VideoReformatter(), None, None, 0
 
     def seek_before(self, k):
-        """Seek to the key frame at or before frame k when that skips frames: with an index (_key_frames), when it
-        lies more than SEEK_SAVES ahead of where decoding is, whatever the gap (x264 puts one every 250 frames by
-        default, a re-encoded set every 16); without one, when frame k lies more than SEEK_GAP ahead."""
+        """Seek to the key frame at or before frame k when that skips frames (SEEK_SAVES; SEEK_GAP without an index)."""
         at = bisect.bisect_right(self.keys, k)
         key = self.keys[at - 1] if at else -1   # the key frame at or before k (-1: none known)
         if self.seeking and (key - self.current > SEEK_SAVES if self.keys else k - self.current > SEEK_GAP):
@@ -306,7 +270,8 @@ class _Reader:
             self.skippable.clear()
 
     def decode_to(self, k):
-        """The first frame numbered k or more (the last one decoded, if it is); damage near it is refused."""
+        """The first frame numbered k or more, seeking first if that skips frames; damage near it is refused."""
+        self.seek_before(k)
         while self.current < k or self.seeked_from is not None:
             frame = next(self.frames, None)
             self.current, self.frame = _frame_number(self, frame, k), frame
@@ -315,9 +280,8 @@ class _Reader:
         return self.frame
 
     def rgb(self, frame):
-        """The frame as uint8 (H,W,3) RGB at the first frame's size, turned upright. One converter for the whole
-        video (frame.to_ndarray(format=...) would build one per frame, with the same swscale settings), on one
-        thread, as the decoder (PyAV 17 on converts with several unless told)."""
+        """The frame as uint8 (H,W,3) RGB at the first frame's size, turned upright: one converter for the whole
+        video (to_ndarray(format=...) builds one per frame), on one thread (PyAV 17 on uses several unless told)."""
         self.size = self.size or (frame.width, frame.height)   # (W, H) of the first frame taken
         image = self.to_rgb.reformat(frame, width=self.size[0], height=self.size[1], format="rgb24",
                                      **_ONE_THREAD).to_ndarray()
@@ -336,26 +300,17 @@ def _open(path):
     return container
 
 
-# -----------------------------------------------------------------------------
-# transforms: uint8 (T,H,W,3) -> normalised float. Two official pipelines, each recipe names its own (crop=):
+# ---- transforms: uint8 (T,H,W,3) -> normalised float, by two official pipelines, each recipe naming its own (crop=):
 #   "tsn"      X-CLIP's datasets/build.py (ViFi-CLIP ships the same file; OmniCLIP takes X-CLIP's recipe), mmaction2
 #              style: short side to 256/224 of the input, MultiScaleCrop, resize to S x S, flip, per-frame colour
 #              jitter, grayscale; test: short side 256/224 S and the centre, or short side S and three crops.
 #   "slowfast" Open-VCLIP's slowfast/datasets/utils.py spatial_sampling: a random short side in [S, 256/224 S], a
 #              random S x S crop, flip; test: short side S, the centre crop, or three crops along the long side.
-# Both resize with plain bilinear interpolation (cv2's INTER_LINEAR in mmcv, F.interpolate in PySlowFast), without
-# antialiasing, and here on uint8 frames: the official PySlowFast resizes floats, so our pixels may differ from
-# its by the rounding to whole levels (at most half a level).
-
-
 class TrainTransform:
-    """A training clip's augmentation, crop="tsn" or "slowfast" (see above). (T,H,W,3) uint8 -> (T,3,size,size)
-    float. Every draw comes from `rng` (default: the random module), so that VideoDataset can make a clip's
-    augmentation a function of the seed, epoch and video. short_side: the TSN resize, and the top of the
-    slowfast jitter (default 256/224 of size: 256 for 224, as both official pipelines).
-    normalise=False stops before the last step and returns uint8, for normalise() to finish on the device.
-    defer_colour=True (implies normalise=False) also leaves out the colour: -> (uint8 clip, its (T,10) colour
-    draws), for colour_batch() to apply to a whole batch on the device, as train.py does."""
+    """A training clip's augmentation, crop="tsn" or "slowfast" (see above): (T,H,W,3) uint8 -> (T,3,size,size)
+    float, every draw from `rng`. short_side: the TSN resize and the top of the slowfast jitter (default 256/224 of
+    size). normalise=False returns uint8, for normalise() on the device; defer_colour=True also leaves out the
+    colour -> (uint8 clip, its (T,10) colour draws), for colour_batch() on the device, as train.py does."""
 
     def __init__(self, size, mean, std, crop="tsn", scales=(1, .875, .75, .66), flip=True, color_jitter=0.8,
                  grayscale=0.2, short_side=None, normalise=True, defer_colour=False):
@@ -367,9 +322,8 @@ class TrainTransform:
         self.short_side = short_side or int(256 / 224 * size)   # build.py's scale_resize
 
     def _crop_box(self, height, width, rng=random):
-        """MultiScaleCrop (TSN, random_crop=False): each side is one of scales * short side, the two scale indices
-        at most one apart, a side within 3 pixels of the input size snapped to it, and the crop at one of 5 fixed
-        places (4 corners, centre) -> (top, left, h, w)."""
+        """MultiScaleCrop (TSN, random_crop=False) -> (top, left, h, w): each side one of scales * short side (scale
+        indices at most one apart, within 3 pixels of size snapped to it), at a corner or the centre."""
         sides = [int(min(height, width) * s) for s in self.scales]
         pairs = [(h, w) for i, h in enumerate(sides) for j, w in enumerate(sides) if abs(i - j) <= 1]
         h, w = (self.size if abs(side - self.size) < 3 else side for side in rng.choice(pairs))
@@ -399,37 +353,32 @@ class TrainTransform:
 
 class TestTransform:
     """Deterministic test views, crop="tsn" or "slowfast" (see above). (T,H,W,3) uint8 -> (crops,T,3,size,size)
-    float (uint8 with normalise=False, as TrainTransform).
-    tsn, crops=1: short side to short_side (256/224 of size), the centre ((H - S) // 2, (W - S) // 2).
-    tsn, crops=3: short side to size, ThreeCrop along the long side at 0, 2 * ((L - S) // 2) and (L - S) // 2
-      (the 'right' crop is one pixel short of the edge when L - S is odd).
-    slowfast: short side to size (TRAIN_JITTER_SCALES[0] for one crop, TEST_CROP_SIZE for three: both the input
-      size in the released configs), the centre at ceil((L - S) / 2); three crops at 0, the centre and L - S."""
+    float (uint8 with normalise=False). tsn: one crop, short side to 256/224 of size and the centre; three, short
+    side to size, at 0, 2 * ((L - S) // 2), (L - S) // 2 of the long side L (ThreeCrop: one pixel short if odd).
+    slowfast: short side to size (TRAIN_JITTER_SCALES[0], TEST_CROP_SIZE: the input size in the released configs),
+      the centre at ceil((L - S) / 2); three crops at 0, the centre and L - S."""
 
     def __init__(self, size, mean, std, crops=1, crop="tsn", short_side=None, normalise=True):
         if crops not in (1, 3) or crop not in ("tsn", "slowfast"):
             raise ValueError(f"TestTransform: crops must be 1 or 3 and crop 'tsn' or 'slowfast', got {crops}, {crop!r}")
         self.size, self.mean, self.std, self.crops, self.crop = size, list(mean), list(std), crops, crop
-        self.normalise = normalise
-        self.short_side = short_side or int(256 / 224 * size)
+        self.normalise, self.short_side = normalise, short_side or int(256 / 224 * size)
 
     def boxes(self, height, width):
         """(resized (H', W'), [(top, left) of each crop]) for a frame of height x width."""
-        S = self.size
-        if self.crop == "tsn":
-            H, W = short_side_size(height, width, self.short_side if self.crops == 1 else S, "mmcv")
-            step = (max(H, W) - S) // 2
-            along = [0, 2 * step, step] if self.crops == 3 else None
-            centre = ((H - S) // 2, (W - S) // 2)
+        S, tsn = self.size, self.crop == "tsn"
+        H, W = short_side_size(height, width, self.short_side if tsn and self.crops == 1 else S,
+                               "mmcv" if tsn else "slowfast")
+        free = max(H, W) - S   # along the long side
+        if tsn:
+            centre, along = ((H - S) // 2, (W - S) // 2), [0, 2 * (free // 2), free // 2]
         else:
-            H, W = short_side_size(height, width, S, "slowfast")
-            along = [0, math.ceil((max(H, W) - S) / 2), max(H, W) - S] if self.crops == 3 else None
-            centre = (math.ceil((H - S) / 2), math.ceil((W - S) / 2))
-        if along is None:
+            centre, along = (math.ceil((H - S) / 2), math.ceil((W - S) / 2)), [0, math.ceil(free / 2), free]
+        if self.crops == 1:
             return (H, W), [centre]
         # tsn: ThreeCrop moves along the width when the height is the crop's (a square frame too); slowfast's
         # uniform_crop along the height only when the frame is taller than wide
-        tall = H > W if self.crop == "slowfast" else H != S
+        tall = H != S if tsn else H > W
         return (H, W), [(o, centre[1]) if tall else (centre[0], o) for o in along]
 
     def __call__(self, frames):
@@ -442,8 +391,7 @@ class TestTransform:
 
 def resize(x, height, width):
     """(T, 3, H, W) uint8 -> (T, 3, height, width), bilinear without antialiasing, as both official pipelines,
-    computed in float and rounded: within half a level of PySlowFast's float frames (torchvision's own uint8
-    kernel is off by up to one level), and of cv2's fixed-point INTER_LINEAR by at most one."""
+    in float and rounded: within half a level of PySlowFast's float frames, one of mmcv's cv2 INTER_LINEAR."""
     if x.shape[-2:] == (height, width):
         return x
     out = torch.nn.functional.interpolate(x.float(), size=(height, width), mode="bilinear", align_corners=False)
@@ -461,15 +409,10 @@ def short_side_size(height, width, short, rule):
     return short, int(math.floor(width / height * short))
 
 
-# The colour augmentation of a training clip, as numbers drawn in a worker and applied wherever the clip is, one
-# row per frame: [jitter?, brightness, contrast, saturation, hue factors, the order of the four ops, grayscale?].
-
-
 def _colour_draws(rng, T, color_jitter, grayscale, strengths=(0.4, 0.4, 0.2, 0.1)):
     """X-CLIP's ColorJitter then GrayScale (datasets/pipeline.py), drawn for a clip of T frames -> (T, 10) float64,
-    the factors exactly as drawn. Whether to jitter is drawn once per clip (probability color_jitter); then
-    torchvision's ColorJitter runs on every frame on its own, drawing its four factors and their order per frame.
-    Grayscale is drawn once per clip."""
+    a row per frame: [jitter?, brightness, contrast, saturation and hue factors, the order of the four, grayscale?].
+    Jitter and grayscale are drawn once per clip, ColorJitter's factors and order per frame, as torchvision's."""
     draws = torch.zeros(T, 10, dtype=torch.float64)
     if rng.random() < color_jitter:
         b, c, s, h = strengths
@@ -493,18 +436,6 @@ def _blend(x, y, ratio):
     return x.mul(ratio.float()).add_(y.mul((1.0 - ratio).float())).clamp_(0, 255).trunc_()
 
 
-def _brightness(x, f):
-    return x.mul(f.float()).clamp_(0, 255).trunc_()
-
-
-def _contrast(x, f):
-    return _blend(x, _luma(x).floor_().mean((-3, -2, -1), keepdim=True), f)
-
-
-def _saturation(x, f):
-    return _blend(x, _luma(x).floor_(), f)
-
-
 def _hue(x, f):
     """The hue turned by f of a full turn, through HSV (Pillow's formulas, as torchvision's adjust_hue)."""
     x = x / 255
@@ -517,8 +448,7 @@ def _hue(x, f):
     h = torch.where(top == r, bc - gc, torch.where(top == g, 2.0 + rc - bc, 4.0 + gc - rc))
     h = (h / 6.0 + 1.0).fmod(1.0).add_(f.float().flatten(1)[..., None]).remainder_(1.0)   # (N,H,W)
     h6 = h * 6
-    i = h6.floor()
-    frac = h6 - i
+    i, frac = h6.floor(), h6 - h6.floor()
     v, p = top, ((1.0 - s) * top).clamp_(0, 1)
     q, t = ((1.0 - s * frac) * top).clamp_(0, 1), ((s * frac + 1.0 - s) * top).clamp_(0, 1)
     vpqt = torch.stack((v, p, q, t), -3)                                              # (N,4,H,W)
@@ -528,15 +458,16 @@ def _hue(x, f):
 
 
 _HUE_SECTORS = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]])   # rgb from (v,p,q,t)
-_COLOUR_OPS = (_brightness, _contrast, _saturation, _hue)
+_COLOUR_OPS = (lambda x, f: x.mul(f.float()).clamp_(0, 255).trunc_(),                       # brightness
+               lambda x, f: _blend(x, _luma(x).floor_().mean((-3, -2, -1), keepdim=True), f),  # contrast
+               lambda x, f: _blend(x, _luma(x).floor_(), f),                                    # saturation
+               _hue)
 _ONE_BY_ONE = 96 * 96   # pixels of a frame from which a CPU colours one frame at a time
 
 
 def colour(x, draws):
-    """(T, 3, H, W) uint8 frames of one clip (or N frames of several), coloured as their (T, 10) draws say, on
-    any device: each frame's four operations in its own order, then grayscale. One call per operation and
-    position for all the frames, where the cost is the calls (a GPU, or small frames); one frame at a time on a
-    CPU from 96 px on, where the cost is the pixels. Either way the same pixels, to the bit."""
+    """(T, 3, H, W) uint8 frames coloured as their (T, 10) draws say: each frame's four operations in its own order,
+    then grayscale; one call per operation for all the frames, or on a CPU from 96 px on frame by frame, as fast."""
     draws = draws.cpu()   # which frames get what is decided on the CPU: a GPU batch is never waited for
     on, grey = draws[:, 0] > 0, draws[:, 9] > 0
     if not on.any() and not grey.any():
@@ -559,23 +490,18 @@ def colour(x, draws):
 
 
 def colour_batch(video, draws):
-    """(B, T, 3, S, S) uint8 clips and their (B, T, 10) draws -> uint8: TrainTransform's colour augmentation, each
-    frame its own, run on whole batches where the batch is: on a GPU that takes most of the transforms' CPU time
-    off the decoding workers, on a CPU the batch's frames share the calls. colour() itself, so the same bits."""
+    """(B, T, 3, S, S) uint8 clips, (B, T, 10) draws -> uint8: colour() on a whole batch, where it is (a GPU)."""
     return colour(video.flatten(0, 1), draws.flatten(0, 1)).view(video.shape)    # (B*T,3,S,S) -> (B,T,3,S,S)
 
 
 def normalise(x, mean, std):
-    """uint8 (..., 3, H, W) -> float, (x / 255 - mean) / std per channel: the transforms' last step. train.py
-    runs it on the device on whole batches, so that the workers hand over uint8 clips (a quarter of the bytes
-    to pass between processes and to the GPU); the result is the same to the last bit."""
+    """uint8 (..., 3, H, W) -> float (x / 255 - mean) / std: the transforms' last step, on the device in train.py."""
     return F.normalize(x.float() / 255, list(mean), list(std))
 
 
 def mix(video, target, mixup, cutmix, switch):
-    """Mixup or CutMix of a training batch as X-CLIP's datasets/blending.py (ViFi-CLIP ships the same file): one
-    lambda per batch, each video's partner from torch.randperm(B), so a video may be paired with itself and stay
-    as it was. video (B, T, 3, S, S) on any device, target (B, C); CutMix cuts one box for all frames of a video."""
+    """Mixup or CutMix of a training batch (B, T, 3, S, S), target (B, C), as X-CLIP's datasets/blending.py: one
+    lambda per batch, each video's partner from torch.randperm(B) (maybe itself); one CutMix box for all frames."""
     if (mixup <= 0 and cutmix <= 0) or video.shape[0] < 2:
         return video, target
     use_cutmix = cutmix > 0 and (mixup <= 0 or torch.rand(()) < switch)
@@ -597,30 +523,25 @@ def mix(video, target, mixup, cutmix, switch):
     return video, lam * target + (1 - lam) * target[order]
 
 
-# =============================================================================
-# The tool: below here, what makes the lesson above run on real data (the datasets' files, the protocols,
-# the loader's batches, the decoder's fall-backs) and the synthetic set.
-# =============================================================================
+# =====================================================================================================================
+# The tool: the datasets' files, the protocols, the loader's batches, the decoder's fall-backs, the synthetic set.
+# =====================================================================================================================
 
-# -----------------------------------------------------------------------------
-# lists, class files and the standard datasets, read in the formats they are published in
-
+# ---- lists, class files and the standard datasets, read in the formats they are published in ------------------------
 def _lines(file, strip=str.strip):
-    """(line number, line) of the non-blank lines: a byte-order mark (Windows editors save one) is read as nothing,
-    strip() drops the '\\r' and spaces UCF101 and HMDB51 end with (a caption list keeps its tabs: strip=...)."""
+    """(line number, strip(line)) of the non-blank lines (UCF101's end with '\\r'); a byte-order mark is skipped."""
     with open(file, encoding="utf-8-sig") as f:
         return [(n, strip(line)) for n, line in enumerate(f, 1) if line.strip()]
 
 
 def read_list(list_file):
-    """Lines "path label" -> [(path, label)]. Paths may hold spaces. Every line but a blank one is a video, whatever
-    its first character: the format (mmaction2's, X-CLIP's, ViFi-CLIP's) has no comments, and HMDB51 has videos
-    named "#437_How_To_Ride_A_Bike_...avi"."""
+    """Lines "path label" -> [(path, label)]. Paths may hold spaces. Every non-blank line is a video: the format
+    (mmaction2's, X-CLIP's, ViFi-CLIP's) has no comments, and HMDB51 has videos named "#437_How_To_Ride_...avi"."""
     return [(path, label) for _, path, label in _list_lines(list_file)]
 
 
 def _list_lines(list_file):
-    """[(line number, path, label)] of a "path label" list (read by _lines); an empty list is refused naming it."""
+    """[(line number, path, label)] of a "path label" list; an empty list is refused."""
     samples = []
     for n, line in _lines(list_file):
         parts = line.rsplit(maxsplit=1)
@@ -634,10 +555,9 @@ def _list_lines(list_file):
 
 
 def load_classes(csv_file):
-    """Class names ordered by id 0..C-1 from "id,name" lines (optional header "id,name"), or from one name a line,
-    ids from 0 (mmaction2's label_map_k400.txt: "abseiling", "air drumming", ...), one way throughout. Read by the
-    csv module's rules, as spreadsheets write it: a name holding a comma is quoted ("3,\"push, pull\""), quotes
-    inside doubled; a later unquoted name may hold commas too. A byte-order mark is skipped."""
+    """Class names by id 0..C-1 from "id,name" lines (optional header "id,name") or one name a line, ids from 0
+    (mmaction2's label_map_k400.txt), one way throughout. Read by the csv module's rules, as spreadsheets write it:
+    a name holding a comma is quoted ("3,\"push, pull\""); a later unquoted name may hold commas too."""
     names, first = {}, None   # first: whether the first line is a name alone; every line goes the same way
     with open(csv_file, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
@@ -663,18 +583,16 @@ def load_classes(csv_file):
     return [names[i] for i in range(len(names))]
 
 
-_UCF_LIST = re.compile(r"(train|test)list0*(\d+)\.txt")
-_HMDB_FILE = re.compile(r"(.+)_test_split(\d+)\.txt")
 _KINETICS = ("label", "youtube_id", "time_start", "time_end")
-_MSRVTT = ("key", "vid_key", "video_id", "sentence")
 _VIDEO_TYPES = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
 
 
 def _csv_error(path, found):
     """The error for a CSV whose columns no reader here knows: it names them and the formats that are read."""
-    return DataError(f"{path}:1: the columns {','.join(found or ()) or '(none)'} are no CSV format read here; "
-                     f"Kinetics' video list: {','.join(_KINETICS)},...; MSR-VTT's captions: {','.join(_MSRVTT)} "
-                     f"(--protocol retrieval); a class file: id,name (or one name a line, quoted if it holds a comma)")
+    columns = ','.join(found or ()) or '(none)'
+    return DataError(f"{path}:1: the columns {columns} are no CSV format read here; Kinetics' video list: "
+                     f"{','.join(_KINETICS)},...; MSR-VTT's captions: key,vid_key,video_id,sentence (--protocol "
+                     f"retrieval); a class file: id,name (or one name a line, quoted if it holds a comma)")
 
 
 def _existing(*paths):
@@ -683,8 +601,7 @@ def _existing(*paths):
 
 
 def _files_by_stem(root):
-    """{file name without extension: [its paths]} of every file under root, one walk (not one search per video),
-    in sorted order: a video saved twice always resolves to the same copy."""
+    """{file name without extension: [its paths]} of every file under root, in sorted order (one copy wins)."""
     found = {}
     for folder, subfolders, files in os.walk(root or os.curdir):
         subfolders.sort()
@@ -726,7 +643,8 @@ def _ucf101(list_file, root):
 def _hmdb51(folder, root, split, train):
     """HMDB51: a file <class>_test_split<k>.txt per class and split, every video of the class with a mark:
     1 train, 2 test, 0 unused. Ids follow the alphabetical order of the class folders, as in every paper."""
-    classes = sorted(m[1] for m in map(_HMDB_FILE.fullmatch, os.listdir(folder)) if m and int(m[2]) == split)
+    files = (re.fullmatch(r"(.+)_test_split(\d+)\.txt", file) for file in os.listdir(folder))
+    classes = sorted(m[1] for m in files if m and int(m[2]) == split)
     if not classes:
         raise FileNotFoundError(f"{folder}: holds neither classInd.txt (UCF101) nor <class>_test_split{split}.txt "
                                 f"files (HMDB51); pass a folder of one of those, or a file")
@@ -777,8 +695,8 @@ def _kinetics(csv_file, root, classes):
 def _ssv2(json_file, root):
     """Something-Something v2: a json list of {"id": "78687", "template": "Holding [something] next to [something]",
     ...}. The class is the template without brackets, numbered by the labels file next to the list."""
-    label_file = os.path.join(os.path.dirname(json_file), "something-something-v2-labels.json")
-    label_file = label_file if os.path.isfile(label_file) else os.path.join(os.path.dirname(json_file), "labels.json")
+    label_file = _existing(*(os.path.join(os.path.dirname(json_file), name)
+                             for name in ("something-something-v2-labels.json", "labels.json")))
     if not os.path.isfile(label_file):
         raise FileNotFoundError(f"{json_file}: needs something-something-v2-labels.json (or labels.json) beside it")
     ids = {name: int(i) for name, i in _json(label_file).items()}
@@ -800,7 +718,7 @@ def _ssv2(json_file, root):
 def dataset_format(path):
     """The format read_dataset reads `path` as: "ucf101", "hmdb51", "kinetics", "ssv2" or "list"."""
     name = os.path.basename(os.path.normpath(path)).lower()
-    if os.path.isfile(os.path.join(path, "classInd.txt")) or _UCF_LIST.fullmatch(name):
+    if os.path.isfile(os.path.join(path, "classInd.txt")) or re.fullmatch(r"(train|test)list0*(\d+)\.txt", name):
         return "ucf101"
     if os.path.isdir(path):
         return "hmdb51"
@@ -808,8 +726,7 @@ def dataset_format(path):
 
 
 def read_dataset(path, root="", split=1, train=True, classes=None):
-    """A dataset's own annotation files -> (samples [(video path under root, label)], names by label id or None).
-    No conversion step: the format follows from `path`:
+    """A dataset's own annotation files, in the format `path` shows -> (samples [(video path, label)], names or None):
       UCF101    the ucfTrainTestlist folder (split, train pick trainlist0k/testlist0k.txt) or one of its lists
       HMDB51    the folder of <class>_test_split<k>.txt files (split, train pick the videos marked 1 or 2)
       Kinetics  a .csv: label,youtube_id,time_start,time_end,...; missing clips are skipped with a warning
@@ -842,24 +759,21 @@ def read_dataset(path, root="", split=1, train=True, classes=None):
 
 
 def check_videos(path, root, samples):
-    """Refuse, before any training, samples of the annotation file `path` whose video is not on disk: the
-    message names the file, the line of a plain list, the first missing video and how many are missing."""
+    """Refuse samples of the annotation file `path` whose video is not on disk, naming the first one's line."""
     missing = [video for video, _ in samples if not os.path.isfile(video)]
     if not missing:
         return
-    where = path
-    if dataset_format(path) == "list":
-        where += next(f":{n}" for n, video, _ in _list_lines(path) if os.path.join(root, video) == missing[0])
+    where = path + (next(f":{n}" for n, video, _ in _list_lines(path) if os.path.join(root, video) == missing[0])
+                    if dataset_format(path) == "list" else "")
     raise DataError(f"{where}: no video at {missing[0]} ({len(missing)} of the {len(samples)} listed are missing); "
                     f"check the root folder ({root or '.'}: --data-root, --val-root) or the list")
 
 
 def read_captions(path, root=""):
-    """A retrieval test set -> (videos [path], captions [(text, index of its video)]), in the file's order: MSR-VTT's
-    1k-A csv (key,vid_key,video_id,sentence, one caption a video: root/video<N>.mp4, else .webm, as CLIP4Clip's
-    dataloader_msrvtt_retrieval.py), MSVD's test_list.txt with raw-captions.pkl beside it (id -> tokenised captions:
-    the one video <id>.<any video extension> under root or its sub-folders, as its dataloader_msvd_retrieval.py),
-    or "path<TAB>caption" lines. A missing video, an empty caption or a bad line is refused naming file and line."""
+    """A retrieval test set -> (videos [path], captions [(text, its video's index)]), in the file's order: MSR-VTT's
+    1k-A csv (key,vid_key,video_id,sentence; root/video<N>.mp4 or .webm: CLIP4Clip's dataloader_msrvtt_retrieval.py),
+    MSVD's test_list.txt with raw-captions.pkl beside it (id -> tokenised captions; the one video <id>.* under root:
+    its dataloader_msvd_retrieval.py), or "path<TAB>caption" lines."""
     pairs, raw = [], os.path.join(os.path.dirname(path), "raw-captions.pkl")   # (where, video, caption)
     if path.lower().endswith(".csv"):
         with open(path, encoding="utf-8-sig", newline="") as f:
@@ -901,8 +815,7 @@ def read_captions(path, root=""):
 
 
 def read_test_videos(path, root="", split=1):
-    """[(video path, label)] of any list a test takes, without knowing the protocol (train.py's --embed): what
-    read_dataset reads, its labels as given, or a list of captions read_captions reads, each video once, label 0."""
+    """[(video path, label)] of any test list (--embed): read_dataset's, or a captions file's videos, label 0."""
     kind, captions = dataset_format(path), False
     if kind == "kinetics":   # a CSV: Kinetics' video list, or MSR-VTT's captions
         with open(path, encoding="utf-8-sig", newline="") as f:
@@ -918,17 +831,15 @@ def read_test_videos(path, root="", split=1):
     return samples
 
 
-class _Plain(pickle.Unpickler):
-    """Python's unpickler refusing every class and function a file names: a file of captions loads and nothing in
-    any file runs. (PyTorch's safe loader does not read the pickle protocol of MSVD's raw-captions.pkl.)"""
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"{module}.{name}")
-
-
 def _plain_pickle(path):
+    """A pickle loaded refusing every class and function: captions load, no code runs (PyTorch's safe loader does
+    not read the pickle protocol of MSVD's raw-captions.pkl)."""
+    class Plain(pickle.Unpickler):
+        def find_class(self, module, name):
+            raise pickle.UnpicklingError(f"{module}.{name}")
     try:
         with open(path, "rb") as f:
-            return _Plain(f).load()
+            return Plain(f).load()
     except pickle.UnpicklingError as e:
         raise DataError(f"{path}: not loaded, because reading it would run code (it names {e}), which a file of "
                         f"captions never needs; save its captions as plain lists of strings") from None
@@ -937,19 +848,15 @@ def _plain_pickle(path):
 
 
 def camel_words(name):
-    """"ApplyEyeMakeup" -> "Apply Eye Makeup": UCF101's names as Open-VCLIP feeds them to the text encoder
-    (X-CLIP and ViFi-CLIP keep them CamelCase). Names with spaces stay as they are. (Open-VCLIP's name file
-    also rewrites "Yo Yo" as "Yoyo"; this function does not.)"""
+    """"ApplyEyeMakeup" -> "Apply Eye Makeup": UCF101's names as Open-VCLIP feeds them to the text encoder (its
+    name file also rewrites "Yo Yo" as "Yoyo"; X-CLIP and ViFi-CLIP keep CamelCase). Names with spaces stay."""
     camel = r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])"  # between "aB" and before the B of "ABc"
     return name if " " in name else re.sub(camel, " ", name)
 
 
-# -----------------------------------------------------------------------------
-# the protocols: which videos and classes each trains and tests on
-
+# ---- the protocols: which videos and classes each trains and tests on -----------------------------------------------
 def few_shot(samples, shots, seed):
-    """`shots` videos of every class 0..C-1 of the train list, drawn by random.Random(seed) (the global random
-    state is left alone) from each class's videos sorted by path: a seed names one draw, whatever the list order."""
+    """`shots` videos of every class 0..C-1, drawn by random.Random(seed) from its videos sorted by path."""
     by_class, rng, picked = {}, random.Random(seed), []
     for path, label in samples:
         by_class.setdefault(label, []).append(path)
@@ -963,9 +870,8 @@ def few_shot(samples, shots, seed):
 
 
 def base_novel(samples, num_classes):
-    """ViFi-CLIP's base-to-novel split -> (base ids, novel ids), each sorted. Base: the ceil(C/2) classes with the
-    most videos in `samples` (the train list); ties go by id, later ids to base, so HMDB51 (70 train videos in
-    every class) gets base = ids 25..50, as the official split files have."""
+    """ViFi-CLIP's base-to-novel split -> (base ids, novel ids), sorted. Base: the ceil(C/2) classes with the most
+    training videos, ties to the later id (HMDB51, 70 in every class, gets 25..50, as the official split files)."""
     counts = [0] * num_classes
     for _, label in samples:
         if not 0 <= label < num_classes:
@@ -976,17 +882,16 @@ def base_novel(samples, num_classes):
 
 
 def select_classes(samples, class_ids):
-    """The samples of the classes class_ids, relabelled by position: class_ids[k] becomes k (names: [names[c] for
-    c in class_ids]). With base_novel: train on the base classes, then test on each half with its own classifier."""
+    """The samples of the classes class_ids, relabelled by position: class_ids[k] becomes k."""
     position = {c: k for k, c in enumerate(class_ids)}
     if len(position) != len(class_ids):
         raise ValueError(f"select_classes: class_ids repeats an id: {list(class_ids)}")
     return [(path, position[label]) for path, label in samples if label in position]
 
+
 def protocol_data(args, seed, trained_names=None):
     """The training videos, their class names, and the test sets [(title, samples, names)] of a run's protocol,
-    from its settings `args` (train.py's flags: --protocol, --train-list, --val-list, --classes, --shots, ...).
-    Names are the datasets' own (UCF101 CamelCase, HMDB51 with spaces); --class-words turns them to text last."""
+    from train.py's flags `args`. Names are the datasets' own; --class-words turns them to words last."""
     train_list = args.train_list and args.train_list.replace("{seed}", str(seed))   # a released file per seed
     if train_list:
         train, names = read_videos(train_list, args.data_root, (args.split or [1])[0], True, args.classes)
@@ -1010,7 +915,6 @@ def protocol_data(args, seed, trained_names=None):
         counts = [sum(1 for _, c in train if c == k) for k in sorted({c for _, c in train})]
         print(f"{train_list}: the shots as listed (no --shots, no draw), {min(counts)} to {max(counts)} videos per "
               f"class")
-
     if not args.val_list:
         raise DataError("give the test videos with --val-list (any format --train-list takes)")
     text = camel_words if args.class_words else (lambda n: n)
@@ -1020,12 +924,11 @@ def protocol_data(args, seed, trained_names=None):
     fmt = dataset_format(args.val_list)
     has_splits = fmt in ("ucf101", "hmdb51")
     splits = args.split or ([1, 2, 3] if args.protocol == "zero-shot" and has_splits else [1])
-    own_names = args.protocol == "zero-shot"   # zero-shot tests on the test data's classes, the others on ours
     tests = []
     for split in splits if has_splits else splits[:1]:
-        given = (args.val_classes or args.classes) if fmt == "list" else None
+        given = (args.val_classes or args.classes) if fmt == "list" else None   # zero-shot tests on its own classes
         samples, val_names = read_videos(args.val_list, args.val_root or args.data_root, split, False,
-                                         given if own_names else names)
+                                         given if args.protocol == "zero-shot" else names)
         tag = f"split {split}" if len(splits) > 1 else "test"
         if args.protocol == "base2novel":   # each half scored with a classifier over its own classes only
             groups = [(f"{tag} base", base), (f"{tag} novel", novel)]
@@ -1046,8 +949,7 @@ def protocol_data(args, seed, trained_names=None):
 
 
 def read_videos(path, root, split, train, names=None):
-    """(samples, names) of one side of a dataset in any format read_dataset knows. `names` is a list of
-    names, or a class file (load_classes), for a plain list, and maps a Kinetics CSV's labels to the training ids."""
+    """(samples, names) of one side of a dataset (read_dataset); `names`: a list of names or a class file."""
     names = load_classes(names) if isinstance(names, str) else names
     samples, names = read_dataset(path, root, split=split, train=train, classes=names)
     check_videos(path, root, samples)
@@ -1064,16 +966,11 @@ def class_ids(wanted, names, source):
     return [names.index(n) for n in wanted]
 
 
-# -----------------------------------------------------------------------------
-# the loader: training order, shards, and the videos that could not be decoded
-
+# ---- the loader: training order, shards, and the videos that could not be decoded -----------------------------------
 class EpochSampler(torch.utils.data.Sampler):
-    """The training order: a permutation drawn from (seed, epoch) alone, so a resumed run sees the same order as
-    an uninterrupted one and can start an epoch part way (`start` items in); it hands out the keys epoch * n + i,
-    from which VideoDataset derives each clip's randomness. Under torchrun, process `rank` of `world` takes every
-    world-th video of the permutation from its rank on, n // world of them (the rest left, as drop_last does): the
-    micro-batches of b videos of all processes then hold exactly what one process with batch world * b takes
-    (PyTorch's DistributedSampler deals them out the same way)."""
+    """The training order: a permutation drawn from (seed, epoch) alone, so a resumed run can start an epoch part
+    way (`start` items in), as keys epoch * n + i for VideoDataset. Under torchrun, process `rank` of `world` takes
+    every world-th video from its rank on, n // world of them, as DistributedSampler (drop_last) deals them."""
 
     def __init__(self, n, seed, rank=0, world=1):
         self.n, self.seed, self.rank, self.world, self.epoch, self.start = n, seed, rank, world, 0, 0
@@ -1091,9 +988,7 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class ShardSampler(torch.utils.data.Sampler):
-    """Evaluation under torchrun: process `rank` of `world` takes videos rank, rank + world, ... Nothing is
-    padded (DistributedSampler repeats videos to even out the counts, which would count them twice): the
-    processes' predictions are gathered by video index instead, every video exactly once."""
+    """Evaluation under torchrun: process `rank` of `world` takes videos rank, rank + world, ..., none repeated."""
 
     def __init__(self, n, rank, world):
         self.indices = list(range(rank, n, world))
@@ -1107,13 +1002,10 @@ class ShardSampler(torch.utils.data.Sampler):
 
 class Skipped(tuple):
     """(path, reason) of a video VideoDataset(skip_bad=True) could not decode."""
-    def __new__(cls, path, reason):
-        return super().__new__(cls, (path, reason))
 
 
 class Batch(tuple):
-    """A collated batch (video, label[, index]) that also carries .skipped: [(path, reason)] of its videos that
-    could not be decoded. Empty (no tensors) when none of them could."""
+    """A collated batch (video, label[, index]; empty if no video decoded) with .skipped: [(path, reason)]."""
     def __new__(cls, items, skipped=()):
         batch = super().__new__(cls, items)
         batch.skipped = list(skipped)
@@ -1144,9 +1036,8 @@ class SkipLog:
 
 
 def batches(loader, skips, where, waited=None, keep_empty=False):
-    """The loader's batches that hold videos (with keep_empty, also those that hold none); skipped videos go to
-    `skips`. Workers that deliver nothing for the loader's timeout stop the run in one line instead of hanging it.
-    waited[0] adds up the seconds spent waiting for the next batch: what data loading, not the model, decided."""
+    """The loader's batches that hold videos (keep_empty: all), skipped videos logged to `skips`; workers silent for
+    the loader's timeout stop the run in one line. waited[0] adds up the seconds spent waiting for batches."""
     it = iter(loader)
     while True:
         try:
@@ -1168,25 +1059,17 @@ def batches(loader, skips, where, waited=None, keep_empty=False):
             yield batch
 
 
-# -----------------------------------------------------------------------------
-# the decoder's fall-backs: what _Reader checks so that the fast path gives a full decode's frames, or none
-
+# ---- the decoder's fall-backs: what _Reader checks so that the fast path gives a full decode's frames, or none ------
 def _key_frames(stream, ticks):
-    """The key frames' numbers from the container's index (mp4 has one at open), for seek_before: entries are in
-    decoding order with decoding timestamps, a fixed reorder delay behind the frames' own, so numbers count from
-    the first entry. A wrong guess costs only time: a seek that lands after the wanted frame falls back to
-    counting frames, one that lands behind stops further seeks."""
+    """The key frames' numbers from the container's index (mp4 has one), counted from the first entry: entries carry
+    decoding timestamps, a fixed delay behind the frames' own. A wrong guess costs only time."""
     entries = stream.index_entries
-    return [round((e.timestamp - entries[0].timestamp) / ticks) for e in entries if e.is_keyframe] if len(
-        entries) else []
+    return [round((e.timestamp - entries[0].timestamp) / ticks) for e in entries if e.is_keyframe]
 
 
 def _packets(reader):
-    """container.decode(stream), with the packets of frames not wanted sent to be skipped (skip_frame NONREF):
-    most frames of H.264 with B-frames are B-frames no other frame refers to. Only H.264: there a non-reference
-    picture is never referred to, whereas in HEVC one may be, by a higher temporal layer. The decoder is told per
-    packet, from the packet's own timestamp, before it reads it: a wanted frame's packet is always decoded in
-    full, so the reordering needs no margin (one thread: the setting applies to that packet)."""
+    """container.decode(stream), with H.264 packets of frames not wanted sent to be skipped (skip_frame NONREF, per
+    packet, from its timestamp): most are B-frames no frame refers to (in HEVC a higher temporal layer may)."""
     for packet in reader.container.demux(reader.stream):
         if reader.skip:
             number = None if packet.pts is None else round((packet.pts - reader.start) / reader.ticks)
@@ -1235,10 +1118,8 @@ def _check_skipped(reader, frame, number, k):
 
 
 def _note_damage(reader, frame, number):
-    """FFmpeg conceals broken packets and carries on: a frame it marks corrupt, or an error it logs, marks
-    every frame from there to the next clean key frame as damaged. (The log arrives a few frames early,
-    B-frames being reordered, so a few clean frames before the damage are refused too; damage FFmpeg does
-    not notice, as in some broken B-frames or a lost packet of a reference frame, passes.)"""
+    """FFmpeg conceals broken packets: a frame it marks corrupt, or an error it logs (a few frames early, B-frames
+    being reordered), marks every frame from there to the next clean key frame as damaged."""
     errors = [message.strip() for level, _, message in reader.logs[reader.reported:] if level <= av.logging.ERROR]
     reader.reported = len(reader.logs)
     if errors or frame.is_corrupt:
@@ -1261,32 +1142,25 @@ class _BadTimestamps(Exception):
 
 
 class _SeekDamage(Exception):
-    """The decoder reported trouble after a seek. In valid video a seek can cause it: frames just after an open-GOP
-    I-frame or an intra-refresh recovery point refer to frames before it, which a decode starting there never saw.
-    Decode again from the start: only what that decode also reports is damage."""
+    """Trouble after a seek, which valid video can cause (frames after an open-GOP I-frame or an intra-refresh
+    point refer to frames before it): decode again from the start, where only real damage is reported."""
 
 
 class _Skipped(Exception):
-    """A frame the decoder skipped might have changed what a full decode returns (a gap or a repeat in the
-    timestamps, a frame before the one a seek lands on): decode again without skipping."""
+    """A skipped frame might have changed what a full decode returns: decode again without skipping."""
 
 
-# FFmpeg reports damage it conceals (a broken packet decoded with guessed blocks) only in its log; PyAV
-# forwards the log to Python only from this level on, and _decode captures it per file.
+# FFmpeg reports damage it conceals only in its log, which PyAV forwards from this level on (_decode captures it);
+# every message, even one repeating the last (a damaged video read again), and not to Python's logging, which
+# would print FFmpeg's lines beside our one-line error.
 if av.logging.get_level() is None or av.logging.get_level() < av.logging.ERROR:
     av.logging.set_level(av.logging.ERROR)
-# PyAV drops a message identical to the one before it, even from another file: reading a damaged video again
-# (the next epoch, or read_frames trying again) would then hear nothing of damage that logs a single kind of message.
 av.logging.set_skip_repeated(False)
-# PyAV hands every message to Python's logging as well, whose last resort prints it: a damaged video would show
-# FFmpeg's lines beside the one-line error that already quotes the first of them.
 logging.getLogger("libav").addHandler(logging.NullHandler())
 logging.getLogger("libav").propagate = False
 
 
-# -----------------------------------------------------------------------------
-# the synthetic set (see the module docstring for why twins)
-
+# ---- the synthetic set (see the module docstring for why twins) -----------------------------------------------------
 SHAPES = ("circle", "square", "triangle")
 MOTIONS = ("moving left", "moving right", "growing", "shrinking")
 _REVERSED = dict(zip(MOTIONS, ("moving right", "moving left", "shrinking", "growing")))
@@ -1294,8 +1168,7 @@ _PALETTE = np.array([(235, 40, 40), (40, 210, 60), (60, 100, 255), (240, 220, 40
                      (40, 220, 230), (255, 140, 20), (240, 240, 240)], dtype=np.float32)
 COLOURS = ("red", "green", "blue", "yellow", "purple", "cyan", "orange", "white")  # the names of _PALETTE
 _CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-# The embedded zero-shot protocol trains on the other 8 classes and tests on these 4, whose shapes and motions
-# it has each seen, but never together; they hold two pairs of twins, so "twins" is measured on them too.
+# zero-shot: train on the other 8 classes, test on these 4 (each shape and motion seen, never together; 2 twin pairs)
 UNSEEN = ("circle growing", "circle shrinking", "triangle moving left", "triangle moving right")
 
 
@@ -1306,17 +1179,13 @@ def synthetic_classes():
 def temporal_twins(names):
     """For each name, the index of its time-reversed twin in `names` (same shape, opposite motion), else -1."""
     position = {name: i for i, name in enumerate(names)}
-    twins = []
-    for name in names:
-        motion = next((m for m in MOTIONS if name.endswith(m)), None)
-        twins.append(position.get(name[:len(name) - len(motion)] + _REVERSED[motion], -1) if motion else -1)
-    return twins
+    motions = [next((m for m in MOTIONS if name.endswith(m)), None) for name in names]
+    return [position.get(name[:len(name) - len(m)] + _REVERSED[m], -1) if m else -1 for name, m in zip(names, motions)]
 
 
 def render_clip(shape, motion, rng, T=24, size=64, colour=None):
-    """One shape moving or changing size on a static dark textured background -> uint8 (T,size,size,3), in the
-    colour _PALETTE[colour] (default: drawn). Reversing the frames of any clip gives a valid clip of its twin
-    class, with the same probability."""
+    """One shape in _PALETTE[colour] (default: drawn) moving or changing size on a static dark textured background
+    -> uint8 (T,size,size,3). Reversed, any clip is a clip of its twin class, with the same probability."""
     t = np.linspace(0, 1, T)[:, None, None]  # (T,1,1) time from 0 to 1
     if motion in ("moving left", "moving right"):
         radius = size * rng.uniform(0.13, 0.18)  # the shape spans 26-36% of the frame
@@ -1340,20 +1209,17 @@ def _draw(shape, cx, cy, radius, size):
     yy, xx = np.mgrid[0:size, 0:size] + 0.5  # pixel centres, (size,size) each
     dx, dy = xx - cx, yy - cy  # each broadcasts with radius to (T,size,size)
     if shape == "circle":
-        mask = dx ** 2 + dy ** 2 <= radius ** 2
-    elif shape == "square":
-        mask = np.maximum(abs(dx), abs(dy)) <= radius * np.sqrt(np.pi) / 2  # same area as the circle
-    elif shape == "triangle":  # apex up: symmetric left-right, so no frame hints at the direction
-        mask = (abs(dy) <= radius) & (abs(dx) <= (dy + radius) / 2)
-    else:
-        raise ValueError(f"render_clip: shape must be one of {SHAPES}, got {shape!r}")
-    return mask
+        return dx ** 2 + dy ** 2 <= radius ** 2
+    if shape == "square":
+        return np.maximum(abs(dx), abs(dy)) <= radius * np.sqrt(np.pi) / 2  # same area as the circle
+    if shape == "triangle":  # apex up: symmetric left-right, so no frame hints at the direction
+        return (abs(dy) <= radius) & (abs(dx) <= (dy + radius) / 2)
+    raise ValueError(f"render_clip: shape must be one of {SHAPES}, got {shape!r}")
 
 
 def synthetic_stills(n, seed, size=64):
-    """n still images in the style of the synthetic videos' frames, with captions: uint8 (n,size,size,3), [str].
-    The stand-in for CLIP's web images (common.synthetic_clip): shapes, colours, sizes and places, and the
-    words for them ("a photo of a small red circle on the left."), never motion."""
+    """n still images like the synthetic videos' frames, with captions -> uint8 (n,size,size,3), [str]: the stand-in
+    for CLIP's web images (common.synthetic_clip), "a photo of a small red circle on the left.", never motion."""
     rng = np.random.default_rng(seed)
     shape, colour, big = rng.integers(len(SHAPES), size=n), rng.integers(len(_PALETTE), size=n), rng.random(n) < 0.5
     radius = size * np.where(big, rng.uniform(0.28, 0.40, n), rng.uniform(0.13, 0.20, n))  # the videos' range
@@ -1376,16 +1242,14 @@ def synthetic_stills(n, seed, size=64):
 
 
 def write_video(path, frames, fps=8, keyint=8, options=None):
-    """Encode uint8 (T,H,W,3) RGB frames (H and W even) to an mp4, H.264 if PyAV's ffmpeg has libx264, with a
-    key frame every `keyint` frames (8: read_frames can seek within the short synthetic videos). options: the
-    encoder's (default: a constant quantiser, below)."""
+    """Encode uint8 (T,H,W,3) RGB frames (H, W even) to an mp4, H.264 if PyAV's ffmpeg has libx264, a key frame
+    every `keyint` frames. options: the encoder's; by default a constant quantiser, whose bytes never change (x264's
+    crf encodes the same frames to different pixels from one call to the next)."""
     frames = np.asarray(frames, dtype=np.uint8)
     height, width = frames.shape[1:3]
     if height % 2 or width % 2:
         raise ValueError(f"write_video({path}): frames are {width}x{height}; yuv420p needs even sides, crop or pad")
     with av.open(str(path), "w") as container:
-        # A constant quantiser: x264's rate control (crf) encodes the same frames to different pixels from one
-        # call to the next, so a first run's numbers would differ from the next's. With qp the bytes never change.
         options = (options or {"qp": "20", "preset": "veryfast"}) if _CODEC == "libx264" else {}
         stream = container.add_stream(_CODEC, rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -1396,12 +1260,9 @@ def write_video(path, frames, fps=8, keyint=8, options=None):
 
 
 def reencode(src, dst, short_side=256, keyint=16):
-    """Re-encode one video for fast training reads: the short side brought to `short_side` (what the training
-    transforms resize to anyway; the official pipelines read Kinetics at 340x256 or 320 short side) and a key
-    frame every `keyint` frames, so that read_frames seeks close to every frame it wants instead of decoding
-    from a key frame up to 250 frames back. Frames as read_frames shows them (rotation applied, damage refused),
-    at the source's frame rate, by x264 at its default quality (crf 23; write_video's constant quantiser makes
-    larger files, slower to decode) and preset veryfast. For a dataset whose loader bounds training, once:
+    """Re-encode one video for fast training reads: the short side brought to `short_side` (the official pipelines
+    read Kinetics at 340x256 or 320) and a key frame every `keyint` frames, so that read_frames seeks close to every
+    frame it wants. Frames as read_frames shows them, by x264 at crf 23 (faster to decode than qp), once:
         for path, _ in data.read_list("train.txt"): data.reencode(f"videos/{path}", f"fast/{path}")"""
     frames = read_frames(src, range(video_length(src))).permute(0, 3, 1, 2)   # (T,3,H,W) uint8
     height, width = frames.shape[-2:]
@@ -1416,18 +1277,14 @@ def reencode(src, dst, short_side=256, keyint=16):
 
 def _done(root):
     """The parameters a finished make_synthetic left in root/DONE, or None."""
-    if not os.path.isfile(os.path.join(root, "DONE")):
-        return None
-    with open(os.path.join(root, "DONE")) as f:
-        return json.load(f)
+    done = os.path.join(root, "DONE")
+    return _json(done) if os.path.isfile(done) else None
 
 
 def make_synthetic(root, seed=0, train_per_class=40, val_per_class=35, T=24, size=64):
-    """Write the synthetic set: root/videos/<split>_<class>_<n>.mp4, root/{train,val}.txt, root/classes.csv,
-    and the zero-shot protocol's lists: seen_train.txt with seen.csv (the classes not in UNSEEN), unseen_val.txt
-    with unseen.csv.
-    Deterministic from the arguments, and cached: a finished set with the same arguments is reused. Encoded one
-    after another; 420 test videos put an accuracy's standard error below 2.5."""
+    """Write the synthetic set: root/videos/<split>_<class>_<n>.mp4, root/{train,val}.txt, root/classes.csv, and the
+    zero-shot protocol's seen_train.txt with seen.csv (the classes not in UNSEEN), unseen_val.txt with unseen.csv.
+    Deterministic from the arguments, and reused once finished; 420 test videos: an accuracy's s.e. below 2.5."""
     root = os.path.abspath(root)
     splits = {"train": train_per_class, "val": val_per_class}
     params = dict(seed=seed, train_per_class=train_per_class, val_per_class=val_per_class, T=T, size=size,
@@ -1441,8 +1298,7 @@ def make_synthetic(root, seed=0, train_per_class=40, val_per_class=35, T=24, siz
                               f"file); remove it or choose another root")
     print(f"generating the embedded synthetic set in {os.path.relpath(root)}, once: "
           f"{12 * (train_per_class + val_per_class)} videos", flush=True)
-    # Build next to root and rename at the end, so an interrupted run never looks finished.
-    tmp = f"{root}.tmp-{os.getpid()}"
+    tmp = f"{root}.tmp-{os.getpid()}"   # renamed to root at the end: an interrupted run never looks finished
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.join(tmp, "videos"))
     names = synthetic_classes()
@@ -1472,15 +1328,13 @@ def make_synthetic(root, seed=0, train_per_class=40, val_per_class=35, T=24, siz
 
 
 def make_retrieval_set(root, seed=0, T=24, size=64):
-    """The retrieval test set beside a synthetic set: root/videos/retrieval_<i>.mp4, one video of each colour,
-    shape and motion (96), and root/retrieval.txt, "path<TAB>caption" with the caption no other video shares
-    ("a red circle moving left"). Made once: the list, written last, says the set is whole -> its path."""
+    """The retrieval test set beside a synthetic set -> the path of root/retrieval.txt ("path<TAB>a red circle moving
+    left"), one video of each colour, shape and motion (96), made once (the list, written last, marks it whole)."""
     path = os.path.join(root, "retrieval.txt")
     if os.path.isfile(path):
         return path
     os.makedirs(os.path.join(root, "videos"), exist_ok=True)
-    lines = []
-    kinds = [(s, m, c) for s in SHAPES for m in MOTIONS for c in range(len(COLOURS))]
+    lines, kinds = [], [(s, m, c) for s in SHAPES for m in MOTIONS for c in range(len(COLOURS))]
     for i, (shape, motion, colour) in enumerate(kinds):
         rng = np.random.default_rng([seed, 2, i])   # one stream per video, apart from the classes' (0 and 1)
         write_video(os.path.join(root, f"videos/retrieval_{i}.mp4"), render_clip(shape, motion, rng, T, size, colour))
