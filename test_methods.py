@@ -4,6 +4,7 @@
 """
 import importlib
 import contextlib
+import io
 import json
 import os
 import pickle
@@ -32,7 +33,7 @@ import train
 import vificlip
 import xclip
 
-METHODS = ["vificlip", "xclip", "openvclip", "omniclip"]
+METHODS = train.METHODS   # the one list: a method registered there gets every test parametrised over it
 B, T, C = 2, 4, 5
 NAMES = [f"class number {i}" for i in range(C)]
 # The tiny models' matrices are too small to share between threads (train.py's EMBEDDED runs on one thread for
@@ -55,7 +56,8 @@ def tiny_clip(state):
 def build(name, state, **kwargs):
     method = importlib.import_module(name)
     kwargs = {"frames": T, **kwargs}   # X-CLIP's temporal position embedding fixes the frame count
-    args, _ = train.get_args(["--method", name] + [f"--{k.replace('_', '-')}={v}" for k, v in kwargs.items()])
+    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in kwargs.items()]   # True: bare
+    args, _ = train.get_args(["--method", name] + flags)
     torch.manual_seed(0)
     model = method.build(tiny_clip(state), args)
     model.set_classes(NAMES)
@@ -1721,8 +1723,8 @@ def test_weights_load_strictly_except_new_trainable_tensors(tiny_clip_state, tmp
     train.read_checkpoint.cache_clear()
 
 
-def tiny_run_args(paths, *extra):
-    return ["--method", "vificlip", "--train-list", paths["train"], "--val-list", paths["val"],
+def tiny_run_args(paths, *extra, method="vificlip"):
+    return ["--method", method, "--train-list", paths["train"], "--val-list", paths["val"],
             "--data-root", paths["root"], "--classes", paths["classes"], "--model", "tiny", "--frames", "4",
             "--batch-size", "4", "--accum-steps", "1", "--workers", "0", "--steps-per-epoch", "2", "--lr", "1e-3",
             "--test-clips", "2", "--test-crops", "1", *extra]
@@ -1911,19 +1913,6 @@ def test_same_command_same_numbers_first_run_included(tmp_path, monkeypatch):
                               for r in train.read_metrics(os.path.join("run", "metrics.jsonl"))]))
     assert runs[0][0] == runs[1][0]
     assert len(runs[0][1]) == 4 and runs[0][1] == runs[1][1]
-
-
-def test_cli_method_all_runs_the_four_and_prints_one_table(tmp_path, monkeypatch, capsys):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=1, val_per_class=1, T=12)
-    monkeypatch.chdir(tmp_path)
-    argv = tiny_run_args(paths, "--epochs", "1", "--steps-per-epoch", "1", "--test-clips", "1")
-    rows = train.main(["--method", "all"] + argv[2:])
-    assert sorted(os.listdir("runs")) == sorted(f"{m}-supervised" for m in train.METHODS)
-    assert [row.split("|")[1].strip() for row in rows[2:]] == [*train.METHODS, "all four"]
-    for name, row in zip(train.METHODS, rows[2:]):   # each row holds its own run's result
-        result = train.read_metrics(os.path.join("runs", f"{name}-supervised", "metrics.jsonl"))[-1]
-        assert row.split("|")[2].strip() == f"{result['top1']:.1f} ± {result['top1_se']:.1f}"
-    assert "\n".join(rows) in capsys.readouterr().out
 
 
 def test_cli_bad_videos_stop_the_run_or_are_left_out_counted_and_listed(tmp_path, capsys):
@@ -2543,7 +2532,7 @@ def test_omniclip_training_changes_no_clip_weight(tiny_clip_state):
 
 @pytest.mark.parametrize("position", ["parallel", "serial"])
 def test_omniclip_without_spg_the_initial_model_is_frame_averaged_clip_exactly(tiny_clip_state, position):
-    model = omniclip_omni(tiny_clip_state, use_spg="false", pta_position=position).eval()
+    model = omniclip_omni(tiny_clip_state, no_spg=True, pta_position=position).eval()
     clip, x = model.clip, video()
     with torch.no_grad():
         tokens = common.tokenize(clip, [f"a photo of a {n}." for n in NAMES])
@@ -2556,7 +2545,7 @@ def test_omniclip_without_spg_the_initial_model_is_frame_averaged_clip_exactly(t
 
 
 def test_omniclip_spg_changes_the_start_only_a_little_and_not_the_order_blindness(tiny_clip_state):
-    plain = omniclip_omni(tiny_clip_state, use_spg="false").eval()
+    plain = omniclip_omni(tiny_clip_state, no_spg=True).eval()
     model = omniclip_omni(tiny_clip_state).eval()
     x = video()
     with torch.no_grad():
@@ -2566,7 +2555,7 @@ def test_omniclip_spg_changes_the_start_only_a_little_and_not_the_order_blindnes
         torch.testing.assert_close(model(omniclip_reverse(x)), b, atol=1e-5, rtol=1e-5)   # prompts are per frame
 
 
-@pytest.mark.parametrize("kwargs", [dict(use_spg="false"), dict(pta_position="serial")])
+@pytest.mark.parametrize("kwargs", [dict(no_spg=True), dict(pta_position="serial")])
 def test_omniclip_adapters_make_the_model_see_frame_order(tiny_clip_state, kwargs):
     model = omniclip_omni(tiny_clip_state, **kwargs).eval()
     x = video()
@@ -2580,8 +2569,8 @@ def test_omniclip_only_the_pta_mixes_frames(tiny_clip_state):
     x = video()
     y = x.clone()
     y[:, 2] += 1.0                                               # change frame 2 of every video
-    for use_pta, mixes in (("false", False), ("true", True)):
-        model = omniclip_wake_up(omniclip_omni(tiny_clip_state, use_pta=use_pta)).eval()
+    for kwargs, mixes in ((dict(no_pta=True), False), ({}, True)):
+        model = omniclip_wake_up(omniclip_omni(tiny_clip_state, **kwargs)).eval()
         with torch.no_grad():
             diff = (model.frame_features(x)[0] - model.frame_features(y)[0]).abs().amax(dim=(0, 2))   # (T,)
         assert diff[2] > 1e-3
@@ -3967,3 +3956,225 @@ def test_cli_small_truths_plurals_integers_and_what_an_eval_only_run_trains(tmp_
     assert "(1 clip x 1 crop, 12 videos)" in printed and "trainable" not in printed
     result = train.read_metrics(os.path.join(out, "metrics.jsonl"))[-1]
     assert type(result["videos"]) is int and type(result["classes"]) is int
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The method contract through the command line: one tiny run of each registered method, and what a user does
+# with it (resume, --eval-only, --predict, --embed, --search). A new method gets all of it by its one line in
+# train.METHODS.
+# ---------------------------------------------------------------------------------------------------------
+
+def run_contract(name, root):
+    """Everything a user does with a method, on the tiny CLIP and 12 embedded-style videos -> what each step gave."""
+    paths = data.make_synthetic(str(root / "set"), train_per_class=2, val_per_class=1, T=12)
+    run, straight, got = str(root / "run"), str(root / "straight"), {}
+    args = tiny_run_args(paths, "--val-every", "0", "--steps-per-epoch", "1", method=name)
+    got["first"] = train.main([*args, "--epochs", "1", "--out", run])["test"][0]
+    got["resumed"] = train.main(["--method", name, "--resume", run, "--epochs", "2"])["test"][0]
+    got["straight"] = train.main([*args, "--epochs", "2", "--out", straight])["test"][0]
+    got["weights"] = [train.load_checkpoint(os.path.join(f, "last.pt"))["model"] for f in (run, straight)]
+    got["eval"] = train.main(["--method", name, "--eval-only", "--resume", run, "--out", str(root / "eval")])
+    video = os.path.join(paths["root"], data.read_list(paths["val"])[0][0])
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        train.main(["--method", name, "--predict", video, "--weights", os.path.join(run, "last.pt")])
+    got["predicted"] = printed.getvalue()
+    captions = root / "captions.txt"
+    captions.write_text("".join(f"{p}\t{label} clip {k}\n" for k, (p, label) in enumerate(data.read_list(paths["val"]))))
+    train.main(["--method", name, "--embed", "--resume", run, "--val-list", str(captions), "--val-root", paths["root"],
+                "--out", str(root / "embed")])
+    got["embedded"] = torch.load(str(root / "embed" / "embeddings.pt"), weights_only=True)
+    got["found"] = train.main(["--method", name, "--search", "a circle moving left", "--embeddings",
+                               str(root / "embed" / "embeddings.pt"), "--top-k", "3"])
+    return got
+
+
+@pytest.fixture(scope="module", params=METHODS)
+def contract(request, tmp_path_factory):
+    return request.param, run_contract(request.param, tmp_path_factory.mktemp(request.param))
+
+
+def test_contract_a_run_resumed_trains_to_the_weights_of_an_uninterrupted_one(contract):
+    name, got = contract
+    first, straight = got["weights"]
+    assert first.keys() == straight.keys() and all(torch.equal(first[k], straight[k]) for k in first), name
+    assert got["resumed"]["top1"] == got["straight"]["top1"] and got["first"]["videos"] == 12
+
+
+def test_contract_eval_only_tests_the_runs_weights_as_the_run_did(contract):
+    name, got = contract
+    assert got["eval"]["test"][0]["top1"] == got["resumed"]["top1"], name
+
+
+def test_contract_predict_embed_and_search(contract):
+    name, got = contract
+    lines = got["predicted"].splitlines()
+    assert re.match(r".* \(2 clips x 1 crop; weights .*last.pt\):$", lines[0]) and len(lines[1:6]) == 5
+    assert all(re.match(r"  +[\d.]+%  \S", line) for line in lines[1:6]), name
+    stored = got["embedded"]
+    assert len(stored["paths"]) == 12 and torch.allclose(stored["embeddings"].norm(dim=1), torch.ones(12))
+    assert len(got["found"]) == 3 and {p for p, _ in got["found"]} <= set(stored["paths"])
+
+
+def test_a_new_method_copied_and_registered_in_one_line_gets_the_contract(tmp_path, monkeypatch):
+    """A fifth method: vificlip.py copied as seqclip.py and named once in train.METHODS (as a researcher forks
+    it); the same contract passes for it, found through the one list."""
+    folder = tmp_path / "fork"
+    folder.mkdir()
+    (folder / "seqclip.py").write_text(open(vificlip.__file__).read())
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setattr(train, "METHODS", (*train.METHODS, "seqclip"))
+    got = run_contract("seqclip", tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(*(w.values() for w in got["weights"])))
+    assert got["eval"]["test"][0]["top1"] == got["resumed"]["top1"] and len(got["embedded"]["paths"]) == 12
+
+
+def test_compare_and_method_subsets_tabulate_runs_by_what_differs(tmp_path, monkeypatch, capsys):
+    """--method a,b trains just those methods and prints the table --compare prints of their folders (plus the
+    times); --compare shows the settings in which runs differ (all of them between runs of one method, the
+    headline ones between methods), the epochs trained and the results with their standard errors."""
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    monkeypatch.chdir(tmp_path)
+    args = [*tiny_run_args(paths, "--epochs", "1", "--val-every", "0", "--steps-per-epoch", "1")]
+    args[1] = "vificlip,xclip"
+    table = train.main(args)
+    assert table[0] == "| run | method | protocol | global_batch | epochs | top-1 | twins | CPU-s | wall |"   # recipes
+    assert [row.split(" | ")[0:3] for row in table[2:]] == [["| runs/vificlip-supervised", "vificlip", "supervised"],
+                                                            ["| runs/xclip-supervised", "xclip", "supervised"],
+                                                            ["| all", "", ""]]
+    result = train.read_metrics(os.path.join("runs", "xclip-supervised", "metrics.jsonl"))[-1]
+    assert table[3].startswith(f"| runs/xclip-supervised | xclip | supervised | 256 | 1 | {result['top1']:.1f} ± "
+                               f"{result['top1_se']:.1f} | {result['twins']:.1f} ± {result['twins_se']:.1f} | ")
+    capsys.readouterr()
+    compared = train.main(["--compare", "runs/*"])   # the same table, without the times
+    assert [compared[0], *compared[2:]] == [r.rsplit(" | ", 2)[0] + " |" for r in [table[0], *table[2:-1]]]
+    args[1] = "vificlip"
+    train.main([*args, "--lr", "2e-3", "--seed", "1"])
+    os.makedirs(os.path.join("runs", "stopped"))   # a run stopped before its first result
+    config = json.load(open(os.path.join("runs", "vificlip-supervised", "config.json")))
+    json.dump(dict(config, lr=5e-3), open(os.path.join("runs", "stopped", "config.json"), "w"))
+    table = train.main(["--compare", "runs/vificlip-*", "runs/stopped"])
+    assert table[0].startswith("| run | method | protocol | lr | seed |")
+    assert [row.split(" | ")[3:5] for row in table[2:]] == [["0.001", "0"], ["0.002", "1"], ["0.005", "0"]]
+    assert table[-1].endswith("| none yet |")
+    with pytest.raises(SystemExit, match="no run folder"):
+        train.main(["--compare", "runs/nothing-*"])
+    assert train.method_names("all") == "all" and train.method_names("xclip,omniclip") == "xclip,omniclip"
+    with pytest.raises(argparse.ArgumentTypeError, match="no method 'seqclip'; choose from vificlip, xclip"):
+        train.method_names("xclip,seqclip")
+
+
+# ---- ablations: each switch gives exactly the simpler model ---------------------------------------------------
+# A part named in a method file's ABLATIONS, switched off with --no-PART, leaves the model its docstring gives. Where
+# the simpler model runs the same operations in the same order, the outputs are compared bit for bit (torch.equal).
+
+ABLATION_PARTS = [("xclip", "messages", "message_"), ("xclip", "mit", "mit."), ("xclip", "prompts", "prompts_"),
+                  ("omniclip", "pta", "pta."), ("omniclip", "spg", "spg.")]   # (method, part, its parameter names)
+
+
+def ablated(name, state, *parts, **kwargs):
+    return build(name, state, **{f"no_{part}": True for part in parts}, **kwargs)
+
+
+def xclip_frame_embeddings(model, x):
+    """(B, T, E): the frame embeddings f of X-CLIP's vision tower, before the MIT, as embed_videos makes them."""
+    h = common.patch_embed(model.visual, x.flatten(0, 1))                          # (B*T, N+1, D)
+    for blk in model.visual.transformer.resblocks:
+        h = model.vision_layer(blk, h, x.shape[1])
+    return common.frame_head(model.visual, h).view(*x.shape[:2], -1)
+
+
+@pytest.mark.parametrize("name, parts", [("xclip", ("messages", "mit", "prompts")),
+                                         ("openvclip", ("neighbours", "iwo")), ("omniclip", ("pta", "spg"))])
+def test_ablation_flags_are_no_part_and_none_unless_given(name, parts):
+    assert importlib.import_module(name).ABLATIONS == parts
+    assert all(getattr(train.get_args(["--method", name])[0], part) is None for part in parts)   # --weights' carry
+    args, _ = train.get_args(["--method", name, *(f"--no-{part}" for part in parts)])
+    assert all(getattr(args, part) is False for part in parts)
+    assert not hasattr(vificlip, "ABLATIONS")                                      # ViFi-CLIP adds nothing
+
+
+@pytest.mark.parametrize("name, part, prefix", ABLATION_PARTS)
+def test_ablation_builds_no_parameter_of_the_part_switched_off(tiny_clip_state, name, part, prefix):
+    full = {n for n, _ in build(name, tiny_clip_state).named_parameters()}
+    kept = {n for n, _ in ablated(name, tiny_clip_state, part).named_parameters()}
+    assert kept == {n for n in full if prefix not in n}
+    assert any(prefix in n for n in full)
+
+
+@pytest.mark.parametrize("name", ["xclip", "openvclip", "omniclip"])
+def test_ablation_of_every_part_leaves_exactly_clips_parameters(tiny_clip_state, name):
+    clip = {n for n, _ in tiny_clip(tiny_clip_state).named_parameters()}
+    model = ablated(name, tiny_clip_state, *importlib.import_module(name).ABLATIONS)
+    assert {n for n, _ in model.named_parameters()} == (clip if name == "xclip" else {"clip." + n for n in clip})
+
+
+def test_ablation_xclip_without_its_three_parts_is_vificlip_frame_averaging(tiny_clip_state):
+    model = ablated("xclip", tiny_clip_state, "messages", "mit", "prompts").eval()
+    vifi = build("vificlip", tiny_clip_state, template=model.template).eval()     # the same bare class names
+    x = video()
+    with torch.no_grad():
+        assert torch.equal(model(x), vifi(x))            # the same CLIP operations on the same weights, in order
+
+
+def test_ablation_xclip_without_messages_encodes_each_frame_as_clip(tiny_clip_state):
+    model = ablated("xclip", tiny_clip_state, "messages").eval()
+    x = video()
+    with torch.no_grad():
+        f = common.encode_frames(model.visual, x.flatten(0, 1)).view(B, T, -1)    # (B, T, E)
+        assert torch.equal(xclip_frame_embeddings(model, x), f)
+        assert torch.equal(model.embed_videos(x)[0], model.mit(f))
+
+
+def test_ablation_xclip_without_mit_is_the_mean_of_the_frame_embeddings(tiny_clip_state):
+    model = ablated("xclip", tiny_clip_state, "mit").eval()
+    x = video(frames=T + 2)                                                        # no position embedding: any T
+    with torch.no_grad():
+        assert torch.equal(model.embed_videos(x)[0], xclip_frame_embeddings(model, x).mean(1))
+    with pytest.raises(ValueError, match="--no-mit"):
+        build("xclip", tiny_clip_state, mit_layers=0)
+    assert len(build("xclip", tiny_clip_state, mit_layers=2).mit.resblocks) == 2
+
+
+def test_ablation_xclip_without_prompts_scores_the_frozen_class_embeddings(tiny_clip_state, tmp_path):
+    model = ablated("xclip", tiny_clip_state, "prompts").eval()
+    x = video()
+    with torch.no_grad():
+        v, w = model.embed_videos(x), common.encode_text(model, model.tokens)       # (B, E), (C, E)
+        assert torch.equal(model(x), common.cosine_logits(v, w, model.logit_scale))
+        assert torch.equal(model.similarity(v, w), common.cosine_logits(v, w, model.logit_scale))
+    path = tmp_path / "xclip.pth"
+    torch.save({"model": build("xclip", tiny_clip_state).state_dict()}, path)
+    with pytest.raises(common.CheckpointError, match="--no-prompts"):             # official weights need every part
+        xclip.load_official(model, str(path))
+
+
+def test_ablation_openvclip_without_neighbours_encodes_each_frame_as_clip(tiny_clip_state):
+    model = ablated("openvclip", tiny_clip_state, "neighbours", temporal_window=2).eval()   # the switch wins
+    x = video()
+    with torch.no_grad():
+        f = F.normalize(common.encode_frames(model.clip.visual, x.flatten(0, 1)), dim=-1).view(B, T, -1)
+        assert torch.equal(model.frame_embeddings(x), f)
+        assert torch.equal(model(x), build("openvclip", tiny_clip_state, temporal_window=0).eval()(x))
+
+
+def test_ablation_openvclip_without_iwo_steps_as_a_plain_forward_and_backward(tiny_clip_state):
+    x, y = video(), train.soft_targets(torch.tensor([1, 3]), C, 0.0)
+    plain = openvclip_model_with(tiny_clip_state).train()
+    openvclip_perturb(plain)                                                       # theta != theta0
+    plain.loss(x, y, train.soft_cross_entropy).backward()
+    for kwargs, same in ((dict(no_iwo=True), True), ({}, False)):                 # over the recipe's alpha 0.6
+        model = openvclip_model_with(tiny_clip_state, **kwargs).train()
+        openvclip_perturb(model)
+        drawn = random.getstate()
+        model.train_step(x, y, train.soft_cross_entropy, lambda loss: loss.backward(), contextlib.nullcontext)
+        assert (random.getstate() == drawn) == same                               # no alpha drawn without IWO
+        assert all(torch.equal(p.grad, q.grad) for p, q in zip(model.trainable(), plain.trainable())) == same
+
+
+def test_ablation_omniclip_without_pta_and_spg_is_frozen_clip_frame_averaging(tiny_clip_state):
+    model = omniclip_wake_up(ablated("omniclip", tiny_clip_state, "pta", "spg")).eval()   # nothing left to wake
+    clip, x = model.clip, video()
+    with torch.no_grad():
+        tokens = common.tokenize(clip, [model.template.format(n) for n in NAMES])
+        v = common.encode_frames(clip.visual, x.flatten(0, 1)).view(B, T, -1).mean(1)
+        assert torch.equal(model(x), common.cosine_logits(v, common.encode_text(clip, tokens), clip.logit_scale))

@@ -107,12 +107,16 @@ def settings(args, method, own):
     mode = args.predict or args.benchmark is not None or args.search
     args.embedded = args.train_list is None and args.val_list is None and not mode
     if args.embedded or mode and args.model is None and args.weights is None:
+        official = dict(recipe)
         recipe.update(EMBEDDED, **getattr(method, "EMBEDDED", {}))
         # A variant's learning rate keeps its ratio to the recipe's: few-shot fine-tuning of a pretrained CLIP
         # wants a gentler step than supervised training (ViFi-CLIP: 2e-6 against 2.2e-5).
         recipe["lr"] *= variant.get("lr", method.RECIPE.get("lr", 1)) / method.RECIPE.get("lr", 1)
         if args.weights or args.benchmark is not None:   # no stand-in for weights replaced, or random input
             recipe["pretrained"] = None
+        # what the demo replaced, said at the run's start (prepare) with the flags that give it back
+        args.demo_replaced = {k: official.get(k) for k, v in recipe.items() if v != official.get(k) and
+                              getattr(args, k, None) is None}
     saved = (read_checkpoint(args.weights) or {}).get("args", {}) if args.weights else {}
     recipe.update({k: saved[k] for k in (*INHERITED, *own) if saved.get(k) is not None and k not in variant})
     for key, value in recipe.items():
@@ -194,7 +198,7 @@ def lr_factor(step, args, steps_per_epoch, floor, start=0.0):
         return t / warmup if t < warmup else floor if t >= total else \
             floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t / total))
     epoch = step / steps_per_epoch   # a warm-up to the cosine's value at its start, the peak itself
-    return start + epoch * (1 - start) / warmup if epoch < warmup else \
+    return start + epoch * (1 - start) / warmup if epoch < warmup else floor if epoch >= epochs else \
         floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / (epochs - warmup)))
 
 
@@ -565,8 +569,10 @@ def main(argv=None):
     """One command: a run of --method on --protocol over its shot seeds, then its result; or another mode."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args, method = get_args(argv)
-    if args.method == "all":
-        return run_all(argv)
+    if args.compare:
+        return compare(args.compare)
+    if args.method in ("all", *(m for m in [args.method] if "," in m)):
+        return run_all(argv, METHODS if args.method == "all" else args.method.split(","))
     start_processes(args)
     if args.predict or args.benchmark is not None or args.search:
         return use_model(args, method)   # one video, a sentence, or a speed test: no run folder
@@ -602,6 +608,14 @@ def at_least(low):
     return parse
 
 
+def method_names(text):
+    """An argparse type: a method of METHODS, all, or several as a,b."""
+    wrong = [m for m in text.split(",") if m not in METHODS] if text != "all" else []
+    if wrong:
+        raise argparse.ArgumentTypeError(f"no method {wrong[0]!r}; choose from {', '.join(METHODS)}, all, or a,b")
+    return text
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):
         """One line, with the closest flag to a mistyped one, not the whole usage."""
@@ -618,11 +632,12 @@ PROTOCOL_FLAGS = dict(shots=("few-shot", "base2novel"), shot_seeds=("few-shot", 
 def get_args(argv=None):
     # --help is added last: the first parse, which only looks for --method, must not answer it with one flag
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
-    p.add_argument("--method", choices=(*METHODS, "all"), default="vificlip", help="which method file to train; all: "
-                   "the four one after another, each in its own run folder, then a table of results and CPU time")
+    p.add_argument("--method", type=method_names, default="vificlip", help=f"which method file to train: "
+                   f"{', '.join(METHODS)}; all, or several as a,b: one after another, each in its own run folder, "
+                   f"then a table of their results and CPU time (as --compare prints it)")
     method_name = p.parse_known_args(argv)[0].method
-    if method_name == "all":   # main() runs each method with its own parser; this one only serves --help
-        method_name = METHODS[0]
+    if method_name == "all" or "," in method_name:   # main() runs each with its own parser; this one serves --help
+        method_name = METHODS[0] if method_name == "all" else method_name.split(",")[0]
     method = importlib.import_module(method_name)
     p.add_argument("--recipe", choices=sorted(getattr(method, "VARIANTS", {})), help="one of the method's other "
                    "official settings (VARIANTS in its file); default: the one named like --protocol, else RECIPE")
@@ -735,6 +750,9 @@ def get_args(argv=None):
     g.add_argument("--search", metavar="SENTENCE", help="print the --top-k videos of --embeddings closest to a sentence")
     g.add_argument("--embeddings", metavar="FILE", help="an embeddings.pt written by --embed (for --search)")
     g.add_argument("--top-k", type=at_least(1), default=5, help="how many videos --search prints")
+    g.add_argument("--compare", nargs="+", metavar="RUN", help="print one table of existing run folders (globs: "
+                   "runs/xclip-*) and exit, training nothing: method, protocol, the settings in which they differ, "
+                   "epochs trained, results with standard errors")
     g.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for --benchmark's MFU (known for "
                                                      "common GPUs)")
 
@@ -1477,6 +1495,8 @@ def prepare(args):
             trim_metrics(top, 0)
         write_config(args)
     if args.embedded:   # the synthetic set; zero-shot trains on 8 of its classes and tests on the 4 held out
+        if getattr(args, "demo_replaced", None):
+            print(demo_replaced(args.demo_replaced, args.micro_batch))
         try:   # first, that the CLIP's weights can be had (offline, a tag not yet downloaded cannot)
             common.resolve_pretrained(args.model, args.pretrained, args.quick_gelu)
         except (ValueError, RuntimeError) as e:
@@ -1555,8 +1575,28 @@ def place_run(args):
         used = "" if not mode or tested else "-" + os.path.splitext(os.path.basename(
             args.weights or args.pretrained or "random"))[0]
         args.out = new_folder(f"{tested}{mode}" if tested else os.path.join(RUNS, f"{args.method}-{args.protocol}"
-                                                                                  f"{used}{mode}"))
+                                                                                  f"{ablated(args)}{used}{mode}"))
     write_config(args, started=datetime.datetime.now().isoformat(timespec="microseconds"))
+
+
+def demo_replaced(replaced, micro_batch):
+    """The line an embedded run starts with: the recipe values the demo replaced (EMBEDDED, and the method's), and
+    the flags that give them back."""
+    flags = {k: f"--{k.replace('_', '-')} {'none' if v is None else v}" for k, v in replaced.items()}
+    flags.update(micro_batch=f"--batch-size {replaced.get('micro_batch', micro_batch)}", official_accum="", flip="")
+    if "global_batch" in replaced:   # reached by accumulation
+        flags["global_batch"] = f"--accum-steps {replaced['global_batch'] // replaced.get('micro_batch', micro_batch)}"
+    return (f"the embedded demo replaces the recipe's {', '.join(f'{k} {v}' for k, v in replaced.items())}; to train "
+            f"with them: {' '.join(f for f in flags.values() if f)}"
+            + (" (official_accum and flip have no flag: EMBEDDED in train.py)" if {"official_accum", "flip"} &
+               set(replaced) else ""))
+
+
+def ablated(args):
+    """The parts of the method this run switched off (the ABLATIONS of its file), as its folder's name says them:
+    "-no-mit-no-prompts"."""
+    parts = getattr(importlib.import_module(args.method), "ABLATIONS", ())
+    return "".join(f"-no-{k.replace('_', '-')}" for k in parts if getattr(args, k, None) is False)
 
 
 def write_config(args, **extra):
@@ -1602,27 +1642,77 @@ def closing_lines(args, result_line):
         print(f"{key:11s} {value}")
 
 
-def run_all(argv):
-    """--method all: every method in turn with the same flags, each in its own run folder, then one table of their
-    results and CPU time (user + system of this process and its decoding workers; under torchrun rank 0's)."""
+def run_all(argv, names):
+    """--method all (or a,b): the methods in turn with the same flags, each in its own run folder, then the table
+    of --compare with each one's CPU time (user + system of this process and its decoding workers; under torchrun
+    rank 0's) and wall time."""
     cpu_seconds = lambda: sum(os.times()[:4])   # user, system, and the joined children's (decoding workers)
     clock = lambda seconds: f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
-    rows = ["| method | test top-1 | twins | CPU-s | wall |", "|---|---|---|---|---|"]
-    protocol, start = get_args(argv)[0].protocol, (cpu_seconds(), time.perf_counter())
-    for name in METHODS:
-        sub = [f"--method={name}" if a == "--method=all" else name if k and argv[k - 1] == "--method" else a
-               for k, a in enumerate(argv)]
+    spent, start = {}, (cpu_seconds(), time.perf_counter())
+    for name in names:
+        at = next(k for k, a in enumerate(argv) if a == "--method" or a.startswith("--method="))
+        sub = [*argv[:at], f"--method={name}", *argv[at + (1 if "=" in argv[at] else 2):]]
         cpu, wall = cpu_seconds(), time.perf_counter()
-        results = main(sub)
+        main(sub)
         gc.collect()   # the DataLoader workers are joined, so that their CPU time is counted
-        cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
-        figures, line = summarise(protocol, results) if results else ({}, "finished")
-        cell = [f"{figures[k]:.1f} ± {figures[k + '_se']:.1f}" if k + "_se" in figures else "" for k in ("top1", "twins")]
-        rows.append(f"| {name} | {cell[0] or line} | {cell[1]} | {cpu:.0f} | {clock(wall)} |")
+        spent[RUN.out] = {"CPU-s": f"{cpu_seconds() - cpu:.0f}", "wall": clock(time.perf_counter() - wall)}
         print()
-    rows.append(f"| all four | | | {cpu_seconds() - start[0]:.0f} | {clock(time.perf_counter() - start[1])} |")
-    print("\n".join(rows))
-    return rows
+    total = {"CPU-s": f"{cpu_seconds() - start[0]:.0f}", "wall": clock(time.perf_counter() - start[1])}
+    return compare(list(spent), spent, total)
+
+
+# ---- Comparing runs: --compare, and --method all's table -----------------------------------------------------
+# Settings in which two runs may differ without learning differently: where they are, what ran them, how fast.
+BOOKKEEPING = (*RUN_CONTROL, "command", "resumed", "started", "versions", "method", "protocol", "embedded",
+               "threads", "device", "compile", "loader_timeout", "save_every", "embedded_dir")
+# Between runs of different methods, only these: their recipes differ in everything else by design.
+HEADLINE = ("model", "pretrained", "frames", "epochs", "lr", "global_batch", "weight_decay", "seed", "shots",
+            "clips_per_video", "eval_only")
+
+
+def compare(patterns, extra=None, total=None):
+    """--compare RUN [RUN ...] (globs too): one table of existing run folders, a row each: its method and protocol,
+    the settings in which the runs differ (config.json), the epochs it trained and its result, with standard
+    errors. extra {folder: {column: value}} adds columns (--method all's times); total, a last row."""
+    folders = list(dict.fromkeys(f for p in patterns for f in (sorted(glob.glob(p)) or [p])
+                                 if os.path.isfile(os.path.join(f, "config.json"))))
+    if not folders:
+        raise SystemExit(f"--compare {' '.join(patterns)}: no run folder (with a config.json) there")
+    configs = {f: read_config(f) for f in folders}
+    one_method = len({c.get("method") for c in configs.values()}) == 1
+    keys = sorted({k for c in configs.values() for k in c if k not in BOOKKEEPING and (one_method or k in HEADLINE)
+                   and len({json.dumps(c.get(k), sort_keys=True) for c in configs.values()}) > 1})
+    rows = []
+    for f in folders:
+        result = next((r for r in reversed(read_metrics(os.path.join(f, "metrics.jsonl"))) if "result" in r), None)
+        rows.append({"run": f, "method": configs[f]["method"], "protocol": configs[f]["protocol"],
+                     **{k: str(configs[f].get(k, "-")) for k in keys},
+                     "epochs": "-" if not result else str(result.get("trained_epochs") or 0),
+                     **result_cells(result), **(extra or {}).get(f, {})})
+    if total:
+        rows.append({"run": "all", **total})
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    table = [f"| {' | '.join(columns)} |", "|" + "---|" * len(columns)]
+    table += [f"| {' | '.join(row.get(k, '') for k in columns)} |" for row in rows]
+    print("\n".join(table))
+    return table
+
+
+def result_cells(r):
+    """A run's result line as table cells: top-1 and twins (± standard error), retrieval's R@1 and R@5 both ways
+    (± standard error over the queries), base-to-novel's base, novel and HM, or a mean over test sets (± std)."""
+    se = lambda p, n: 100 * math.sqrt(p / 100 * (1 - p / 100) / n)   # an accuracy's, in points
+    if r is None:
+        return {"result": "none yet"}
+    if "t2v_r1" in r:
+        return {f"{way} R@{k}": f"{r[f'{way}_r{k}']:.1f} ± {se(r[f'{way}_r{k}'], r[n]):.1f}"
+                for way, n in (("t2v", "captions"), ("v2t", "videos")) for k in (1, 5)}
+    if "hm" in r:
+        return {k: f"{r[k]:.1f}" for k in ("base", "novel", "hm")}
+    if "top1_std" in r:
+        return {"top-1": f"{r['top1']:.1f} ± {r['top1_std']:.1f} (std)"}
+    return {"top-1": f"{r['top1']:.1f} ± {r['top1_se']:.1f}",
+            **({"twins": f"{r['twins']:.1f} ± {r['twins_se']:.1f}"} if "twins" in r else {})}
 
 
 # ---- One-line errors ----------------------------------------------------------------------------------------
