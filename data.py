@@ -1,8 +1,7 @@
 """
 Video data, in the order a clip is made: the dataset, which frames, decoding, the transforms (and the colour,
-normalisation and mixup train.py applies to whole batches). Below the divider, the tool: the datasets' own
-files, the protocols' selections, the loader's batches, the decoder's fall-backs, and a synthetic video set
-that tests and demos generate in seconds. Nothing here knows about models.
+normalisation and mixup train.py applies to whole batches). Below the divider, the tool: the datasets' files, the
+protocols, the loader, the decoder's fall-backs, and a synthetic set made in seconds. Nothing here knows models.
 
     VideoDataset[i]: (path, label) of a list (read_list; read_dataset: UCF101, HMDB51, Kinetics, SSv2)
         --clip_indices (video_info, then segment_indices or dense_indices)--> T frame indices
@@ -185,8 +184,7 @@ def video_length(path) -> int:
 
 
 def video_info(path):
-    """(frames, fps, timestamp ticks per frame or None without a stored duration) of the video at `path`: what
-    PySlowFast's decoder reads to place a dense clip. Remembered per (path, size, time of change) for later epochs."""
+    """(frames, fps, timestamp ticks per frame or None) of the video at `path`, cached per (path, size, mtime)."""
     try:
         stat = os.stat(path)
     except OSError as e:
@@ -233,10 +231,9 @@ def read_frames(path, indices) -> torch.Tensor:
 
 
 def _decode(path, wanted, by_timestamp, skip=True, seek=True):
-    """Decode the sorted frame numbers `wanted` -> {number: uint8 (H,W,3)}, as a player shows them (rotation flag
-    applied, every frame at the first one's size). by_timestamp: a frame's number comes from its timestamp, which
-    stays right after a seek; otherwise frames are counted from the start. skip: frames nobody refers to are not
-    decoded (H.264); seek=False: decode from the start."""
+    """Decode the sorted frame numbers `wanted` -> {number: uint8 (H,W,3)}, as a player shows them (rotated, at the
+    first frame's size). by_timestamp: a frame's number comes from its timestamp (right after a seek too), else from
+    counting; skip: frames nobody refers to are not decoded (H.264); seek=False: decode from the start."""
     with _open(path) as container, av.logging.Capture(local=False) as logs:
         reader = _Reader(path, container, logs, wanted, by_timestamp, skip, seek)
         return {k: reader.rgb(reader.decode_to(k)) for k in wanted}
@@ -280,8 +277,7 @@ class _Reader:
         return self.frame
 
     def rgb(self, frame):
-        """The frame as uint8 (H,W,3) RGB at the first frame's size, turned upright: one converter for the whole
-        video (to_ndarray(format=...) builds one per frame), on one thread (PyAV 17 on uses several unless told)."""
+        """The frame as upright uint8 (H,W,3) RGB at the first frame's size (one converter, one thread)."""
         self.size = self.size or (frame.width, frame.height)   # (W, H) of the first frame taken
         image = self.to_rgb.reformat(frame, width=self.size[0], height=self.size[1], format="rgb24",
                                      **_ONE_THREAD).to_ndarray()
@@ -352,11 +348,10 @@ class TrainTransform:
 
 
 class TestTransform:
-    """Deterministic test views, crop="tsn" or "slowfast" (see above). (T,H,W,3) uint8 -> (crops,T,3,size,size)
-    float (uint8 with normalise=False). tsn: one crop, short side to 256/224 of size and the centre; three, short
-    side to size, at 0, 2 * ((L - S) // 2), (L - S) // 2 of the long side L (ThreeCrop: one pixel short if odd).
-    slowfast: short side to size (TRAIN_JITTER_SCALES[0], TEST_CROP_SIZE: the input size in the released configs),
-      the centre at ceil((L - S) / 2); three crops at 0, the centre and L - S."""
+    """Deterministic test views, crop="tsn" or "slowfast" (see above): (T,H,W,3) uint8 -> (crops,T,3,size,size) float
+    (uint8 with normalise=False). tsn: short side to 256/224 of size, the centre; or to size, three crops at 0,
+    2 * ((L - S) // 2), (L - S) // 2 of the long side L (ThreeCrop). slowfast: short side to size (the configs'
+    TRAIN_JITTER_SCALES[0], TEST_CROP_SIZE), the centre at ceil((L - S) / 2), or three crops at 0, centre, L - S."""
 
     def __init__(self, size, mean, std, crops=1, crop="tsn", short_side=None, normalise=True):
         if crops not in (1, 3) or crop not in ("tsn", "slowfast"):
@@ -410,9 +405,8 @@ def short_side_size(height, width, short, rule):
 
 
 def _colour_draws(rng, T, color_jitter, grayscale, strengths=(0.4, 0.4, 0.2, 0.1)):
-    """X-CLIP's ColorJitter then GrayScale (datasets/pipeline.py), drawn for a clip of T frames -> (T, 10) float64,
-    a row per frame: [jitter?, brightness, contrast, saturation and hue factors, the order of the four, grayscale?].
-    Jitter and grayscale are drawn once per clip, ColorJitter's factors and order per frame, as torchvision's."""
+    """X-CLIP's ColorJitter then GrayScale (datasets/pipeline.py) for T frames -> (T, 10) float64: [jitter?, brightness,
+    contrast, saturation, hue, the order of the four, grayscale?], jitter and grayscale per clip, the rest per frame."""
     draws = torch.zeros(T, 10, dtype=torch.float64)
     if rng.random() < color_jitter:
         b, c, s, h = strengths
@@ -626,8 +620,7 @@ def _ucf101(list_file, root):
         if line.split()[0] != str(len(names) + 1) or len(line.split()) != 2:
             raise ValueError(f"{class_file}:{n}: expected '{len(names) + 1} ClassName', got {line!r}; fix the line")
         names.append(line.split()[1])
-    by_folder = {name.lower(): i for i, name in enumerate(names)}  # any case: UCF101 spells HandStand two ways
-    samples = []
+    by_folder, samples = {name.lower(): i for i, name in enumerate(names)}, []  # UCF101 spells HandStand two ways
     for n, line in _lines(list_file):
         parts = line.split()
         label = by_folder.get(parts[0].split("/")[0].lower()) if len(parts) == 1 else None
@@ -693,8 +686,7 @@ def _kinetics(csv_file, root, classes):
 
 
 def _ssv2(json_file, root):
-    """Something-Something v2: a json list of {"id": "78687", "template": "Holding [something] next to [something]",
-    ...}. The class is the template without brackets, numbered by the labels file next to the list."""
+    """Something-Something v2: a json list of {"id", "template", ...}, the class the template without brackets."""
     label_file = _existing(*(os.path.join(os.path.dirname(json_file), name)
                              for name in ("something-something-v2-labels.json", "labels.json")))
     if not os.path.isfile(label_file):
@@ -921,10 +913,9 @@ def protocol_data(args, seed, trained_names=None):
     if args.protocol == "retrieval":   # the test: videos and their captions
         videos, captions = read_captions(args.val_list, args.val_root or args.data_root)
         return train, [text(n) for n in names or []], [("retrieval", [(v, 0) for v in videos], captions)]
-    fmt = dataset_format(args.val_list)
+    fmt, tests = dataset_format(args.val_list), []
     has_splits = fmt in ("ucf101", "hmdb51")
     splits = args.split or ([1, 2, 3] if args.protocol == "zero-shot" and has_splits else [1])
-    tests = []
     for split in splits if has_splits else splits[:1]:
         given = (args.val_classes or args.classes) if fmt == "list" else None   # zero-shot tests on its own classes
         samples, val_names = read_videos(args.val_list, args.val_root or args.data_root, split, False,
@@ -968,9 +959,8 @@ def class_ids(wanted, names, source):
 
 # ---- the loader: training order, shards, and the videos that could not be decoded -----------------------------------
 class EpochSampler(torch.utils.data.Sampler):
-    """The training order: a permutation drawn from (seed, epoch) alone, so a resumed run can start an epoch part
-    way (`start` items in), as keys epoch * n + i for VideoDataset. Under torchrun, process `rank` of `world` takes
-    every world-th video from its rank on, n // world of them, as DistributedSampler (drop_last) deals them."""
+    """The training order, keys epoch * n + i: a permutation drawn from (seed, epoch) alone, so a resumed run can
+    start part way (`start`). Process `rank` of `world` takes every world-th, n // world, as DistributedSampler."""
 
     def __init__(self, n, seed, rank=0, world=1):
         self.n, self.seed, self.rank, self.world, self.epoch, self.start = n, seed, rank, world, 0, 0
@@ -1096,8 +1086,7 @@ def _frame_number(reader, frame, k):
     if reader.seeked_from is not None:  # the first frame after a seek: the keyframe we landed on
         if number > k:
             raise _BadTimestamps
-        # Landing at or before where we already were means keyframes are further apart than our
-        # gaps (x264 puts one every 250 frames): more seeks would only decode the same frames again.
+        # landing at or before where we were: key frames lie further apart than our gaps, so seek no more
         reader.seeking, reader.seeked_from = number > reader.seeked_from, None
     elif number <= reader.current:  # out of order: H.264 with B-frames in AVI, variable frame rate
         raise _BadTimestamps
@@ -1150,9 +1139,8 @@ class _Skipped(Exception):
     """A skipped frame might have changed what a full decode returns: decode again without skipping."""
 
 
-# FFmpeg reports damage it conceals only in its log, which PyAV forwards from this level on (_decode captures it);
-# every message, even one repeating the last (a damaged video read again), and not to Python's logging, which
-# would print FFmpeg's lines beside our one-line error.
+# FFmpeg reports damage it conceals only in its log, which PyAV forwards from this level on (_decode captures it),
+# every message, even one repeating the last, and not to Python's logging (FFmpeg's lines beside our error).
 if av.logging.get_level() is None or av.logging.get_level() < av.logging.ERROR:
     av.logging.set_level(av.logging.ERROR)
 av.logging.set_skip_repeated(False)
@@ -1188,8 +1176,7 @@ def render_clip(shape, motion, rng, T=24, size=64, colour=None):
     -> uint8 (T,size,size,3). Reversed, any clip is a clip of its twin class, with the same probability."""
     t = np.linspace(0, 1, T)[:, None, None]  # (T,1,1) time from 0 to 1
     if motion in ("moving left", "moving right"):
-        radius = size * rng.uniform(0.13, 0.18)  # the shape spans 26-36% of the frame
-        travel = size * rng.uniform(0.4, 0.5)
+        radius, travel = size * rng.uniform(0.13, 0.18), size * rng.uniform(0.4, 0.5)  # the shape spans 26-36%
         x0 = rng.uniform(radius, size - radius - travel)  # the span [x0, x0+travel] is drawn alike for both ways
         cx, cy = x0 + travel * (t if motion == "moving right" else 1 - t), rng.uniform(radius, size - radius)
     elif motion in ("growing", "shrinking"):
@@ -1231,8 +1218,7 @@ def synthetic_stills(n, seed, size=64):
     background = rng.uniform(10, 60, (n, 1, 1, 3)) + rng.normal(0, 6, (n, size, size, 3))  # (n,size,size,3)
     images = np.where(mask[..., None], _PALETTE[colour][:, None, None], background).clip(0, 255).astype(np.uint8)
     say = (rng.random((n, 3)) < (0.4, 0.8, 0.4)).tolist()  # mention the size, the colour, the place?
-    templates = ("a {}", "a photo of a {}.", "{}", "a {} on a dark background")
-    captions = []
+    templates, captions = ("a {}", "a photo of a {}.", "{}", "a {} on a dark background"), []
     for i, t in enumerate(rng.integers(len(templates), size=n)):
         place = "on the left" if cx[i] < size / 3 else "on the right" if cx[i] > 2 * size / 3 else "in the middle"
         words = [("big" if big[i] else "small")] * say[i][0] + [COLOURS[colour[i]]] * say[i][1] + \
@@ -1242,9 +1228,8 @@ def synthetic_stills(n, seed, size=64):
 
 
 def write_video(path, frames, fps=8, keyint=8, options=None):
-    """Encode uint8 (T,H,W,3) RGB frames (H, W even) to an mp4, H.264 if PyAV's ffmpeg has libx264, a key frame
-    every `keyint` frames. options: the encoder's; by default a constant quantiser, whose bytes never change (x264's
-    crf encodes the same frames to different pixels from one call to the next)."""
+    """Encode uint8 (T,H,W,3) RGB frames (H, W even) to an mp4, H.264 if PyAV's ffmpeg has libx264, a key frame every
+    `keyint` frames; options default to a constant quantiser, whose bytes never change (x264's crf varies per call)."""
     frames = np.asarray(frames, dtype=np.uint8)
     height, width = frames.shape[1:3]
     if height % 2 or width % 2:
@@ -1286,7 +1271,7 @@ def make_synthetic(root, seed=0, train_per_class=40, val_per_class=35, T=24, siz
     zero-shot protocol's seen_train.txt with seen.csv (the classes not in UNSEEN), unseen_val.txt with unseen.csv.
     Deterministic from the arguments, and reused once finished; 420 test videos: an accuracy's s.e. below 2.5."""
     root = os.path.abspath(root)
-    splits = {"train": train_per_class, "val": val_per_class}
+    splits, names = {"train": train_per_class, "val": val_per_class}, synthetic_classes()
     params = dict(seed=seed, train_per_class=train_per_class, val_per_class=val_per_class, T=T, size=size,
                   codec=_CODEC, version=4)
     paths = dict(root=root, **{name: os.path.join(root, f"{name}.{'txt' if '_' in name or name in splits else 'csv'}")
@@ -1301,7 +1286,6 @@ def make_synthetic(root, seed=0, train_per_class=40, val_per_class=35, T=24, siz
     tmp = f"{root}.tmp-{os.getpid()}"   # renamed to root at the end: an interrupted run never looks finished
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.join(tmp, "videos"))
-    names = synthetic_classes()
     jobs = [(split, c, n) for split in splits for c in range(len(names)) for n in range(splits[split])]
     for split, c, n in jobs:
         rng = np.random.default_rng([seed, list(splits).index(split), c, n])  # one stream per video: any order
