@@ -807,7 +807,8 @@ def read_captions(path, root=""):
 
 
 def read_test_videos(path, root="", split=1):
-    """[(video path, label)] of any test list (--embed): read_dataset's, or a captions file's videos, label 0."""
+    """Any test list (--embed) -> ([(video path, label)], each video's captions or None): read_dataset's videos, or
+    a captions file's, each once with label 0 and the list of its captions."""
     kind, captions = dataset_format(path), False
     if kind == "kinetics":   # a CSV: Kinetics' video list, or MSR-VTT's captions
         with open(path, encoding="utf-8-sig", newline="") as f:
@@ -817,10 +818,14 @@ def read_test_videos(path, root="", split=1):
         captions = os.path.isfile(os.path.join(os.path.dirname(path), "raw-captions.pkl")) or (
             "\t" in first and not first.rsplit("\t", 1)[1].strip().isdecimal())
     if captions:
-        return [(video, 0) for video in read_captions(path, root)[0]]
+        videos, pairs = read_captions(path, root)
+        said = [[] for _ in videos]
+        for text, video in pairs:
+            said[video].append(text)
+        return [(video, 0) for video in videos], said
     samples, _ = read_dataset(path, root, split=split, train=False)
     check_videos(path, root, samples)
-    return samples
+    return samples, None
 
 
 def _plain_pickle(path):

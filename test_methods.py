@@ -4,8 +4,10 @@
 """
 import importlib
 import contextlib
+import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import argparse
@@ -24,6 +26,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as F_v2
+from safetensors.torch import load_file, save_file
 
 import common
 import data
@@ -2903,6 +2906,178 @@ def test_xclip_cli_train_with_checkpointing_then_eval(tmp_path):
     assert again["test"][0] == pytest.approx(trained["test"][0])
 
 
+# ---- X-CLIP in the Hugging Face format
+# transformers is not a dependency, so what its XCLIPModel gives was recorded once, with transformers 5.25.0 and
+# torch 2.14.1 on a CPU: XCLIPModel(XCLIPConfig(**HF_TINY_CONFIG)) has 179 tensors, whose sorted "name (shape)" lines
+# hash to HF_TINY_KEYS; loaded with hf_tiny_state() (strict), its logits_per_video for video() and NAMES (our token
+# ids, the attention mask up to end-of-text) are HF_TINY_LOGITS, to 7 significant digits. Ours differed by 4.8e-6.
+HF_TINY_KEYS = ("39760c20d1a4b4c1e80dd947bccd65308cace3af775d1f3ca925667cef0764fc", 179)
+HF_TINY_LOGITS = [[-4.694757, -14.46792, -8.253208, -5.257583, -5.432278],
+                  [-11.58487, -15.85649, -10.61413, -10.72453, -12.13582]]
+HF_TINY_CONFIG = dict(
+    model_type="xclip", architectures=["XCLIPModel"], logit_scale_init_value=4.605170249938965,   # ln 100 in float32
+    projection_dim=64,
+    prompt_layers=2, prompt_hidden_act="quick_gelu", prompt_num_attention_heads=1, prompt_alpha=0.1,
+    text_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                     hidden_act="quick_gelu", layer_norm_eps=1e-5, vocab_size=49408, max_position_embeddings=32),
+    vision_config=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
+                       mit_hidden_size=64, mit_intermediate_size=256, mit_num_hidden_layers=1,
+                       mit_num_attention_heads=1, hidden_act="quick_gelu", layer_norm_eps=1e-5, num_frames=4,
+                       image_size=32, patch_size=8))
+
+
+def hf_tiny_state(seed=0, T=T, D=128, W=64, E=64, P=8, S=32, L=32, V=49408):
+    """Every tensor of transformers' XCLIPModel for common's "tiny" CLIP (vision D wide, 3 layers; text W wide, 2
+    layers; joint E) at T frames, under its names (written from modeling_x_clip.py), drawn in this order from a
+    seeded generator: matrices N(0, 1/fan_in), LayerNorm weights 1 + 0.1 N(0, 1), other vectors 0.1 N(0, 1)."""
+    shapes = {"text_model.embeddings.token_embedding.weight": (V, W),
+              "text_model.embeddings.position_embedding.weight": (L, W)}
+
+    def linear(name, n_out, n_in, bias=True):
+        shapes[f"{name}.weight"] = (n_out, n_in)
+        shapes.update({f"{name}.bias": (n_out,)} if bias else {})
+
+    def norm(name, n):
+        shapes[f"{name}.weight"] = shapes[f"{name}.bias"] = (n,)
+
+    def layer(name, n, attn="self_attn"):
+        for p in ("q", "k", "v", "out"):
+            linear(f"{name}.{attn}.{p}_proj", n, n)
+        if attn == "message_attn":   # the message modules, then the CLIP layer's own
+            linear(f"{name}.message_fc", n, n)
+            norm(f"{name}.message_ln", n)
+            layer(name, n)
+            return
+        norm(f"{name}.layer_norm1", n)
+        linear(f"{name}.mlp.fc1", 4 * n, n)
+        linear(f"{name}.mlp.fc2", n, 4 * n)
+        norm(f"{name}.layer_norm2", n)
+
+    for i in range(2):
+        layer(f"text_model.encoder.layers.{i}", W)
+    norm("text_model.final_layer_norm", W)
+    shapes["vision_model.embeddings.class_embedding"] = (D,)
+    shapes["vision_model.embeddings.patch_embedding.weight"] = (D, 3, P, P)
+    shapes["vision_model.embeddings.position_embedding.weight"] = ((S // P) ** 2 + 1, D)
+    norm("vision_model.pre_layernorm", D)
+    for i in range(3):
+        layer(f"vision_model.encoder.layers.{i}", D, "message_attn")
+    norm("vision_model.post_layernorm", D)
+    linear("visual_projection", E, D, bias=False)
+    linear("text_projection", E, W, bias=False)
+    norm("prompts_visual_layernorm", D)
+    shapes["prompts_visual_projection"] = (D, E)
+    shapes["mit.position_embedding"] = (1, T, E)
+    layer("mit.encoder.layers.0", E)
+    shapes["prompts_generator.alpha"] = (E,)
+    norm("prompts_generator.layernorm", E)
+    for i in range(2):
+        for p in "qkv":
+            linear(f"prompts_generator.decoder.{i}.cross_attn.{p}_proj", E, E, bias=False)
+        linear(f"prompts_generator.decoder.{i}.cross_attn.proj", E, E)
+        norm(f"prompts_generator.decoder.{i}.norm1", E)
+        norm(f"prompts_generator.decoder.{i}.norm3", E)
+        linear(f"prompts_generator.decoder.{i}.mlp.0", 4 * E, E)
+        linear(f"prompts_generator.decoder.{i}.mlp.3", E, 4 * E)
+    g, state = torch.Generator().manual_seed(seed), {}
+    for k, s in shapes.items():
+        x = torch.randn(s, generator=g)
+        state[k] = x * math.prod(s[1:]) ** -0.5 if len(s) > 1 else 1 + 0.1 * x if k.endswith(".weight") else 0.1 * x
+    state["logit_scale"] = torch.tensor(math.log(100.0))
+    return state
+
+
+def hf_keys(state):
+    """sha256 of the sorted "name (shape)" lines, and the count."""
+    lines = "\n".join(f"{k} {tuple(t.shape)}" for k, t in sorted(state.items()))
+    return hashlib.sha256(lines.encode()).hexdigest(), len(state)
+
+
+def xclip_quick(name="tiny", frames=T, quick_gelu=True):
+    """X-CLIP on a CLIP with QuickGELU, as transformers' needs (its MIT runs the CLIP's activation)."""
+    model = xclip.Model(common.load_clip(name, quick_gelu=quick_gelu), T=frames).eval()
+    model.set_classes(NAMES)
+    return model
+
+
+def hf_folder(folder, state, weights="model.safetensors", config=HF_TINY_CONFIG):
+    """A folder as transformers writes it: config.json and the weights, safetensors or (as the hub's) torch.save."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f)
+    (save_file if weights.endswith(".safetensors") else torch.save)(state, os.path.join(folder, weights))
+    return str(folder)
+
+
+def test_xclip_hf_builder_has_the_tensors_of_transformers():
+    assert hf_keys(hf_tiny_state()) == HF_TINY_KEYS
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_xclip_hf_weights_give_the_logits_of_transformers(tmp_path, weights):
+    """The hub's folders hold pytorch_model.bin, saved by transformers 4.22 with its position_ids buffers."""
+    state = hf_tiny_state()
+    if weights == "pytorch_model.bin":
+        state = {**state, "text_model.embeddings.position_ids": torch.arange(32)[None]}
+    model = xclip_quick()
+    xclip.load_official(model, hf_folder(tmp_path, state, weights))
+    with torch.no_grad():
+        torch.testing.assert_close(model(video()), torch.tensor(HF_TINY_LOGITS), atol=1e-4, rtol=0)
+    assert xclip.hf_config(model) == HF_TINY_CONFIG
+
+
+def test_xclip_hf_export_then_load_gives_the_same_model(tmp_path):
+    model = xclip_perturbed(xclip_quick())
+    xclip.save_hf(model, str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+    written = load_file(tmp_path / "model.safetensors")
+    assert hf_keys(written) == HF_TINY_KEYS                              # transformers' names and shapes
+    ours = model.state_dict()
+    back = xclip.from_hf(written)
+    assert back.keys() == ours.keys() and all(torch.equal(back[k], t) for k, t in ours.items())
+    again = xclip_quick()
+    xclip.load_official(again, str(tmp_path))
+    with torch.no_grad():
+        assert torch.equal(again(video()), model(video()))
+    state = hf_tiny_state()                                              # and the other way: theirs -> ours -> theirs
+    twice = xclip.to_hf(xclip.from_hf(state))
+    assert twice.keys() == state.keys() and all(torch.equal(twice[k], t) for k, t in state.items())
+
+
+def test_xclip_hf_hub_id_is_read_from_the_cache_only(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    model = xclip_quick()
+    assert xclip.is_hf("microsoft/xclip-tiny") and not xclip.is_hf(str(tmp_path))
+    with pytest.raises(common.CheckpointError) as e:
+        xclip.load_official(model, "microsoft/xclip-tiny")
+    assert str(e.value) == (f"microsoft/xclip-tiny is not in the Hugging Face cache ({tmp_path}): download it "
+                            f"where there is a network (hf download microsoft/xclip-tiny) and pass its folder, or the "
+                            f"id again")
+    repo, commit = tmp_path / "models--microsoft--xclip-tiny", "0" * 40   # what hf download leaves in the cache
+    hf_folder(repo / "snapshots" / commit, hf_tiny_state())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    xclip.load_official(model, "microsoft/xclip-tiny")
+    with torch.no_grad():
+        torch.testing.assert_close(model(video()), torch.tensor(HF_TINY_LOGITS), atol=1e-4, rtol=0)
+
+
+def test_xclip_hf_refuses_another_clip_or_frame_count_in_one_line(tmp_path):
+    folder = hf_folder(tmp_path / "hf", hf_tiny_state())
+    cases = [(xclip_quick(frames=8), "was trained with 4 frames"), (xclip_quick("tiny-64"), "pass --model tiny"),
+             (xclip_quick(quick_gelu=False), "with --quick-gelu")]
+    for model, message in cases:
+        with pytest.raises(ValueError, match=message) as e:
+            xclip.load_official(model, folder)
+        assert str(e.value).startswith(folder) and "\n" not in str(e.value)
+    with pytest.raises(common.CheckpointError, match="with --quick-gelu"):
+        xclip.save_hf(xclip_quick(quick_gelu=False), str(tmp_path / "out"))
+    clip = hf_folder(tmp_path / "clip", {}, config=dict(model_type="clip"))
+    with pytest.raises(common.CheckpointError, match="a transformers 'clip' model, not an X-CLIP"):
+        xclip.load_official(xclip_quick(), clip)
+
+
 # =========================================================================================================
 # openvclip
 # =========================================================================================================
@@ -3392,20 +3567,21 @@ def test_data_read_test_videos_takes_any_list_a_test_takes(tmp_path):
     touch_files(str(tmp_path), "video1.mp4", "video2.webm", "a b.mp4", "c.mp4")
     (tmp_path / "msrvtt.csv").write_text("key,vid_key,video_id,sentence\nr1,m1,video1,one\nr2,m2,video2,two\n"
                                          "r3,m3,video1,again\n")
-    assert data.read_test_videos(str(tmp_path / "msrvtt.csv"), str(tmp_path)) == [
-        (str(tmp_path / "video1.mp4"), 0), (str(tmp_path / "video2.webm"), 0)]
+    assert data.read_test_videos(str(tmp_path / "msrvtt.csv"), str(tmp_path)) == (
+        [(str(tmp_path / "video1.mp4"), 0), (str(tmp_path / "video2.webm"), 0)], [["one", "again"], ["two"]])
     (tmp_path / "captions.txt").write_text("a b.mp4\tsomeone waves\nc.mp4\t2 dogs\na b.mp4\ta wave\n")
-    assert data.read_test_videos(str(tmp_path / "captions.txt"), str(tmp_path)) == [
-        (str(tmp_path / "a b.mp4"), 0), (str(tmp_path / "c.mp4"), 0)]
+    assert data.read_test_videos(str(tmp_path / "captions.txt"), str(tmp_path)) == (
+        [(str(tmp_path / "a b.mp4"), 0), (str(tmp_path / "c.mp4"), 0)], [["someone waves", "a wave"], ["2 dogs"]])
     (tmp_path / "test.txt").write_text("a b.mp4 3\nc.mp4\t1\n")
-    assert data.read_test_videos(str(tmp_path / "test.txt"), str(tmp_path)) == [
-        (str(tmp_path / "a b.mp4"), 3), (str(tmp_path / "c.mp4"), 1)]
+    assert data.read_test_videos(str(tmp_path / "test.txt"), str(tmp_path)) == (
+        [(str(tmp_path / "a b.mp4"), 3), (str(tmp_path / "c.mp4"), 1)], None)
     msvd = tmp_path / "msvd"
     msvd.mkdir()
     (msvd / "test_list.txt").write_text("video2\n")
     with open(msvd / "raw-captions.pkl", "wb") as f:
         pickle.dump({"video2": [["a", "dog"], ["the", "dog"]]}, f, protocol=4)
-    assert data.read_test_videos(str(msvd / "test_list.txt"), str(tmp_path)) == [(str(tmp_path / "video2.webm"), 0)]
+    assert data.read_test_videos(str(msvd / "test_list.txt"), str(tmp_path)) == (
+        [(str(tmp_path / "video2.webm"), 0)], [["a dog", "the dog"]])
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -3983,8 +4159,10 @@ def run_contract(name, root):
     train.main(["--method", name, "--embed", "--resume", run, "--val-list", str(captions), "--val-root", paths["root"],
                 "--out", str(root / "embed")])
     got["embedded"] = torch.load(str(root / "embed" / "embeddings.pt"), weights_only=True)
-    got["found"] = train.main(["--method", name, "--search", "a circle moving left", "--embeddings",
-                               str(root / "embed" / "embeddings.pt"), "--top-k", "3"])
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        got["found"] = train.main(["--method", name, "--search", "a circle moving left", "--embeddings",
+                                   str(root / "embed" / "embeddings.pt"), "--top-k", "3"])
+    got["searched"], got["captions"] = printed.getvalue(), captions.read_text().splitlines()
     return got
 
 
@@ -4013,6 +4191,10 @@ def test_contract_predict_embed_and_search(contract):
     stored = got["embedded"]
     assert len(stored["paths"]) == 12 and torch.allclose(stored["embeddings"].norm(dim=1), torch.ones(12))
     assert len(got["found"]) == 3 and {p for p, _ in got["found"]} <= set(stored["paths"])
+    listed = {os.path.basename(path): caption for path, caption in (line.split("\t") for line in got["captions"])}
+    assert [[listed[os.path.basename(p)]] for p in stored["paths"]] == stored["captions"], name
+    for path, score in got["found"]:   # each hit's score and its own caption, beside its path
+        assert f"  {score:6.3f}  {path}  ({listed[os.path.basename(path)]})" in got["searched"], name
 
 
 def test_a_new_method_copied_and_registered_in_one_line_gets_the_contract(tmp_path, monkeypatch):

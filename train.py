@@ -1046,23 +1046,25 @@ def embed(args, method):
         raise SystemExit("--embed: give the videos to embed with --val-list (any list a test takes)")
     seed = args.shot_seeds[0]
     model, ckpt, (device, autocast, dtype) = build_model(args, method, seed)
-    samples = data.read_test_videos(args.val_list, args.val_root or args.data_root, (args.split or [1])[0])
+    samples, said = data.read_test_videos(args.val_list, args.val_root or args.data_root, (args.split or [1])[0])
     weights = tested_path(args, seed)
     print(f"{args.method}: embedding the {len(samples)} videos of {args.val_list} ({view_count(args)}, {args.frames} "
           f"frames at {args.size}px) with " + (weights or f"the CLIP as pretrained ({args.pretrained or 'random'})"))
-    made = write_embeddings(args, model.to(device), samples, device, autocast, data.SkipLog(args.out), args.out,
-                            weights)
+    made = write_embeddings(args, model.to(device), samples, said, device, autocast, data.SkipLog(args.out),
+                            args.out, weights)
     closing_lines(args, f"{os.path.join(args.out, 'embeddings.pt')} ({len(made['paths'])} videos): search them with "
                         f"--search SENTENCE --embeddings {os.path.join(args.out, 'embeddings.pt')}")
     return {"embedded": [made]}
 
 
-def write_embeddings(args, model, samples, device, autocast, skips, out, weights):
-    """--embed: every video of --val-list, its test views averaged, -> out/embeddings.pt: the paths, the unit
-    embeddings (X-CLIP's video embedding alone: its text depends on the video) and what made them."""
+def write_embeddings(args, model, samples, said, device, autocast, skips, out, weights):
+    """--embed: every video of --val-list, its test views averaged, -> out/embeddings.pt: the paths (and captions,
+    `said`, from a list of captions), the unit embeddings (X-CLIP's video embedding alone: its text depends on the
+    video) and what made them."""
     loader = make_loader(args, device, samples, views=True)
     videos, index = embed_videos(model, loader, device, autocast, "embed", skips, STATS[args.mean], args.test_amp)
     made = dict(paths=[samples[i][0] for i in index.tolist()], method=args.method, weights=weights,
+                captions=said and [said[i] for i in index.tolist()],
                 views=view_count(args), settings={
                     k: getattr(args, k) for k in (*INHERITED, "pretrained", *args.own)})
     if RANK == 0:
@@ -1090,8 +1092,9 @@ def search(args, model, device, autocast):
     top = scores.topk(min(args.top_k, len(scores)))
     print(f"{args.search!r}: the {len(top[0])} closest of the {len(scores)} videos of {args.embeddings} (searched in "
           f"{time.perf_counter() - tic:.3f} s; made by {stored['weights'] or 'the CLIP as pretrained'}):")
+    captions = stored.get("captions")   # what the videos' own list says of them, to judge the ranking by
     for score, i in zip(*top):
-        print(f"  {score:6.3f}  {stored['paths'][i]}")
+        print(f"  {score:6.3f}  {stored['paths'][i]}" + (f"  ({' | '.join(captions[i])})" if captions else ""))
     return [(stored["paths"][i], score.item()) for score, i in zip(*top)]
 
 
