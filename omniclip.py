@@ -25,9 +25,11 @@ a self-prompt generator, SPG). In our notation, for X_l (B*T, K, D), K = N + 1 t
     logit_c = exp(logit_scale) * <v/|v|, w_c/|w_c|>                logit_scale frozen too
 
 W_u is zero at initialisation, so with SPG off the model starts as frame-averaged CLIP exactly; every CLIP
-weight is frozen (--finetune-visual trains the image tower too). Trainable parameters at ViT-B/16 with
-8 frames and the defaults: 8,944,128 = PTA 12 x 445,632 + SPG 12 x 299,712 (`python omniclip.py`
-prints them). The paper's own parameter and GFLOP figures could not be retrieved.
+weight is frozen (--finetune-visual trains the image tower too). Each part can be switched off (ABLATIONS),
+and its modules are then not built: --no-pta: U = 0; --no-spg: no prompts, A = MSA(ln_1 X), CLIP's own
+attention. With both off the model is frozen CLIP's frame mean against the templated class names, exactly.
+Trainable parameters at ViT-B/16 with 8 frames and the defaults: 8,944,128 = PTA 12 x 445,632 + SPG 12 x
+299,712 (`python omniclip.py` prints them). The paper's own parameter and GFLOP figures could not be retrieved.
 
 What is the paper's, and what is ours:
 - [P] Spatial-temporal blocks with a PTA, and an SPG that makes prompts for dynamic object features.
@@ -297,7 +299,7 @@ class Model(nn.Module):
 
 def build(clip, args):
     get = lambda name, default: default if getattr(args, name, None) is None else getattr(args, name)
-    return Model(clip, frames=get("frames", 8), use_pta=get("use_pta", True), use_spg=get("use_spg", True),
+    return Model(clip, frames=get("frames", 8), use_pta=get("pta", True), use_spg=get("spg", True),   # ABLATIONS
                  pta_ratio=get("pta_ratio", 0.25), pta_layers=get("pta_layers", "all"),
                  pta_position=get("pta_position", "parallel"), pta_scale=get("pta_scale", 1.0),
                  spg_ratio=get("spg_ratio", 0.25), spg_pool=get("spg_pool", "avg"),
@@ -367,10 +369,18 @@ def _layers(spec, depth):
     return {int(i) for i in spec.split(",")}
 
 
+# The parts a run can switch off, each with --no-PART (train.py names the run after them: omniclip-supervised-no-pta);
+# the model is then exactly the simpler one the docstring gives, and the part's modules are not built.
+ABLATIONS = ("pta", "spg")
+
+
 def add_args(parser):
     a = parser.add_argument
-    a("--use-pta", type=_bool, default=True, help="parallel temporal adapters (true/false)")
-    a("--use-spg", type=_bool, default=True, help="self-prompt generators (true/false)")
+    a("--no-pta", dest="pta", action="store_false", default=None,
+      help="ablation: no parallel temporal adapters, U = 0: every frame is encoded on its own (with its self-prompts)")
+    a("--no-spg", dest="spg", action="store_false", default=None,
+      help="ablation: no self-prompt generators: the spatial attention is CLIP's own (with --no-pta: frozen CLIP's "
+           "frame mean)")
     a("--pta-ratio", type=float, default=0.25, help="PTA width / D (0.25: AIM's, 0.5: ST-Adapter's)")
     a("--pta-layers", default="all", help="blocks with a PTA: all, none, 6-11 or 0,4,8")
     a("--pta-position", choices=["parallel", "serial"], default="parallel",
