@@ -36,6 +36,11 @@ open-vocabulary. Three pieces, none of which adds a parameter, so CLIP's state d
        v_i = normalise(1/T sum_t f_t/|f_t|),   u_j = normalise(TextEnc(caption_j)), frozen text tower.
    train.py passes each batch's video paths to train_step so the captions can be looked up.
 
+Two of the pieces can be switched off (ABLATIONS); neither adds or removes a parameter. --no-neighbours (w = 0,
+as --temporal-window 0): O_t = softmax(Q_t K_t^T / sqrt(d)) V_t, each frame attends only to its own tokens: CLIP's
+image encoder, frame by frame (common.encode_frames). --no-iwo (alpha = 0, as --iwo-alpha 0): g = grad L(theta),
+the plain step. SWA and the test-time interpolation have their own switches (--no-swa, --interp-lambda 0).
+
 A property worth knowing: nothing in the model knows which neighbour is before and which after (softmax is
 blind to key order, there is no temporal position embedding, the zero padding is symmetric), so the logits of
 a clip and of the same clip played backwards are identical. Open-VCLIP models motion, but not its direction:
@@ -52,8 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import (CheckpointError, check_fits, cosine_logits, encode_captions, encode_text, frame_head, freeze,
-                    load_checkpoint, load_state_dict, param_groups, patch_embed, tokenize)
+from common import (CheckpointError, check_fits, cosine_logits, encode_captions, encode_frames, encode_text,
+                    frame_head, freeze, load_checkpoint, load_state_dict, param_groups, patch_embed, tokenize)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -142,9 +147,13 @@ class Model(nn.Module):
         return self.logits(self.frame_embeddings(video))
 
     def frame_embeddings(self, video):
-        """(B, T, 3, S, S) -> (B, T, E) unit vectors, one per frame."""
+        """(B, T, 3, S, S) -> (B, T, E) unit vectors, one per frame; window 0 (--no-neighbours): CLIP's own."""
         B, T = video.shape[:2]
-        f = encode_video_frames(self.clip.visual, video.flatten(0, 1), T, self.window)   # (B*T, E)
+        frames = video.flatten(0, 1)                               # (B*T, 3, S, S)
+        if self.window:
+            f = encode_video_frames(self.clip.visual, frames, T, self.window)   # (B*T, E)
+        else:                                                      # --no-neighbours: CLIP's own image encoder
+            f = encode_frames(self.clip.visual, frames)            # (B*T, E)
         return F.normalize(f, dim=-1).view(B, T, -1)               # (B, T, E)
 
     def logits(self, f):
@@ -277,7 +286,8 @@ def build(clip, args):
     # TEST.PATCHING_RATIO of script/testing/temporal_test_{b32,b16,l14}/*.sh
     lam = arg("interp_lambda", 0.6 if "L-14" in str(arg("model", "")) else 0.5)
     captions = arg("captions", None)
-    return Model(clip, window=arg("temporal_window", 1), iwo_alpha=arg("iwo_alpha", 0.6),
+    return Model(clip, window=arg("temporal_window", 1) if arg("neighbours", True) else 0,   # ABLATIONS
+                 iwo_alpha=arg("iwo_alpha", 0.6) if arg("iwo", True) else 0.0,
                  iwo_ratio=arg("iwo_ratio", 0.5), swa=not arg("no_swa", False),
                  swa_start=arg("swa_start", max(1, round(arg("warmup_epochs", 2)))), interp_lambda=lam,
                  captions=load_captions(captions) if captions else None, caption_weight=arg("caption_weight", 1.0))
@@ -326,11 +336,16 @@ RECIPE = dict(
 EMBEDDED = dict(iwo_alpha=0.0, interp_lambda=0.0, swa_start=16, stride=10)
 
 
+# The parts a run can switch off, each with --no-PART (train.py names the run after them: openvclip-supervised-no-iwo);
+# the model is then exactly the simpler one the docstring gives. Each overrides its setting's flag.
+ABLATIONS = ("neighbours", "iwo")
+
+
 def add_args(parser):
     parser.add_argument("--temporal-window", type=int, choices=[0, 1, 2, 3],
                         help="neighbour frames on each side each frame attends to (1: released models; 2, 3: "
-                             "expand_temporal_view_step2/3; 0: none, frame-level CLIP)")
-    parser.add_argument("--iwo-alpha", type=float, help="IWO draws alpha ~ U(0, this) (0.6); 0 switches IWO off")
+                             "expand_temporal_view_step2/3; 0: none, as --no-neighbours)")
+    parser.add_argument("--iwo-alpha", type=float, help="IWO draws alpha ~ U(0, this) (0.6); 0: as --no-iwo")
     parser.add_argument("--iwo-ratio", type=float, help="weight beta of the interpolated loss (0.5)")
     parser.add_argument("--no-swa", action="store_true", help="test the last weights instead of their average")
     parser.add_argument("--swa-start", type=int, help="first epoch (1-based) whose weights are averaged; "
@@ -340,6 +355,12 @@ def add_args(parser):
     parser.add_argument("--captions", help="Open-VCLIP++: caption file, {video path: caption} (torch.save or "
                                            "json); needs the per-batch video paths from train.py")
     parser.add_argument("--caption-weight", type=float, default=1.0, help="weight of the video-caption loss")
+    parser.add_argument("--no-neighbours", dest="neighbours", action="store_false", default=None,
+                        help="ablation: each frame attends only to its own tokens (window 0, whatever "
+                             "--temporal-window): CLIP's image encoder frame by frame")
+    parser.add_argument("--no-iwo", dest="iwo", action="store_false", default=None,
+                        help="ablation: no interpolated weight optimisation (alpha 0, whatever --iwo-alpha): each "
+                             "training step is the plain forward and backward")
 
 
 # Where we differ from the official code, and why:
