@@ -25,6 +25,10 @@ its T frames entering vision layer l (class token first), and class names c_1..c
         t   = w + alpha * u                                    (C, E)  alpha (E,) init 0.1: t = (1+a) w + a Delta
   logit_c = exp(s) * <v/|v|, t_c/|t_c|>                       s = logit_scale, frozen (ln 100 for OpenAI CLIP)
 
+Each part can be switched off (ABLATIONS), and its modules are then not built. --no-messages: every vision layer
+is CLIP's own block, X' = X^l + Attn(ln_1 X^l), each frame on its own; --no-mit: v = 1/T sum_t f_t; --no-prompts:
+t = w. With all three off X-CLIP is ViFi-CLIP's frame averaging, with X-CLIP's frozen text tower.
+
 Text is the raw class name ("abseiling", UCF's "ApplyEyeMakeup" unsplit); the text tower, token embeddings and
 logit_scale are frozen (utils/optimizer.py fix_text), so the class embeddings w are computed once per class list.
 The message, MIT and prompt parameters train at 10x the learning rate of the CLIP image tower. The new modules
@@ -43,8 +47,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from common import (BARE_TEMPLATE, CheckpointError, attention, check_fits, cosine_logits, encode_text, frame_head,
-                    encode_captions, load_state_dict, param_groups, patch_embed, prompted_similarity, tokenize)
+from common import (BARE_TEMPLATE, CheckpointError, attention, block, check_fits, cosine_logits, encode_text,
+                    frame_head, encode_captions, load_state_dict, param_groups, patch_embed, prompted_similarity,
+                    tokenize)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -175,21 +180,29 @@ class Model(nn.Module):
     positional_embedding, ln_final, text_projection, logit_scale) next to mit and prompts_*, so that
     state_dict() has exactly the official keys, and a released checkpoint loads without renaming."""
     def __init__(self, clip, T=8, template=BARE_TEMPLATE, mit_layers=1, prompts_layers=2, prompts_alpha=0.1,
-                 grad_checkpointing=False):
+                 grad_checkpointing=False, messages=True, mit=True, prompts=True):
         super().__init__()
         # Effective values of xclip.load (alpha 0.1, 2 prompt layers, 1 MIT layer), not the XCLIP class defaults.
         D, E = clip.visual.conv1.out_channels, clip.visual.proj.shape[1]
         self.T, self.template, self.grad_checkpointing = T, template, grad_checkpointing
-        clip.visual.transformer.resblocks = nn.ModuleList(
-            [CrossFrameBlock(blk) for blk in clip.visual.transformer.resblocks])
+        if mit and mit_layers < 1:
+            raise ValueError(f"xclip.py: --mit-layers {mit_layers} would still add the position embedding and count "
+                             f"the frame embeddings twice; give 1 or more, or --no-mit for no integration transformer")
+        # A part switched off (ABLATIONS) is not built: its parameters do not exist, its attribute is None.
+        self.messages = messages
+        if messages:
+            clip.visual.transformer.resblocks = nn.ModuleList(
+                [CrossFrameBlock(blk) for blk in clip.visual.transformer.resblocks])
         self.visual = clip.visual
         self.transformer, self.token_embedding, self.ln_final = clip.transformer, clip.token_embedding, clip.ln_final
         self.positional_embedding, self.text_projection = clip.positional_embedding, clip.text_projection
         self.logit_scale, self.tokenizer = clip.logit_scale, clip.tokenizer
-        self.mit = MultiframeIntegrationTransformer(T, E, mit_layers)
-        self.prompts_visual_ln = nn.LayerNorm(D)
-        self.prompts_visual_proj = nn.Parameter(torch.randn(D, E))     # std 1, as official (xclip.py)
-        self.prompts_generator = VideoSpecificPrompt(E, prompts_layers, prompts_alpha)
+        self.mit = MultiframeIntegrationTransformer(T, E, mit_layers) if mit else None
+        self.prompts_generator = None
+        if prompts:
+            self.prompts_visual_ln = nn.LayerNorm(D)
+            self.prompts_visual_proj = nn.Parameter(torch.randn(D, E))     # std 1, as official (xclip.py)
+            self.prompts_generator = VideoSpecificPrompt(E, prompts_layers, prompts_alpha)
         # utils/optimizer.py fix_text: train only what is named visual./mit/prompts; text and logit_scale frozen.
         for name, p in self.named_parameters():
             p.requires_grad_(any(k in name for k in ("visual.", "mit", "prompts")))
@@ -199,24 +212,35 @@ class Model(nn.Module):
         self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_text", None))
 
     def forward(self, video):
+        if self.prompts_generator is None:                              # --no-prompts: t = w
+            return cosine_logits(self.embed_videos(video), self.text_features(), self.logit_scale)   # (B, C)
         v, ctx = self.embed_videos(video)                               # (B, E), (B, N, E)
         return cosine_logits(v, self.prompted(self.text_features(), ctx), self.logit_scale)   # (B, C)
 
     def embed_videos(self, video):
-        """(B, T, 3, S, S) -> the video embedding v (B, E) and what the prompts attend to, ctx (B, N, E)."""
+        """(B, T, 3, S, S) -> the video embedding v (B, E) and what the prompts attend to, ctx (B, N, E);
+        with --no-prompts v alone."""
         B, T = video.shape[:2]
-        if T != self.T:
+        if self.mit is not None and T != self.T:
             raise ValueError(f"this X-CLIP was built for {self.T} frames (its mit.positional_embedding is "
                              f"(1, {self.T}, E)) but got {T}; pass --frames {self.T} or build with --frames {T}")
         x = patch_embed(self.visual, video.flatten(0, 1))               # (B*T, N+1, D), frames of a video contiguous
         for blk in self.visual.transformer.resblocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(blk, x, T, use_reentrant=False)
+                x = checkpoint(self.vision_layer, blk, x, T, use_reentrant=False)
             else:
-                x = blk(x, T)
-        v = self.mit(frame_head(self.visual, x).view(B, T, -1))         # (B*T, E) -> (B, T, E) -> (B, E)
+                x = self.vision_layer(blk, x, T)
+        f = frame_head(self.visual, x).view(B, T, -1)                   # (B*T, E) -> (B, T, E)
+        v = f.mean(1) if self.mit is None else self.mit(f)              # (B, E); --no-mit: the plain mean
+        if self.prompts_generator is None:
+            return v
         patches = self.prompts_visual_ln(x[:, 1:])                      # (B*T, N, D): no ln_post, as official
         return v, patches.view(B, T, *patches.shape[1:]).mean(1) @ self.prompts_visual_proj   # ctx (B, N, E)
+
+    def vision_layer(self, blk, x, T):
+        """(B*T, N+1, D) -> (B*T, N+1, D): X-CLIP's cross-frame block, or with --no-messages CLIP's own block
+        (common.block), each frame on its own."""
+        return blk(x, T) if self.messages else block(blk, x)
 
     def prompted(self, text, ctx):
         """(C, E) class or caption embeddings, rewritten for each video by its ctx (B, N, E) -> (B, C, E)."""
@@ -254,13 +278,19 @@ class Model(nn.Module):
 
     def similarity(self, videos, text):
         """(N, K) retrieval logits: the prompts rewrite every caption for every video, as forward does for the
-        classes, so each pair is scored on its own (common.prompted_similarity, in chunks)."""
+        classes, so each pair is scored on its own (common.prompted_similarity, in chunks); with --no-prompts
+        plain cosines."""
+        if self.prompts_generator is None:
+            return cosine_logits(videos, text, self.logit_scale)
         return prompted_similarity(*videos, text, self.prompted, self.logit_scale)
 
 
 def build(clip, args):
+    layers = getattr(args, "mit_layers", None)
     return Model(clip, T=args.frames, template=getattr(args, "template", None) or BARE_TEMPLATE,
-                 grad_checkpointing=getattr(args, "grad_checkpointing", False))
+                 mit_layers=1 if layers is None else layers,
+                 grad_checkpointing=getattr(args, "grad_checkpointing", False),
+                 **{part: getattr(args, part, None) is not False for part in ABLATIONS})   # None: not given, kept
 
 
 # =========================================================================================================
@@ -308,10 +338,26 @@ VARIANTS = {
 EMBEDDED = dict(lr=3e-4)
 
 
+# The parts a run can switch off, each with --no-PART (train.py names the run after them: xclip-supervised-no-mit);
+# the model is then exactly the simpler one the docstring gives, and the part's modules are not built.
+ABLATIONS = ("messages", "mit", "prompts")
+
+
 def add_args(parser):
     parser.add_argument("--grad-checkpointing", action="store_true",
                         help="recompute each vision block in the backward pass: less activation memory for "
                              "one more forward (the official code does this for ViT-L/14 at 336 px)")
+    parser.add_argument("--mit-layers", type=int, help="blocks of the multi-frame integration transformer (1, as "
+                                                       "official; --no-mit for none)")
+    parser.add_argument("--no-messages", dest="messages", action="store_false", default=None,
+                        help="ablation: every vision block is CLIP's own, no message token: the frames are encoded "
+                             "independently, as by CLIP")
+    parser.add_argument("--no-mit", dest="mit", action="store_false", default=None,
+                        help="ablation: the video embedding is the plain mean of the frame embeddings (no integration "
+                             "transformer, no position embedding)")
+    parser.add_argument("--no-prompts", dest="prompts", action="store_false", default=None,
+                        help="ablation: the class embeddings are the frozen text tower's, not rewritten for each "
+                             "video (no video-specific prompt generator)")
 
 
 # Where we differ from the official code, and why:
@@ -339,6 +385,9 @@ def add_args(parser):
 def load_official(model, path):
     """Load a released X-CLIP checkpoint: its "model" state dict, "module." stripped, no renaming.
     The MIT's temporal position embedding fixes T, so a checkpoint of another frame count is refused."""
+    if not model.messages or model.mit is None or model.prompts_generator is None:
+        raise CheckpointError(f"{path}: released X-CLIP weights hold every part of X-CLIP, and this model was built "
+                              f"without some: leave out --no-messages, --no-mit and --no-prompts to load them")
     state = load_state_dict(path)
     pos = state.get("mit.positional_embedding")
     if pos is not None and pos.shape[1] != model.T:
