@@ -138,6 +138,8 @@ class Model(nn.Module):
         theta0 = torch.cat([p.detach().float().flatten() for p in self.trainable()])
         self.register_buffer("theta0", theta0)
         self.register_buffer("swa_sum", torch.zeros_like(theta0))
+        # the weights training reached, kept when the last epoch replaces them by theta_test (zeros until then)
+        self.register_buffer("trained", torch.zeros_like(theta0))
         self.register_buffer("swa_count", torch.zeros((), dtype=torch.long))
         # Class prompts are not saved with the weights: set_classes rebuilds them for any class list.
         self.register_buffer("tokens", torch.zeros(0, dtype=torch.long), persistent=False)   # (28*C, L)
@@ -221,6 +223,7 @@ class Model(nn.Module):
                 s.add_(p)
             self.swa_count += 1
         if epoch + 1 == epochs:
+            self.trained.copy_(torch.cat([p.detach().float().flatten() for p in self.trainable()]))
             if self.swa and self.swa_count > 0:
                 self.set_weights(self.swa_sum / self.swa_count)
             self.interpolate_to_clip(self.interp_lambda)
@@ -260,6 +263,9 @@ class Model(nn.Module):
 
     def train(self, mode=True):
         self._classifier = None   # weights may have been loaded since: rebuild the classifier on next use
+        if mode and self.trained.any():   # trained further after its last epoch: from where training was, as the
+            self.set_weights(self.trained)   # official epoch checkpoints hold it, not from theta_test
+            self.trained.zero_()
         return super().train(mode)
 
     def param_groups(self, lr, weight_decay):
@@ -420,7 +426,7 @@ def load_official(model, path, interp_lambda=None):
                                                          "clip.vocab_size")}   # OpenAI JIT metadata, if any
     check_fits(model, state, path, "an Open-VCLIP checkpoint")
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(("theta0", "swa_"))]
+    missing = [k for k in missing if not k.startswith(("theta0", "swa_", "trained"))]
     if missing or unexpected:
         raise CheckpointError(f"{path} is not an Open-VCLIP checkpoint of this model: it lacks {missing[:3]} "
                               f"({len(missing)}) and holds {unexpected[:3]} ({len(unexpected)}); check --method")
