@@ -38,18 +38,27 @@ Parameter names are the official ones, so a released checkpoint loads with only 
 random ViT-B/16 weights this file's logits equal those of the official XCLIP class to 3e-7 in float32 (2e-15 in
 float64); for B/16 at T=8 it has the official 194.9M parameters (131.5M trained).
 
-After build, below the divider: the recipe, where we differ from the official code and why, load_official.
+After build, below the divider: the recipe, where we differ from the official code and why, load_official, and
+the Hugging Face format (transformers' XCLIPModel), read and written.
 """
+import json
+import os
+import re
 from collections import OrderedDict
+from pathlib import Path
 
+import open_clip
 import torch
 import torch.nn.functional as F
+from huggingface_hub import constants as hub, snapshot_download   # both installed with open_clip
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from common import (BARE_TEMPLATE, CheckpointError, attention, block, check_fits, cosine_logits, encode_text,
-                    frame_head, encode_captions, load_state_dict, param_groups, patch_embed, prompted_similarity,
-                    tokenize)
+                    frame_head, encode_captions, load_checkpoint, load_state_dict, param_groups, patch_embed,
+                    prompted_similarity, tokenize)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -383,12 +392,13 @@ def add_args(parser):
 
 
 def load_official(model, path):
-    """Load a released X-CLIP checkpoint: its "model" state dict, "module." stripped, no renaming.
-    The MIT's temporal position embedding fixes T, so a checkpoint of another frame count is refused."""
+    """Load a released X-CLIP checkpoint: the authors' file (its "model" state dict, "module." stripped, no
+    renaming), or a Hugging Face folder or hub id (read_hf). The MIT's temporal position embedding fixes T, so a
+    checkpoint of another frame count is refused."""
     if not model.messages or model.mit is None or model.prompts_generator is None:
         raise CheckpointError(f"{path}: released X-CLIP weights hold every part of X-CLIP, and this model was built "
                               f"without some: leave out --no-messages, --no-mit and --no-prompts to load them")
-    state = load_state_dict(path)
+    state = read_hf(model, path) if is_hf(path) else load_state_dict(path)
     pos = state.get("mit.positional_embedding")
     if pos is not None and pos.shape[1] != model.T:
         raise ValueError(f"{path} was trained with {pos.shape[1]} frames (mit.positional_embedding "
@@ -400,3 +410,146 @@ def load_official(model, path):
         raise CheckpointError(f"{path} is not an X-CLIP checkpoint: it lacks {len(missing)} of this model's tensors "
                               f"{missing[:3]} and holds {len(unexpected)} others {unexpected[:3]}; check --method")
     model.load_state_dict(state)
+
+
+# ---- The Hugging Face format ----------------------------------------------------------------------------------
+# transformers' XCLIPModel (models/x_clip/modeling_x_clip.py, configuration_x_clip.py) follows the official code, so
+# it computes these logits (2 and 3 above: equal up to round-off); its layout differs: to_hf, from_hf, hf_config. Its
+# MIT runs the vision tower's activation, which must then be QuickGELU as ours. The MIT's and prompts' heads are the
+# authors' E // 64, written, never read (transformers' conversion script left 8 for ViT-L/14, where E // 64 is 12).
+NAMES = [   # (ours, transformers'): a whole name, or a prefix where it ends with "."
+    ("visual.transformer.resblocks.", "vision_model.encoder.layers."), ("visual.proj", "visual_projection.weight"),
+    ("visual.class_embedding", "vision_model.embeddings.class_embedding"),
+    ("visual.positional_embedding", "vision_model.embeddings.position_embedding.weight"),
+    ("visual.conv1.", "vision_model.embeddings.patch_embedding."), ("visual.ln_pre.", "vision_model.pre_layernorm."),
+    ("visual.ln_post.", "vision_model.post_layernorm."), ("ln_final.", "text_model.final_layer_norm."),
+    ("transformer.resblocks.", "text_model.encoder.layers."),
+    ("token_embedding.", "text_model.embeddings.token_embedding."), ("text_projection", "text_projection.weight"),
+    ("positional_embedding", "text_model.embeddings.position_embedding.weight"),
+    ("mit.positional_embedding", "mit.position_embedding"), ("mit.resblocks.", "mit.encoder.layers."),
+    ("prompts_visual_ln.", "prompts_visual_layernorm."), ("prompts_visual_proj", "prompts_visual_projection"),
+    ("prompts_generator.norm.", "prompts_generator.layernorm.")]
+LAYER = [("ln_1.", "layer_norm1."), ("ln_2.", "layer_norm2."), ("mlp.c_fc.", "mlp.fc1."), ("mlp.c_proj.", "mlp.fc2."),
+         ("attn.", "self_attn.")]                                # message_fc, message_ln, message_attn: the same
+TRANSPOSED = ("visual.proj", "text_projection")
+SPLIT = re.compile(r"(.*\.layers\.\d+\.(?:self|message)_attn)\.([qkv])_proj\.(weight|bias)")
+
+
+def rename(name, to_hf=True):
+    """One tensor's name, ours -> transformers' (or back): the first pair of NAMES (in a layer: of LAYER) that fits."""
+    def swap(part, pairs):
+        return next((b + part[len(a):] for a, b in (pairs if to_hf else [(b, a) for a, b in pairs])
+                     if part == a or a.endswith(".") and part.startswith(a)), part)
+    layer, rest = re.fullmatch(r"(.*?(?:resblocks|layers)\.\d+\.)?(.*)", name).groups()
+    return swap(name, NAMES) if layer is None else swap(layer, NAMES) + swap(rest, LAYER)
+
+
+def to_hf(state):
+    """Our state dict -> XCLIPModel's: renamed, each in_proj cut into q/k/v_proj, the projections transposed."""
+    out = {}
+    for name, t in state.items():
+        key, t = rename(name), t.t() if name in TRANSPOSED else t
+        stem, _, kind = key.rpartition(".in_proj_")                   # (3D, D) -> three (D, D)
+        out.update({f"{stem}.{p}_proj.{kind}": x for p, x in zip("qkv", t.chunk(3))} if stem else {key: t})
+    return out
+
+
+def from_hf(state):
+    """XCLIPModel's state dict -> ours, the inverse of to_hf (position_ids, saved before transformers 4.31, dropped)."""
+    out = {}
+    for key, t in state.items():
+        split = SPLIT.fullmatch(key)
+        if key.endswith("position_ids") or split and split[2] != "q":
+            continue
+        if split:   # (3D, D): q, k, v stacked, as nn.MultiheadAttention packs them
+            t = torch.cat([state[f"{split[1]}.{p}_proj.{split[3]}"] for p in "qkv"])
+            key = f"{split[1]}.in_proj_{split[3]}"
+        name = rename(key, to_hf=False)
+        out[name] = t.t() if name in TRANSPOSED else t
+    return out
+
+
+def hf_config(model):
+    """transformers' XCLIPConfig of this Model, as config.json holds it: the sizes of its modules."""
+    def sizes(blocks, p=""):   # of a transformer: the text's, the vision's, and with p = "mit_" the MIT's
+        return {f"{p}hidden_size": blocks[0].attn.embed_dim, f"{p}intermediate_size": blocks[0].mlp.c_fc.out_features,
+                f"{p}num_hidden_layers": len(blocks), f"{p}num_attention_heads": blocks[0].attn.num_heads}
+    vision, blocks = model.visual, model.visual.transformer.resblocks
+    if model.mit is None or model.prompts_generator is None or not isinstance(blocks[0], CrossFrameBlock):
+        raise CheckpointError("transformers' XCLIPModel has all of X-CLIP's parts, and this model was built without "
+                              "some (--no-messages, --no-mit or --no-prompts)")
+    if isinstance(blocks[0].mlp.gelu, nn.GELU):
+        raise CheckpointError("transformers' XCLIPModel runs its MIT with the CLIP's activation, X-CLIP's MIT "
+                              "QuickGELU: no XCLIPConfig has this CLIP's exact GELU; build or train with --quick-gelu")
+    act, prompts = dict(hidden_act="quick_gelu", layer_norm_eps=blocks[0].ln_1.eps), model.prompts_generator.decoder
+    return dict(
+        model_type="xclip", architectures=["XCLIPModel"], logit_scale_init_value=model.logit_scale.item(),
+        projection_dim=vision.proj.shape[1], prompt_layers=len(prompts), prompt_hidden_act="quick_gelu",
+        prompt_num_attention_heads=prompts[0].cross_attn.heads, prompt_alpha=0.1,   # alpha: the weights hold its value
+        text_config=dict(sizes(model.transformer.resblocks), **act, vocab_size=model.token_embedding.num_embeddings,
+                         max_position_embeddings=model.positional_embedding.shape[0]),
+        vision_config=dict(sizes(blocks), **sizes(model.mit.resblocks, "mit_"), **act, num_frames=model.T,
+                           image_size=vision.image_size[0], patch_size=vision.conv1.kernel_size[0]))
+
+
+def save_hf(model, folder):
+    """--export-hf: this Model as a folder XCLIPModel.from_pretrained(folder) loads: config.json, model.safetensors."""
+    config = hf_config(model)
+    os.makedirs(folder, exist_ok=True)
+    Path(folder, "config.json").write_text(json.dumps(config, indent=2))
+    state = {k: t.detach().contiguous().clone() for k, t in to_hf(model.state_dict()).items()}   # q/k/v: own storage
+    save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+
+
+def is_hf(path):
+    """A folder whose config.json names a transformers model_type, or a hub id (owner/name, no folder owner here)."""
+    config = Path(path, "config.json")
+    return '"model_type"' in config.read_text() if config.is_file() else \
+        re.fullmatch(r"[\w.-]+/[\w.-]+", path) is not None and not os.path.exists(path.split("/")[0])
+
+
+def read_hf(model, path):
+    """A Hugging Face X-CLIP folder, or a hub id in the local cache (nothing is downloaded), checked against model ->
+    our state dict, from model.safetensors, else pytorch_model.bin through PyTorch's safe loader."""
+    try:
+        folder = path if os.path.isdir(path) else snapshot_download(path, local_files_only=True)
+    except FileNotFoundError:   # huggingface_hub's LocalEntryNotFoundError
+        raise CheckpointError(f"{path} is not in the Hugging Face cache ({hub.HF_HUB_CACHE}): download it where there "
+                              f"is a network (hf download {path}) and pass its folder, or the id again") from None
+    config = json.loads(Path(folder, "config.json").read_text())
+    if config.get("model_type") != "xclip":
+        raise CheckpointError(f"{path}: a transformers {config.get('model_type')!r} model, not an X-CLIP (\"xclip\")")
+    check_hf(model, config, path)
+    weights = os.path.join(folder, "model.safetensors")
+    return from_hf(load_file(weights) if os.path.isfile(weights) else load_checkpoint(f"{folder}/pytorch_model.bin"))
+
+
+def check_hf(model, config, path):
+    """Refuse in one line an X-CLIP config of other towers than this model's (hf_config refuses a GELU CLIP)."""
+    try:
+        ours, theirs = towers(hf_config(model)), towers(config)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if ours != theirs:
+        fits = next((name for name in sorted(open_clip.list_models(), key=len) if clip_towers(name) == theirs), None)
+        raise CheckpointError(
+            f"{path}: an X-CLIP on the towers of --model {fits}, not this model's: pass --model {fits}"
+            if fits else f"{path}: an X-CLIP on towers no open_clip --model has: {theirs}")
+
+
+def towers(config):
+    """What --model decides in a transformers X-CLIP config: E, the vision tower, the text tower."""
+    v, t = config["vision_config"], config["text_config"]
+    return (config.get("projection_dim"), v.get("image_size"), v.get("patch_size"), *(c.get(k) for c in (v, t) for k
+            in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "hidden_act")),
+            t.get("vocab_size"), t.get("max_position_embeddings"))
+
+
+def clip_towers(name):
+    """towers() of an open_clip --model, if a plain CLIP (with QuickGELU, as an X-CLIP's); else None."""
+    cfg = open_clip.get_model_config(name)
+    if set(cfg) <= {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu"}:
+        v, t = CLIPVisionCfg(**cfg["vision_cfg"]), CLIPTextCfg(**cfg["text_cfg"])
+        return (cfg["embed_dim"], v.image_size, v.patch_size, v.width, int(v.width * v.mlp_ratio), v.layers,
+                v.width // v.head_width, "quick_gelu", t.width, int(t.width * t.mlp_ratio), t.layers, t.heads,
+                "quick_gelu", t.vocab_size, t.context_length)
