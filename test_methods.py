@@ -3074,6 +3074,8 @@ def test_xclip_hf_refuses_another_clip_or_frame_count_in_one_line(tmp_path):
         assert str(e.value).startswith(folder) and "\n" not in str(e.value)
     with pytest.raises(common.CheckpointError, match="with --quick-gelu"):
         xclip.save_hf(xclip_quick(quick_gelu=False), str(tmp_path / "out"))
+    with pytest.raises(common.CheckpointError, match="built without some"):            # an ablation
+        xclip.save_hf(xclip.Model(common.load_clip("tiny", quick_gelu=True), T=T, mit=False), str(tmp_path / "out"))
     clip = hf_folder(tmp_path / "clip", {}, config=dict(model_type="clip"))
     with pytest.raises(common.CheckpointError, match="a transformers 'clip' model, not an X-CLIP"):
         xclip.load_official(xclip_quick(), clip)

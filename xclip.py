@@ -475,8 +475,8 @@ def hf_config(model):
         return {f"{p}hidden_size": blocks[0].attn.embed_dim, f"{p}intermediate_size": blocks[0].mlp.c_fc.out_features,
                 f"{p}num_hidden_layers": len(blocks), f"{p}num_attention_heads": blocks[0].attn.num_heads}
     vision, blocks = model.visual, model.visual.transformer.resblocks
-    if model.mit is None or model.prompts_generator is None or not isinstance(blocks[0], CrossFrameBlock):
-        raise CheckpointError("transformers' XCLIPModel has all of X-CLIP's parts, and this model was built without "
+    if not model.messages or model.mit is None or model.prompts_generator is None:
+        raise CheckpointError("transformers' XCLIPModel has every part of X-CLIP, and this model was built without "
                               "some (--no-messages, --no-mit or --no-prompts)")
     if isinstance(blocks[0].mlp.gelu, nn.GELU):
         raise CheckpointError("transformers' XCLIPModel runs its MIT with the CLIP's activation, X-CLIP's MIT "
