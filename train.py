@@ -8,11 +8,10 @@ command after `torchrun --nproc_per_node N`). Each run writes a folder of its ow
     python train.py --method vificlip --resume            # continue the latest runs/vificlip-supervised[-N]
     python train.py --method xclip --protocol zero-shot                  # also few-shot --shots K, base2novel
 """
-# Reading guide. The lesson first, in the order it runs, never looking inside a method file (each exposes RECIPE,
-# Model with set_classes / forward / param_groups, and build): 1. the recipe resolved into settings; 2. the
-# batches; 3. the optimizer and the learning rate; 4. one training step (the micro-batch loop, the gradients
-# averaged over processes, clipping, AdamW, the schedule); 5. the loop; 6. the test; 7. the protocols' results;
-# 8. one run, and main. Below the line "What makes this script a tool": the flags, --predict / --embed / --search /
+# Reading guide. The lesson first, in the order it runs, never looking inside a method file (each gives RECIPE,
+# Model with set_classes / forward / param_groups, and build): 1. the recipe resolved into settings; 2. the batches;
+# 3. the optimizer and the learning rate; 4. one training step; 5. the loop; 6. the test; 7. the protocols' results;
+# 8. one run, and main. Below "What makes this script a tool": the flags, --predict / --embed / --search /
 # --benchmark, checkpoints and resume, torchrun (RANK and WORLD: this process and the count, 0 and 1 without),
 # run folders, --method all, one-line errors.
 import argparse
@@ -77,14 +76,10 @@ BASE = dict(
 )
 
 # The embedded demo (no --train-list) scales a recipe down to its 900 videos of 24 frames at 64 px and a tiny CLIP
-# pretrained here on still images (common.synthetic_clip), minutes on a CPU. What it changes, and the flags that
-# give the recipe's own values back: the stand-in CLIP (--model, --pretrained); 8 frames, 20 epochs, validation
-# every 10 (--frames, --epochs, --val-every); lr 1e-3, a variant's in its ratio to RECIPE's, weight decay 0.05,
-# 1 warm-up epoch (--lr, --weight-decay, --warmup-epochs); a global batch of 32 in one pass, the schedule counting
-# optimizer steps (--batch-size, --accum-steps; official_accum has no flag); no mixup, CutMix or smoothing
-# (--mixup, --cutmix, --smoothing); 2 clips x 1 crop in the test (--test-clips, --test-crops); one thread
-# (--threads: the decoding workers have the other core). No horizontal flip (no flag): it turns "moving left"
-# into "moving right" (the official codes flip even SSv2, whose classes have the same problem). A method's own
+# pretrained here on still images (common.synthetic_clip), minutes on a CPU; its run starts by naming what it
+# replaced and the flags that give it back. A global batch of 32 in one pass, the schedule counting optimizer
+# steps; one thread (the decoding workers have the other core); no horizontal flip: it turns "moving left" into
+# "moving right" (the official codes flip even SSv2, whose classes have the same problem). A method's own
 # EMBEDDED adjusts more (xclip.py: lr; openvclip.py: IWO, interpolation, stride).
 EMBEDDED = dict(model="tiny", pretrained="synthetic", frames=8, epochs=20, val_every=10, global_batch=32,
                 micro_batch=32, lr=1e-3, warmup_epochs=1, official_accum=1, weight_decay=0.05, mixup=0.0,
@@ -114,7 +109,7 @@ def settings(args, method, own):
         recipe["lr"] *= variant.get("lr", method.RECIPE.get("lr", 1)) / method.RECIPE.get("lr", 1)
         if args.weights or args.benchmark is not None:   # no stand-in for weights replaced, or random input
             recipe["pretrained"] = None
-        # what the demo replaced, said at the run's start (prepare) with the flags that give it back
+        # what the demo replaced, said when the run starts (prepare)
         args.demo_replaced = {k: official.get(k) for k, v in recipe.items() if v != official.get(k) and
                               getattr(args, k, None) is None}
     saved = (read_checkpoint(args.weights) or {}).get("args", {}) if args.weights else {}
@@ -136,8 +131,7 @@ STATS = {"imagenet": (data.IMAGENET_MEAN, data.IMAGENET_STD), "clip": (data.CLIP
 
 def soft_targets(label, num_classes, smoothing):
     """(B,) class ids -> (B, C) targets with label smoothing (off value smoothing/C, as timm does)."""
-    off = smoothing / num_classes
-    return F.one_hot(label, num_classes).float() * (1 - smoothing) + off
+    return F.one_hot(label, num_classes).float() * (1 - smoothing) + smoothing / num_classes
 
 
 def soft_cross_entropy(logits, target):
@@ -145,11 +139,10 @@ def soft_cross_entropy(logits, target):
 
 
 def micro_batches(batches, args, device, num_classes, loader):
-    """The micro-batches of one optimizer step, made ready as the step takes them. A batch comes from the workers
-    as (video, label, colour draws[, index]) in uint8, and leaves as (video (N,T,3,S,S) coloured and normalised
-    on the device, target (N,C) smoothed and mixed, extra: the videos' paths for a method that asks, Open-VCLIP++
-    for its captions); K clips of a video are N = B*K clips. A batch whose videos were all left out as bad leaves
-    empty (N = 0)."""
+    """The micro-batches of one optimizer step, made ready as the step takes them: a worker's batch (video, label,
+    colour draws[, index]) in uint8 -> (video (N,T,3,S,S) coloured and normalised on the device, target (N,C)
+    smoothed and mixed, extra: the videos' paths for a method that asks); K clips of a video make N = B*K. A batch
+    whose videos were all left out as bad leaves empty (N = 0)."""
     for batch in batches:
         if not len(batch):
             yield torch.empty(0), torch.empty(0), {}
@@ -204,9 +197,8 @@ def lr_factor(step, args, steps_per_epoch, floor, start=0.0):
 
 # ---- 4. One training step -----------------------------------------------------------------------------------
 def training_step(model, micro, accum, opt, args, autocast):
-    """One optimizer step over the `accum` micro-batches of `micro` -> (the step's mean loss, averaged over the
-    processes; the clips it trained on). When `micro` runs out before the step's last micro-batch (an epoch's
-    end) no step is taken: (None, clips)."""
+    """One optimizer step over the `accum` micro-batches of `micro` -> (its mean loss over all processes, the clips
+    it trained on); (None, clips) without a step when `micro` runs out first (an epoch's end)."""
     optimizer, scheduler, scaler = opt
     # Each micro-batch's loss divided by the accumulation: the gradients add up to those of the step's mean loss.
     backward = lambda micro_loss: scaler.scale(micro_loss / accum).backward()
@@ -245,12 +237,11 @@ def training_step(model, micro, accum, opt, args, autocast):
 
 
 def average_gradients(params, bucket_bytes=2**26):
-    """The mean of every process's .grad, once per optimizer step, after the step's last backward pass: the
-    gradient of the global batch's mean loss, exactly. Not DistributedDataParallel, whose reducer fires during
-    one backward of the wrapped model's forward: the methods run backward passes of their own (Open-VCLIP two
-    per micro-batch, ViFi-CLIP one through the text tower after the last). One all-reduce per step, in flat
-    buckets of 64 MB. A parameter with no gradient on some processes counts as zero there; one with none on any
-    process keeps .grad None, as on one process."""
+    """The mean of every process's .grad, once per optimizer step after its last backward pass: the gradient of the
+    global batch's mean loss, exactly. Not DistributedDataParallel, whose reducer fires during one backward of the
+    wrapped model's forward: the methods run backward passes of their own (Open-VCLIP two per micro-batch, ViFi-CLIP
+    one through the text tower after the last). Flat buckets of 64 MB; a gradient missing on some processes counts
+    as zero there, one missing on all stays None."""
     if WORLD == 1:
         return
     params = [p for p in params if p.requires_grad]
@@ -322,13 +313,12 @@ def batch_plan(args, loader, names, val):
     accum = args.accum_steps or max(1, args.global_batch // (clips * WORLD))
     split = (f"{clips}" + (f" ({loader.batch_size} videos x {args.clips_per_video} clips)" if
                             args.clips_per_video > 1 else "") + (f" x {WORLD} processes" if WORLD > 1 else ""))
+    every = f"every {args.val_every} epochs and after the last" if args.val_every > 1 else "after every epoch"
     print(f"batch {split} x {accum} accumulation = {clips * WORLD * accum} (recipe {args.global_batch})"
-          + (f", chance {100 / len(names):.1f}%" if args.protocol != "retrieval" else "") + (f"; val: 1 view of the {len(val[1])} {val[0]} videos " + (
-              f"every {args.val_every} epochs and after the last" if args.val_every > 1 else "after every epoch")
-              if args.val_every else "; no val, only the final test"))
-    steps_per_epoch = len(loader) // accum
-    if args.steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, args.steps_per_epoch)
+          + (f", chance {100 / len(names):.1f}%" if args.protocol != "retrieval" else "")
+          + (f"; val: 1 view of the {len(val[1])} {val[0]} videos {every}" if args.val_every else
+             "; no val, only the final test"))
+    steps_per_epoch = min(len(loader) // accum, args.steps_per_epoch or math.inf)
     if steps_per_epoch == 0:
         raise SystemExit(f"{len(loader.dataset)} training videos make no optimizer step of batch {split} x {accum} "
                          f"accumulation steps: lower --batch-size or --accum-steps")
@@ -368,13 +358,11 @@ def make_loader(args, device, samples, train=False, views=False, with_index=Fals
 # ---- 6. The test --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None, stats=None, fusion="softmax", amp=True):
-    """Accuracy of a video's fused views: fusion "softmax" averages their softmax (X-CLIP's and ViFi-CLIP's
-    main.py validate), "sum" adds their raw logits (PySlowFast's TestMeter, ensemble_method sum: Open-VCLIP);
-    amp=False tests in float32 (Open-VCLIP's test). The loader yields video (B, V, T, 3, S, S) with V = clips x
-    crops: uint8 to be normalised on the device with stats = (mean, std), or float already normalised; then the
-    label (B,) and the videos' indices (B,).
-    twins[c] is the class with class c's frames in reverse order (or -1); 'twins' accuracy is how often the
-    true class beats its twin, the figure a model that cannot see frame order leaves at 50%."""
+    """Accuracy of each video's fused views: fusion "softmax" averages their softmax (X-CLIP's and ViFi-CLIP's main.py
+    validate), "sum" adds their logits (PySlowFast's TestMeter, ensemble_method sum: Open-VCLIP); amp=False tests in
+    float32 (Open-VCLIP). The loader yields (video (B,V,T,3,S,S), V = clips x crops, in uint8 to normalise with
+    stats = (mean, std), or float; label (B,); the videos' indices (B,)). twins[c] is the class of class c's frames
+    reversed (or -1); 'twins' accuracy, how often the true class beats its twin, is 50% for a model blind to order."""
     model.eval()
     probs, labels, index, before = [], [], [], skips.count if skips else 0
     for video, label, i in progress(data.batches(loader, skips, desc), total=len(loader), desc=desc, leave=False):
@@ -506,7 +494,8 @@ def summarise(protocol, results):
     if protocol == "base2novel":
         b = statistics.fmean(m["top1"] for t, m in mean.items() if t.endswith("base"))
         n = statistics.fmean(m["top1"] for t, m in mean.items() if t.endswith("novel"))
-        return dict(base=b, novel=n, hm=harmonic_mean(b, n)), f"base {b:.1f}  novel {n:.1f}  HM {harmonic_mean(b, n):.1f}{over}"
+        hm = harmonic_mean(b, n)
+        return dict(base=b, novel=n, hm=hm), f"base {b:.1f}  novel {n:.1f}  HM {hm:.1f}{over}"
     top1, top5 = [m["top1"] for m in mean.values()], [m["top5"] for m in mean.values()]
     figures = dict(top1=statistics.fmean(top1), top1_std=statistics.pstdev(top1), top5=statistics.fmean(top5),
                    top5_std=statistics.pstdev(top5))
@@ -531,9 +520,7 @@ def build_model(args, method, seed):
     clip = load_clip(args)
     args.size = args.size or clip.visual.image_size[0]
     model = method.build(clip, args)
-    # --eval-only --resume RUN tests that run's checkpoint; a resumed run loads its own in train()
-    tested = args.weights if not args.run else \
-        os.path.join(seed_folder(args.run, seed, args), "last.pt") if args.eval_only else None
+    tested = tested_path(args, seed)
     ckpt = load_weights(model, method, tested, args) if tested else None
     share_weights(model)
     return model, ckpt, (device, autocast, dtype)
@@ -591,8 +578,7 @@ def main(argv=None):
 
 
 # ==============================================================================================================
-# What makes this script a tool: the flags, the model without a run (--predict, --search, --benchmark, --embed),
-# checkpoints and resume, torchrun, run folders and records, --method all, one-line errors
+# What makes this script a tool
 # ==============================================================================================================
 
 # The cores this process may use: all of them, or under torchrun an equal share per process on the machine.
@@ -632,38 +618,30 @@ PROTOCOL_FLAGS = dict(shots=("few-shot", "base2novel"), shot_seeds=("few-shot", 
 def get_args(argv=None):
     # --help is added last: the first parse, which only looks for --method, must not answer it with one flag
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
-    p.add_argument("--method", type=method_names, default="vificlip", help=f"which method file to train: "
-                   f"{', '.join(METHODS)}; all, or several as a,b: one after another, each in its own run folder, "
-                   f"then a table of their results and CPU time (as --compare prints it)")
-    method_name = p.parse_known_args(argv)[0].method
-    if method_name == "all" or "," in method_name:   # main() runs each with its own parser; this one serves --help
-        method_name = METHODS[0] if method_name == "all" else method_name.split(",")[0]
+    p.add_argument("--method", type=method_names, default="vificlip", help=f"the method to train: "
+                   f"{', '.join(METHODS)}; all, or a,b: each in a run folder of its own, then a table of the results")
+    method_name = p.parse_known_args(argv)[0].method   # all, a,b: main() runs each; this parser serves --help
+    method_name = (METHODS[0] if method_name == "all" else method_name).split(",")[0]
     method = importlib.import_module(method_name)
     p.add_argument("--recipe", choices=sorted(getattr(method, "VARIANTS", {})), help="one of the method's other "
                    "official settings (VARIANTS in its file); default: the one named like --protocol, else RECIPE")
     p.add_argument("--protocol", choices=PROTOCOLS, default="supervised", help=(
-        "supervised: train and test on the same classes. zero-shot: test on the test data's own classes "
-        "(another dataset, or the embedded set's held-out classes), over every --split. few-shot: train on "
-        "--shots videos per class. base2novel: train on --shots videos of each base class per --shot-seeds, "
-        "test base and novel classes apart, report their harmonic mean. retrieval: test by ranking the --val-list "
-        "videos for each caption and the captions for each video (MSR-VTT's csv, MSVD's test_list.txt, or "
-        "'path<TAB>caption' lines): R@1, R@5, R@10, median and mean rank"))
-
+        "supervised: train and test on the same classes. zero-shot: test on the test data's own classes (another "
+        "dataset, or the embedded set's held-out ones), over every --split. few-shot: train on --shots videos per "
+        "class. base2novel: --shots videos of each base class per --shot-seeds; base and novel classes tested apart, "
+        "and their harmonic mean. retrieval: rank the --val-list videos for each caption and the captions for each "
+        "video (MSR-VTT's csv, MSVD's test_list.txt, 'path<TAB>caption' lines): R@1, R@5, R@10, median, mean rank"))
     g = p.add_argument_group("model")
     g.add_argument("--model", help="open_clip architecture, e.g. ViT-B-16 (the papers'), ViT-L-14, or tiny / "
                                    "tiny-64 (offline configs for CPUs); default: tiny on the embedded data")
-    g.add_argument("--pretrained", help="CLIP weights: a tag (openai), a local file (offline, download it elsewhere "
-                                        "and pass its path), synthetic (a tiny CLIP pretrained here on still "
-                                        "shapes; the embedded default) or none (random initialisation)")
+    g.add_argument("--pretrained", help="CLIP weights: a tag (openai), a local file (to work offline), synthetic (a "
+                   "tiny CLIP pretrained here on still shapes; the embedded default) or none (random initialisation)")
     g.add_argument("--quick-gelu", action="store_true", default=None,
                    help="use QuickGELU (needed by OpenAI weights loaded from a file not named *openai*)")
-    g.add_argument("--weights", help="start from a checkpoint of this repository (runs/*/last.pt) or the authors' "
-                                     "released checkpoint of this method")
-
+    g.add_argument("--weights", help="a checkpoint to start from: ours (runs/*/last.pt) or the authors' released one")
     g = p.add_argument_group("data (default: the embedded synthetic set)")
-    g.add_argument("--train-list", help='the training videos, in any of: a "relative/path label" list (mmaction2 / '
-                   "X-CLIP), UCF101's ucfTrainTestlist folder or a trainlist0N.txt, HMDB51's split folder, a "
-                   "Kinetics CSV, an SSv2 JSON (read as published, no conversion)")
+    g.add_argument("--train-list", help='the training videos as published: a "path label" list (mmaction2, X-CLIP), '
+                   "UCF101's ucfTrainTestlist or trainlist0N.txt, HMDB51's split folder, a Kinetics CSV, an SSv2 JSON")
     g.add_argument("--val-list", help="the test videos, in any of the same formats; evaluated after each epoch "
                                       "(1 view) and in the final multi-view test")
     g.add_argument("--data-root", default="", help="folder the videos of --train-list are in")
@@ -677,33 +655,29 @@ def get_args(argv=None):
                    "(UCF101's ApplyEyeMakeup -> Apply Eye Makeup), as Open-VCLIP does; default from the recipe")
     g.add_argument("--embedded-dir", default="data/embedded", help="where the synthetic set is generated (once)")
     g.add_argument("--frames", type=at_least(1), help="frames per clip (T); more frames cost time linearly")
-    g.add_argument("--sampling", choices=["segment", "dense"], help="segment: one frame per equal part (TSN, as "
-                   "X-CLIP's code); dense: T frames --stride apart at 30 fps, spaced by time (PySlowFast's, Open-VCLIP)")
+    g.add_argument("--sampling", choices=["segment", "dense"], help="segment: one frame per equal part (TSN, "
+                   "X-CLIP's code); dense: T frames --stride apart at 30 fps (PySlowFast's, Open-VCLIP)")
     g.add_argument("--stride", type=at_least(1), help="frame stride of dense sampling, counted at 30 fps")
-    g.add_argument("--crop", choices=["tsn", "slowfast"], help="the resizing and cropping, train and test: tsn (X-CLIP's "
+    g.add_argument("--crop", choices=["tsn", "slowfast"], help="resizing and cropping, train and test: tsn (X-CLIP's "
                    "multi-scale crops) or slowfast (Open-VCLIP's short-side jitter); default from the recipe")
     g.add_argument("--size", type=at_least(8), help="input side in pixels; default: the CLIP's own")
     g.add_argument("--workers", type=at_least(0), default=max(0, PROCESS_CORES - 1), help="decoding processes, one "
-                   "FFmpeg thread each (default: every core but the one the main process trains on, under torchrun "
-                   "this process's share of the cores); lower it if memory runs short")
-    g.add_argument("--clips-per-video", type=at_least(1), default=1, help=(
-        "training clips cut from each decoded video, each sampled and augmented its own way (repeated "
-        "augmentation): decoding, most of the loader's work, is shared by K clips. A change to the recipe: an epoch "
-        "then trains on K clips of every video, K times the steps, so divide --epochs by K to keep its clip count"))
-    g.add_argument("--skip-bad-videos", action="store_true", help=(
-        "leave out videos that cannot be decoded (damaged, unreadable) instead of stopping at the first; each one "
-        "is listed in the run's skipped.txt and counted in the epoch lines and the tests. Default: stop, naming it"))
+                   "FFmpeg thread each; default: this process's cores but the one that trains; fewer if memory is low")
+    g.add_argument("--clips-per-video", type=at_least(1), default=1, help="training clips cut from each decoded "
+                   "video, each sampled and augmented its own way (repeated augmentation; K clips share the decoding). "
+                   "An epoch then trains K times the steps: divide --epochs by K to keep the recipe's clip count")
+    g.add_argument("--skip-bad-videos", action="store_true", help="leave out videos that cannot be decoded, listed "
+                   "in the run's skipped.txt and counted in the epoch lines and the tests. Default: stop, naming it")
     g.add_argument("--loader-timeout", type=at_least(1), default=600, help="seconds to wait for one batch from the "
                    "decoding workers before stopping the run (a worker stuck on a video)")
-    g.add_argument("--threads", type=at_least(0), help="CPU threads of the model's operations in the main process (0: "
-                   "PyTorch's default, one per core); 1 suits small models beside decoding workers")
-
+    g.add_argument("--threads", type=at_least(0), help="CPU threads of the model's operations in the main process "
+                   "(0: PyTorch's default, one per core); 1 suits small models beside decoding workers")
     g = p.add_argument_group("optimisation (defaults: the method's RECIPE)")
     g.add_argument("--epochs", type=at_least(1))
-    g.add_argument("--batch-size", type=at_least(1), dest="micro_batch", help="videos per forward pass of one process "
-                   "(default 8); lower it if you run out of memory: the accumulation rises to keep the recipe's batch")
-    g.add_argument("--accum-steps", type=at_least(1), help="forward passes per optimizer step; default: enough to reach "
-                   "the recipe's global batch with --batch-size on every process")
+    g.add_argument("--batch-size", type=at_least(1), dest="micro_batch", help="videos per forward pass of one "
+                   "process (default 8); lower it if memory runs short: accumulation keeps the recipe's batch")
+    g.add_argument("--accum-steps", type=at_least(1), help="forward passes per optimizer step; default: enough to "
+                   "reach the recipe's global batch with --batch-size on every process")
     g.add_argument("--lr", type=float, help="peak learning rate (after warm-up); the recipe's is for its global batch")
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--warmup-epochs", type=float)
@@ -711,20 +685,17 @@ def get_args(argv=None):
     g.add_argument("--mixup", type=float, help="mixup Beta alpha (0: off)")
     g.add_argument("--cutmix", type=float, help="cutmix Beta alpha (0: off)")
     g.add_argument("--smoothing", type=float, help="label smoothing")
-    g.add_argument("--save-every", type=at_least(0), default=0, help=(
-        "also checkpoint every N optimizer steps within an epoch (0: at epoch ends only); a run killed mid-epoch "
-        "then resumes at that step with the same data. On Kinetics-scale data, where an epoch takes hours: 500"))
+    g.add_argument("--save-every", type=at_least(0), default=0, help="also checkpoint every N optimizer steps, for a "
+                   "run killed mid-epoch to resume there (0: at epoch ends only; 500 where an epoch takes hours)")
     g.add_argument("--steps-per-epoch", type=at_least(1), help="cap the optimizer steps per epoch (quick checks)")
-    g.add_argument("--val-every", type=at_least(0), help="validate (1 view per test video) every N epochs; 0: only the "
-                   "final test. Raise it when the test set is large next to the training set")
-
+    g.add_argument("--val-every", type=at_least(0), help="validate (1 view per test video) every N epochs; 0: only "
+                   "the final test. Raise it when the test set is large next to the training set")
     g = p.add_argument_group("protocols (see --protocol)")
-    g.add_argument("--shots", type=at_least(1), help="videos per class drawn from the training data (few-shot: 2, 4, 8 or "
-                   "16; base2novel default 16). Leave it out to train on a released split file as it is "
+    g.add_argument("--shots", type=at_least(1), help="videos per class drawn from the training data (few-shot: 2, 4, "
+                   "8 or 16; base2novel default 16). Leave it out to train on a released split file as it is "
                    "(ViFi-CLIP's train1_few_shot_K.txt), which the papers' low-shot numbers come from")
-    g.add_argument("--shot-seeds", type=int, nargs="+", help="one training run per draw of --shots videos, or per "
-                   "file when --train-list holds {seed} (fs_base_s{seed}_train.txt); figures averaged (default 1; "
-                   "base2novel 1 2 3)")
+    g.add_argument("--shot-seeds", type=int, nargs="+", help="a training run per draw of --shots videos, or per file "
+                   "of a --train-list with {seed} (fs_base_s{seed}_train.txt), averaged (default 1; base2novel 1 2 3)")
     g.add_argument("--base-classes", help='base2novel: "id,name" CSV of the base classes (default: the more '
                    "frequent half of the training data, ViFi-CLIP's rule). A plain training list whose labels all "
                    "fall below its count is read as labelled by it, as ViFi-CLIP's released base lists are")
@@ -732,44 +703,38 @@ def get_args(argv=None):
                                                               "classes (Kinetics-600's 220 classes new to K400)")
     g.add_argument("--class-subsets", nargs="+", metavar="CSV|NxSIZE", help='zero-shot: test on subsets of the '
                    'test classes, given as "id,name" CSVs or drawn from --seed as e.g. 3x160 (the K600 protocol)')
-
     g = p.add_argument_group("evaluation and modes")
     g.add_argument("--test-clips", type=at_least(1), help="temporal clips per video in the final test")
     g.add_argument("--test-crops", type=int, choices=[1, 3], help="spatial crops per clip in the final test")
-    g.add_argument("--eval-only", action="store_true", help="only run the final test: of --weights, of --resume RUN, "
-                   "or of the CLIP as pretrained (with what the method adds at its initialisation)")
-    g.add_argument("--predict", metavar="VIDEO", help="print the most likely classes of one video and exit: with the "
-                   "weights of --resume RUN (the latest run with a checkpoint if no RUN) or --weights FILE, else the "
-                   "stand-in CLIP as pretrained; the classes of --classes, else the run's own")
-    g.add_argument("--benchmark", type=at_least(1), nargs="?", const=20, metavar="STEPS", help="time STEPS (default 20) "
-                   "training steps on random input, 400 classes, and exit: clips/s, FLOPs, MFU, peak memory; with "
-                   "--train-list also the data loader, and which one bounds")
-    g.add_argument("--embed", action="store_true", help="write one embedding per video of --val-list (its test "
-                   "views averaged) to the run's folder, embeddings.pt, to search with --search; of --weights, "
-                   "--resume RUN, or the CLIP as pretrained")
-    g.add_argument("--search", metavar="SENTENCE", help="print the --top-k videos of --embeddings closest to a sentence")
+    g.add_argument("--eval-only", action="store_true", help="only run the final test: of --weights, of --resume "
+                   "RUN, or of the CLIP as pretrained (with what the method adds at its initialisation)")
+    g.add_argument("--predict", metavar="VIDEO", help="print one video's most likely classes and exit: with "
+                   "the weights of --resume [RUN] or --weights (else the stand-in CLIP), --classes (else the run's)")
+    g.add_argument("--benchmark", type=at_least(1), nargs="?", const=20, metavar="STEPS", help="time STEPS (default "
+                   "20) training steps on random input, 400 classes, and exit: clips/s, FLOPs, MFU, peak memory; "
+                   "with --train-list also the data loader, and which one bounds")
+    g.add_argument("--embed", action="store_true", help="write an embedding per video of --val-list (test views "
+                   "averaged) to the run's embeddings.pt for --search: of --weights, --resume RUN or the bare CLIP")
+    g.add_argument("--search", metavar="SENTENCE", help="print the --top-k videos of --embeddings nearest a sentence")
     g.add_argument("--embeddings", metavar="FILE", help="an embeddings.pt written by --embed (for --search)")
     g.add_argument("--top-k", type=at_least(1), default=5, help="how many videos --search prints")
-    g.add_argument("--compare", nargs="+", metavar="RUN", help="print one table of existing run folders (globs: "
-                   "runs/xclip-*) and exit, training nothing: method, protocol, the settings in which they differ, "
-                   "epochs trained, results with standard errors")
-    g.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for --benchmark's MFU (known for "
-                                                     "common GPUs)")
-
+    g.add_argument("--compare", nargs="+", metavar="RUN", help="print a table of run folders (globs: runs/xclip-*) "
+                   "and exit: method, protocol, the settings that differ, epochs, results with standard errors")
+    g.add_argument("--peak-tflops", type=float, help="peak TFLOP/s for --benchmark's MFU (known for common GPUs)")
     g = p.add_argument_group("run")
     g.add_argument("--out", help="the run's folder: config.json, metrics.jsonl, last.pt (default: a new "
                                  "runs/METHOD-PROTOCOL[-N], -eval for --eval-only; a finished run is never reused)")
     g.add_argument("--overwrite", action="store_true", help="let --out replace the run already in that folder")
-    g.add_argument("--resume", nargs="?", const="auto", metavar="RUN", help=(
-        "continue a run folder (or its last.pt) with its own settings, any flag given again wins; without RUN, "
-        "the latest run of this --method and --protocol. With --eval-only: test that run's checkpoint"))
+    g.add_argument("--resume", nargs="?", const="auto", metavar="RUN", help="continue a run folder (or its last.pt) "
+                   "with its own settings, any flag given again wins; without RUN, the latest run of this --method "
+                   "and --protocol. With --eval-only: test that run's checkpoint")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps or cpu")
     g.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA (bf16, else fp16)")
-    g.add_argument("--compile", action="store_true", help="compile the model's forward pass with torch.compile: faster "
-                   "steps on a GPU, after a minute or more of compiling, again for each new class list; seldom on a CPU")
+    g.add_argument("--compile", action="store_true", help="compile the model with torch.compile: faster steps on a "
+                   "GPU after a minute or more of compiling (again for each new class list); seldom on a CPU")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--dist-timeout", type=at_least(1), default=30, help="torchrun only: minutes a process waits for "
-                   "the others before stopping with an error (one stuck or dead); raise it if rank 0's set-up is longer")
+                   "the others (one stuck or dead) before it stops; raise it if rank 0's set-up takes longer")
 
     shared = set(vars(p.parse_args([])))
     if hasattr(method, "add_args"):
@@ -791,14 +756,13 @@ def get_args(argv=None):
         if not args.embeddings:
             raise SystemExit("--search needs --embeddings FILE, an embeddings.pt written by --embed")
         made = read_embeddings(args.embeddings)
-        if made.get("method") != method_name:
-            raise SystemExit(f"{args.embeddings} was made by --method {made.get('method')}: add --method {made.get('method')}")
+        if (maker := made.get("method")) != method_name:
+            raise SystemExit(f"{args.embeddings} was made by --method {maker}: add --method {maker}")
         args.weights = made["weights"]
         for key, value in made["settings"].items():
             setattr(args, key, value if getattr(args, key, None) is None else getattr(args, key))
     if args.weights and os.path.isdir(args.weights):   # a run folder: its checkpoint
-        found = checkpoints(args.weights)
-        if not found:
+        if not (found := checkpoints(args.weights)):
             raise SystemExit(f"{args.weights}: this folder holds no checkpoint (last.pt); give a training run's folder")
         args.weights = found[0]
     args.own = sorted(set(vars(args)) - shared)   # the method's own options
@@ -818,8 +782,7 @@ def get_args(argv=None):
 
 # ---- The device, the CLIP, and what a run prints ------------------------------------------------------------
 def device_and_precision(args):
-    """(device, autocast, dtype): --device (auto: cuda, then mps, then cpu), and mixed precision on CUDA only:
-    bf16 where the GPU has it (no loss scaling needed), else fp16."""
+    """(device, autocast, dtype): --device (auto: cuda, mps, cpu); on CUDA bf16 autocast (else fp16, loss-scaled)."""
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else
                           "mps" if torch.backends.mps.is_available() else "cpu")
     if device.type != "cuda" or args.no_amp:
@@ -829,11 +792,16 @@ def device_and_precision(args):
 
 
 def load_clip(args):
-    """The CLIP of --model and --pretrained, or one line saying why it cannot be had. Under torchrun a download or
-    the stand-in's pretraining happens once, on rank 0, while the others wait."""
+    """The CLIP of --model and --pretrained, or one line why not. Under torchrun rank 0 fetches or pretrains it (a
+    shared cache) while the others wait, then they read it."""
+    wait = functools.partial(torch.distributed.barrier, **(
+        dict(device_ids=[LOCAL_RANK]) if WORLD > 1 and comm_device().type == "cuda" else {}))
     try:
-        with rank_zero_first():
-            clip = common.load_clip(args.model, args.pretrained, args.quick_gelu)
+        if RANK > 0:
+            wait()
+        clip = common.load_clip(args.model, args.pretrained, args.quick_gelu)
+        if RANK == 0 and WORLD > 1:
+            wait()
     except (ValueError, RuntimeError) as e:   # an unknown architecture or tag, no network, a broken weights file
         raise SystemExit(f"--model {args.model} --pretrained {args.pretrained}: {e}") from None
     args.quick_gelu = clip.quick_gelu
@@ -849,8 +817,7 @@ def view_count(args):
 
 
 def tested_path(args, seed):
-    """The checkpoint a run starts from or tests: --weights, or with --eval-only --resume RUN that run's (a resumed
-    training run loads its own in train())."""
+    """The checkpoint a run starts from or tests: --weights, or --eval-only --resume RUN's (a resumed run: none)."""
     if not args.run:
         return args.weights
     return os.path.join(seed_folder(args.run, seed, args), "last.pt") if args.eval_only else None
@@ -859,8 +826,7 @@ def tested_path(args, seed):
 def describe(args, model, seed, train_samples, names, val, device, dtype):
     """The run's first line: the method, what trains and what is tested, on which device."""
     val_title, val_samples, val_names = val
-    seen = f"{len(train_samples)} train videos ({len(names)} classes), " if train_samples and not args.eval_only \
-        else ""
+    seen = "" if args.eval_only or not train_samples else f"{len(train_samples)} train videos ({len(names)} classes), "
     trainable = "" if args.eval_only else f"{common.count_params(model, trainable=True) / 1e6:.2f}M trainable of "
     print(f"{args.method}, {args.protocol}{f' (shot seed {seed})' if len(args.shot_seeds) > 1 else ''}: "
           f"{trainable}{common.count_params(model) / 1e6:.2f}M parameters, {seen}{len(val_samples)} {val_title} videos "
@@ -870,13 +836,11 @@ def describe(args, model, seed, train_samples, names, val, device, dtype):
 
 def tested_weights(args, seed, ckpt):
     """An --eval-only run: say what it tests -> (the weights, as its metrics lines name them; epochs trained)."""
-    tested = tested_path(args, seed)
-    trained = ckpt and ckpt["epoch"]
+    tested, trained = tested_path(args, seed), ckpt and ckpt["epoch"]
     held = f" (after epoch {trained} of its {ckpt['args'].get('epochs')})" if ckpt else ""
-    bare = args.pretrained or "random weights"
-    print(f"testing {tested}{held}" if tested else f"testing the CLIP as pretrained ({bare}), and whatever "
-          f"{args.method} adds to it at its initialisation: no video training (give --weights or --resume RUN to "
-          f"test a trained model)")
+    print(f"testing {tested}{held}" if tested else f"testing the CLIP as pretrained "
+          f"({args.pretrained or 'random weights'}), and whatever {args.method} adds to it at its initialisation: no "
+          f"video training (give --weights or --resume RUN to test a trained model)")
     return tested or f"pretrained {args.pretrained or 'none'}, no video training", trained
 
 
@@ -884,11 +848,9 @@ def record_test(args, out, seed, title, views, videos, weights, trained, m, skip
     """A test's line, printed and appended to metrics.jsonl."""
     left_out = f", {m['skipped']} left out as bad (listed in {skips.path})" if m.get("skipped") else ""
     print(f"{title} ({views}, {videos} videos{left_out}): {format_metrics(m)}")
-    record = dict(test=title, protocol=args.protocol, views=views, weights=weights, trained_epochs=trained, **m)
-    if args.shots:
-        record["shot_seed"] = seed
-    if RANK == 0:
-        append_metrics(os.path.join(out, "metrics.jsonl"), record)
+    record = dict(test=title, protocol=args.protocol, views=views, weights=weights, trained_epochs=trained, **m,
+                  **({"shot_seed": seed} if args.shots else {}))
+    append_metrics(os.path.join(out, "metrics.jsonl"), record)
 
 
 def finish(args, figures, result_line, results):
@@ -898,17 +860,15 @@ def finish(args, figures, result_line, results):
     if len(args.shot_seeds) > 1 or len(results) > 1:
         print(f"{args.protocol}: {result_line}")
         record["summary"] = args.protocol
-    if RANK == 0:
-        append_metrics(os.path.join(args.out, "metrics.jsonl"), record)
+    append_metrics(os.path.join(args.out, "metrics.jsonl"), record)
     closing_lines(args, result_line)
 
 
 # ---- An epoch's bookkeeping: its count and bar, its line, a diverged loss ------------------------------------
 class EpochMeter:
-    """An epoch's running count (optimizer steps, clips, the sum of the steps' losses, the seconds spent waiting for
-    data) and its tqdm bar on a terminal; a checkpoint from within the epoch (partial) gives the count back."""
+    """An epoch's count (steps, clips, loss sum, seconds waiting for data); its bar; a partial checkpoint resumes it."""
     def __init__(self, args, epoch, steps_per_epoch, device, skips, partial=None):
-        self.epoch, self.epochs = epoch, args.epochs
+        self.epoch = epoch
         self.steps, self.seen, self.loss_sum = (partial["steps"], partial["seen"], partial["loss_sum"].to(device)) \
             if partial else (0, 0, torch.zeros((), device=device))
         self.tic, self.resumed_at, self.waited, self.skipped = time.perf_counter(), self.seen, [0.0], skips.count
@@ -923,8 +883,7 @@ class EpochMeter:
         if not self.bar.disable:   # on a terminal only: reading the loss waits for the GPU
             elapsed = time.perf_counter() - self.tic
             self.bar.update()
-            self.bar.set_postfix(loss=f"{self.loss_sum.item() / self.steps:.3f}",
-                                 lr=f"{opt[1].get_last_lr()[0]:.2e}",
+            self.bar.set_postfix(loss=f"{self.loss_sum.item() / self.steps:.3f}", lr=f"{opt[1].get_last_lr()[0]:.2e}",
                                  clips_s=f"{WORLD * (self.seen - self.resumed_at) / elapsed:.1f}",
                                  data=f"{self.waited[0] / elapsed:.0%}")
         return True
@@ -934,8 +893,7 @@ class EpochMeter:
         return dict(steps=self.steps, seen=self.seen, loss_sum=self.loss_sum.cpu())
 
     def close(self, opt):
-        """-> the epoch's record: its mean loss over the steps taken, the last learning rate, the share of time
-        spent waiting for data (clips/s counts training, not the validation after it)."""
+        """-> the epoch's record: its mean loss, last learning rate, share of time spent waiting for data."""
         self.bar.close()
         self.trained = time.perf_counter() - self.tic
         return dict(epoch=self.epoch + 1, loss=self.loss_sum.item() / max(self.steps, 1), lr=opt[1].get_last_lr()[0],
@@ -950,8 +908,7 @@ def diverged(e, meter, args, out, dtype):
 
 
 def end_epoch(record, meter, args, out, model, opt, names, skips):
-    """Complete the epoch's record (time, clips/s, videos left out as bad, over all processes), print it as the
-    epoch's one plain line, and save it: in the checkpoint, then in metrics.jsonl."""
+    """The epoch's record completed over all processes (time, clips/s, bad videos), printed, checkpointed, appended."""
     seen, left_out = sum_over_processes(meter.seen - meter.resumed_at), sum_over_processes(skips.count - meter.skipped)
     record.update(seconds=meter.trained, clips_per_s=seen / meter.trained)
     shown, val = "", ""
@@ -964,28 +921,22 @@ def end_epoch(record, meter, args, out, model, opt, names, skips):
     print(f"epoch {record['epoch']}/{args.epochs}  loss {record['loss']:.3f}{shown}  ({record['seconds']:.0f}s{val}, "
           f"{record['clips_per_s']:.0f} clips/s, {record['data_wait']:.0%} waiting for data)", flush=True)
     save_training(out, model, opt, record["epoch"], names, args, record)
-    if RANK == 0:
-        append_metrics(os.path.join(out, "metrics.jsonl"), record)
+    append_metrics(os.path.join(out, "metrics.jsonl"), record)
 
 
 def format_metrics(m):
-    """top-1 (with its standard error and chance), mean-class accuracy, top-5 where there are enough classes
-    for it to say something (50 or more), and twins on the embedded set; or retrieval's ranks both ways."""
+    """top-1 (± standard error, chance), mean-class, top-5 from 50 classes, twins; or retrieval's ranks both ways."""
     if "t2v_r1" in m:
         return "  ".join(f"{way} R@1 {m[f'{way}_r1']:5.1f} R@5 {m[f'{way}_r5']:5.1f} R@10 {m[f'{way}_r10']:5.1f} MdR "
                          f"{m[f'{way}_median_rank']:g} MnR {m[f'{way}_mean_rank']:.1f}" for way in ("t2v", "v2t")) + \
             f"  (chance R@1 {m['chance_r1']:.1f})"
-    s = f"top1 {m['top1']:5.1f} ±{m['top1_se']:.1f} (chance {100 / m['classes']:.1f})  mean-class {m['mean_class']:5.1f}"
-    if m["classes"] >= 50:
-        s += f"  top5 {m['top5']:5.1f}"
-    if "twins" in m:
-        s += f"  twins {m['twins']:5.1f} ±{m['twins_se']:.1f} (chance 50)"
-    return s
+    return (f"top1 {m['top1']:5.1f} ±{m['top1_se']:.1f} (chance {100 / m['classes']:.1f})  mean-class "
+            f"{m['mean_class']:5.1f}" + (f"  top5 {m['top5']:5.1f}" if m["classes"] >= 50 else "")
+            + (f"  twins {m['twins']:5.1f} ±{m['twins_se']:.1f} (chance 50)" if "twins" in m else ""))
 
 
 def progress(iterable=None, **kwargs):
-    """A tqdm bar on a terminal; nothing when the output goes to a file or a pipe, where the one plain line per
-    epoch says what the bar would have (and a log does not fill with carriage-return frames)."""
+    """A tqdm bar on a terminal; none in a log file or pipe, where each epoch's plain line says as much."""
     return tqdm(iterable, disable=not sys.stderr.isatty() or RANK > 0, dynamic_ncols=True, **kwargs)
 
 
@@ -1005,25 +956,17 @@ def use_model(args, method):
     return benchmark(args, model, device, autocast, dtype)
 
 
-def class_names(args, ckpt):
-    """--classes as a CSV file, or as "a,b,c" (with --predict), or the names stored in a checkpoint."""
-    if args.classes and os.path.isfile(args.classes):
-        return data.load_classes(args.classes)
-    if args.classes:
-        return [n.strip() for n in args.classes.split(",") if n.strip()]
-    if ckpt is not None and ckpt.get("classes"):
-        return ckpt["classes"]
-    raise SystemExit("give the class names: --classes classes.csv or --classes 'name one,name two,...', or the "
-                     "weights of a trained run, which know its classes: --resume RUN or --weights FILE")
-
-
 def predict(args, model, method, device, autocast, ckpt):
     """The most likely classes of one video: the test's views, fused as the method's own test fuses them."""
-    try:
-        video = make_loader(args, device, [(args.predict, 0)], views=True).dataset[0][0]   # the test's views (V,T,3,S,S)
+    try:   # the test's views (V, T, 3, S, S)
+        video = make_loader(args, device, [(args.predict, 0)], views=True).dataset[0][0]
     except data.VideoError as e:
         raise SystemExit(f"--predict {str(e).split('; check that')[0]}: give a video file that plays") from None
-    names = class_names(args, ckpt)
+    if not args.classes and not (ckpt or {}).get("classes"):
+        raise SystemExit("give the class names: --classes classes.csv or --classes 'name one,name two,...', or the "
+                         "weights of a trained run, which know its classes: --resume RUN or --weights FILE")
+    names = ckpt["classes"] if not args.classes else data.load_classes(args.classes) if os.path.isfile(
+        args.classes) else [n.strip() for n in args.classes.split(",") if n.strip()]   # a CSV, or "a,b,c"
     model.set_classes(names)
     model.to(device).eval()
     video = data.normalise(video.to(device), *STATS[args.mean])
@@ -1041,36 +984,28 @@ def predict(args, model, method, device, autocast, ckpt):
 
 
 def embed(args, method):
-    """--embed: every video of --val-list, its test views averaged, written to the run's embeddings.pt."""
+    """--embed: every video of --val-list, its test views averaged -> the run's embeddings.pt: the paths (and the
+    captions of a caption list), the unit embeddings (X-CLIP's video embedding alone: its text depends on the
+    video) and what made them."""
     if not args.val_list:
         raise SystemExit("--embed: give the videos to embed with --val-list (any list a test takes)")
-    seed = args.shot_seeds[0]
+    seed, path = args.shot_seeds[0], os.path.join(args.out, "embeddings.pt")
     model, ckpt, (device, autocast, dtype) = build_model(args, method, seed)
     samples, said = data.read_test_videos(args.val_list, args.val_root or args.data_root, (args.split or [1])[0])
     weights = tested_path(args, seed)
     print(f"{args.method}: embedding the {len(samples)} videos of {args.val_list} ({view_count(args)}, {args.frames} "
           f"frames at {args.size}px) with " + (weights or f"the CLIP as pretrained ({args.pretrained or 'random'})"))
-    made = write_embeddings(args, model.to(device), samples, said, device, autocast, data.SkipLog(args.out),
-                            args.out, weights)
-    closing_lines(args, f"{os.path.join(args.out, 'embeddings.pt')} ({len(made['paths'])} videos): search them with "
-                        f"--search SENTENCE --embeddings {os.path.join(args.out, 'embeddings.pt')}")
-    return {"embedded": [made]}
-
-
-def write_embeddings(args, model, samples, said, device, autocast, skips, out, weights):
-    """--embed: every video of --val-list, its test views averaged, -> out/embeddings.pt: the paths (and captions,
-    `said`, from a list of captions), the unit embeddings (X-CLIP's video embedding alone: its text depends on the
-    video) and what made them."""
     loader = make_loader(args, device, samples, views=True)
-    videos, index = embed_videos(model, loader, device, autocast, "embed", skips, STATS[args.mean], args.test_amp)
+    videos, index = embed_videos(model.to(device), loader, device, autocast, "embed", data.SkipLog(args.out),
+                                 STATS[args.mean], args.test_amp)
     made = dict(paths=[samples[i][0] for i in index.tolist()], method=args.method, weights=weights,
-                captions=said and [said[i] for i in index.tolist()],
-                views=view_count(args), settings={
-                    k: getattr(args, k) for k in (*INHERITED, "pretrained", *args.own)})
+                captions=said and [said[i] for i in index.tolist()], views=view_count(args),
+                settings={k: getattr(args, k) for k in (*INHERITED, "pretrained", *args.own)})
     if RANK == 0:
-        save_checkpoint(os.path.join(out, "embeddings.pt"), dict(made, embeddings=F.normalize(
-            videos[0] if isinstance(videos, tuple) else videos, dim=-1)))
-    return made
+        save_checkpoint(path, dict(made, embeddings=F.normalize(videos[0] if isinstance(videos, tuple) else videos,
+                                                                dim=-1)))
+    closing_lines(args, f"{path} ({len(made['paths'])} videos): search them with --search SENTENCE --embeddings {path}")
+    return {"embedded": [made]}
 
 
 @functools.lru_cache(maxsize=1)
@@ -1104,18 +1039,16 @@ PEAK_TFLOPS = {"H200": (989, 67), "H100": (989, 67), "A100": (312, 19.5), "L40S"
 
 
 def benchmark(args, model, device, autocast, dtype, warmup=3):
-    """Training steps on random input (400 made-up classes, one micro-batch a step): clips/s, peak memory, FLOPs a
-    clip (torch.utils.flop_counter), MFU; with --train-list the data loader's clips/s too, and which bounds."""
+    """Training steps on random input (400 classes, a micro-batch a step): clips/s, peak memory, FLOPs, MFU; with
+    --train-list the data loader's clips/s too, and which bounds."""
     model.set_classes([f"class {i}" for i in range(400)])
     model.to(device).train()
     opt = make_optimizer(args, model, device, dtype, args.benchmark)   # the training step's, at accumulation 1
     video = torch.randn(args.micro_batch, args.frames, 3, args.size, args.size, device=device)
     target = soft_targets(torch.randint(400, (args.micro_batch,), device=device), 400, 0.0)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def one_step():   # under torchrun it includes what each optimizer step costs in communication
-        training_step(model, [(video, target, {})], 1, opt, args, autocast)
-
+    # a step; under torchrun with what each optimizer step costs in communication
+    one_step = lambda: training_step(model, [(video, target, {})], 1, opt, args, autocast)
     from torch.utils.flop_counter import FlopCounterMode
     one_step()   # the first step fills caches (a frozen text side is encoded once): count a later one
     with FlopCounterMode(display=False) as counter:
@@ -1152,35 +1085,35 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
     samples, names = data.read_videos(args.train_list, args.data_root, (args.split or [1])[0], True, args.classes)
     loader = make_loader(args, device, samples[:args.micro_batch * (args.benchmark + 2)], train=True)
     micro = micro_batches(data.batches(loader, None, "benchmark"), args, device, len(names), loader)
-    for i, (video, _, _) in enumerate(itertools.islice(micro, args.benchmark + 1)):
-        if i == 0:   # the workers' start-up is not throughput
-            start, count = time.perf_counter(), 0
-        else:
-            count += len(video)
-    loaded = count / (time.perf_counter() - start)
-    bound = "the data loader" if loaded < clips else "the model"
-    print(f"the data loader: {loaded:.1f} clips/s with {args.workers} workers on {args.train_list}; training is "
-          f"bound by {bound} (at most {min(loaded, clips):.1f} clips/s)" + (
-              "; more --workers, or re-encoding the videos to a short key-frame interval, would help" if
-              loaded < clips else ""))
+    next(micro)   # the first batch: the workers' start-up is not throughput
+    start = time.perf_counter()
+    loaded = sum(len(video) for video, _, _ in itertools.islice(micro, args.benchmark)) / (time.perf_counter() - start)
+    slow = loaded < clips
+    print(f"the data loader: {loaded:.1f} clips/s with {args.workers} workers on {args.train_list}; training is bound "
+          f"by {'the data loader' if slow else 'the model'} (at most {min(loaded, clips):.1f} clips/s)"
+          + ("; more --workers, or re-encoding the videos to a short key-frame interval, would help" if slow else ""))
 
 
 # ---- Checkpoints and resume ---------------------------------------------------------------------------------
 def resume_training(out, model, opt, args):
-    """Continue a run from its checkpoint: the model, optimizer, schedule, loss scaler and every process's random
-    state as they were, metrics.jsonl cut back -> (epochs done, a part-done epoch's state, the last epoch's record);
-    (0, None, None) for a new run, or a shot seed the resumed run had not reached."""
+    """Model, optimizer, schedule, scaler and random states back from the run's checkpoint, metrics.jsonl cut back ->
+    (epochs done, a part-done epoch's count, the last epoch's record); (0, None, None) with none to resume."""
     checkpoint = os.path.join(out, "last.pt")
     if not (args.run and os.path.isfile(checkpoint)):
         return 0, None, None
     state = load_checkpoint(checkpoint)   # every process reads the same file: the run folder must be shared
     for part, key in zip((model, *opt), ("model", "optimizer", "scheduler", "scaler")):
         part.load_state_dict(state[key])
-    rngs = state.get("rngs") or [state["rng"]]
-    if len(rngs) == WORLD:
-        set_rng_state(rngs[RANK])
-    elif WORLD == 1:
-        set_rng_state(state["rng"])
+    rngs = state.get("rngs") or [state["rng"]]   # every process's random states ("rng": rank 0's)
+    if len(rngs) == WORLD or WORLD == 1:
+        rng = rngs[RANK]
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") and torch.cuda.is_available():   # every GPU's, or under torchrun this process's own
+            if WORLD > 1 or len(rng["cuda"]) != torch.cuda.device_count():
+                torch.cuda.set_rng_state(rng["cuda"][0])
+            else:
+                torch.cuda.set_rng_state_all(rng["cuda"])
     epoch, partial, record = state["epoch"], state.get("partial"), state.get("line")
     if RANK == 0:
         trim_metrics(os.path.join(os.path.dirname(checkpoint), "metrics.jsonl"), epoch, record)
@@ -1192,9 +1125,11 @@ def resume_training(out, model, opt, args):
 
 
 def save_training(out, model, opt, epoch, names, args, record, **extra):
-    """out/last.pt after `epoch` epochs (rank 0 writes it): every process's random state, to continue each one's
-    draws, and the last epoch's record (key "line"), which a kill before its append to metrics.jsonl loses not."""
-    rngs = gather(rng_state())
+    """out/last.pt, by rank 0: with every process's random state, and the last epoch's record ("line") in case a
+    kill takes it from metrics.jsonl."""
+    cuda = ([torch.cuda.get_rng_state()] if WORLD > 1 else torch.cuda.get_rng_state_all()) \
+        if torch.cuda.is_available() else None   # every GPU's, or under torchrun this process's own
+    rngs = gather(dict(python=random.getstate(), torch=torch.get_rng_state(), cuda=cuda))
     if RANK == 0:
         optimizer, scheduler, scaler = opt
         save_checkpoint(os.path.join(out, "last.pt"), dict(
@@ -1204,8 +1139,7 @@ def save_training(out, model, opt, epoch, names, args, record, **extra):
 
 
 def save_checkpoint(path, state):
-    """torch.save to a temporary file, then an atomic rename: a crash never leaves a half-written checkpoint. A
-    failed write removes the temporary file, keeps the previous checkpoint, and stops saying what to do."""
+    """torch.save through a temporary file and a rename, never half a checkpoint; a failed write stops in one line."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp"
@@ -1215,39 +1149,23 @@ def save_checkpoint(path, state):
     except (OSError, RuntimeError) as e:   # torch reports a full disk as "... unexpected pos ..."
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        reason = str(e).strip().splitlines()[0]   # torch's words for an unwritable file: "open file failed with strerror"
-        if getattr(e, "errno", None) in (errno.EROFS, errno.EACCES) or re.search("Read-only file|Permission den", reason):
-            raise SystemExit(f"cannot write to {folder}: it is read-only or not ours ({reason}). The previous checkpoint is "
-                             f"as it was: make the folder writable again (or copy the run elsewhere) and --resume") from None
+        reason = str(e).strip().splitlines()[0]   # torch's, for an unwritable file: "open file failed with strerror"
+        kept = "The previous checkpoint is as it was"
+        if getattr(e, "errno", None) in (errno.EROFS, errno.EACCES) or re.search("Read-only|Permission den", reason):
+            raise SystemExit(f"cannot write to {folder}: it is read-only or not ours ({reason}). {kept}: make the "
+                             f"folder writable again (or copy the run elsewhere) and --resume") from None
         need, free = tensor_bytes(state) / 2**20, shutil.disk_usage(folder).free / 2**20
         raise SystemExit(f"no space left on {folder}: need about {need:.0f} MB for {os.path.basename(path)}, "
-                         f"{free:.0f} MB free ({reason}). The previous checkpoint is as it "
-                         f"was: free some space and --resume, or move the run folder elsewhere") from None
+                         f"{free:.0f} MB free ({reason}). {kept}: free some space and --resume, or move the run "
+                         f"folder elsewhere") from None
 
 
 def tensor_bytes(obj):
     """The bytes of every tensor in a nested state (what a checkpoint of it holds, give or take a little)."""
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
-    return sum(map(tensor_bytes, obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()))
-
-
-def rng_state():
-    """The random states; CUDA's of every GPU, or under torchrun of this process's own (not a context on each)."""
-    cuda = None
-    if torch.cuda.is_available():
-        cuda = [torch.cuda.get_rng_state()] if WORLD > 1 else torch.cuda.get_rng_state_all()
-    return dict(python=random.getstate(), torch=torch.get_rng_state(), cuda=cuda)
-
-
-def set_rng_state(state):
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        if WORLD > 1 or len(state["cuda"]) != torch.cuda.device_count():
-            torch.cuda.set_rng_state(state["cuda"][0])
-        else:
-            torch.cuda.set_rng_state_all(state["cuda"])
+    parts = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    return sum(map(tensor_bytes, parts))
 
 
 @functools.lru_cache(maxsize=1)
@@ -1271,26 +1189,26 @@ def load_weights(model, method, path, args):
     """Our own checkpoints load strictly, but for trainable tensors new to this model: a new stage that adds
     modules to a trained model (ViFi-CLIP's prompts on a fine-tuned ViFi-CLIP) starts them from their init.
     Anything else goes to the method's load_official. A checkpoint that does not fit is refused in one line."""
-    ckpt = read_checkpoint(path)
+    ckpt, name = read_checkpoint(path), method.__name__
     if ckpt is None:
         if not hasattr(method, "load_official"):
-            raise SystemExit(f"{path} is not a checkpoint of this repository and {method.__name__} reads no official one")
+            raise SystemExit(f"{path} is not a checkpoint of this repository and {name} reads no official one")
         try:
             return method.load_official(model, path)
         except ValueError as e:   # common.CheckpointError among them: the file, what it holds, the flag
             raise SystemExit(str(e)) from None
     saved, state, own = ckpt["args"], ckpt["model"], model.state_dict()
-    if saved.get("method") != method.__name__:
-        raise SystemExit(f"{path} was trained with --method {saved.get('method')}, not {method.__name__}: "
-                         f"add --method {saved.get('method')}")
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    if saved.get("method") != name:
+        raise SystemExit(f"{path} was trained with --method {saved.get('method')}, not {name}: add --method "
+                         f"{saved.get('method')}")
+    trainable = {k for k, p in model.named_parameters() if p.requires_grad}
     wrong = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
     wrong += sorted(own.keys() - state.keys() - trainable) + sorted(state.keys() - own.keys())
     if wrong:
         flags = [f"--{k.replace('_', '-')} {saved[k]}" for k in (*INHERITED, *args.own)
                  if k in saved and saved[k] != getattr(args, k, None) and saved[k] is not None]
-        raise SystemExit(f"{path}: a {method.__name__} checkpoint of --model {saved.get('model')} ({saved.get('frames')} "
-                         f"frames, {saved.get('size')} px) that does not fit this model ({len(wrong)} tensors, e.g. "
+        raise SystemExit(f"{path}: a {name} checkpoint of --model {saved.get('model')} ({saved.get('frames')} frames, "
+                         f"{saved.get('size')} px) that does not fit this model ({len(wrong)} tensors, e.g. "
                          f"{wrong[0]}): " + (f"give {' '.join(flags)}, or leave those flags out" if flags else
                                             "give the flags it was trained with (its run's config.json)"))
     missing, _ = model.load_state_dict(state, strict=False)
@@ -1305,14 +1223,11 @@ def load_weights(model, method, path, args):
 # Every process builds the same model from the same seed, reads its own shard of each epoch (data.EpochSampler),
 # and averages the gradients once per optimizer step (average_gradients); only rank 0 prints and writes files.
 RANK, WORLD, LOCAL_RANK = 0, 1, 0
-
-
 RUN = None   # the settings of the run in progress (main), for the line a Ctrl-C ends with
 
 
 def start_processes(args):
-    """Join torchrun's process group (once per process): NCCL between GPUs, gloo on CPUs; --dist-timeout bounds a
-    wait for the others (a rank that died or hangs ends the run; torchrun stops the rest when one exits in error)."""
+    """Join torchrun's process group, once: NCCL between GPUs, gloo on CPUs; --dist-timeout bounds every wait."""
     global RANK, WORLD, LOCAL_RANK
     if "RANK" not in os.environ or torch.distributed.is_initialized():
         return
@@ -1351,19 +1266,6 @@ def sum_over_processes(x):
     return total.to(t.device) if isinstance(x, torch.Tensor) else total.item()
 
 
-@contextlib.contextmanager
-def rank_zero_first():
-    """Work that writes a shared cache (the stand-in CLIP's pretraining): rank 0 does it while the others
-    wait, then they read what it wrote."""
-    wait = functools.partial(torch.distributed.barrier, **(
-        dict(device_ids=[LOCAL_RANK]) if WORLD > 1 and comm_device().type == "cuda" else {}))
-    if RANK > 0:
-        wait()
-    yield
-    if RANK == 0 and WORLD > 1:
-        wait()
-
-
 def seed_process(seed, rank):
     """Each process's own draws (mixup's, Open-VCLIP's alpha), as each GPU of the official runs draws its own;
     the clips' frames and augmentation do not come from here (data.VideoDataset derives them per video)."""
@@ -1372,8 +1274,7 @@ def seed_process(seed, rank):
 
 
 def share_weights(model):
-    """Rank 0's parameters and buffers on every process. They are equal already (same seed, same checkpoint);
-    this makes it a certainty, as DistributedDataParallel does when it wraps a model."""
+    """Rank 0's parameters and buffers on every process: equal already, certainly so (as DistributedDataParallel)."""
     if WORLD > 1:
         for t in model.state_dict().values():
             sent = t.to(comm_device())   # NCCL sends only from a GPU, and the model may still be on the CPU
@@ -1383,12 +1284,8 @@ def share_weights(model):
 
 # ---- Run folders: each run writes into a folder of its own, and never into another run's --------------------
 RUNS = "runs"
-
-
 # What --resume takes from this command line, not from the run it continues (the decoding workers are this machine's).
 RUN_CONTROL = ("resume", "eval_only", "overwrite", "out", "explicit", "run", "argv", "workers", "dist_timeout")
-
-
 # Settings renamed since: a config.json or checkpoint written before still resumes, under the new names.
 RENAMED = dict(step_batch="micro_batch", batch_size="global_batch", schedule_accum="official_accum")
 
@@ -1399,8 +1296,9 @@ def saved_args(args):
 
 
 def append_metrics(path, record):
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    if RANK == 0:   # one writer
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def read_metrics(path):
@@ -1427,8 +1325,9 @@ def seed_folder(folder, seed, args):
     return os.path.join(folder, f"seed{seed}") if len(args.shot_seeds) > 1 else folder
 
 
-def checkpoints(folder):
-    return sorted(glob.glob(os.path.join(folder, "last.pt")) + glob.glob(os.path.join(folder, "seed*", "last.pt")))
+def checkpoints(folder, name="last.pt"):
+    """A run's checkpoints: its own, then each shot seed's (seedN/last.pt); or its files of another name."""
+    return glob.glob(os.path.join(folder, name)) + sorted(glob.glob(os.path.join(folder, "seed*", name)))
 
 
 def read_config(folder):
@@ -1437,18 +1336,8 @@ def read_config(folder):
     return config and {RENAMED.get(k, k): v for k, v in config.items()}   # a run written before a rename
 
 
-def new_folder(stem):
-    """stem, else stem-2, stem-3, ...: the first name not taken, created at once (two runs started together
-    still get a folder each)."""
-    for n in itertools.count(1):
-        with contextlib.suppress(FileExistsError):
-            os.makedirs(path := stem if n == 1 else f"{stem}-{n}")
-            return path
-
-
 def latest_run(method, protocol, trained=False):
-    """The training run of this method and protocol under runs/ that started last (trained: of those with a
-    checkpoint), or None."""
+    """The training run of this method and protocol that started last (trained: with a checkpoint), or None."""
     found = [(c["started"], folder) for folder in glob.glob(os.path.join(RUNS, "*"))
              if (c := read_config(folder)) and c.get("method") == method and c.get("protocol") == protocol
              and not c.get("eval_only") and "started" in c and (checkpoints(folder) or not trained)]
@@ -1456,9 +1345,8 @@ def latest_run(method, protocol, trained=False):
 
 
 def begin(args):
-    """Rank 0 decides where the run goes and what it continues, and generates the embedded set; every process
-    then runs with rank 0's settings (the run folder and the videos must be on a filesystem they all see).
-    -> those settings, or None when there is nothing to do (a resumed run that is finished)."""
+    """Rank 0 prepares the run; every process runs with its settings -> them, or None with nothing to do (a finished
+    run). The run folder and videos must be on a filesystem all processes see."""
     device = args.device
     ready = prepare(args) if RANK == 0 else None
     args, ready = gather((args, ready))[0]   # rank 0's
@@ -1475,8 +1363,7 @@ def begin(args):
 
 
 def prepare(args):
-    """Place the run (a new folder, or the run it continues), and generate the embedded set if it is used.
-    -> False when there is nothing to do (a resumed run that is finished)."""
+    """Place the run (place_run) and generate the embedded set if it is used; -> False when there is nothing to do."""
     try:
         place_run(args)
     except OSError as e:
@@ -1498,8 +1385,15 @@ def prepare(args):
             trim_metrics(top, 0)
         write_config(args)
     if args.embedded:   # the synthetic set; zero-shot trains on 8 of its classes and tests on the 4 held out
-        if getattr(args, "demo_replaced", None):
-            print(demo_replaced(args.demo_replaced, args.micro_batch))
+        if replaced := getattr(args, "demo_replaced", None):   # what it replaced, and the flags that give it back
+            batch = replaced.get("micro_batch", args.micro_batch)
+            flags = {k: f"--{k.replace('_', '-')} {'none' if v is None else v}" for k, v in replaced.items()}
+            flags.update(micro_batch=f"--batch-size {batch}", official_accum="", flip="")
+            if "global_batch" in replaced:   # reached by accumulation
+                flags["global_batch"] = f"--accum-steps {replaced['global_batch'] // batch}"
+            print(f"the embedded demo replaces the recipe's {', '.join(f'{k} {v}' for k, v in replaced.items())}; to "
+                  f"train with them: {' '.join(f for f in flags.values() if f)}" + (" (official_accum and flip have no "
+                  "flag: EMBEDDED in train.py)" if {"official_accum", "flip"} & set(replaced) else ""))
         try:   # first, that the CLIP's weights can be had (offline, a tag not yet downloaded cannot)
             common.resolve_pretrained(args.model, args.pretrained, args.quick_gelu)
         except (ValueError, RuntimeError) as e:
@@ -1515,48 +1409,15 @@ def prepare(args):
 
 
 def place_run(args):
-    """Decide where this run writes (args.out) and which run it continues or tests (args.run), and write
-    config.json. A resumed run takes its own settings back, except the flags given on this command line."""
+    """Where this run writes (args.out), which run it continues or tests (args.run); config.json written."""
     if args.resume:
-        if args.resume == "auto":
-            folder = args.out or latest_run(args.method, args.protocol)
-            if folder is None:
-                raise SystemExit(f"--resume: no {args.method} {args.protocol} run in {RUNS}/ to continue; start one "
-                                 f"without --resume, or name its folder: --resume {RUNS}/NAME")
-        elif not os.path.exists(args.resume):
-            raise SystemExit(f"--resume {args.resume}: no such folder or file; give a run folder (runs/NAME) or its last.pt")
-        else:
-            folder = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
-            if re.fullmatch(r"seed\d+", os.path.basename(folder)) and read_config(os.path.dirname(folder)):
-                folder = os.path.dirname(folder)   # a shot seed's checkpoint: the run is the folder above
-        saved = read_config(folder) or checkpoints(folder) and read_checkpoint(checkpoints(folder)[0])["args"]
-        if not saved or not checkpoints(folder) and any("epoch" in r for r in read_metrics(os.path.join(
-                folder, "metrics.jsonl"))):
-            raise SystemExit(f"--resume: {folder} holds no checkpoint (last.pt); start without --resume")
-        if saved.get("eval_only"):   # an --eval-only or --embed run's folder
-            mode, of = "--embed" if saved.get("embed") else "--eval-only", saved.get("run") or saved.get("weights")
-            raise SystemExit(f"--resume {folder}: the folder of an {mode} run, which trains nothing; to run it again: "
-                             f"{mode}" + (f" --resume {of}" if saved.get("run") else f" --weights {of}" if of else ""))
-        if saved.get("method") != args.method:
-            raise SystemExit(f"--resume: {folder} is a run of --method {saved.get('method')}; add --method "
-                             f"{saved.get('method')}")
-        if not checkpoints(folder):   # stopped before its first checkpoint (no epoch line): start it again in place
-            if args.eval_only:
-                raise SystemExit(f"{'--embed' if args.embed else '--eval-only'} --resume {folder}: it has no "
-                                 f"checkpoint yet (stopped before its first epoch ended); train it first: "
-                                 f"--method {args.method} --resume {folder}")
-            print(f"{folder} stopped before its first checkpoint: starting it again from the beginning, in that folder")
-        for key, value in saved.items():
-            key = RENAMED.get(key, key)
-            if key in vars(args) and key not in args.explicit and key not in RUN_CONTROL:
-                setattr(args, key, value)
-        args.run = folder
+        args.run = resumed_run(args)
         if not args.eval_only:
-            args.out = folder
-            return   # main() updates its config.json once it knows the run has something left to do
+            args.out = args.run
+            return   # prepare() updates its config.json once it knows the run has something left to do
     if args.out:
-        held = [os.path.join(args.out, f) for f in ("config.json", "metrics.jsonl", "skipped.txt") if os.path.exists(
-            os.path.join(args.out, f))] + checkpoints(args.out)
+        held = [p for f in ("config.json", "metrics.jsonl", "skipped.txt") for p in glob.glob(os.path.join(
+            args.out, f))] + checkpoints(args.out)
         if args.eval_only and checkpoints(args.out):   # only training runs leave checkpoints
             raise SystemExit(f"--out {args.out} holds a training run, which an --eval-only run never writes into; "
                              f"leave out --out (a new folder of its own) or name another")
@@ -1573,38 +1434,61 @@ def place_run(args):
         os.makedirs(args.out, exist_ok=True)
     else:   # an --eval-only or --embed run is named after what it uses: the run it tests, else the weights or CLIP
         mode = "-embed" if args.embed else "-eval" if args.eval_only else ""
-        tested = args.run or args.eval_only and args.weights and read_config(os.path.dirname(args.weights) or ".") and \
-            os.path.dirname(args.weights)
+        tested = args.run or args.eval_only and args.weights and read_config(os.path.dirname(args.weights) or ".") \
+            and os.path.dirname(args.weights)
         used = "" if not mode or tested else "-" + os.path.splitext(os.path.basename(
             args.weights or args.pretrained or "random"))[0]
-        args.out = new_folder(f"{tested}{mode}" if tested else os.path.join(RUNS, f"{args.method}-{args.protocol}"
-                                                                                  f"{ablated(args)}{used}{mode}"))
+        parts = getattr(importlib.import_module(args.method), "ABLATIONS", ())   # those switched off name it: -no-mit
+        off = "".join(f"-no-{k.replace('_', '-')}" for k in parts if getattr(args, k, None) is False)
+        stem = f"{tested}{mode}" if tested else os.path.join(RUNS, f"{args.method}-{args.protocol}{off}{used}{mode}")
+        for n in itertools.count(1):   # the first free name, made at once: two runs started together get one each
+            with contextlib.suppress(FileExistsError):
+                os.makedirs(path := stem if n == 1 else f"{stem}-{n}")
+                break
+        args.out = path
     write_config(args, started=datetime.datetime.now().isoformat(timespec="microseconds"))
 
 
-def demo_replaced(replaced, micro_batch):
-    """The line an embedded run starts with: the recipe values the demo replaced (EMBEDDED, and the method's), and
-    the flags that give them back."""
-    flags = {k: f"--{k.replace('_', '-')} {'none' if v is None else v}" for k, v in replaced.items()}
-    flags.update(micro_batch=f"--batch-size {replaced.get('micro_batch', micro_batch)}", official_accum="", flip="")
-    if "global_batch" in replaced:   # reached by accumulation
-        flags["global_batch"] = f"--accum-steps {replaced['global_batch'] // replaced.get('micro_batch', micro_batch)}"
-    return (f"the embedded demo replaces the recipe's {', '.join(f'{k} {v}' for k, v in replaced.items())}; to train "
-            f"with them: {' '.join(f for f in flags.values() if f)}"
-            + (" (official_accum and flip have no flag: EMBEDDED in train.py)" if {"official_accum", "flip"} &
-               set(replaced) else ""))
-
-
-def ablated(args):
-    """The parts of the method this run switched off (the ABLATIONS of its file), as its folder's name says them:
-    "-no-mit-no-prompts"."""
-    parts = getattr(importlib.import_module(args.method), "ABLATIONS", ())
-    return "".join(f"-no-{k.replace('_', '-')}" for k in parts if getattr(args, k, None) is False)
+def resumed_run(args):
+    """The run folder --resume names (no name: the latest of this method and protocol), or one line why it cannot
+    go on; its own settings are taken back, except the flags given on this command line."""
+    if args.resume == "auto":
+        folder = args.out or latest_run(args.method, args.protocol)
+        if folder is None:
+            raise SystemExit(f"--resume: no {args.method} {args.protocol} run in {RUNS}/ to continue; start one "
+                             f"without --resume, or name its folder: --resume {RUNS}/NAME")
+    elif not os.path.exists(args.resume):
+        raise SystemExit(f"--resume {args.resume}: no such folder or file; give a run folder (runs/NAME) or its "
+                         f"last.pt")
+    else:
+        folder = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
+        if re.fullmatch(r"seed\d+", os.path.basename(folder)) and read_config(os.path.dirname(folder)):
+            folder = os.path.dirname(folder)   # a shot seed's checkpoint: the run is the folder above
+    kept = checkpoints(folder)
+    saved = read_config(folder) or kept and read_checkpoint(kept[0])["args"]
+    if not saved or not kept and any("epoch" in r for r in read_metrics(os.path.join(folder, "metrics.jsonl"))):
+        raise SystemExit(f"--resume: {folder} holds no checkpoint (last.pt); start without --resume")
+    if saved.get("eval_only"):   # an --eval-only or --embed run's folder
+        mode, of = "--embed" if saved.get("embed") else "--eval-only", saved.get("run") or saved.get("weights")
+        raise SystemExit(f"--resume {folder}: the folder of an {mode} run, which trains nothing; to run it again: "
+                         f"{mode}" + (f" --resume {of}" if saved.get("run") else f" --weights {of}" if of else ""))
+    if (method := saved.get("method")) != args.method:
+        raise SystemExit(f"--resume: {folder} is a run of --method {method}; add --method {method}")
+    if not kept:   # stopped before its first checkpoint (no epoch line): start it again in place
+        if args.eval_only:
+            raise SystemExit(f"{'--embed' if args.embed else '--eval-only'} --resume {folder}: it has no checkpoint "
+                             f"yet (stopped before its first epoch ended); train it first: --method {args.method} "
+                             f"--resume {folder}")
+        print(f"{folder} stopped before its first checkpoint: starting it again from the beginning, in that folder")
+    for key, value in saved.items():
+        key = RENAMED.get(key, key)
+        if key in vars(args) and key not in args.explicit and key not in RUN_CONTROL:
+            setattr(args, key, value)
+    return folder
 
 
 def write_config(args, **extra):
-    """config.json: every setting of the run as resolved (flags, recipe, EMBEDDED), the command that started
-    it and those that resumed it, the versions."""
+    """config.json: the run's resolved settings, the command that started it and those that resumed it, versions."""
     old = read_config(args.out) or {}
     command = " ".join(["python train.py", *map(shlex.quote, args.argv)])
     config = {**old, **saved_args(args), **extra,
@@ -1614,21 +1498,22 @@ def write_config(args, **extra):
         config["resumed"] = old.get("resumed", []) + [command]
     else:
         config["command"] = command
+    path = os.path.join(args.out, "config.json")
     try:   # the first write of a run: a folder it cannot write to stops it now, not after an epoch
-        with open(os.path.join(args.out, "config.json.tmp"), "w") as f:
+        with open(f"{path}.tmp", "w") as f:
             json.dump(config, f, indent=2, default=str)
-        os.replace(os.path.join(args.out, "config.json.tmp"), os.path.join(args.out, "config.json"))
+        os.replace(f"{path}.tmp", path)
     except OSError as e:
-        raise SystemExit(f"--out {args.out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
+        raise SystemExit(f"--out {args.out}: cannot write there ({e.strerror}); choose a folder you can write "
+                         "to") from None
 
 
 def closing_lines(args, result_line):
     """The last lines of a run: where what it used and wrote is, and its result."""
-    top = os.path.join(args.out, "metrics.jsonl")
     where = [("run folder", args.out), ("settings", os.path.join(args.out, "config.json"))]
     if not args.embed:
-        where.append(("metrics", top + (" (its tests and the result)" if args.eval_only else
-                                        " (one line per epoch, then the tests and the result)")))
+        where.append(("metrics", os.path.join(args.out, "metrics.jsonl") + (" (its tests and the result)" if
+                      args.eval_only else " (one line per epoch, then the tests and the result)")))
     if args.eval_only:
         where.append(("embedded by" if args.embed else "tested", ", ".join(checkpoints(args.run)) if args.run else
                       args.weights or f"the CLIP as pretrained ({args.pretrained or 'none'}), no video training"))
@@ -1636,7 +1521,7 @@ def closing_lines(args, result_line):
         where.append(("checkpoint", ", ".join(checkpoints(args.out))))
     if args.embedded:
         where.append(("videos", f"{os.path.relpath(args.data_root)} (generated once, reused)"))
-    if skipped := [p for f in ("skipped.txt", "seed*/skipped.txt") for p in glob.glob(os.path.join(args.out, f))]:
+    if skipped := checkpoints(args.out, "skipped.txt"):
         count = sum(1 for p in skipped for _ in open(p))
         where.append(("skipped", f"{count} videos that could not be decoded, listed in {', '.join(skipped)}"))
     if args.pretrained == "synthetic":
@@ -1646,9 +1531,8 @@ def closing_lines(args, result_line):
 
 
 def run_all(argv, names):
-    """--method all (or a,b): the methods in turn with the same flags, each in its own run folder, then the table
-    of --compare with each one's CPU time (user + system of this process and its decoding workers; under torchrun
-    rank 0's) and wall time."""
+    """--method all (or a,b): each method with the same flags, then --compare's table with each one's CPU time (this
+    process's and its decoding workers'; under torchrun rank 0's) and wall time."""
     cpu_seconds = lambda: sum(os.times()[:4])   # user, system, and the joined children's (decoding workers)
     clock = lambda seconds: f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
     spent, start = {}, (cpu_seconds(), time.perf_counter())
@@ -1674,9 +1558,8 @@ HEADLINE = ("model", "pretrained", "frames", "epochs", "lr", "global_batch", "we
 
 
 def compare(patterns, extra=None, total=None):
-    """--compare RUN [RUN ...] (globs too): one table of existing run folders, a row each: its method and protocol,
-    the settings in which the runs differ (config.json), the epochs it trained and its result, with standard
-    errors. extra {folder: {column: value}} adds columns (--method all's times); total, a last row."""
+    """--compare RUN [RUN ...] (globs too): a row per run folder: method, protocol, the settings in which the runs
+    differ, epochs trained, result. extra {folder: {column: value}} adds columns (run_all's times); total a row."""
     folders = list(dict.fromkeys(f for p in patterns for f in (sorted(glob.glob(p)) or [p])
                                  if os.path.isfile(os.path.join(f, "config.json"))))
     if not folders:
@@ -1702,8 +1585,8 @@ def compare(patterns, extra=None, total=None):
 
 
 def result_cells(r):
-    """A run's result line as table cells: top-1 and twins (± standard error), retrieval's R@1 and R@5 both ways
-    (± standard error over the queries), base-to-novel's base, novel and HM, or a mean over test sets (± std)."""
+    """A result line as cells: top-1, twins, or R@1 and R@5 both ways (± standard error); base, novel, HM; a mean
+    over test sets (± std)."""
     se = lambda p, n: 100 * math.sqrt(p / 100 * (1 - p / 100) / n)   # an accuracy's, in points
     if r is None:
         return {"result": "none yet"}
@@ -1751,8 +1634,8 @@ def interrupted(args):
         return "stopped by Ctrl-C"
     go_on = f"python train.py --method {args.method} --resume {args.out}"
     kept = [load_checkpoint(p) for p in checkpoints(args.out)]
-    at = ", ".join(f"epoch {c['epoch']} of {args.epochs}" + (f" and {c['partial']['steps']} steps of epoch "
-                                                             f"{c['epoch'] + 1}" if c.get("partial") else "") for c in kept)
+    at = ", ".join(f"epoch {c['epoch']} of {args.epochs}" + (
+        f" and {c['partial']['steps']} steps of epoch {c['epoch'] + 1}" if c.get("partial") else "") for c in kept)
     return (f"stopped by Ctrl-C: {args.out} keeps its checkpoint after {at}; continue with: {go_on}" if kept else
             f"stopped by Ctrl-C: {args.out} holds no checkpoint yet; start it again, in place, with: {go_on}")
 
