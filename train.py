@@ -663,9 +663,8 @@ def get_args(argv=None):
     g.add_argument("--size", type=at_least(8), help="input side in pixels; default: the CLIP's own")
     g.add_argument("--workers", type=at_least(0), default=max(0, PROCESS_CORES - 1), help="decoding processes, one "
                    "FFmpeg thread each; default: this process's cores but the one that trains; fewer if memory is low")
-    g.add_argument("--clips-per-video", type=at_least(1), default=1, help="training clips cut from each decoded "
-                   "video, each sampled and augmented its own way (repeated augmentation; K clips share the decoding). "
-                   "An epoch then trains K times the steps: divide --epochs by K to keep the recipe's clip count")
+    g.add_argument("--clips-per-video", type=at_least(1), default=1, help="K clips cut from each decoded video, "
+                   "each augmented its own way (repeated augmentation); K times the steps an epoch: --epochs / K")
     g.add_argument("--skip-bad-videos", action="store_true", help="leave out videos that cannot be decoded, listed "
                    "in the run's skipped.txt and counted in the epoch lines and the tests. Default: stop, naming it")
     g.add_argument("--loader-timeout", type=at_least(1), default=600, help="seconds to wait for one batch from the "
@@ -691,16 +690,14 @@ def get_args(argv=None):
     g.add_argument("--val-every", type=at_least(0), help="validate (1 view per test video) every N epochs; 0: only "
                    "the final test. Raise it when the test set is large next to the training set")
     g = p.add_argument_group("protocols (see --protocol)")
-    g.add_argument("--shots", type=at_least(1), help="videos per class drawn from the training data (few-shot: 2, 4, "
-                   "8 or 16; base2novel default 16). Leave it out to train on a released split file as it is "
-                   "(ViFi-CLIP's train1_few_shot_K.txt), which the papers' low-shot numbers come from")
+    g.add_argument("--shots", type=at_least(1), help="videos per class drawn for training (few-shot 2, 4, 8, 16; "
+                   "base2novel 16); without it a released split trains as it is (train1_few_shot_K.txt, the papers')")
     g.add_argument("--shot-seeds", type=int, nargs="+", help="a training run per draw of --shots videos, or per file "
                    "of a --train-list with {seed} (fs_base_s{seed}_train.txt), averaged (default 1; base2novel 1 2 3)")
     g.add_argument("--base-classes", help='base2novel: "id,name" CSV of the base classes (default: the more '
                    "frequent half of the training data, ViFi-CLIP's rule). A plain training list whose labels all "
                    "fall below its count is read as labelled by it, as ViFi-CLIP's released base lists are")
-    g.add_argument("--unseen-only", action="store_true", help="zero-shot: drop test classes that are training "
-                                                              "classes (Kinetics-600's 220 classes new to K400)")
+    g.add_argument("--unseen-only", action="store_true", help="zero-shot: only the classes new to training (K600: 220)")
     g.add_argument("--class-subsets", nargs="+", metavar="CSV|NxSIZE", help='zero-shot: test on subsets of the '
                    'test classes, given as "id,name" CSVs or drawn from --seed as e.g. 3x160 (the K600 protocol)')
     g = p.add_argument_group("evaluation and modes")
@@ -710,9 +707,8 @@ def get_args(argv=None):
                    "RUN, or of the CLIP as pretrained (with what the method adds at its initialisation)")
     g.add_argument("--predict", metavar="VIDEO", help="print one video's most likely classes and exit: with "
                    "the weights of --resume [RUN] or --weights (else the stand-in CLIP), --classes (else the run's)")
-    g.add_argument("--benchmark", type=at_least(1), nargs="?", const=20, metavar="STEPS", help="time STEPS (default "
-                   "20) training steps on random input, 400 classes, and exit: clips/s, FLOPs, MFU, peak memory; "
-                   "with --train-list also the data loader, and which one bounds")
+    g.add_argument("--benchmark", type=at_least(1), nargs="?", const=20, metavar="STEPS", help="time STEPS (20) "
+                   "training steps on random input and exit: clips/s, FLOPs, MFU, memory; the loader's of --train-list")
     g.add_argument("--embed", action="store_true", help="write an embedding per video of --val-list (test views "
                    "averaged) to the run's embeddings.pt for --search: of --weights, --resume RUN or the bare CLIP")
     g.add_argument("--search", metavar="SENTENCE", help="print the --top-k videos of --embeddings nearest a sentence")
@@ -725,9 +721,9 @@ def get_args(argv=None):
     g.add_argument("--out", help="the run's folder: config.json, metrics.jsonl, last.pt (default: a new "
                                  "runs/METHOD-PROTOCOL[-N], -eval for --eval-only; a finished run is never reused)")
     g.add_argument("--overwrite", action="store_true", help="let --out replace the run already in that folder")
-    g.add_argument("--resume", nargs="?", const="auto", metavar="RUN", help="continue a run folder (or its last.pt) "
-                   "with its own settings, any flag given again wins; without RUN, the latest run of this --method "
-                   "and --protocol. With --eval-only: test that run's checkpoint")
+    g.add_argument("--resume", nargs="?", const="auto", metavar="RUN", help="continue a run folder or its last.pt "
+                   "with its settings but the flags given again; no RUN: the latest of --method and --protocol; with "
+                   "--eval-only, test it")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps or cpu")
     g.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA (bf16, else fp16)")
     g.add_argument("--compile", action="store_true", help="compile the model with torch.compile: faster steps on a "
@@ -759,8 +755,7 @@ def get_args(argv=None):
         if (maker := made.get("method")) != method_name:
             raise SystemExit(f"{args.embeddings} was made by --method {maker}: add --method {maker}")
         args.weights = made["weights"]
-        for key, value in made["settings"].items():
-            setattr(args, key, value if getattr(args, key, None) is None else getattr(args, key))
+        vars(args).update({k: v for k, v in made["settings"].items() if getattr(args, k, None) is None})
     if args.weights and os.path.isdir(args.weights):   # a run folder: its checkpoint
         if not (found := checkpoints(args.weights)):
             raise SystemExit(f"{args.weights}: this folder holds no checkpoint (last.pt); give a training run's folder")
@@ -792,8 +787,7 @@ def device_and_precision(args):
 
 
 def load_clip(args):
-    """The CLIP of --model and --pretrained, or one line why not. Under torchrun rank 0 fetches or pretrains it (a
-    shared cache) while the others wait, then they read it."""
+    """The CLIP of --model and --pretrained, or one line why not; under torchrun rank 0 fills the cache first."""
     wait = functools.partial(torch.distributed.barrier, **(
         dict(device_ids=[LOCAL_RANK]) if WORLD > 1 and comm_device().type == "cuda" else {}))
     try:
@@ -818,9 +812,8 @@ def view_count(args):
 
 def tested_path(args, seed):
     """The checkpoint a run starts from or tests: --weights, or --eval-only --resume RUN's (a resumed run: none)."""
-    if not args.run:
-        return args.weights
-    return os.path.join(seed_folder(args.run, seed, args), "last.pt") if args.eval_only else None
+    return args.weights if not args.run else os.path.join(seed_folder(args.run, seed, args), "last.pt") if \
+        args.eval_only else None
 
 
 def describe(args, model, seed, train_samples, names, val, device, dtype):
@@ -848,9 +841,8 @@ def record_test(args, out, seed, title, views, videos, weights, trained, m, skip
     """A test's line, printed and appended to metrics.jsonl."""
     left_out = f", {m['skipped']} left out as bad (listed in {skips.path})" if m.get("skipped") else ""
     print(f"{title} ({views}, {videos} videos{left_out}): {format_metrics(m)}")
-    record = dict(test=title, protocol=args.protocol, views=views, weights=weights, trained_epochs=trained, **m,
-                  **({"shot_seed": seed} if args.shots else {}))
-    append_metrics(os.path.join(out, "metrics.jsonl"), record)
+    append_metrics(os.path.join(out, "metrics.jsonl"), dict(test=title, protocol=args.protocol, views=views,
+                   weights=weights, trained_epochs=trained, **m, **({"shot_seed": seed} if args.shots else {})))
 
 
 def finish(args, figures, result_line, results):
@@ -868,9 +860,8 @@ def finish(args, figures, result_line, results):
 class EpochMeter:
     """An epoch's count (steps, clips, loss sum, seconds waiting for data); its bar; a partial checkpoint resumes it."""
     def __init__(self, args, epoch, steps_per_epoch, device, skips, partial=None):
-        self.epoch = epoch
-        self.steps, self.seen, self.loss_sum = (partial["steps"], partial["seen"], partial["loss_sum"].to(device)) \
-            if partial else (0, 0, torch.zeros((), device=device))
+        p = partial or dict(steps=0, seen=0, loss_sum=torch.zeros(()))
+        self.epoch, self.steps, self.seen, self.loss_sum = epoch, p["steps"], p["seen"], p["loss_sum"].to(device)
         self.tic, self.resumed_at, self.waited, self.skipped = time.perf_counter(), self.seen, [0.0], skips.count
         self.bar = progress(total=steps_per_epoch, initial=self.steps, desc=f"epoch {epoch + 1}/{args.epochs}")
 
@@ -984,9 +975,8 @@ def predict(args, model, method, device, autocast, ckpt):
 
 
 def embed(args, method):
-    """--embed: every video of --val-list, its test views averaged -> the run's embeddings.pt: the paths (and the
-    captions of a caption list), the unit embeddings (X-CLIP's video embedding alone: its text depends on the
-    video) and what made them."""
+    """--embed: the run's embeddings.pt: each --val-list video's unit embedding (test views averaged; X-CLIP's video
+    embedding alone, its text depends on the video), path and captions (of a caption list), and what made them."""
     if not args.val_list:
         raise SystemExit("--embed: give the videos to embed with --val-list (any list a test takes)")
     seed, path = args.shot_seeds[0], os.path.join(args.out, "embeddings.pt")
@@ -1006,12 +996,6 @@ def embed(args, method):
                                                                 dim=-1)))
     closing_lines(args, f"{path} ({len(made['paths'])} videos): search them with --search SENTENCE --embeddings {path}")
     return {"embedded": [made]}
-
-
-@functools.lru_cache(maxsize=1)
-def read_embeddings(path):
-    """An embeddings.pt of --embed, read once for --search (its settings, then its embeddings)."""
-    return load_checkpoint(path)
 
 
 def search(args, model, device, autocast):
@@ -1039,8 +1023,7 @@ PEAK_TFLOPS = {"H200": (989, 67), "H100": (989, 67), "A100": (312, 19.5), "L40S"
 
 
 def benchmark(args, model, device, autocast, dtype, warmup=3):
-    """Training steps on random input (400 classes, a micro-batch a step): clips/s, peak memory, FLOPs, MFU; with
-    --train-list the data loader's clips/s too, and which bounds."""
+    """--benchmark: training steps on random input (400 classes); with --train-list, the data loader's speed too."""
     model.set_classes([f"class {i}" for i in range(400)])
     model.to(device).train()
     opt = make_optimizer(args, model, device, dtype, args.benchmark)   # the training step's, at accumulation 1
@@ -1065,12 +1048,12 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
         one_step()
     sync()
     clips = args.benchmark * args.micro_batch / (time.perf_counter() - start)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     if device.type == "cuda":
         mem = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB peak GPU memory"
     else:
         import resource   # Unix only: imported where it is used
         mem = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB peak RSS"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     peak = args.peak_tflops or next((p[0] if dtype else p[1] for k, p in PEAK_TFLOPS.items() if k in name), None)
     mfu = f", MFU {flops * clips / (peak * 1e12):.1%} of {peak:g} TFLOP/s" if peak else \
         " (MFU: give the device's peak with --peak-tflops)"
@@ -1096,8 +1079,8 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
 
 # ---- Checkpoints and resume ---------------------------------------------------------------------------------
 def resume_training(out, model, opt, args):
-    """Model, optimizer, schedule, scaler and random states back from the run's checkpoint, metrics.jsonl cut back ->
-    (epochs done, a part-done epoch's count, the last epoch's record); (0, None, None) with none to resume."""
+    """A resumed run's state back from its checkpoint, metrics.jsonl cut back to it -> (epochs done, a part-done
+    epoch's count, the last epoch's record); (0, None, None) with none to resume."""
     checkpoint = os.path.join(out, "last.pt")
     if not (args.run and os.path.isfile(checkpoint)):
         return 0, None, None
@@ -1116,7 +1099,7 @@ def resume_training(out, model, opt, args):
                 torch.cuda.set_rng_state_all(rng["cuda"])
     epoch, partial, record = state["epoch"], state.get("partial"), state.get("line")
     if RANK == 0:
-        trim_metrics(os.path.join(os.path.dirname(checkpoint), "metrics.jsonl"), epoch, record)
+        trim_metrics(os.path.join(out, "metrics.jsonl"), epoch, record)
     print(f"resumed {checkpoint} after epoch {epoch}" + (f", step {partial['steps']}" if partial else "")
           + (" (all its epochs were done: testing it)" if epoch >= args.epochs else "")
           + (f"; it ran on {len(rngs)} processes, so mixup's draws differ from an uninterrupted run's"
@@ -1125,8 +1108,7 @@ def resume_training(out, model, opt, args):
 
 
 def save_training(out, model, opt, epoch, names, args, record, **extra):
-    """out/last.pt, by rank 0: with every process's random state, and the last epoch's record ("line") in case a
-    kill takes it from metrics.jsonl."""
+    """out/last.pt, with every process's random state and the last epoch's record ("line": a kill may take it)."""
     cuda = ([torch.cuda.get_rng_state()] if WORLD > 1 else torch.cuda.get_rng_state_all()) \
         if torch.cuda.is_available() else None   # every GPU's, or under torchrun this process's own
     rngs = gather(dict(python=random.getstate(), torch=torch.get_rng_state(), cuda=cuda))
@@ -1185,10 +1167,12 @@ def load_checkpoint(path):
         raise SystemExit(str(e)) from None
 
 
+read_embeddings = functools.lru_cache(maxsize=1)(load_checkpoint)   # an --embed file, read once for --search
+
+
 def load_weights(model, method, path, args):
-    """Our own checkpoints load strictly, but for trainable tensors new to this model: a new stage that adds
-    modules to a trained model (ViFi-CLIP's prompts on a fine-tuned ViFi-CLIP) starts them from their init.
-    Anything else goes to the method's load_official. A checkpoint that does not fit is refused in one line."""
+    """Our checkpoints load strictly but for trainable tensors new to the model (ViFi-CLIP's prompts on a fine-tuned
+    ViFi-CLIP start from their init); any other file goes to the method's load_official."""
     ckpt, name = read_checkpoint(path), method.__name__
     if ckpt is None:
         if not hasattr(method, "load_official"):
@@ -1244,10 +1228,9 @@ def start_processes(args):
 
 def gather(obj):
     """[obj of rank 0, obj of rank 1, ...] on every process."""
-    if WORLD == 1:
-        return [obj]
-    out = [None] * WORLD
-    torch.distributed.all_gather_object(out, obj)
+    out = [obj] * WORLD
+    if WORLD > 1:
+        torch.distributed.all_gather_object(out, obj)
     return out
 
 
@@ -1307,9 +1290,8 @@ def read_metrics(path):
 
 
 def trim_metrics(path, epoch, line=None):
-    """Cut a resumed run's metrics.jsonl back to the epochs its checkpoint holds (later epochs' lines of an older
-    checkpoint go, and tests that did not reach their result line), and put back the checkpoint's own last epoch
-    line if a kill took it. The tests and result of a finished run trained further stay (trained_epochs)."""
+    """A resumed run's metrics.jsonl cut back to its checkpoint's epochs (and to tests that reached a result line),
+    with the checkpoint's last epoch line put back if a kill took it."""
     records = read_metrics(path)
     finished = {r.get("trained_epochs") for r in records if "result" in r}
     kept = [r for r in records if r.get("epoch", epoch + 1) <= epoch or "epoch" not in r and r.get("trained_epochs")
@@ -1345,8 +1327,7 @@ def latest_run(method, protocol, trained=False):
 
 
 def begin(args):
-    """Rank 0 prepares the run; every process runs with its settings -> them, or None with nothing to do (a finished
-    run). The run folder and videos must be on a filesystem all processes see."""
+    """Rank 0 prepares the run, every process takes its settings -> them, or None with nothing to do (finished)."""
     device = args.device
     ready = prepare(args) if RANK == 0 else None
     args, ready = gather((args, ready))[0]   # rank 0's
@@ -1375,9 +1356,8 @@ def prepare(args):
         done = min((load_checkpoint(p)["epoch"] for p in checkpoints(args.out)), default=0)
         result = [r["result"] for r in read_metrics(top) if "result" in r and r.get("trained_epochs") == done]
         if result and done >= args.epochs:
-            print(f"{args.out} is finished ({done} epochs): {result[-1]}. Nothing to train: test it again with "
-                  f"--eval-only --resume {args.out} (into a folder of its own), or train on with --resume {args.out} "
-                  f"--epochs N (N > {done}; its tests so far stay in its metrics)")
+            print(f"{args.out} is finished ({done} epochs): {result[-1]}. Test it again with --eval-only --resume "
+                  f"{args.out}, or train on with --resume {args.out} --epochs N (N > {done})")
             return False
         print(f"continuing {args.out}" + (f" (the latest {args.method} {args.protocol} run)"
                                           if args.resume == "auto" and "out" not in args.explicit else ""))
@@ -1450,8 +1430,7 @@ def place_run(args):
 
 
 def resumed_run(args):
-    """The run folder --resume names (no name: the latest of this method and protocol), or one line why it cannot
-    go on; its own settings are taken back, except the flags given on this command line."""
+    """The run folder --resume names (or the latest), or one line why not; its settings back but the flags given."""
     if args.resume == "auto":
         folder = args.out or latest_run(args.method, args.protocol)
         if folder is None:
@@ -1531,8 +1510,7 @@ def closing_lines(args, result_line):
 
 
 def run_all(argv, names):
-    """--method all (or a,b): each method with the same flags, then --compare's table with each one's CPU time (this
-    process's and its decoding workers'; under torchrun rank 0's) and wall time."""
+    """--method all (or a,b): each method with the same flags, then --compare's table with CPU and wall times."""
     cpu_seconds = lambda: sum(os.times()[:4])   # user, system, and the joined children's (decoding workers)
     clock = lambda seconds: f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
     spent, start = {}, (cpu_seconds(), time.perf_counter())
@@ -1558,8 +1536,7 @@ HEADLINE = ("model", "pretrained", "frames", "epochs", "lr", "global_batch", "we
 
 
 def compare(patterns, extra=None, total=None):
-    """--compare RUN [RUN ...] (globs too): a row per run folder: method, protocol, the settings in which the runs
-    differ, epochs trained, result. extra {folder: {column: value}} adds columns (run_all's times); total a row."""
+    """--compare: a row per run folder, the settings in which they differ; extra {folder: {column: value}}, total."""
     folders = list(dict.fromkeys(f for p in patterns for f in (sorted(glob.glob(p)) or [p])
                                  if os.path.isfile(os.path.join(f, "config.json"))))
     if not folders:
@@ -1585,8 +1562,7 @@ def compare(patterns, extra=None, total=None):
 
 
 def result_cells(r):
-    """A result line as cells: top-1, twins, or R@1 and R@5 both ways (± standard error); base, novel, HM; a mean
-    over test sets (± std)."""
+    """A result line as cells: top-1, twins or R@1, R@5 (± standard error); base, novel, HM; or a mean (± std)."""
     se = lambda p, n: 100 * math.sqrt(p / 100 * (1 - p / 100) / n)   # an accuracy's, in points
     if r is None:
         return {"result": "none yet"}
@@ -1603,15 +1579,14 @@ def result_cells(r):
 
 # ---- One-line errors ----------------------------------------------------------------------------------------
 def one_line(e):
-    """The one line a run stopped by `e` ends with, or None for an error that needs its traceback. Under torchrun
-    it names the process, and is written where torchrun looks for a failure's cause (its closing summary)."""
+    """The one line a run stopped by `e` ends with (under torchrun naming the process, also in torchrun's error
+    file), or None for an error that needs its traceback."""
     if isinstance(e, SystemExit):
         message = e.code
     elif isinstance(e, (data.DataError, data.VideoError, common.CheckpointError, FileNotFoundError)):   # bad input
         # A DataLoader worker's error arrives with the worker's traceback in its message: keep its last line.
-        message = re.sub(r"^[\w.]*(Error|Exception): ", "", str(e).strip().splitlines()[-1])
-        hint = " (or leave such videos out with --skip-bad-videos)" if isinstance(e, data.VideoError) else ""
-        message = f"error: {message}{hint}"
+        message = "error: " + re.sub(r"^[\w.]*(Error|Exception): ", "", str(e).strip().splitlines()[-1]) + (
+            " (or leave such videos out with --skip-bad-videos)" if isinstance(e, data.VideoError) else "")
     elif WORLD > 1 and "torch/distributed/" in traceback.extract_tb(e.__traceback__)[-1].filename.replace(os.sep, "/"):
         # A collective failed: another process stopped (it says why in its own line) or hangs. Not written
         # for torchrun, whose summary names the process that failed first as the cause.
