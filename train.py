@@ -12,8 +12,7 @@ command after `torchrun --nproc_per_node N`). Each run writes a folder of its ow
 # Model with set_classes / forward / param_groups, and build): 1. the recipe resolved into settings; 2. the batches;
 # 3. the optimizer and the learning rate; 4. one training step; 5. the loop; 6. the test; 7. the protocols' results;
 # 8. one run, and main. Below "What makes this script a tool": the flags, --predict / --embed / --search /
-# --benchmark, checkpoints and resume, torchrun (RANK and WORLD: this process and the count, 0 and 1 without),
-# run folders, --method all, one-line errors.
+# --benchmark, checkpoints and resume, torchrun (RANK, WORLD), run folders, --method all, one-line errors.
 import argparse
 import contextlib
 import datetime
@@ -92,9 +91,8 @@ INHERITED = ("model", "quick_gelu", "frames", "sampling", "crop", "stride", "siz
 
 def settings(args, method, own):
     """Fill every setting not given on the command line from, in this order: EMBEDDED (the embedded demo, and
-    --predict or --benchmark without a model), the --recipe variant, the method's RECIPE, BASE. A checkpoint of
-    ours given with --weights brings the settings its model needs (INHERITED, and the method's own options
-    `own`), except where the chosen variant sets them."""
+    --predict or --benchmark without a model), the --recipe variant, the method's RECIPE, BASE; but --weights of
+    ours brings INHERITED and the method's own options `own`, unless the variant sets them."""
     variants = getattr(method, "VARIANTS", {})
     args.recipe = args.recipe or (args.protocol if args.protocol in variants else None)
     variant = variants.get(args.recipe, {})
@@ -141,8 +139,7 @@ def soft_cross_entropy(logits, target):
 def micro_batches(batches, args, device, num_classes, loader):
     """The micro-batches of one optimizer step, made ready as the step takes them: a worker's batch (video, label,
     colour draws[, index]) in uint8 -> (video (N,T,3,S,S) coloured and normalised on the device, target (N,C)
-    smoothed and mixed, extra: the videos' paths for a method that asks); K clips of a video make N = B*K. A batch
-    whose videos were all left out as bad leaves empty (N = 0)."""
+    smoothed and mixed, extra: paths for a method that asks); N = B*K for K clips a video; all-bad batches: N = 0."""
     for batch in batches:
         if not len(batch):
             yield torch.empty(0), torch.empty(0), {}
@@ -164,9 +161,8 @@ def micro_batches(batches, args, device, num_classes, loader):
 
 # ---- 3. The optimizer and the learning rate -----------------------------------------------------------------
 def make_optimizer(args, model, device, dtype, steps_per_epoch):
-    """(optimizer, schedule, loss scaler): AdamW with the recipe's betas and eps over the method's parameter
-    groups, on CUDA its fused kernel (one launch for all parameters, not several per tensor) and TF32 for the
-    matrix products that run in float32, as PyTorch advises from Ampere on; the loss scaler only for fp16."""
+    """(optimizer, schedule, loss scaler): AdamW over the method's parameter groups, on CUDA its fused kernel (one
+    launch for all parameters) and TF32 for float32 matrix products (PyTorch's advice from Ampere on); scaler: fp16."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     optimizer = torch.optim.AdamW(model.param_groups(args.lr, args.weight_decay), lr=args.lr,
@@ -178,12 +174,11 @@ def make_optimizer(args, model, device, dtype, steps_per_epoch):
 
 
 def lr_factor(step, args, steps_per_epoch, floor, start=0.0):
-    """A group's learning rate after `step` optimizer steps, as a fraction of its peak; floor and start (the end
-    and the warm-up's start) are the recipe's absolute values over this group's peak. args.schedule: timm, as
-    X-CLIP's and ViFi-CLIP's utils/optimizer.py: warm-up from 0, then a cosine over all epochs, counted in the
-    official micro-batches (official_accum a step) and updated after each step, so step j runs at micro-batch
-    accum * (j - 1) - 1; slowfast, PySlowFast's lr_policy (Open-VCLIP): set before each step from the fractional
-    epoch, a warm-up from `start`, then a cosine from the warm-up's end (COSINE_AFTER_WARMUP)."""
+    """A group's learning rate after `step` optimizer steps over its peak; floor and start (the end, the warm-up's
+    start) are the recipe's values over this group's peak. timm (X-CLIP's and ViFi-CLIP's utils/optimizer.py): a
+    warm-up from 0, then a cosine over all epochs, counted in official micro-batches (official_accum a step) and
+    updated after each step, so step j runs at micro-batch accum * (j - 1) - 1; slowfast (PySlowFast's lr_policy,
+    Open-VCLIP): set before each step from the fractional epoch, a warm-up from `start`, then COSINE_AFTER_WARMUP."""
     warmup, epochs = args.warmup_epochs, args.epochs
     if args.schedule == "timm":
         per_epoch = steps_per_epoch * args.official_accum                 # micro-batches
@@ -237,11 +232,10 @@ def training_step(model, micro, accum, opt, args, autocast):
 
 
 def average_gradients(params, bucket_bytes=2**26):
-    """The mean of every process's .grad, once per optimizer step after its last backward pass: the gradient of the
-    global batch's mean loss, exactly. Not DistributedDataParallel, whose reducer fires during one backward of the
-    wrapped model's forward: the methods run backward passes of their own (Open-VCLIP two per micro-batch, ViFi-CLIP
-    one through the text tower after the last). Flat buckets of 64 MB; a gradient missing on some processes counts
-    as zero there, one missing on all stays None."""
+    """The mean of every process's .grad after a step's last backward pass: the global batch's gradient, exactly. Not
+    DistributedDataParallel, whose reducer fires during one backward of the wrapped forward: the methods run their
+    own (Open-VCLIP two a micro-batch, ViFi-CLIP one through the text tower after the last). Flat buckets of 64 MB;
+    a gradient missing on some processes counts as zero there, one missing on all stays None."""
     if WORLD == 1:
         return
     params = [p for p in params if p.requires_grad]
@@ -285,7 +279,6 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, skips)
         meter = EpochMeter(args, epoch, steps_per_epoch, device, skips, partial)   # steps, clips, loss, the bar
         partial = None
         loader.sampler.set_epoch(epoch, start=meter.steps * accum * loader.batch_size)
-        # Under torchrun a batch whose videos were all left out as bad still comes (empty), as a micro-batch.
         loaded = data.batches(loader, skips, f"epoch {epoch + 1}", meter.waited, keep_empty=WORLD > 1)
         while meter.steps < steps_per_epoch:
             micro = micro_batches(itertools.islice(loaded, accum), args, device, len(names), loader)
@@ -358,11 +351,10 @@ def make_loader(args, device, samples, train=False, views=False, with_index=Fals
 # ---- 6. The test --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None, stats=None, fusion="softmax", amp=True):
-    """Accuracy of each video's fused views: fusion "softmax" averages their softmax (X-CLIP's and ViFi-CLIP's main.py
-    validate), "sum" adds their logits (PySlowFast's TestMeter, ensemble_method sum: Open-VCLIP); amp=False tests in
-    float32 (Open-VCLIP). The loader yields (video (B,V,T,3,S,S), V = clips x crops, in uint8 to normalise with
-    stats = (mean, std), or float; label (B,); the videos' indices (B,)). twins[c] is the class of class c's frames
-    reversed (or -1); 'twins' accuracy, how often the true class beats its twin, is 50% for a model blind to order."""
+    """Accuracy of each video's fused views (fuse); amp=False tests in float32 (Open-VCLIP). The loader yields (video
+    (B,V,T,3,S,S), V = clips x crops, uint8 to normalise with stats = (mean, std), or float; label (B,); index (B,)).
+    twins[c] is the class of class c's frames reversed (or -1); 'twins' accuracy, how often the true class beats its
+    twin, is 50% for a model blind to frame order."""
     model.eval()
     probs, labels, index, before = [], [], [], skips.count if skips else 0
     for video, label, i in progress(data.batches(loader, skips, desc), total=len(loader), desc=desc, leave=False):
@@ -394,7 +386,8 @@ def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None, st
 
 
 def fuse(logits, fusion):
-    """(B, V, C) logits of V views -> (B, C) scores: the mean of the views' softmax, or the sum of their logits."""
+    """(B, V, C) logits of V views -> (B, C) scores: "softmax" averages their softmax (X-CLIP's and ViFi-CLIP's
+    main.py validate), "sum" adds their logits (PySlowFast's TestMeter, ensemble_method sum: Open-VCLIP)."""
     return logits.softmax(-1).mean(1) if fusion == "softmax" else logits.sum(1)
 
 
@@ -416,9 +409,8 @@ def judge(args, model, loader, names, device, autocast, desc, skips):
 
 @torch.no_grad()
 def retrieve(model, loader, captions, device, autocast, desc="retrieval", skips=None, stats=None, amp=True):
-    """Text-to-video and video-to-text retrieval of the loader's videos and their captions [(text, video)]: each
-    video embedded once (its test views averaged), each caption once, every pair scored by the method's own
-    similarity (per pair where its text depends on the video: X-CLIP) -> retrieval_metrics."""
+    """Retrieval between the loader's videos (embedded once, test views averaged) and their captions [(text, video)],
+    each pair scored by the method's similarity (per pair where the text depends on the video: X-CLIP)."""
     videos, index = embed_videos(model, loader, device, autocast, desc, skips, stats, amp)
     kept = {i: n for n, i in enumerate(index.tolist())}   # a video left out as bad takes its captions with it
     with autocast() if amp else contextlib.nullcontext():
@@ -430,11 +422,10 @@ def retrieve(model, loader, captions, device, autocast, desc="retrieval", skips=
 
 
 def retrieval_metrics(sim, owner):
-    """sim (N videos, K captions), owner (K,) the video of each caption -> R@1, R@5, R@10, median and mean rank
-    both ways, as CLIP4Clip's evaluation: text to video, a caption's query, ranks its video among the N videos;
-    video to text, a video's query, scores each of the N videos by the best of its own captions and ranks the
-    query's own video among them (with one caption a video: its caption among the K). A tie counts against the
-    query: the match ranks after every item scored as high, so a model that scores everything alike ranks last."""
+    """sim (N videos, K captions), owner (K,) each caption's video -> R@1, R@5, R@10, median and mean rank both ways,
+    as CLIP4Clip's evaluation: text to video ranks a caption's video among the N; video to text scores each video by
+    the best of its captions and ranks the query's own among the N (one caption a video: its caption among the K).
+    A tie counts against the query, so a model that scores everything alike ranks last."""
     N, K = sim.shape
     t2v = (sim >= sim[owner, torch.arange(K)]).sum(0)                        # (K,) videos as high or higher
     best = sim.new_full((N, N), -math.inf).scatter_reduce(1, owner.expand(N, K), sim, "amax")   # (N, N) by video
@@ -449,8 +440,7 @@ def retrieval_metrics(sim, owner):
 
 @torch.no_grad()
 def embed_videos(model, loader, device, autocast, desc, skips, stats, amp):
-    """Every video of the loader -> (the method's embed_videos of each, its test views averaged, in video order;
-    the videos' indices). Under torchrun each process embeds its shard and all of them get every video."""
+    """The loader's videos -> (the method's embed_videos of each, test views averaged, in video order; indices)."""
     model.eval()
     parts, index = [], []
     for video, _, i in progress(data.batches(loader, skips, desc), total=len(loader), desc=desc, leave=False):
@@ -510,8 +500,7 @@ def harmonic_mean(base, novel):
 
 # ---- 8. One run, and main -----------------------------------------------------------------------------------
 def build_model(args, method, seed):
-    """The method's model on its CLIP, with the weights it tests or starts from -> (model, their checkpoint or
-    None, (device, autocast, dtype))."""
+    """The method's model on its CLIP, with the weights it tests or starts from -> (model, ckpt, device settings)."""
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     device, autocast, dtype = device_and_precision(args)
@@ -581,8 +570,27 @@ def main(argv=None):
 # What makes this script a tool
 # ==============================================================================================================
 
+# torchrun's RANK and WORLD_SIZE: this process and the count (0 and 1 without); RUN, the run in progress (for Ctrl-C).
+RANK, WORLD, LOCAL_RANK, RUN = 0, 1, 0, None
 # The cores this process may use: all of them, or under torchrun an equal share per process on the machine.
 PROCESS_CORES = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+# Flags that mean something only under some protocols: under another they are refused, not ignored.
+PROTOCOL_FLAGS = dict(shots=("few-shot", "base2novel"), shot_seeds=("few-shot", "base2novel"), base_classes=(
+    "base2novel",), unseen_only=("zero-shot",), class_subsets=("zero-shot",), val_classes=("zero-shot",))
+# Dense peak TFLOP/s of common GPUs in bf16/fp16 (and fp32), from their data sheets, for MFU (else --peak-tflops).
+PEAK_TFLOPS = {"H200": (989, 67), "H100": (989, 67), "A100": (312, 19.5), "L40S": (362, 91.6), "A10G": (70, 31),
+               "L4": (121, 30), "RTX 4090": (165, 82.6), "RTX 3090": (71, 35.6), "V100": (125, 15.7), "T4": (65, 8.1)}
+RUNS = "runs"   # where the run folders go
+# What --resume takes from this command line, not from the run it continues (the decoding workers are this machine's).
+RUN_CONTROL = ("resume", "eval_only", "overwrite", "out", "explicit", "run", "argv", "workers", "dist_timeout")
+# Settings renamed since: a config.json or checkpoint written before still resumes, under the new names.
+RENAMED = dict(step_batch="micro_batch", batch_size="global_batch", schedule_accum="official_accum")
+# Settings in which two runs may differ without learning differently: where they are, what ran them, how fast.
+BOOKKEEPING = (*RUN_CONTROL, "command", "resumed", "started", "versions", "method", "protocol", "embedded",
+               "threads", "device", "compile", "loader_timeout", "save_every", "embedded_dir")
+# Between runs of different methods, only these: their recipes differ in everything else by design.
+HEADLINE = ("model", "pretrained", "frames", "epochs", "lr", "global_batch", "weight_decay", "seed", "shots",
+            "clips_per_video", "eval_only")
 
 
 def at_least(low):
@@ -608,11 +616,6 @@ class Parser(argparse.ArgumentParser):
         typed = re.findall(r"unrecognized arguments: (\S+)", message)
         close = typed and difflib.get_close_matches(typed[0].split("=")[0], self._option_string_actions, 1)
         self.exit(2, f"error: {message}{f' (did you mean {close[0]}?)' if close else ''}; --help lists every flag\n")
-
-
-# Flags that mean something only under some protocols: under another they are refused, not ignored.
-PROTOCOL_FLAGS = dict(shots=("few-shot", "base2novel"), shot_seeds=("few-shot", "base2novel"), base_classes=(
-    "base2novel",), unseen_only=("zero-shot",), class_subsets=("zero-shot",), val_classes=("zero-shot",))
 
 
 def get_args(argv=None):
@@ -1017,11 +1020,6 @@ def search(args, model, device, autocast):
     return [(stored["paths"][i], score.item()) for score, i in zip(*top)]
 
 
-# Dense peak TFLOP/s of common GPUs in bf16/fp16 (and fp32), from their data sheets, for MFU (else --peak-tflops).
-PEAK_TFLOPS = {"H200": (989, 67), "H100": (989, 67), "A100": (312, 19.5), "L40S": (362, 91.6), "A10G": (70, 31),
-               "L4": (121, 30), "RTX 4090": (165, 82.6), "RTX 3090": (71, 35.6), "V100": (125, 15.7), "T4": (65, 8.1)}
-
-
 def benchmark(args, model, device, autocast, dtype, warmup=3):
     """--benchmark: training steps on random input (400 classes); with --train-list, the data loader's speed too."""
     model.set_classes([f"class {i}" for i in range(400)])
@@ -1113,11 +1111,10 @@ def save_training(out, model, opt, epoch, names, args, record, **extra):
         if torch.cuda.is_available() else None   # every GPU's, or under torchrun this process's own
     rngs = gather(dict(python=random.getstate(), torch=torch.get_rng_state(), cuda=cuda))
     if RANK == 0:
-        optimizer, scheduler, scaler = opt
-        save_checkpoint(os.path.join(out, "last.pt"), dict(
-            model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict(), epoch=epoch, rng=rngs[0], classes=names, args=saved_args(args), line=record,
-            **(dict(rngs=rngs) if WORLD > 1 else {}), **extra))
+        parts = zip(("model", "optimizer", "scheduler", "scaler"), (model, *opt))
+        save_checkpoint(os.path.join(out, "last.pt"), dict({k: part.state_dict() for k, part in parts}, epoch=epoch,
+                        rng=rngs[0], classes=names, args=saved_args(args), line=record,
+                        **(dict(rngs=rngs) if WORLD > 1 else {}), **extra))
 
 
 def save_checkpoint(path, state):
@@ -1203,13 +1200,8 @@ def load_weights(model, method, path, args):
 
 
 # ---- More than one GPU: one process per GPU (torchrun), each on its own share of every batch --------------
-# torchrun sets RANK, WORLD_SIZE and LOCAL_RANK in each process; without them this file runs as one process.
-# Every process builds the same model from the same seed, reads its own shard of each epoch (data.EpochSampler),
-# and averages the gradients once per optimizer step (average_gradients); only rank 0 prints and writes files.
-RANK, WORLD, LOCAL_RANK = 0, 1, 0
-RUN = None   # the settings of the run in progress (main), for the line a Ctrl-C ends with
-
-
+# Each process builds the same model from the same seed, reads its shard of each epoch (data.EpochSampler) and
+# averages the gradients once per step; rank 0 alone prints and writes files.
 def start_processes(args):
     """Join torchrun's process group, once: NCCL between GPUs, gloo on CPUs; --dist-timeout bounds every wait."""
     global RANK, WORLD, LOCAL_RANK
@@ -1266,13 +1258,6 @@ def share_weights(model):
 
 
 # ---- Run folders: each run writes into a folder of its own, and never into another run's --------------------
-RUNS = "runs"
-# What --resume takes from this command line, not from the run it continues (the decoding workers are this machine's).
-RUN_CONTROL = ("resume", "eval_only", "overwrite", "out", "explicit", "run", "argv", "workers", "dist_timeout")
-# Settings renamed since: a config.json or checkpoint written before still resumes, under the new names.
-RENAMED = dict(step_batch="micro_batch", batch_size="global_batch", schedule_accum="official_accum")
-
-
 def saved_args(args):
     """The resolved settings, as config.json and the checkpoints keep them."""
     return {k: v for k, v in vars(args).items() if k not in ("explicit", "own")}
@@ -1407,10 +1392,8 @@ def place_run(args):
                 f", continue it with --method {other.get('method', args.method)} --resume {args.out}"
             raise SystemExit(f"--out {args.out} holds another run ({held[0]}); choose a new folder{go_on}, or replace "
                              f"it with --overwrite")
-        for path in held:
-            os.remove(path)
-        for path in glob.glob(os.path.join(args.out, "seed*")):
-            shutil.rmtree(path)
+        for path in held + glob.glob(os.path.join(args.out, "seed*")):   # the files, then the shot seeds' folders
+            (shutil.rmtree if os.path.isdir(path) else os.remove)(path)
         os.makedirs(args.out, exist_ok=True)
     else:   # an --eval-only or --embed run is named after what it uses: the run it tests, else the weights or CLIP
         mode = "-embed" if args.embed else "-eval" if args.eval_only else ""
@@ -1437,8 +1420,7 @@ def resumed_run(args):
             raise SystemExit(f"--resume: no {args.method} {args.protocol} run in {RUNS}/ to continue; start one "
                              f"without --resume, or name its folder: --resume {RUNS}/NAME")
     elif not os.path.exists(args.resume):
-        raise SystemExit(f"--resume {args.resume}: no such folder or file; give a run folder (runs/NAME) or its "
-                         f"last.pt")
+        raise SystemExit(f"--resume {args.resume}: no such folder or file; give a run folder or its last.pt")
     else:
         folder = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
         if re.fullmatch(r"seed\d+", os.path.basename(folder)) and read_config(os.path.dirname(folder)):
@@ -1456,8 +1438,7 @@ def resumed_run(args):
     if not kept:   # stopped before its first checkpoint (no epoch line): start it again in place
         if args.eval_only:
             raise SystemExit(f"{'--embed' if args.embed else '--eval-only'} --resume {folder}: it has no checkpoint "
-                             f"yet (stopped before its first epoch ended); train it first: --method {args.method} "
-                             f"--resume {folder}")
+                             f"yet (no epoch ended); train it first: --method {args.method} --resume {folder}")
         print(f"{folder} stopped before its first checkpoint: starting it again from the beginning, in that folder")
     for key, value in saved.items():
         key = RENAMED.get(key, key)
@@ -1473,10 +1454,8 @@ def write_config(args, **extra):
     config = {**old, **saved_args(args), **extra,
               "versions": dict(python=sys.version.split()[0], torch=torch.__version__,
                                open_clip=importlib.metadata.version("open_clip_torch"))}
-    if "command" in old:
-        config["resumed"] = old.get("resumed", []) + [command]
-    else:
-        config["command"] = command
+    resumed = "command" in old   # the command that started it, and then those that resumed it
+    config["resumed" if resumed else "command"] = old.get("resumed", []) + [command] if resumed else command
     path = os.path.join(args.out, "config.json")
     try:   # the first write of a run: a folder it cannot write to stops it now, not after an epoch
         with open(f"{path}.tmp", "w") as f:
@@ -1527,26 +1506,16 @@ def run_all(argv, names):
 
 
 # ---- Comparing runs: --compare, and --method all's table -----------------------------------------------------
-# Settings in which two runs may differ without learning differently: where they are, what ran them, how fast.
-BOOKKEEPING = (*RUN_CONTROL, "command", "resumed", "started", "versions", "method", "protocol", "embedded",
-               "threads", "device", "compile", "loader_timeout", "save_every", "embedded_dir")
-# Between runs of different methods, only these: their recipes differ in everything else by design.
-HEADLINE = ("model", "pretrained", "frames", "epochs", "lr", "global_batch", "weight_decay", "seed", "shots",
-            "clips_per_video", "eval_only")
-
-
 def compare(patterns, extra=None, total=None):
     """--compare: a row per run folder, the settings in which they differ; extra {folder: {column: value}}, total."""
-    folders = list(dict.fromkeys(f for p in patterns for f in (sorted(glob.glob(p)) or [p])
-                                 if os.path.isfile(os.path.join(f, "config.json"))))
-    if not folders:
+    configs = {f: c for p in patterns for f in (sorted(glob.glob(p)) or [p]) if (c := read_config(f))}
+    if not configs:
         raise SystemExit(f"--compare {' '.join(patterns)}: no run folder (with a config.json) there")
-    configs = {f: read_config(f) for f in folders}
     one_method = len({c.get("method") for c in configs.values()}) == 1
     keys = sorted({k for c in configs.values() for k in c if k not in BOOKKEEPING and (one_method or k in HEADLINE)
                    and len({json.dumps(c.get(k), sort_keys=True) for c in configs.values()}) > 1})
     rows = []
-    for f in folders:
+    for f in configs:
         result = next((r for r in reversed(read_metrics(os.path.join(f, "metrics.jsonl"))) if "result" in r), None)
         rows.append({"run": f, "method": configs[f]["method"], "protocol": configs[f]["protocol"],
                      **{k: str(configs[f].get(k, "-")) for k in keys},
