@@ -4363,3 +4363,23 @@ def test_ablation_omniclip_without_pta_and_spg_is_frozen_clip_frame_averaging(ti
         tokens = common.tokenize(clip, [model.template.format(n) for n in NAMES])
         v = common.encode_frames(clip.visual, x.flatten(0, 1)).view(B, T, -1).mean(1)
         assert torch.equal(model(x), common.cosine_logits(v, common.encode_text(clip, tokens), clip.logit_scale))
+
+
+def test_gradients_left_on_the_clip_do_not_reach_the_first_step(tmp_path, monkeypatch):
+    """A CLIP handed over with .grad still set (the stand-in pretrained in the same process leaves its last step's)
+    trains to the weights of a clean one: each epoch starts from no gradient."""
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    argv = tiny_run_args(paths, "--epochs", "1", "--val-every", "0", "--test-clips", "1")
+    train.main([*argv, "--out", str(tmp_path / "clean")])
+    load = common.load_clip
+
+    def with_gradients(*args, **kwargs):
+        clip = load(*args, **kwargs)
+        for p in clip.parameters():
+            p.grad = torch.ones_like(p)
+        return clip
+
+    monkeypatch.setattr(common, "load_clip", with_gradients)
+    train.main([*argv, "--out", str(tmp_path / "stale")])
+    clean, stale = (train.load_checkpoint(str(tmp_path / run / "last.pt"))["model"] for run in ("clean", "stale"))
+    assert all(torch.equal(clean[k], stale[k]) for k in clean)

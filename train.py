@@ -48,11 +48,7 @@ METHODS = ("vificlip", "xclip", "openvclip", "omniclip")
 PROTOCOLS = ("supervised", "zero-shot", "few-shot", "base2novel", "retrieval")
 
 
-# ==============================================================================================================
-# The lesson: one method trained and tested, in the order it runs
-# ==============================================================================================================
-
-# ---- 1. The recipe, resolved into settings ------------------------------------------------------------------
+# ---- The lesson. 1. The recipe, resolved into settings ------------------------------------------------------
 # Every key a method's RECIPE or VARIANTS may set, what it means, and its value where the recipe says nothing.
 # A method file gives each of its values with the official config line it comes from.
 BASE = dict(
@@ -112,9 +108,7 @@ def settings(args, method, own):
                               getattr(args, k, None) is None}
     saved = (read_checkpoint(args.weights) or {}).get("args", {}) if args.weights else {}
     recipe.update({k: saved[k] for k in (*INHERITED, *own) if saved.get(k) is not None and k not in variant})
-    for key, value in recipe.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
+    vars(args).update({k: v for k, v in recipe.items() if getattr(args, k, None) is None})
     # Released split files (ViFi-CLIP's train1_few_shot_K.txt, fs_base_s{seed}_train.txt) are the shots already:
     # without --shots few-shot trains on the list as it is, and a {seed} in --train-list names each seed's file.
     released = "{seed}" in (args.train_list or "")
@@ -276,6 +270,7 @@ def train(args, model, samples, names, val, device, autocast, dtype, out, skips)
     start, partial, record = resume_training(out, model, opt, args)           # (0, None, None) for a new run
     for epoch in range(start, args.epochs):
         model.train()
+        opt[0].zero_grad(set_to_none=True)   # nothing left of a step the last epoch cut short (or of other work)
         meter = EpochMeter(args, epoch, steps_per_epoch, device, skips, partial)   # steps, clips, loss, the bar
         partial = None
         loader.sampler.set_epoch(epoch, start=meter.steps * accum * loader.batch_size)
@@ -336,10 +331,9 @@ def make_loader(args, device, samples, train=False, views=False, with_index=Fals
     # A batch holds about --batch-size clips: fewer videos when each gives several views or clips.
     batch = max(1, args.micro_batch // (args.test_clips * args.test_crops if views else
                                         args.clips_per_video if train else 1))
-    # The training order and each clip's augmentation follow from (seed, epoch, video) alone, and the loader
-    # draws its workers' seeds from a generator of its own, not from the global one that mixup uses: a run
-    # resumed from any checkpoint, with any number of workers, sees the same clips as an uninterrupted one.
-    # Under torchrun each process reads its own shard: of every epoch's order (training), or of the videos.
+    # Order and augmentation follow from (seed, epoch, video) alone, the workers' seeds from the loader's own
+    # generator (not mixup's global one): a resumed run, with any number of workers, sees the clips of an
+    # uninterrupted one. Under torchrun each process reads its shard: of each epoch's order, or of the videos.
     sampler = data.EpochSampler(len(dataset), args.seed, RANK, WORLD) if train else \
         data.ShardSampler(len(dataset), RANK, WORLD) if WORLD > 1 else None
     return torch.utils.data.DataLoader(dataset, batch, sampler=sampler, drop_last=train, num_workers=args.workers,
@@ -630,10 +624,10 @@ def get_args(argv=None):
                    "official settings (VARIANTS in its file); default: the one named like --protocol, else RECIPE")
     p.add_argument("--protocol", choices=PROTOCOLS, default="supervised", help=(
         "supervised: train and test on the same classes. zero-shot: test on the test data's own classes (another "
-        "dataset, or the embedded set's held-out ones), over every --split. few-shot: train on --shots videos per "
-        "class. base2novel: --shots videos of each base class per --shot-seeds; base and novel classes tested apart, "
-        "and their harmonic mean. retrieval: rank the --val-list videos for each caption and the captions for each "
-        "video (MSR-VTT's csv, MSVD's test_list.txt, 'path<TAB>caption' lines): R@1, R@5, R@10, median, mean rank"))
+        "dataset, the embedded set's held-out ones), over every --split. few-shot: --shots videos per class. "
+        "base2novel: --shots videos of each base class per --shot-seeds; base and novel tested apart, and their "
+        "harmonic mean. retrieval: rank the --val-list videos for each caption and the captions for each video "
+        "(MSR-VTT's csv, MSVD's test_list.txt, 'path<TAB>caption' lines): R@1, R@5, R@10, median, mean rank"))
     g = p.add_argument_group("model")
     g.add_argument("--model", help="open_clip architecture, e.g. ViT-B-16 (the papers'), ViT-L-14, or tiny / "
                                    "tiny-64 (offline configs for CPUs); default: tiny on the embedded data")
@@ -645,8 +639,7 @@ def get_args(argv=None):
     g = p.add_argument_group("data (default: the embedded synthetic set)")
     g.add_argument("--train-list", help='the training videos as published: a "path label" list (mmaction2, X-CLIP), '
                    "UCF101's ucfTrainTestlist or trainlist0N.txt, HMDB51's split folder, a Kinetics CSV, an SSv2 JSON")
-    g.add_argument("--val-list", help="the test videos, in any of the same formats; evaluated after each epoch "
-                                      "(1 view) and in the final multi-view test")
+    g.add_argument("--val-list", help="the test videos, same formats: 1 view after each epoch, then all views")
     g.add_argument("--data-root", default="", help="folder the videos of --train-list are in")
     g.add_argument("--val-root", help="folder the videos of --val-list are in (default: --data-root)")
     g.add_argument("--classes", help='"id,name" CSV of class names for a plain list (or, with --predict, '
@@ -724,9 +717,8 @@ def get_args(argv=None):
     g.add_argument("--out", help="the run's folder: config.json, metrics.jsonl, last.pt (default: a new "
                                  "runs/METHOD-PROTOCOL[-N], -eval for --eval-only; a finished run is never reused)")
     g.add_argument("--overwrite", action="store_true", help="let --out replace the run already in that folder")
-    g.add_argument("--resume", nargs="?", const="auto", metavar="RUN", help="continue a run folder or its last.pt "
-                   "with its settings but the flags given again; no RUN: the latest of --method and --protocol; with "
-                   "--eval-only, test it")
+    g.add_argument("--resume", nargs="?", const="auto", metavar="RUN", help="continue a run (folder or last.pt) with "
+                   "its settings but the flags given; no RUN: the latest of --method, --protocol; --eval-only tests it")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps or cpu")
     g.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA (bf16, else fp16)")
     g.add_argument("--compile", action="store_true", help="compile the model with torch.compile: faster steps on a "
@@ -747,8 +739,7 @@ def get_args(argv=None):
             raise SystemExit("--predict takes the weights of --resume RUN or of --weights FILE: give one of them")
         args.weights = latest_run(method_name, args.protocol, trained=True) if args.resume == "auto" else args.resume
         if args.weights is None:
-            raise SystemExit(f"--resume: no {method_name} {args.protocol} run with a checkpoint in {RUNS}/; name one: "
-                             f"--resume {RUNS}/NAME")
+            raise SystemExit(f"--resume: no {method_name} {args.protocol} run in {RUNS}/ has a checkpoint; name one")
         if args.resume == "auto":
             print(f"--resume: {args.weights}, the latest {method_name} {args.protocol} run with a checkpoint")
     if args.search:   # the model that made the embeddings: its method, CLIP and weights
@@ -766,8 +757,7 @@ def get_args(argv=None):
     args.own = sorted(set(vars(args)) - shared)   # the method's own options
     settings(args, method, args.own)   # the recipe's values for every setting not given
     # Which flags this command line gave: a resumed run keeps its own settings for all the others.
-    unset = object()
-    p.set_defaults(**{key: unset for key in vars(args)})
+    p.set_defaults(**dict.fromkeys(vars(args), unset := object()))
     args.explicit = sorted(k for k, v in vars(p.parse_args(argv)).items() if v is not unset)
     args.run, args.argv = None, list(argv if argv is not None else sys.argv[1:])   # place_run() sets run
     args.eval_only = args.eval_only or args.embed   # --embed trains nothing either: it runs as a test does
@@ -809,8 +799,7 @@ def load_clip(args):
 
 def view_count(args):
     """The test's views in words: "4 clips x 3 crops", "1 clip x 1 crop"."""
-    return " x ".join(f"{n} {what}{'s' if n > 1 else ''}" for n, what in ((args.test_clips, "clip"),
-                                                                             (args.test_crops, "crop")))
+    return " x ".join(f"{n} {w}{'s' * (n > 1)}" for n, w in ((args.test_clips, "clip"), (args.test_crops, "crop")))
 
 
 def tested_path(args, seed):
@@ -882,8 +871,7 @@ class EpochMeter:
                                  data=f"{self.waited[0] / elapsed:.0%}")
         return True
 
-    def state(self):
-        """What a checkpoint from within the epoch keeps of the count."""
+    def state(self):   # what a checkpoint from within the epoch keeps of the count
         return dict(steps=self.steps, seen=self.seen, loss_sum=self.loss_sum.cpu())
 
     def close(self, opt):
@@ -969,9 +957,8 @@ def predict(args, model, method, device, autocast, ckpt):
     probs = scores if args.test_fusion == "softmax" else scores.softmax(-1)        # summed logits, ranked the same
     made = args.weights or f"none: the CLIP as pretrained ({args.pretrained or 'random'}), no video training"
     embedded = os.path.abspath(args.predict).startswith(os.path.abspath(args.embedded_dir) + os.sep)
-    print(f"{args.predict} ({view_count(args)}; weights {made}):")
-    for p, c in zip(*probs.topk(min(5, len(names)))):
-        print(f"  {100 * p:5.1f}%  {names[c]}")
+    top = [f"  {100 * p:5.1f}%  {names[c]}" for p, c in zip(*probs.topk(min(5, len(names))))]
+    print(f"{args.predict} ({view_count(args)}; weights {made}):", *top, sep="\n")
     if args.model.startswith("tiny") and not embedded:
         print(f"note: --model {args.model} knows only the embedded set's synthetic shapes (and, trained, their "
               f"motions); for real videos use --model ViT-B-16 --pretrained openai, or weights trained on your classes")
@@ -988,9 +975,8 @@ def embed(args, method):
     weights = tested_path(args, seed)
     print(f"{args.method}: embedding the {len(samples)} videos of {args.val_list} ({view_count(args)}, {args.frames} "
           f"frames at {args.size}px) with " + (weights or f"the CLIP as pretrained ({args.pretrained or 'random'})"))
-    loader = make_loader(args, device, samples, views=True)
-    videos, index = embed_videos(model.to(device), loader, device, autocast, "embed", data.SkipLog(args.out),
-                                 STATS[args.mean], args.test_amp)
+    videos, index = embed_videos(model.to(device), make_loader(args, device, samples, views=True), device, autocast,
+                                 "embed", data.SkipLog(args.out), STATS[args.mean], args.test_amp)
     made = dict(paths=[samples[i][0] for i in index.tolist()], method=args.method, weights=weights,
                 captions=said and [said[i] for i in index.tolist()], views=view_count(args),
                 settings={k: getattr(args, k) for k in (*INHERITED, "pretrained", *args.own)})
@@ -1098,10 +1084,9 @@ def resume_training(out, model, opt, args):
     epoch, partial, record = state["epoch"], state.get("partial"), state.get("line")
     if RANK == 0:
         trim_metrics(os.path.join(out, "metrics.jsonl"), epoch, record)
-    print(f"resumed {checkpoint} after epoch {epoch}" + (f", step {partial['steps']}" if partial else "")
-          + (" (all its epochs were done: testing it)" if epoch >= args.epochs else "")
-          + (f"; it ran on {len(rngs)} processes, so mixup's draws differ from an uninterrupted run's"
-             if len(rngs) != WORLD else ""))
+    print(f"resumed {checkpoint} after epoch {epoch}" + (f", step {partial['steps']}" if partial else "") + (
+        " (all its epochs were done: testing it)" if epoch >= args.epochs else "") + (f"; it ran on {len(rngs)} "
+        f"processes, so mixup's draws differ from an uninterrupted run's" if len(rngs) != WORLD else ""))
     return epoch, partial, record
 
 
@@ -1557,8 +1542,7 @@ def one_line(e):
         message = "error: " + re.sub(r"^[\w.]*(Error|Exception): ", "", str(e).strip().splitlines()[-1]) + (
             " (or leave such videos out with --skip-bad-videos)" if isinstance(e, data.VideoError) else "")
     elif WORLD > 1 and "torch/distributed/" in traceback.extract_tb(e.__traceback__)[-1].filename.replace(os.sep, "/"):
-        # A collective failed: another process stopped (it says why in its own line) or hangs. Not written
-        # for torchrun, whose summary names the process that failed first as the cause.
+        # A collective failed: another process stopped (its own line says why) or hangs; not for torchrun's summary.
         return (f"process {RANK} of {WORLD}: stopped because another process stopped (see its message), or did not "
                 f"answer within --dist-timeout: {str(e).strip().splitlines()[0][:200]}")
     else:
