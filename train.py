@@ -71,11 +71,9 @@ BASE = dict(
 )
 
 # The embedded demo (no --train-list) scales a recipe down to its 900 videos of 24 frames at 64 px and a tiny CLIP
-# pretrained here on still images (common.synthetic_clip), minutes on a CPU; its run starts by naming what it
-# replaced and the flags that give it back. A global batch of 32 in one pass, the schedule counting optimizer
-# steps; one thread (the decoding workers have the other core); no horizontal flip: it turns "moving left" into
-# "moving right" (the official codes flip even SSv2, whose classes have the same problem). A method's own
-# EMBEDDED adjusts more (xclip.py: lr; openvclip.py: IWO, interpolation, stride).
+# pretrained here on still images (common.synthetic_clip), minutes on a CPU; a run says what it replaced. One thread
+# (the decoding workers have the other core); no flip: it turns "moving left" into "moving right" (the official codes
+# flip even SSv2, whose classes have the same problem). A method's EMBEDDED adjusts more (xclip.py, openvclip.py).
 EMBEDDED = dict(model="tiny", pretrained="synthetic", frames=8, epochs=20, val_every=10, global_batch=32,
                 micro_batch=32, lr=1e-3, warmup_epochs=1, official_accum=1, weight_decay=0.05, mixup=0.0,
                 cutmix=0.0, smoothing=0.0, test_clips=2, test_crops=1, flip=False, threads=1)
@@ -258,8 +256,7 @@ def average_gradients(params, bucket_bytes=2**26):
 
 # ---- 5. The loop --------------------------------------------------------------------------------------------
 def train(args, model, samples, names, val, device, autocast, dtype, out, skips):
-    """Train in `out`: each epoch its optimizer steps, then its validation, checkpoint and line in metrics.jsonl.
-    A resumed run goes on from its checkpoint (resume_training), mid-epoch included."""
+    """Train in `out`, each epoch: its steps, validation, checkpoint, metrics line (resumed: from its checkpoint)."""
     loader = make_loader(args, device, samples, train=True, with_index=getattr(model, "needs_paths", False))
     val_loader = make_loader(args, device, val[1]) if args.val_every else None
     accum, steps_per_epoch = batch_plan(args, loader, names, val)
@@ -465,8 +462,7 @@ def tree(fn, *states):
 
 # ---- 7. The protocols' results (data.protocol_data picks what each trains and tests on) ----------------------
 def summarise(protocol, results):
-    """results {title: [metrics of each shot seed]} -> (figures, the run's result line): the protocol's headline,
-    or the one test's figures."""
+    """results {title: [metrics of each shot seed]} -> (figures, result line): the protocol's headline or the test's."""
     if len(results) == 1 and protocol != "base2novel":
         (title, ms), = results.items()
         figures = {k: ms[0][k] if isinstance(ms[0][k], int) and len({m[k] for m in ms}) == 1 else
@@ -633,8 +629,7 @@ def get_args(argv=None):
                                    "tiny-64 (offline configs for CPUs); default: tiny on the embedded data")
     g.add_argument("--pretrained", help="CLIP weights: a tag (openai), a local file (to work offline), synthetic (a "
                    "tiny CLIP pretrained here on still shapes; the embedded default) or none (random initialisation)")
-    g.add_argument("--quick-gelu", action="store_true", default=None,
-                   help="use QuickGELU (needed by OpenAI weights loaded from a file not named *openai*)")
+    g.add_argument("--quick-gelu", action="store_true", default=None, help="OpenAI weights in a file not *openai*")
     g.add_argument("--weights", help="a checkpoint to start from: ours (runs/*/last.pt) or the authors' released one")
     g = p.add_argument_group("data (default: the embedded synthetic set)")
     g.add_argument("--train-list", help='the training videos as published: a "path label" list (mmaction2, X-CLIP), '
@@ -642,8 +637,7 @@ def get_args(argv=None):
     g.add_argument("--val-list", help="the test videos, same formats: 1 view after each epoch, then all views")
     g.add_argument("--data-root", default="", help="folder the videos of --train-list are in")
     g.add_argument("--val-root", help="folder the videos of --val-list are in (default: --data-root)")
-    g.add_argument("--classes", help='"id,name" CSV of class names for a plain list (or, with --predict, '
-                                     '"name1,name2,..."); the other formats carry their names')
+    g.add_argument("--classes", help='"id,name" CSV of a plain list\'s classes (--predict: also "name1,name2,...")')
     g.add_argument("--val-classes", help='"id,name" CSV for a plain --val-list whose classes differ (zero-shot)')
     g.add_argument("--split", type=int, nargs="+", help="UCF101/HMDB51 official split(s): training uses the "
                    "first, the final test runs on each and reports mean and std (default 1; zero-shot: 1 2 3)")
@@ -773,10 +767,9 @@ def device_and_precision(args):
     """(device, autocast, dtype): --device (auto: cuda, mps, cpu); on CUDA bf16 autocast (else fp16, loss-scaled)."""
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else
                           "mps" if torch.backends.mps.is_available() else "cpu")
-    if device.type != "cuda" or args.no_amp:
-        return device, contextlib.nullcontext, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return device, (lambda: torch.autocast("cuda", dtype=dtype)), dtype
+    dtype = None if device.type != "cuda" or args.no_amp else \
+        torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return device, (lambda: torch.autocast("cuda", dtype=dtype)) if dtype else contextlib.nullcontext, dtype
 
 
 def load_clip(args):
@@ -924,7 +917,6 @@ def progress(iterable=None, **kwargs):
 
 # ---- The model without a run folder: --predict, --search, --benchmark; and --embed ---------------------------
 def use_model(args, method):
-    """--predict, --search or --benchmark: the model alone, no run folder."""
     if args.predict and WORLD > 1:
         raise SystemExit("--predict reads one video on one device: run it without torchrun")
     if args.predict and not os.path.isfile(args.predict):
@@ -1436,9 +1428,8 @@ def write_config(args, **extra):
     """config.json: the run's resolved settings, the command that started it and those that resumed it, versions."""
     old = read_config(args.out) or {}
     command = " ".join(["python train.py", *map(shlex.quote, args.argv)])
-    config = {**old, **saved_args(args), **extra,
-              "versions": dict(python=sys.version.split()[0], torch=torch.__version__,
-                               open_clip=importlib.metadata.version("open_clip_torch"))}
+    config = {**old, **saved_args(args), **extra, "versions": dict(python=sys.version.split()[0],
+              torch=torch.__version__, open_clip=importlib.metadata.version("open_clip_torch"))}
     resumed = "command" in old   # the command that started it, and then those that resumed it
     config["resumed" if resumed else "command"] = old.get("resumed", []) + [command] if resumed else command
     path = os.path.join(args.out, "config.json")
