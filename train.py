@@ -8,11 +8,10 @@ command after `torchrun --nproc_per_node N`). Each run writes a folder of its ow
     python train.py --method vificlip --resume            # continue the latest runs/vificlip-supervised[-N]
     python train.py --method xclip --protocol zero-shot                  # also few-shot --shots K, base2novel
 """
-# Reading guide. The lesson first, in the order it runs, never looking inside a method file (each gives RECIPE,
-# Model with set_classes / forward / param_groups, and build): 1. the recipe resolved into settings; 2. the batches;
-# 3. the optimizer and the learning rate; 4. one training step; 5. the loop; 6. the test; 7. the protocols' results;
-# 8. one run, and main. Below "What makes this script a tool": the flags, --predict / --embed / --search /
-# --benchmark, checkpoints and resume, torchrun (RANK, WORLD), run folders, --method all, one-line errors.
+# Reading guide. The lesson first, in the order it runs, never looking inside a method file (each gives RECIPE, Model
+# with set_classes / forward / param_groups, and build): 1. the recipe resolved into settings; 2. the batches; 3. the
+# optimizer and learning rate; 4. one training step; 5. the loop; 6. the test; 7. the protocols' results; 8. one run,
+# and main. Below "What makes this script a tool": flags, other modes, checkpoints, torchrun, run folders, errors.
 import argparse
 import contextlib
 import datetime
@@ -49,8 +48,7 @@ PROTOCOLS = ("supervised", "zero-shot", "few-shot", "base2novel", "retrieval")
 
 
 # ---- The lesson. 1. The recipe, resolved into settings ------------------------------------------------------
-# Every key a method's RECIPE or VARIANTS may set, what it means, and its value where the recipe says nothing.
-# A method file gives each of its values with the official config line it comes from.
+# Every key a RECIPE or VARIANTS may set (citing its official config line), its meaning, its value if they don't.
 BASE = dict(
     model="ViT-B-16", frames=8,      # the open_clip architecture; T, frames per clip
     sampling="segment", stride=1,    # which frames: segment (one per T equal parts), dense (stride apart at 30 fps)
@@ -153,8 +151,8 @@ def micro_batches(batches, args, device, num_classes, loader):
 
 # ---- 3. The optimizer and the learning rate -----------------------------------------------------------------
 def make_optimizer(args, model, device, dtype, steps_per_epoch):
-    """(optimizer, schedule, loss scaler): AdamW over the method's parameter groups, on CUDA its fused kernel (one
-    launch for all parameters) and TF32 for float32 matrix products (PyTorch's advice from Ampere on); scaler: fp16."""
+    """(optimizer, schedule, loss scaler for fp16): AdamW over the method's parameter groups; on CUDA its fused
+    kernel (one launch for all parameters) and TF32 float32 matrix products, as PyTorch advises from Ampere on."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     optimizer = torch.optim.AdamW(model.param_groups(args.lr, args.weight_decay), lr=args.lr,
@@ -184,8 +182,7 @@ def lr_factor(step, args, steps_per_epoch, floor, start=0.0):
 
 # ---- 4. One training step -----------------------------------------------------------------------------------
 def training_step(model, micro, accum, opt, args, autocast):
-    """One optimizer step over the `accum` micro-batches of `micro` -> (its mean loss over all processes, the clips
-    it trained on); (None, clips) without a step when `micro` runs out first (an epoch's end)."""
+    """A step over `accum` micro-batches -> (mean loss over all processes, clips); (None, clips) if `micro` ran out."""
     optimizer, scheduler, scaler = opt
     # Each micro-batch's loss divided by the accumulation: the gradients add up to those of the step's mean loss.
     backward = lambda micro_loss: scaler.scale(micro_loss / accum).backward()
@@ -224,10 +221,9 @@ def training_step(model, micro, accum, opt, args, autocast):
 
 
 def average_gradients(params, bucket_bytes=2**26):
-    """The mean of every process's .grad after a step's last backward pass: the global batch's gradient, exactly. Not
-    DistributedDataParallel, whose reducer fires during one backward of the wrapped forward: the methods run their
-    own (Open-VCLIP two a micro-batch, ViFi-CLIP one through the text tower after the last). Flat buckets of 64 MB;
-    a gradient missing on some processes counts as zero there, one missing on all stays None."""
+    """The mean of every process's .grad after a step's last backward: the global batch's gradient, exactly. Not
+    DistributedDataParallel, whose reducer fires in one backward of the wrapped forward: the methods run their own
+    (Open-VCLIP two a micro-batch, ViFi-CLIP one more). 64 MB buckets; a .grad missing on some processes is zero."""
     if WORLD == 1:
         return
     params = [p for p in params if p.requires_grad]
@@ -314,9 +310,8 @@ def make_loader(args, device, samples, train=False, views=False, with_index=Fals
     """A DataLoader over samples: one random clip (train), one centre view (per-epoch val), or the test views."""
     mean, std = STATS[args.mean]
     if train:   # the workers draw the colour augmentation; micro_batches applies it to whole batches on the device
-        transform = data.TrainTransform(args.size, mean, std, args.crop, flip=args.flip,
-                                        color_jitter=args.color_jitter, grayscale=args.grayscale, normalise=False,
-                                        defer_colour=True)
+        transform = data.TrainTransform(args.size, mean, std, args.crop, flip=args.flip, color_jitter=args.color_jitter,
+                                        grayscale=args.grayscale, normalise=False, defer_colour=True)
     else:
         transform = data.TestTransform(args.size, mean, std, crops=args.test_crops if views else 1, crop=args.crop,
                                        normalise=False)
@@ -342,10 +337,9 @@ def make_loader(args, device, samples, train=False, views=False, with_index=Fals
 # ---- 6. The test --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None, stats=None, fusion="softmax", amp=True):
-    """Accuracy of each video's fused views (fuse); amp=False tests in float32 (Open-VCLIP). The loader yields (video
-    (B,V,T,3,S,S), V = clips x crops, uint8 to normalise with stats = (mean, std), or float; label (B,); index (B,)).
-    twins[c] is the class of class c's frames reversed (or -1); 'twins' accuracy, how often the true class beats its
-    twin, is 50% for a model blind to frame order."""
+    """Accuracy of each video's fused views; amp=False tests in float32 (Open-VCLIP). The loader yields (video (B, V =
+    clips x crops, T, 3, S, S), uint8 to normalise with stats or float; label (B,); index (B,)). twins[c]: the class of
+    class c's frames reversed (or -1); 'twins' accuracy, the true class beating it, is 50% blind to frame order."""
     model.eval()
     probs, labels, index, before = [], [], [], skips.count if skips else 0
     for video, label, i in progress(data.batches(loader, skips, desc), total=len(loader), desc=desc, leave=False):
@@ -415,8 +409,7 @@ def retrieve(model, loader, captions, device, autocast, desc="retrieval", skips=
 def retrieval_metrics(sim, owner):
     """sim (N videos, K captions), owner (K,) each caption's video -> R@1, R@5, R@10, median and mean rank both ways,
     as CLIP4Clip's evaluation: text to video ranks a caption's video among the N; video to text scores each video by
-    the best of its captions and ranks the query's own among the N (one caption a video: its caption among the K).
-    A tie counts against the query, so a model that scores everything alike ranks last."""
+    its best caption and ranks the query's own. A tie counts against the query (alike scores rank last)."""
     N, K = sim.shape
     t2v = (sim >= sim[owner, torch.arange(K)]).sum(0)                        # (K,) videos as high or higher
     best = sim.new_full((N, N), -math.inf).scatter_reduce(1, owner.expand(N, K), sim, "amax")   # (N, N) by video
@@ -720,7 +713,6 @@ def get_args(argv=None):
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--dist-timeout", type=at_least(1), default=30, help="torchrun only: minutes a process waits for "
                    "the others (one stuck or dead) before it stops; raise it if rank 0's set-up takes longer")
-
     shared = set(vars(p.parse_args([])))
     if hasattr(method, "add_args"):
         method.add_args(p.add_argument_group(f"{method_name} options"))
@@ -762,7 +754,7 @@ def get_args(argv=None):
     return args, method
 
 
-# ---- The device, the CLIP, and what a run prints ------------------------------------------------------------
+# ---- The device, the CLIP, and what a run prints: its lines, each epoch's count and bar ------------------------
 def device_and_precision(args):
     """(device, autocast, dtype): --device (auto: cuda, mps, cpu); on CUDA bf16 autocast (else fp16, loss-scaled)."""
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else
@@ -802,13 +794,11 @@ def tested_path(args, seed):
 
 
 def describe(args, model, seed, train_samples, names, val, device, dtype):
-    """The run's first line: the method, what trains and what is tested, on which device."""
-    val_title, val_samples, val_names = val
     seen = "" if args.eval_only or not train_samples else f"{len(train_samples)} train videos ({len(names)} classes), "
     trainable = "" if args.eval_only else f"{common.count_params(model, trainable=True) / 1e6:.2f}M trainable of "
     print(f"{args.method}, {args.protocol}{f' (shot seed {seed})' if len(args.shot_seeds) > 1 else ''}: "
-          f"{trainable}{common.count_params(model) / 1e6:.2f}M parameters, {seen}{len(val_samples)} {val_title} videos "
-          f"({len(val_names)} {'captions' if args.protocol == 'retrieval' else 'classes'}), {args.frames} frames "
+          f"{trainable}{common.count_params(model) / 1e6:.2f}M parameters, {seen}{len(val[1])} {val[0]} videos "
+          f"({len(val[2])} {'captions' if args.protocol == 'retrieval' else 'classes'}), {args.frames} frames "
           f"at {args.size}px, device {device}" + (f" ({dtype})" if dtype else ""))
 
 
@@ -823,7 +813,6 @@ def tested_weights(args, seed, ckpt):
 
 
 def record_test(args, out, seed, title, views, videos, weights, trained, m, skips):
-    """A test's line, printed and appended to metrics.jsonl."""
     left_out = f", {m['skipped']} left out as bad (listed in {skips.path})" if m.get("skipped") else ""
     print(f"{title} ({views}, {videos} videos{left_out}): {format_metrics(m)}")
     append_metrics(os.path.join(out, "metrics.jsonl"), dict(test=title, protocol=args.protocol, views=views,
@@ -841,7 +830,6 @@ def finish(args, figures, result_line, results):
     closing_lines(args, result_line)
 
 
-# ---- An epoch's bookkeeping: its count and bar, its line, a diverged loss ------------------------------------
 class EpochMeter:
     """An epoch's count (steps, clips, loss sum, seconds waiting for data); its bar; a partial checkpoint resumes it."""
     def __init__(self, args, epoch, steps_per_epoch, device, skips, partial=None):
@@ -876,7 +864,6 @@ class EpochMeter:
 
 
 def diverged(e, meter, args, out, dtype):
-    """The one line a diverged loss stops the run with: where, what is kept, what to try."""
     return SystemExit(f"epoch {meter.epoch + 1}, step {meter.steps + 1}: {e}. {os.path.join(out, 'last.pt')} is the "
                       f"last good checkpoint and is kept: lower --lr (now {args.lr:g})"
                       f"{' or add --no-amp' if dtype else ''}, then --resume {out}")
@@ -917,11 +904,10 @@ def progress(iterable=None, **kwargs):
 
 # ---- The model without a run folder: --predict, --search, --benchmark; and --embed ---------------------------
 def use_model(args, method):
-    if args.predict and WORLD > 1:
-        raise SystemExit("--predict reads one video on one device: run it without torchrun")
-    if args.predict and not os.path.isfile(args.predict):
-        raise SystemExit(f"--predict {args.predict}: " + ("a folder; give one video file" if os.path.isdir(
-            args.predict) else "no such file"))
+    if args.predict and (WORLD > 1 or not os.path.isfile(args.predict)):
+        raise SystemExit("--predict reads one video on one device: run it without torchrun" if WORLD > 1 else
+                         f"--predict {args.predict}: " + ("a folder; give one video file" if os.path.isdir(
+                             args.predict) else "no such file"))
     model, ckpt, (device, autocast, dtype) = build_model(args, method, None)
     if args.predict:
         return predict(args, model, method, device, autocast, ckpt)
@@ -957,8 +943,7 @@ def predict(args, model, method, device, autocast, ckpt):
 
 
 def embed(args, method):
-    """--embed: the run's embeddings.pt: each --val-list video's unit embedding (test views averaged; X-CLIP's video
-    embedding alone, its text depends on the video), path and captions (of a caption list), and what made them."""
+    """--embed: embeddings.pt, each --val-list video's unit embedding (X-CLIP: the video's), path and captions."""
     if not args.val_list:
         raise SystemExit("--embed: give the videos to embed with --val-list (any list a test takes)")
     seed, path = args.shot_seeds[0], os.path.join(args.out, "embeddings.pt")
@@ -980,9 +965,8 @@ def embed(args, method):
 
 
 def search(args, model, device, autocast):
-    """--search: the --top-k videos of --embeddings closest to a sentence, by cosine. X-CLIP (and OmniCLIP's video
-    prompts) use the caption's embedding before any prompt: scoring each pair as their retrieval test does would
-    need every video's context stored (P x E numbers), and a prompt pass per video for every query."""
+    """--search: the --top-k videos closest to a sentence, by cosine. X-CLIP and OmniCLIP's video prompts use the
+    caption's embedding alone: their test's per-pair scores would need each video's context and a pass per video."""
     stored = read_embeddings(args.embeddings)
     model.to(device).eval()
     with torch.no_grad(), autocast() if args.test_amp else contextlib.nullcontext():
@@ -1006,8 +990,7 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
     video = torch.randn(args.micro_batch, args.frames, 3, args.size, args.size, device=device)
     target = soft_targets(torch.randint(400, (args.micro_batch,), device=device), 400, 0.0)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    # a step; under torchrun with what each optimizer step costs in communication
-    one_step = lambda: training_step(model, [(video, target, {})], 1, opt, args, autocast)
+    one_step = lambda: training_step(model, [(video, target, {})], 1, opt, args, autocast)   # torchrun's all-reduce too
     from torch.utils.flop_counter import FlopCounterMode
     one_step()   # the first step fills caches (a frozen text side is encoded once): count a later one
     with FlopCounterMode(display=False) as counter:
@@ -1055,8 +1038,7 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
 
 # ---- Checkpoints and resume ---------------------------------------------------------------------------------
 def resume_training(out, model, opt, args):
-    """A resumed run's state back from its checkpoint, metrics.jsonl cut back to it -> (epochs done, a part-done
-    epoch's count, the last epoch's record); (0, None, None) with none to resume."""
+    """A resumed run's state back -> (epochs done, a part-done epoch's count, the last record), else (0, None, None)."""
     checkpoint = os.path.join(out, "last.pt")
     if not (args.run and os.path.isfile(checkpoint)):
         return 0, None, None
@@ -1118,10 +1100,8 @@ def save_checkpoint(path, state):
 
 def tensor_bytes(obj):
     """The bytes of every tensor in a nested state (what a checkpoint of it holds, give or take a little)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
     parts = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
-    return sum(map(tensor_bytes, parts))
+    return obj.numel() * obj.element_size() if isinstance(obj, torch.Tensor) else sum(map(tensor_bytes, parts))
 
 
 @functools.lru_cache(maxsize=1)
@@ -1145,8 +1125,7 @@ read_embeddings = functools.lru_cache(maxsize=1)(load_checkpoint)   # an --embed
 
 
 def load_weights(model, method, path, args):
-    """Our checkpoints load strictly but for trainable tensors new to the model (ViFi-CLIP's prompts on a fine-tuned
-    ViFi-CLIP start from their init); any other file goes to the method's load_official."""
+    """Ours strictly but for trainable tensors new to the model (ViFi-CLIP's prompts); others: load_official."""
     ckpt, name = read_checkpoint(path), method.__name__
     if ckpt is None:
         if not hasattr(method, "load_official"):
@@ -1176,9 +1155,7 @@ def load_weights(model, method, path, args):
     return ckpt
 
 
-# ---- More than one GPU: one process per GPU (torchrun), each on its own share of every batch --------------
-# Each process builds the same model from the same seed, reads its shard of each epoch (data.EpochSampler) and
-# averages the gradients once per step; rank 0 alone prints and writes files.
+# ---- More than one GPU: one process per GPU (torchrun), the same model, each its own share of every batch -----
 def start_processes(args):
     """Join torchrun's process group, once: NCCL between GPUs, gloo on CPUs; --dist-timeout bounds every wait."""
     global RANK, WORLD, LOCAL_RANK
@@ -1219,8 +1196,7 @@ def sum_over_processes(x):
 
 
 def seed_process(seed, rank):
-    """Each process's own draws (mixup's, Open-VCLIP's alpha), as each GPU of the official runs draws its own;
-    the clips' frames and augmentation do not come from here (data.VideoDataset derives them per video)."""
+    """Each process's own draws (mixup's, Open-VCLIP's alpha), as each official GPU's; not the clips' (per video)."""
     random.seed(f"{seed}:process {rank}")
     torch.manual_seed(seed * 1_000_003 + rank)
 
@@ -1234,7 +1210,7 @@ def share_weights(model):
             t.copy_(sent)
 
 
-# ---- Run folders: each run writes into a folder of its own, and never into another run's --------------------
+# ---- Run folders: each run writes into a folder of its own, never into another run's; --method all, --compare --
 def saved_args(args):
     """The resolved settings, as config.json and the checkpoints keep them."""
     return {k: v for k, v in vars(args).items() if k not in ("explicit", "own")}
@@ -1252,8 +1228,7 @@ def read_metrics(path):
 
 
 def trim_metrics(path, epoch, line=None):
-    """A resumed run's metrics.jsonl cut back to its checkpoint's epochs (and to tests that reached a result line),
-    with the checkpoint's last epoch line put back if a kill took it."""
+    """metrics.jsonl cut to a checkpoint's epochs and finished tests; its last epoch line back if a kill took it."""
     records = read_metrics(path)
     finished = {r.get("trained_epochs") for r in records if "result" in r}
     kept = [r for r in records if r.get("epoch", epoch + 1) <= epoch or "epoch" not in r and r.get("trained_epochs")
@@ -1290,8 +1265,7 @@ def latest_run(method, protocol, trained=False):
 
 def begin(args):
     """Rank 0 prepares the run, every process takes its settings -> them, or None with nothing to do (finished)."""
-    device = args.device
-    ready = prepare(args) if RANK == 0 else None
+    device, ready = args.device, prepare(args) if RANK == 0 else None
     args, ready = gather((args, ready))[0]   # rank 0's
     if WORLD > 1:
         args.device = device   # this process's own GPU
@@ -1313,8 +1287,7 @@ def prepare(args):
         raise SystemExit(f"cannot make the run's folder: {e}; choose another --out") from None
     top = os.path.join(args.out, "metrics.jsonl")
     if args.run and not args.eval_only:
-        # The result line is written once every shot seed is trained and tested: with one for the checkpoint's
-        # epochs, the run is finished (a run trained further and stopped in its test has only its old one).
+        # Finished: a result line for the checkpoint's epochs, written once every shot seed is trained and tested.
         done = min((load_checkpoint(p)["epoch"] for p in checkpoints(args.out)), default=0)
         result = [r["result"] for r in read_metrics(top) if "result" in r and r.get("trained_epochs") == done]
         if result and done >= args.epochs:
@@ -1443,7 +1416,6 @@ def write_config(args, **extra):
 
 
 def closing_lines(args, result_line):
-    """The last lines of a run: where what it used and wrote is, and its result."""
     where = [("run folder", args.out), ("settings", os.path.join(args.out, "config.json"))]
     if not args.embed:
         where.append(("metrics", os.path.join(args.out, "metrics.jsonl") + (" (its tests and the result)" if
@@ -1481,7 +1453,6 @@ def run_all(argv, names):
     return compare(list(spent), spent, total)
 
 
-# ---- Comparing runs: --compare, and --method all's table -----------------------------------------------------
 def compare(patterns, extra=None, total=None):
     """--compare: a row per run folder, the settings in which they differ; extra {folder: {column: value}}, total."""
     configs = {f: c for p in patterns for f in (sorted(glob.glob(p)) or [p]) if (c := read_config(f))}
@@ -1497,8 +1468,7 @@ def compare(patterns, extra=None, total=None):
                      **{k: str(configs[f].get(k, "-")) for k in keys},
                      "epochs": "-" if not result else str(result.get("trained_epochs") or 0),
                      **result_cells(result), **(extra or {}).get(f, {})})
-    if total:
-        rows.append({"run": "all", **total})
+    rows += [{"run": "all", **total}] if total else []
     columns = list(dict.fromkeys(k for row in rows for k in row))
     table = [f"| {' | '.join(columns)} |", "|" + "---|" * len(columns)]
     table += [f"| {' | '.join(row.get(k, '') for k in columns)} |" for row in rows]
@@ -1524,8 +1494,7 @@ def result_cells(r):
 
 # ---- One-line errors ----------------------------------------------------------------------------------------
 def one_line(e):
-    """The one line a run stopped by `e` ends with (under torchrun naming the process, also in torchrun's error
-    file), or None for an error that needs its traceback."""
+    """The one line `e` stops the run with (under torchrun: naming the process), or None to keep its traceback."""
     if isinstance(e, SystemExit):
         message = e.code
     elif isinstance(e, (data.DataError, data.VideoError, common.CheckpointError, FileNotFoundError)):   # bad input
@@ -1547,25 +1516,22 @@ def one_line(e):
     return message
 
 
-def interrupted(args):
-    """The line a run stopped by Ctrl-C ends with: where it stopped, what its folder keeps, how to go on."""
-    if not (args and args.out and not args.eval_only):
-        return "stopped by Ctrl-C"
-    go_on = f"python train.py --method {args.method} --resume {args.out}"
-    kept = [load_checkpoint(p) for p in checkpoints(args.out)]
-    at = ", ".join(f"epoch {c['epoch']} of {args.epochs}" + (
-        f" and {c['partial']['steps']} steps of epoch {c['epoch'] + 1}" if c.get("partial") else "") for c in kept)
-    return (f"stopped by Ctrl-C: {args.out} keeps its checkpoint after {at}; continue with: {go_on}" if kept else
-            f"stopped by Ctrl-C: {args.out} holds no checkpoint yet; start it again, in place, with: {go_on}")
-
-
 def cli(argv=None):
-    """The command line: main(), a bad input or a failure ended in one line, Ctrl-C in the line to continue."""
+    """The command line: main(), a bad input or a failure ended in one line; Ctrl-C in the line that says what the
+    run's folder keeps and how to go on."""
     try:
         main(argv)
     except KeyboardInterrupt:
+        run, line = RUN, "stopped by Ctrl-C"
+        if RANK == 0 and run and run.out and not run.eval_only:
+            go_on = f"python train.py --method {run.method} --resume {run.out}"
+            kept = [load_checkpoint(p) for p in checkpoints(run.out)]
+            at = ", ".join(f"epoch {c['epoch']} of {run.epochs}" + (f" and {c['partial']['steps']} steps of epoch "
+                           f"{c['epoch'] + 1}" if c.get("partial") else "") for c in kept)
+            line += (f": {run.out} keeps its checkpoint after {at}; continue with: {go_on}" if kept else
+                     f": {run.out} holds no checkpoint yet; start it again, in place, with: {go_on}")
         if RANK == 0:
-            print(interrupted(RUN), file=sys.stderr)
+            print(line, file=sys.stderr)
         raise SystemExit(130) from None
     except (Exception, SystemExit) as e:
         if (line := one_line(e)) is None and not isinstance(e, SystemExit):
