@@ -240,9 +240,7 @@ def average_gradients(params, bucket_bytes=2**26):
             size = 0
         buckets[-1].append(p.grad)
         size += nbytes
-    for bucket in buckets:
-        if not bucket:
-            continue
+    for bucket in filter(None, buckets):   # (the first is empty when no parameter has a gradient)
         flat = torch.cat([g.reshape(-1) for g in bucket])      # (total numel,) where the gradients are
         torch.distributed.all_reduce(flat)
         flat /= WORLD
@@ -492,8 +490,7 @@ def build_model(args, method, seed):
     clip = load_clip(args)
     args.size = args.size or clip.visual.image_size[0]
     model = method.build(clip, args)
-    tested = tested_path(args, seed)
-    ckpt = load_weights(model, method, tested, args) if tested else None
+    ckpt = load_weights(model, method, tested, args) if (tested := tested_path(args, seed)) else None
     share_weights(model)
     return model, ckpt, (device, autocast, dtype)
 
@@ -535,8 +532,7 @@ def main(argv=None):
     start_processes(args)
     if args.predict or args.benchmark is not None or args.search:
         return use_model(args, method)   # one video, a sentence, or a speed test: no run folder
-    args = begin(args)   # the run's folder (a new one, or the run it continues) and its data, or None: nothing to do
-    if args is None:
+    if (args := begin(args)) is None:   # the run's folder (new, or the run it continues) and data; None: nothing to do
         return None
     if args.embed:
         return embed(args, method)
@@ -742,8 +738,7 @@ def get_args(argv=None):
         args.weights = found[0]
     args.own = sorted(set(vars(args)) - shared)   # the method's own options
     settings(args, method, args.own)   # the recipe's values for every setting not given
-    # Which flags this command line gave: a resumed run keeps its own settings for all the others.
-    p.set_defaults(**dict.fromkeys(vars(args), unset := object()))
+    p.set_defaults(**dict.fromkeys(vars(args), unset := object()))   # the flags given: --resume keeps the rest
     args.explicit = sorted(k for k, v in vars(p.parse_args(argv)).items() if v is not unset)
     args.run, args.argv = None, list(argv if argv is not None else sys.argv[1:])   # place_run() sets run
     args.eval_only = args.eval_only or args.embed   # --embed trains nothing either: it runs as a test does
@@ -865,8 +860,8 @@ class EpochMeter:
 
 def diverged(e, meter, args, out, dtype):
     return SystemExit(f"epoch {meter.epoch + 1}, step {meter.steps + 1}: {e}. {os.path.join(out, 'last.pt')} is the "
-                      f"last good checkpoint and is kept: lower --lr (now {args.lr:g})"
-                      f"{' or add --no-amp' if dtype else ''}, then --resume {out}")
+                      f"last good checkpoint, kept: lower --lr (now {args.lr:g}){' or add --no-amp' if dtype else ''}, "
+                      f"then --resume {out}")
 
 
 def end_epoch(record, meter, args, out, model, opt, names, skips):
@@ -1078,9 +1073,8 @@ def save_training(out, model, opt, epoch, names, args, record, **extra):
 
 def save_checkpoint(path, state):
     """torch.save through a temporary file and a rename, never half a checkpoint; a failed write stops in one line."""
-    folder = os.path.dirname(path) or "."
+    folder, tmp = os.path.dirname(path) or ".", f"{path}.tmp"
     os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp"
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
@@ -1334,8 +1328,7 @@ def place_run(args):
         held = [p for f in ("config.json", "metrics.jsonl", "skipped.txt") for p in glob.glob(os.path.join(
             args.out, f))] + checkpoints(args.out)
         if args.eval_only and checkpoints(args.out):   # only training runs leave checkpoints
-            raise SystemExit(f"--out {args.out} holds a training run, which an --eval-only run never writes into; "
-                             f"leave out --out (a new folder of its own) or name another")
+            raise SystemExit(f"--out {args.out} holds a training run, which --eval-only never writes into: drop --out")
         if held and not args.overwrite:
             other = read_config(args.out) or {}
             go_on = "" if other.get("eval_only") else \
@@ -1367,8 +1360,7 @@ def resumed_run(args):
     if args.resume == "auto":
         folder = args.out or latest_run(args.method, args.protocol)
         if folder is None:
-            raise SystemExit(f"--resume: no {args.method} {args.protocol} run in {RUNS}/ to continue; start one "
-                             f"without --resume, or name its folder: --resume {RUNS}/NAME")
+            raise SystemExit(f"--resume: no {args.method} {args.protocol} run in {RUNS}/: name one, or drop --resume")
     elif not os.path.exists(args.resume):
         raise SystemExit(f"--resume {args.resume}: no such folder or file; give a run folder or its last.pt")
     else:
@@ -1517,8 +1509,7 @@ def one_line(e):
 
 
 def cli(argv=None):
-    """The command line: main(), a bad input or a failure ended in one line; Ctrl-C in the line that says what the
-    run's folder keeps and how to go on."""
+    """The command line: main(); a bad input or a failure ends in one line, Ctrl-C in what it keeps and how to go on."""
     try:
         main(argv)
     except KeyboardInterrupt:
