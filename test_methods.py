@@ -4383,3 +4383,25 @@ def test_gradients_left_on_the_clip_do_not_reach_the_first_step(tmp_path, monkey
     train.main([*argv, "--out", str(tmp_path / "stale")])
     clean, stale = (train.load_checkpoint(str(tmp_path / run / "last.pt"))["model"] for run in ("clean", "stale"))
     assert all(torch.equal(clean[k], stale[k]) for k in clean)
+
+
+def test_xclip_export_hf_from_the_command_line(tmp_path):
+    """--export-hf RUN OUT writes the model --eval-only would test; --weights OUT tests the same model. Other methods
+    are refused in one line."""
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=1, val_per_class=1, T=12)
+    run, hf = str(tmp_path / "run"), str(tmp_path / "hf")
+    trained = train.main(tiny_run_args(paths, "--quick-gelu", "--epochs", "1", "--val-every", "0", "--out", run,
+                                       method="xclip"))
+    assert train.main(["--method", "xclip", "--export-hf", run, hf]) == hf
+    assert sorted(os.listdir(hf)) == ["config.json", "model.safetensors"]
+    again = train.main(tiny_run_args(paths, "--quick-gelu", "--eval-only", "--weights", hf, "--out", run + "-hf",
+                                     method="xclip"))
+    assert again["test"][0] == pytest.approx(trained["test"][0])
+    with pytest.raises(SystemExit, match="only X-CLIP has a transformers class"):
+        train.main(["--method", "vificlip", "--export-hf", run, hf])
+
+
+def test_cli_a_model_with_nothing_to_train_is_one_line(tmp_path):
+    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=1, val_per_class=1, T=12)
+    with pytest.raises(SystemExit, match="--method omniclip: nothing to train with these settings"):
+        train.main(tiny_run_args(paths, "--no-pta", "--no-spg", "--out", str(tmp_path / "run"), method="omniclip"))

@@ -102,7 +102,8 @@ def settings(args, method, own):
         # what the demo replaced, said when the run starts (prepare)
         args.demo_replaced = {k: official.get(k) for k, v in recipe.items() if v != official.get(k) and
                               getattr(args, k, None) is None}
-    saved = (read_checkpoint(args.weights) or {}).get("args", {}) if args.weights else {}
+    ours = args.weights and not hf_weights(method, args.weights)   # a transformers folder or hub id: no settings
+    saved = (read_checkpoint(args.weights) or {}).get("args", {}) if ours else {}
     recipe.update({k: saved[k] for k in (*INHERITED, *own) if saved.get(k) is not None and k not in variant})
     vars(args).update({k: v for k, v in recipe.items() if getattr(args, k, None) is None})
     # Released split files (ViFi-CLIP's train1_few_shot_K.txt, fs_base_s{seed}_train.txt) are the shots already:
@@ -155,6 +156,9 @@ def make_optimizer(args, model, device, dtype, steps_per_epoch):
     kernel (one launch for all parameters) and TF32 float32 matrix products, as PyTorch advises from Ampere on."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if not any(p.requires_grad for p in model.parameters()):   # e.g. OmniCLIP's CLIP with both its parts off
+        raise SystemExit(f"--method {args.method}: nothing to train with these settings: switch a part back on, or "
+                         f"test the model with --eval-only")
     optimizer = torch.optim.AdamW(model.param_groups(args.lr, args.weight_decay), lr=args.lr,
                                   betas=tuple(args.betas), eps=args.eps, fused=device.type == "cuda" or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [functools.partial(
@@ -530,8 +534,8 @@ def main(argv=None):
     if args.method in ("all", *(m for m in [args.method] if "," in m)):
         return run_all(argv, METHODS if args.method == "all" else args.method.split(","))
     start_processes(args)
-    if args.predict or args.benchmark is not None or args.search:
-        return use_model(args, method)   # one video, a sentence, or a speed test: no run folder
+    if args.predict or args.benchmark is not None or args.search or args.export_hf:
+        return use_model(args, method)   # one video, a sentence, a speed test or an export: no run folder
     if (args := begin(args)) is None:   # the run's folder (new, or the run it continues) and data; None: nothing to do
         return None
     if args.embed:
@@ -575,16 +579,15 @@ HEADLINE = ("model", "pretrained", "frames", "epochs", "lr", "global_batch", "we
 def at_least(low):
     """An argparse type: an integer >= low (argparse then refuses --frames 0 in one line, naming the flag)."""
     def parse(text):
-        if not text.lstrip("-").isdecimal() or int(text) < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
-        return int(text)
+        if text.lstrip("-").isdecimal() and int(text) >= low:
+            return int(text)
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
     return parse
 
 
 def method_names(text):
     """An argparse type: a method of METHODS, all, or several as a,b."""
-    wrong = [m for m in text.split(",") if m not in METHODS] if text != "all" else []
-    if wrong:
+    if wrong := [m for m in text.split(",") if m not in METHODS] if text != "all" else []:
         raise argparse.ArgumentTypeError(f"no method {wrong[0]!r}; choose from {', '.join(METHODS)}, all, or a,b")
     return text
 
@@ -695,6 +698,8 @@ def get_args(argv=None):
     g.add_argument("--top-k", type=at_least(1), default=5, help="how many videos --search prints")
     g.add_argument("--compare", nargs="+", metavar="RUN", help="print a table of run folders (globs: runs/xclip-*) "
                    "and exit: method, protocol, the settings that differ, epochs, results with standard errors")
+    g.add_argument("--export-hf", nargs=2, metavar=("RUN", "OUT"), help="write RUN's model (a run, a checkpoint or "
+                   "any --weights) to OUT as transformers' XCLIPModel.from_pretrained(OUT) reads it (X-CLIP only)")
     g.add_argument("--peak-tflops", type=float, help="peak TFLOP/s for --benchmark's MFU (known for common GPUs)")
     g = p.add_argument_group("run")
     g.add_argument("--out", help="the run's folder: config.json, metrics.jsonl, last.pt (default: a new "
@@ -714,8 +719,14 @@ def get_args(argv=None):
         method.add_args(p.add_argument_group(f"{method_name} options"))
     p.add_argument("-h", "--help", action="help", help="show every flag and exit (a method's own flags: with --method)")
     args = p.parse_args(argv)
-    if sum((args.eval_only, bool(args.predict), args.benchmark is not None, args.embed, bool(args.search))) > 1:
-        raise SystemExit("--eval-only, --predict, --benchmark, --embed and --search are different runs: give one")
+    modes = (args.eval_only, args.predict, args.benchmark is not None, args.embed, args.search, args.export_hf)
+    if sum(map(bool, modes)) > 1:
+        raise SystemExit("--eval-only, --predict, --benchmark, --embed, --search and --export-hf are different runs: "
+                         "give one")
+    if args.export_hf:   # the model --eval-only would test: RUN's weights, and a run's own settings
+        if args.weights:
+            raise SystemExit("--export-hf RUN OUT exports the weights of RUN: leave --weights out")
+        args.weights = args.export_hf[0]
     if args.predict and args.resume:   # --predict --resume RUN: that run's checkpoint, as --eval-only tests it
         if args.weights:
             raise SystemExit("--predict takes the weights of --resume RUN or of --weights FILE: give one of them")
@@ -732,7 +743,7 @@ def get_args(argv=None):
             raise SystemExit(f"{args.embeddings} was made by --method {maker}: add --method {maker}")
         args.weights = made["weights"]
         vars(args).update({k: v for k, v in made["settings"].items() if getattr(args, k, None) is None})
-    if args.weights and os.path.isdir(args.weights):   # a run folder: its checkpoint
+    if args.weights and os.path.isdir(args.weights) and not hf_weights(method, args.weights):   # a run: its last.pt
         if not (found := checkpoints(args.weights)):
             raise SystemExit(f"{args.weights}: this folder holds no checkpoint (last.pt); give a training run's folder")
         args.weights = found[0]
@@ -903,12 +914,24 @@ def use_model(args, method):
         raise SystemExit("--predict reads one video on one device: run it without torchrun" if WORLD > 1 else
                          f"--predict {args.predict}: " + ("a folder; give one video file" if os.path.isdir(
                              args.predict) else "no such file"))
+    if args.export_hf and not hasattr(method, "save_hf"):
+        raise SystemExit(f"--export-hf: only X-CLIP has a transformers class (XCLIPModel), not --method {args.method}")
     model, ckpt, (device, autocast, dtype) = build_model(args, method, None)
+    if args.export_hf:
+        return export_hf(args, method, model)
     if args.predict:
         return predict(args, model, method, device, autocast, ckpt)
     if args.search:
         return search(args, model, device, autocast)
     return benchmark(args, model, device, autocast, dtype)
+
+
+def export_hf(args, method, model):
+    """--export-hf RUN OUT: the model --eval-only would test, written by the method's save_hf for transformers."""
+    method.save_hf(model, out := args.export_hf[1])
+    print(f"--export-hf: wrote {os.path.join(out, 'config.json')} and model.safetensors, the weights of "
+          f"{args.weights}; in transformers: XCLIPModel.from_pretrained({out!r})")
+    return out
 
 
 def predict(args, model, method, device, autocast, ckpt):
@@ -1003,11 +1026,9 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
     sync()
     clips = args.benchmark * args.micro_batch / (time.perf_counter() - start)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    if device.type == "cuda":
-        mem = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB peak GPU memory"
-    else:
-        import resource   # Unix only: imported where it is used
-        mem = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB peak RSS"
+    import resource   # Unix only: imported where it is used
+    mem = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB peak GPU memory" if device.type == "cuda" else \
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB peak RSS"
     peak = args.peak_tflops or next((p[0] if dtype else p[1] for k, p in PEAK_TFLOPS.items() if k in name), None)
     mfu = f", MFU {flops * clips / (peak * 1e12):.1%} of {peak:g} TFLOP/s" if peak else \
         " (MFU: give the device's peak with --peak-tflops)"
@@ -1026,8 +1047,9 @@ def benchmark(args, model, device, autocast, dtype, warmup=3):
     start = time.perf_counter()
     loaded = sum(len(video) for video, _, _ in itertools.islice(micro, args.benchmark)) / (time.perf_counter() - start)
     slow = loaded < clips
-    print(f"the data loader: {loaded:.1f} clips/s with {args.workers} workers on {args.train_list}; training is bound "
-          f"by {'the data loader' if slow else 'the model'} (at most {min(loaded, clips):.1f} clips/s)"
+    print(f"the data loader: {loaded:.1f} clips/s with {args.workers} worker{'s' * (args.workers != 1)} on "
+          f"{args.train_list}; training is bound by {'the data loader' if slow else 'the model'} (at most "
+          f"{min(loaded, clips):.1f} clips/s)"
           + ("; more --workers, or re-encoding the videos to a short key-frame interval, would help" if slow else ""))
 
 
@@ -1098,6 +1120,11 @@ def tensor_bytes(obj):
     return obj.numel() * obj.element_size() if isinstance(obj, torch.Tensor) else sum(map(tensor_bytes, parts))
 
 
+def hf_weights(method, path):
+    """--weights in the Hugging Face format (a transformers folder or hub id): the method's load_official reads it."""
+    return bool(path) and hasattr(method, "is_hf") and method.is_hf(path)
+
+
 @functools.lru_cache(maxsize=1)
 def read_checkpoint(path):
     """A checkpoint written by this file, or None for any other file (an official release)."""
@@ -1120,7 +1147,7 @@ read_embeddings = functools.lru_cache(maxsize=1)(load_checkpoint)   # an --embed
 
 def load_weights(model, method, path, args):
     """Ours strictly but for trainable tensors new to the model (ViFi-CLIP's prompts); others: load_official."""
-    ckpt, name = read_checkpoint(path), method.__name__
+    ckpt, name = None if hf_weights(method, path) else read_checkpoint(path), method.__name__
     if ckpt is None:
         if not hasattr(method, "load_official"):
             raise SystemExit(f"{path} is not a checkpoint of this repository and {name} reads no official one")
@@ -1136,7 +1163,8 @@ def load_weights(model, method, path, args):
     wrong = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
     wrong += sorted(own.keys() - state.keys() - trainable) + sorted(state.keys() - own.keys())
     if wrong:
-        flags = [f"--{k.replace('_', '-')} {saved[k]}" for k in (*INHERITED, *args.own)
+        flags = [f"--no-{k.replace('_', '-')}" if k in getattr(method, "ABLATIONS", ()) else
+                 f"--{k.replace('_', '-')} {saved[k]}" for k in (*INHERITED, *args.own)
                  if k in saved and saved[k] != getattr(args, k, None) and saved[k] is not None]
         raise SystemExit(f"{path}: a {name} checkpoint of --model {saved.get('model')} ({saved.get('frames')} frames, "
                          f"{saved.get('size')} px) that does not fit this model ({len(wrong)} tensors, e.g. "
@@ -1156,12 +1184,11 @@ def start_processes(args):
     if "RANK" not in os.environ or torch.distributed.is_initialized():
         return
     RANK, WORLD, LOCAL_RANK = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    gpu = args.device in ("auto", "cuda") and torch.cuda.is_available() or args.device.startswith("cuda")
-    if gpu:
+    if gpu := args.device in ("auto", "cuda") and torch.cuda.is_available() or args.device.startswith("cuda"):
         torch.cuda.set_device(LOCAL_RANK)
         args.device = f"cuda:{LOCAL_RANK}"   # one GPU per process, whatever --device said
-    torch.distributed.init_process_group("nccl" if gpu else "gloo",
-                                         timeout=datetime.timedelta(minutes=args.dist_timeout))
+    timeout = datetime.timedelta(minutes=args.dist_timeout)
+    torch.distributed.init_process_group("nccl" if gpu else "gloo", timeout=timeout)
     if RANK > 0:   # one voice: the others' errors still reach stderr, saying which process (one_line)
         sys.stdout = open(os.devnull, "w")
 
@@ -1184,8 +1211,7 @@ def sum_over_processes(x):
     if WORLD == 1:
         return x
     t = x.detach().clone() if isinstance(x, torch.Tensor) else torch.tensor(float(x), dtype=torch.float64)
-    total = t.to(comm_device())
-    torch.distributed.all_reduce(total)
+    torch.distributed.all_reduce(total := t.to(comm_device()))
     return total.to(t.device) if isinstance(x, torch.Tensor) else total.item()
 
 
