@@ -4,6 +4,8 @@
 """
 import importlib
 import contextlib
+import copy
+import functools
 import hashlib
 import io
 import json
@@ -13,12 +15,14 @@ import pickle
 import argparse
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
 import types
 import warnings
 from fractions import Fraction
+from unittest import mock
 
 import av
 import numpy as np
@@ -50,8 +54,17 @@ def tiny_clip_state():
     return common.load_clip("tiny").state_dict()
 
 
+@functools.cache
+def tiny_tokenizer():
+    return common.open_clip.get_tokenizer("tiny")
+
+
 def tiny_clip(state):
-    clip = common.load_clip("tiny")
+    """A new tiny CLIP holding state. load_clip reads the tokenizer's 49,408-word vocabulary each time; the tests'
+    CLIPs share one (it is read-only)."""
+    tokenizer = tiny_tokenizer()
+    with mock.patch.object(common.open_clip, "get_tokenizer", lambda name: tokenizer):
+        clip = common.load_clip("tiny")
     clip.load_state_dict(state)
     return clip
 
@@ -69,6 +82,21 @@ def build(name, state, **kwargs):
 
 def video(seed=0, batch=B, frames=T):
     return torch.randn(batch, frames, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    """synthetic(root, train_per_class=2, val_per_class=1, T=12) -> make_synthetic's paths of a copy at root: each
+    size of the set is made once, and each test gets its own copy, which it may damage."""
+    made = tmp_path_factory.mktemp("synthetic")
+
+    def copy_at(root, train_per_class=2, val_per_class=1, T=12):
+        sizes = dict(train_per_class=train_per_class, val_per_class=val_per_class, T=T)
+        original = made / f"{train_per_class}-{val_per_class}-{T}"
+        data.make_synthetic(str(original), **sizes)   # once made, returns at once: its DONE file names these sizes
+        shutil.copytree(original, root)
+        return data.make_synthetic(str(root), **sizes)   # the copy is finished too: this only names its files
+    return copy_at
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -280,7 +308,7 @@ def test_vificlip_prompts_only_the_prompts_train_and_all_of_them_get_gradients(t
         if n in PROMPT_KEYS:
             assert p.grad is not None and p.grad.abs().sum() > 0, n
         else:
-            assert p.grad is None and not p.requires_grad, n   # logit_scale included: the official prompt code freezes it
+            assert p.grad is None and not p.requires_grad, n   # logit_scale too: the official prompt code freezes it
     groups = model.param_groups(1e-3, 1e-3)
     assert {n for g in groups for n in g["names"]} == PROMPT_KEYS and all(g["weight_decay"] == 1e-3 for g in groups)
     for n, p in model.named_parameters():                     # N(0, 0.02) init
@@ -309,7 +337,8 @@ def test_vificlip_prompts_prompts_off_is_exactly_plain_vificlip(tiny_clip_state,
     assert torch.equal(model(x).detach(), expected)          # training path: text recomputed, same numbers
 
 
-def test_vificlip_prompts_plain_checkpoint_loads_into_a_prompted_model_with_only_the_prompts_missing(tiny_clip_state, tmp_path):
+def test_vificlip_prompts_plain_checkpoint_loads_into_a_prompted_model_with_only_the_prompts_missing(tiny_clip_state,
+                                                                                                       tmp_path):
     plain, prompted = build("vificlip", tiny_clip_state), build("vificlip", tiny_clip_state, **PROMPTS)
     assert set(prompted.state_dict()) - PROMPT_KEYS == set(plain.state_dict())
     with torch.no_grad():
@@ -352,7 +381,8 @@ def test_vificlip_prompts_official_prompt_checkpoint_round_trip(tiny_clip_state,
     with pytest.raises(common.CheckpointError, match="--prompt-"):   # into a plain model: the prompts are unexpected
         vificlip.load_official(build("vificlip", tiny_clip_state), str(tmp_path / "prompt.pth"))
     with pytest.raises(common.CheckpointError, match="lacks"):   # a deeper model than the file: partial prompts
-        vificlip.load_official(build("vificlip", tiny_clip_state, **{**PROMPTS, "prompt_depth_vision": 3}), str(tmp_path / "prompt.pth"))
+        vificlip.load_official(build("vificlip", tiny_clip_state, **{**PROMPTS, "prompt_depth_vision": 3}),
+                               str(tmp_path / "prompt.pth"))
 
 
 def test_vificlip_prompts_vision_prompts_are_appended_then_replaced_then_carried(tiny_clip_state):
@@ -407,8 +437,9 @@ def test_vificlip_prompts_text_context_is_shared_by_all_classes_and_deep_prompts
     assert (model.tokens[:, 1:1 + n] == x_id).all() and (model.tokens[:, 1 + n] != x_id).all()
     plain = common.tokenize(clip, [f"{name}." for name in NAMES])    # "X X {c}." with the X's taken out
     assert torch.equal(model.tokens[:, 1 + n:], plain[:, 1:-n])
-    photo = build("vificlip", tiny_clip_state, **{**PROMPTS, "template": "a photo of a {}."})   # placeholders, then the template
-    assert torch.equal(photo.tokens[:, 1 + n:], common.tokenize(clip, [f"a photo of a {name}." for name in NAMES])[:, 1:-n])
+    photo = build("vificlip", tiny_clip_state, **{**PROMPTS, "template": "a photo of a {}."})
+    assert torch.equal(photo.tokens[:, 1 + n:],       # placeholders, then the template
+                       common.tokenize(clip, [f"a photo of a {name}." for name in NAMES])[:, 1:-n])
     seen, handles = ln_1_inputs(clip.transformer.resblocks)
     with torch.no_grad():
         text = model.text_features()
@@ -525,8 +556,10 @@ def test_seeks_by_the_key_frame_index_give_exactly_the_sequential_frames(tmp_pat
         assert sum(e.is_keyframe for e in container.streams.video[0].index_entries) == -(-150 // keyint)
     every = data.read_frames(path, range(150))
     rng = random.Random(keyint)
-    for wanted in ([0, 149], [149, 0, 75], [16, 17, 40, 41, 120], data.sample_indices(150, 8, "segment", train=True, rng=rng),
-                   data.sample_indices(150, 16, "dense", stride=4, train=True, rng=rng), sorted(rng.sample(range(150), 30))):
+    for wanted in ([0, 149], [149, 0, 75], [16, 17, 40, 41, 120],
+                   data.sample_indices(150, 8, "segment", train=True, rng=rng),
+                   data.sample_indices(150, 16, "dense", stride=4, train=True, rng=rng),
+                   sorted(rng.sample(range(150), 30))):
         assert torch.equal(data.read_frames(path, wanted), every[list(wanted)]), wanted
 
 
@@ -572,7 +605,8 @@ def test_tsn_sampling_is_mmaction2s_sample_frames():
     # several test clips are training draws (X-CLIP's multi-view test uses the training sampler), seeded per video
     views = [data.sample_indices(80, 8, "segment", clip=k, num_clips=4, rng=random.Random(f"0:test:{k}"))
              for k in range(4)]
-    assert all(all(10 * i <= f < 10 * (i + 1) for i, f in enumerate(v)) for v in views) and len(set(map(tuple, views))) > 1
+    assert all(all(10 * i <= f < 10 * (i + 1) for i, f in enumerate(v)) for v in views)
+    assert len(set(map(tuple, views))) > 1
 
 
 @pytest.mark.parametrize("n,T,official", [
@@ -588,7 +622,8 @@ def test_a_video_shorter_than_the_clip_gets_the_official_looped_frames(n, T, off
     assert data.sample_indices(n, T, "segment", train=True) == official
     assert data.sample_indices(n, T, "segment", clip=1, num_clips=3) == official
     for kwargs in (dict(train=True), dict(), dict(clip=2, num_clips=3)):
-        for mode, extra in (("segment", {}), ("dense", dict(stride=16, fps=25.0)), ("dense", dict(stride=8, ticks=512))):
+        for mode, extra in (("segment", {}), ("dense", dict(stride=16, fps=25.0)),
+                            ("dense", dict(stride=8, ticks=512))):
             idx = data.sample_indices(n, T, mode, rng=random.Random(0), **extra, **kwargs)
             assert len(idx) == T and all(0 <= i < n for i in idx), (mode, extra, kwargs, idx)
 
@@ -603,9 +638,10 @@ def test_cli_videos_of_1_and_3_frames_train_and_test(tmp_path):
     (tmp_path / "classes.csv").write_text("0,a\n1,b\n")
     for sampling in ("segment", "dense"):
         results = train.main(["--train-list", str(tmp_path / "list.txt"), "--val-list", str(tmp_path / "list.txt"),
-                              "--data-root", str(tmp_path), "--classes", str(tmp_path / "classes.csv"), "--model", "tiny",
-                              "--frames", "8", "--batch-size", "2", "--accum-steps", "1", "--epochs", "1", "--workers", "0",
-                              "--sampling", sampling, "--test-clips", "2", "--out", str(tmp_path / sampling)])
+                              "--data-root", str(tmp_path), "--classes", str(tmp_path / "classes.csv"),
+                              "--model", "tiny", "--frames", "8", "--batch-size", "2", "--accum-steps", "1",
+                              "--epochs", "1", "--workers", "0", "--sampling", sampling, "--test-clips", "2",
+                              "--out", str(tmp_path / sampling)])
         assert results["test"][0]["videos"] == 2
 
 
@@ -734,7 +770,7 @@ def test_x264_writes_non_reference_b_frames_that_nonref_skips(textured_video):
         stream = container.streams.video[0]
         stream.codec_context.skip_frame = "NONREF"
         kept = {round(f.pts * stream.time_base * 30): f.to_ndarray(format="rgb24") for f in container.decode(stream)}
-    assert FRAMES // 4 < FRAMES - len(kept) < types.count("B")        # most B-frames are skipped, the reference ones not
+    assert FRAMES // 4 < FRAMES - len(kept) < types.count("B")   # most B-frames are skipped, the reference ones not
     assert all(np.array_equal(a, every[i]) for i, a in kept.items())
 
 
@@ -1068,11 +1104,11 @@ def test_clips_per_video_come_from_one_decoding_pass_each_its_own_draw(tmp_path,
     assert torch.equal(clip, expected[0]) and torch.equal(d, expected[1])
 
 
-def test_cli_clips_per_video_and_colour_of_whole_batches_give_the_numbers_of_colour_clip_by_clip(tmp_path, monkeypatch,
-                                                                                                    capsys):
+def test_cli_clips_per_video_and_colour_of_whole_batches_give_the_numbers_of_colour_clip_by_clip(
+        synthetic, tmp_path, monkeypatch, capsys):
     """The training loop colours whole batches (colour drawn in the workers, applied on the device), here with 2
     clips per video: every figure equals a run that colours each clip alone, as the transform itself would."""
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    paths = synthetic(tmp_path / "set")
     argv = tiny_run_args(paths, "--epochs", "1", "--clips-per-video", "2", "--val-every", "0", "--test-clips", "1")
     train.main(argv + ["--out", str(tmp_path / "batch")])
     assert "batch 4 (2 videos x 2 clips) x 1 accumulation = 4" in capsys.readouterr().out
@@ -1080,8 +1116,8 @@ def test_cli_clips_per_video_and_colour_of_whole_batches_give_the_numbers_of_col
         [data.colour(clip, d) for clip, d in zip(video, draws)]))
     train.main(argv + ["--out", str(tmp_path / "alone")])
     drop = ("seconds", "val_seconds", "clips_per_s", "data_wait", "weights")
-    a, b = ([{k: v for k, v in r.items() if k not in drop} for r in train.read_metrics(str(tmp_path / run / "metrics.jsonl"))]
-            for run in ("batch", "alone"))
+    a, b = ([{k: v for k, v in r.items() if k not in drop}
+             for r in train.read_metrics(str(tmp_path / run / "metrics.jsonl"))] for run in ("batch", "alone"))
     assert a == b and len(a) == 3
 
 
@@ -1211,10 +1247,10 @@ def test_every_line_the_official_loaders_keep_is_a_sample_hash_names_included(tm
     samples, _ = data.read_dataset(str(listed), "root", classes=[str(c) for c in range(6)])
     assert samples == [(os.path.join("root", path), label) for path, label in official]
     splits = hmdb_fixture(tmp_path)
-    write_text(str(splits / "ride_bike_test_split1.txt"), "#437_How_To_Ride_A_Bike_ride_bike_f_cm_np1_ba_med_1.avi 1 \r\n"
-               "v_ride_bike_1.avi 2 \r\n")
+    hashed = "#437_How_To_Ride_A_Bike_ride_bike_f_cm_np1_ba_med_1.avi"
+    write_text(str(splits / "ride_bike_test_split1.txt"), f"{hashed} 1 \r\nv_ride_bike_1.avi 2 \r\n")
     train, _ = data.read_dataset(str(splits), "hmdb51")
-    assert train[-1] == (os.path.join("hmdb51", "ride_bike", "#437_How_To_Ride_A_Bike_ride_bike_f_cm_np1_ba_med_1.avi"), 1)
+    assert train[-1] == (os.path.join("hmdb51", "ride_bike", hashed), 1)
 
 
 def test_cli_a_list_of_one_hash_named_video_trains(tmp_path):
@@ -1268,7 +1304,8 @@ def test_data_kinetics_no_warning_when_complete_and_bad_lines(tmp_path):
         warnings.simplefilter("error")
         assert data.read_dataset(csv_file, str(tmp_path / "v"))[0] == [
             (str(tmp_path / "v" / "ddddddddddd_000005_000015.mp4"), 0)]
-    write_text(csv_file, "label,youtube_id,time_start,time_end,split\nzumba,ddddddddddd,5,15,val\nyoga,eeeeeeeeeee,x,10,val\n")
+    write_text(csv_file, "label,youtube_id,time_start,time_end,split\nzumba,ddddddddddd,5,15,val\n"
+                         "yoga,eeeeeeeeeee,x,10,val\n")
     with pytest.raises(ValueError, match=r"val\.csv:3: "):
         data.read_dataset(csv_file, str(tmp_path / "v"))
     write_text(csv_file, "label,youtube_id,start,end\nzumba,ddddddddddd,5,15\n")
@@ -1550,8 +1587,8 @@ def test_predict_ranks_with_the_methods_own_fusion(tmp_path, capsys):
     path = str(tmp_path / "clip.mp4")
     data.write_video(path, np.zeros((8, 32, 32, 3), dtype=np.uint8))
     for fusion, first in (("softmax", "a"), ("sum", "b")):
-        args, method = train.get_args(["--method", "vificlip", "--predict", path, "--classes", "a,b,c", "--model", "tiny",
-                                       "--workers", "0", "--test-clips", "2", "--test-crops", "1"])
+        args, method = train.get_args(["--method", "vificlip", "--predict", path, "--classes", "a,b,c",
+                                       "--model", "tiny", "--workers", "0", "--test-clips", "2", "--test-crops", "1"])
         args.size, args.test_fusion = 32, fusion
         train.predict(args, Fixed(), method, torch.device("cpu"), contextlib.nullcontext, None)
         assert capsys.readouterr().out.splitlines()[1].split()[-1] == first, fusion
@@ -1564,7 +1601,8 @@ def test_synthetic_stills_show_what_their_captions_say():
     assert np.array_equal(images, again)
     for image, caption in zip(images, captions):
         words = caption.replace(".", "").split()
-        assert sum(shape in words for shape in data.SHAPES) == 1 and not any(m in caption for m in ("moving", "growing"))
+        assert sum(shape in words for shape in data.SHAPES) == 1
+        assert not any(m in caption for m in ("moving", "growing"))
         for c, colour in enumerate(data.COLOURS):
             if colour in words:   # a named colour is painted: pixels of exactly that palette value
                 painted = (image == data._PALETTE[c].astype(np.uint8)).all(-1)
@@ -1588,8 +1626,8 @@ def test_synthetic_clip_is_trained_once_and_cached(tmp_path, monkeypatch):
     assert common.load_clip("tiny-64", "synthetic", cache_dir="c") == ("synthetic", "tiny-64", "c")
 
 
-def test_embedded_zero_shot_split_holds_out_combinations_it_has_seen_the_parts_of(tmp_path):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+def test_embedded_zero_shot_split_holds_out_combinations_it_has_seen_the_parts_of(synthetic, tmp_path):
+    paths = synthetic(tmp_path / "set")
     seen, unseen = data.load_classes(paths["seen"]), data.load_classes(paths["unseen"])
     assert unseen == list(data.UNSEEN) and not set(seen) & set(unseen) and len(seen) + len(unseen) == 12
     for name in unseen:
@@ -1605,9 +1643,9 @@ def test_embedded_zero_shot_split_holds_out_combinations_it_has_seen_the_parts_o
         assert path.startswith("videos/val_") and names[int(path.split("_")[1])] == unseen[label]
 
 
-def test_cli_protocols(tmp_path, capsys):
+def test_cli_protocols(synthetic, tmp_path, capsys):
     """base2novel with two shot seeds and a zero-shot test, through train.main on a small synthetic set."""
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=3, val_per_class=2, T=12)
+    paths = synthetic(tmp_path / "set", train_per_class=3, val_per_class=2)
     common_args = ["--method", "vificlip", "--model", "tiny", "--pretrained", "none", "--frames", "2",
                    "--batch-size", "4", "--accum-steps", "1", "--workers", "0", "--steps-per-epoch", "1",
                    "--epochs", "1", "--test-clips", "1", "--test-crops", "1", "--data-root", paths["root"]]
@@ -1642,10 +1680,10 @@ def test_cli_protocols(tmp_path, capsys):
     assert tested[-1]["top1"] == pytest.approx((tested[0]["top1"] + tested[1]["top1"]) / 2)
 
 
-def test_released_split_files_load_as_they_are(tmp_path):
+def test_released_split_files_load_as_they_are(synthetic, tmp_path):
     """ViFi-CLIP's released splits: a few-shot list is trained on as it is (no --shots, no draw), and the base
     lists, one per seed, count their labels 0..B-1 in the base class file: each maps through its name."""
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=3, val_per_class=2, T=12)
+    paths = synthetic(tmp_path / "set", train_per_class=3, val_per_class=2)
     names, train_list = data.synthetic_classes(), data.read_list(paths["train"])
     shots = tmp_path / "train1_few_shot_2.txt"
     shots.write_text("".join(f"{p} {c}\n" for p, c in train_list if p.endswith(("_0.mp4", "_2.mp4"))))
@@ -1672,10 +1710,10 @@ def test_released_split_files_load_as_they_are(tmp_path):
         assert [len(s) for _, s, _ in tests] == [12, 12]
 
 
-def test_released_weights_test_on_a_plain_list_with_its_class_file(tmp_path):
+def test_released_weights_test_on_a_plain_list_with_its_class_file(synthetic, tmp_path):
     """--eval-only with the authors' weights (no checkpoint of ours to carry the names): the class file names
     a plain test list's labels, for every protocol."""
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=1, val_per_class=1, T=12)
+    paths = synthetic(tmp_path / "set", train_per_class=1)
     for protocol in ("supervised", "few-shot"):
         args, _ = train.get_args(["--method", "xclip", "--protocol", protocol, "--eval-only", "--val-list",
                                   paths["val"], "--classes", paths["classes"], "--data-root", paths["root"]])
@@ -1692,8 +1730,8 @@ def test_released_weights_test_on_a_plain_list_with_its_class_file(tmp_path):
         data.protocol_data(train.get_args(argv)[0], seed=1)
 
 
-def test_zero_shot_unseen_only_keeps_the_classes_training_never_saw(tmp_path):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+def test_zero_shot_unseen_only_keeps_the_classes_training_never_saw(synthetic, tmp_path):
+    paths = synthetic(tmp_path / "set")
     argv = ["--method", "vificlip", "--protocol", "zero-shot", "--train-list", paths["seen_train"], "--classes",
             paths["seen"], "--val-list", paths["val"], "--val-classes", paths["classes"], "--data-root", paths["root"],
             "--unseen-only"]
@@ -1715,7 +1753,8 @@ def test_weights_load_strictly_except_new_trainable_tensors(tiny_clip_state, tmp
     train.save_checkpoint(path, dict(model=plain.state_dict(), args=dict(method="vificlip")))
     train.read_checkpoint.cache_clear()
     prompted = build("vificlip", tiny_clip_state, prompt_tokens_vision=2, prompt_depth_vision=1)
-    train.load_weights(prompted, vificlip, path, argparse.Namespace(own=[]))   # the bridge: only the new prompt is missing
+    # the bridge: only the new prompt is missing
+    train.load_weights(prompted, vificlip, path, argparse.Namespace(own=[]))
     assert torch.equal(prompted.clip.visual.proj, plain.clip.visual.proj)
     state = plain.state_dict()
     del state["clip.visual.proj"]                         # a frozen tensor missing: not the same model
@@ -1743,8 +1782,8 @@ def files_of(folder):
     return out
 
 
-def test_cli_runs_get_folders_of_their_own_and_never_overwrite_each_other(tmp_path, monkeypatch, capsys):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+def test_cli_runs_get_folders_of_their_own_and_never_overwrite_each_other(synthetic, tmp_path, monkeypatch, capsys):
+    paths = synthetic(tmp_path / "set")
     monkeypatch.chdir(tmp_path)
     train.main(tiny_run_args(paths, "--epochs", "1", "--lr", "2e-3"))
     printed = capsys.readouterr()
@@ -1802,10 +1841,10 @@ def test_cli_runs_get_folders_of_their_own_and_never_overwrite_each_other(tmp_pa
         train.main(tiny_run_args(paths, "--resume", first)[2:] + ["--method", "xclip"])
 
 
-def test_cli_resume_cuts_the_metrics_back_to_the_checkpoint(tmp_path, capsys):
+def test_cli_resume_cuts_the_metrics_back_to_the_checkpoint(synthetic, tmp_path, capsys):
     """A kill between a checkpoint and its metrics line, or after lines of a later epoch that never reached the
     checkpoint: the resumed run ends with exactly one line per epoch."""
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    paths = synthetic(tmp_path / "set")
     out = str(tmp_path / "run")
     train.main(tiny_run_args(paths, "--epochs", "1", "--out", out))
     metrics = os.path.join(out, "metrics.jsonl")
@@ -1826,10 +1865,10 @@ def test_cli_resume_cuts_the_metrics_back_to_the_checkpoint(tmp_path, capsys):
     assert [r["trained_epochs"] for r in lines if "epoch" not in r] == [1, 1, 3, 3]
 
 
-def test_cli_a_run_written_before_the_setting_renames_resumes_to_the_uninterrupted_numbers(tmp_path):
+def test_cli_a_run_written_before_the_setting_renames_resumes_to_the_uninterrupted_numbers(synthetic, tmp_path):
     """config.json and last.pt of the earlier format (step_batch, batch_size, schedule_accum; the unused best)
     resume under today's names, to the weights of a run that was never stopped."""
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    paths = synthetic(tmp_path / "set")
     whole, old = str(tmp_path / "whole"), str(tmp_path / "old")
     train.main(tiny_run_args(paths, "--epochs", "2", "--out", whole, "--val-every", "0"))
     train.main(tiny_run_args(paths, "--epochs", "1", "--out", old, "--val-every", "0"))
@@ -1851,9 +1890,9 @@ def test_cli_a_run_written_before_the_setting_renames_resumes_to_the_uninterrupt
     assert (args.official_accum, args.global_batch) == (3, 24)
 
 
-def test_cli_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again_in_place(tmp_path, monkeypatch,
-                                                                                          capsys):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+def test_cli_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again_in_place(synthetic, tmp_path,
+                                                                                          monkeypatch, capsys):
+    paths = synthetic(tmp_path / "set")
     out, real_train = str(tmp_path / "run"), train.train
     monkeypatch.setattr(train, "train", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):   # killed at once: config.json written, no checkpoint, no epoch line
@@ -1878,7 +1917,8 @@ def test_an_unwritable_run_folder_is_not_called_full(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as stop:
         train.save_checkpoint(str(tmp_path / "last.pt"), dict(a=torch.zeros(3)))
     assert f"cannot write to {tmp_path}: it is read-only" in str(stop.value) and "space" not in str(stop.value)
-    monkeypatch.setattr(torch, "save", lambda state, path: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    monkeypatch.setattr(torch, "save",
+                        lambda state, path: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(SystemExit, match="no space left on"):
         train.save_checkpoint(str(tmp_path / "last.pt"), dict(a=torch.zeros(3)))
 
@@ -1900,7 +1940,6 @@ def test_help_shows_every_flag_and_modes_are_one_at_a_time(capsys):
 def test_same_command_same_numbers_first_run_included(tmp_path, monkeypatch):
     """Two first runs in two fresh folders: each generates its videos, pretrains the stand-in CLIP and trains
     with decoding workers. The videos are the same bytes, and every figure of the two runs is equal."""
-    import functools
     monkeypatch.setattr(common, "synthetic_clip", functools.partial(common.synthetic_clip, steps=4, batch=32))
     runs = []
     for copy in ("a", "b"):
@@ -1918,8 +1957,8 @@ def test_same_command_same_numbers_first_run_included(tmp_path, monkeypatch):
     assert len(runs[0][1]) == 4 and runs[0][1] == runs[1][1]
 
 
-def test_cli_bad_videos_stop_the_run_or_are_left_out_counted_and_listed(tmp_path, capsys):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=24)
+def test_cli_bad_videos_stop_the_run_or_are_left_out_counted_and_listed(synthetic, tmp_path, capsys):
+    paths = synthetic(tmp_path / "set", T=24)
     for split in ("train", "val"):   # one damaged video in each list
         video = os.path.join(paths["root"], data.read_list(paths[split])[0][0])
         os.replace(video, video + ".good")
@@ -1940,10 +1979,10 @@ def test_cli_bad_videos_stop_the_run_or_are_left_out_counted_and_listed(tmp_path
     assert f"skipped     3 videos that could not be decoded, listed in {out}/skipped.txt" in printed
 
 
-def test_the_epoch_loss_counts_only_the_micro_batches_of_steps_taken(tmp_path, monkeypatch):
+def test_the_epoch_loss_counts_only_the_micro_batches_of_steps_taken(synthetic, tmp_path, monkeypatch):
     """A bad video left out of a one-video batch leaves the epoch's last accumulation cut short: its loss never
     reached a step, so the epoch's loss is the mean over the steps' micro-batches (every loss 1 here: 1, not 11/12)."""
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    paths = synthetic(tmp_path / "set")
     video = os.path.join(paths["root"], data.read_list(paths["train"])[0][0])
     os.replace(video, video + ".good")
     damaged_copy(video + ".good", video, gop=0)
@@ -1954,8 +1993,8 @@ def test_the_epoch_loss_counts_only_the_micro_batches_of_steps_taken(tmp_path, m
     assert line["skipped"] == 1 and line["loss"] == 1.0
 
 
-def test_cli_a_full_disk_a_diverged_loss_and_a_cut_checkpoint_lose_nothing(tmp_path, monkeypatch, capsys):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+def test_cli_a_full_disk_a_diverged_loss_and_a_cut_checkpoint_lose_nothing(synthetic, tmp_path, monkeypatch, capsys):
+    paths = synthetic(tmp_path / "set")
     out = str(tmp_path / "run")
     train.main(tiny_run_args(paths, "--epochs", "1", "--out", out))
     saved = files_of(out)
@@ -1990,8 +2029,9 @@ def test_cli_a_full_disk_a_diverged_loss_and_a_cut_checkpoint_lose_nothing(tmp_p
     with pytest.raises(SystemExit, match=r"cannot make the run's folder"):
         train.main(tiny_run_args(paths, "--out", os.path.join(out, "config.json", "sub")))
     for flag, says in ((["--val-classes", paths["classes"]], "--val-classes means something only under --protocol "
-                        "zero-shot, not supervised: add --protocol zero-shot"), (["--shots", "4"], "--shots means "
-                        "something only under --protocol few-shot or base2novel, not supervised: add --protocol few-shot")):
+                        "zero-shot, not supervised: add --protocol zero-shot"),
+                       (["--shots", "4"], "--shots means something only under --protocol few-shot or base2novel, not "
+                        "supervised: add --protocol few-shot")):
         with pytest.raises(SystemExit, match=re.escape(says)):
             train.main(tiny_run_args(paths, *flag, "--out", str(tmp_path / "vc")))
     assert not os.path.exists(tmp_path / "vc")   # refused before anything was written
@@ -2005,13 +2045,14 @@ def test_cli_a_full_disk_a_diverged_loss_and_a_cut_checkpoint_lose_nothing(tmp_p
 
 
 def test_cli_bad_input_is_one_line_without_a_traceback(tmp_path):
-    import subprocess
     bad = tmp_path / "list.txt"
     bad.write_text("clip.mp4 0\nclip.mp4 one\n")
     (tmp_path / "classes.csv").write_text("0,a\n1,b\n")
     done = subprocess.run([sys.executable, "train.py", "--train-list", str(bad), "--val-list", str(bad),
-                           "--classes", str(tmp_path / "classes.csv"), "--model", "tiny", "--out", str(tmp_path / "run")], cwd=os.path.dirname(os.path.abspath(train.__file__)),
-                          capture_output=True, text=True, timeout=120)
+                           "--classes", str(tmp_path / "classes.csv"), "--model", "tiny",
+                           "--out", str(tmp_path / "run")],
+                          cwd=os.path.dirname(os.path.abspath(train.__file__)), capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 1 and done.stderr.strip().splitlines() == [
         f"error: {bad}:2: expected 'relative/path.mp4 label' with label an integer class id >= 0, got 'clip.mp4 one'; "
         f"fix or remove the line"]
@@ -2038,8 +2079,8 @@ def refused_in_one_line(call, marker, names):
     return message
 
 
-def test_cli_files_that_would_run_code_are_refused_in_one_line_in_every_layout(tiny_clip_state, tmp_path):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+def test_cli_files_that_would_run_code_are_refused_in_one_line_in_every_layout(synthetic, tiny_clip_state, tmp_path):
+    paths = synthetic(tmp_path / "set")
     marker, run = tmp_path / "ran", str(tmp_path / "run")
     train.main(tiny_run_args(paths, "--epochs", "1", "--out", run, "--val-every", "0"))
     ours = torch.load(os.path.join(run, "last.pt"), weights_only=True)
@@ -2066,8 +2107,8 @@ def test_cli_files_that_would_run_code_are_refused_in_one_line_in_every_layout(t
         train.main(["--method", "vificlip", "--eval-only", "--weights", str(tmp_path / "cut.pt"), *tiny])
 
 
-def test_cli_a_checkpoint_that_does_not_fit_the_command_is_one_line_naming_the_flag(tmp_path):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+def test_cli_a_checkpoint_that_does_not_fit_the_command_is_one_line_naming_the_flag(synthetic, tmp_path):
+    paths = synthetic(tmp_path / "set")
     run = str(tmp_path / "run")
     train.main(tiny_run_args(paths, "--method", "xclip", "--epochs", "1", "--out", run, "--val-every", "0"))
     weights, test = os.path.join(run, "last.pt"), ["--val-list", paths["val"], "--data-root", paths["root"],
@@ -2082,8 +2123,9 @@ def test_cli_a_checkpoint_that_does_not_fit_the_command_is_one_line_naming_the_f
         assert "\n" not in str(e.value.code) and says in e.value.code and weights in e.value.code, e.value.code
 
 
-def test_cli_predict_with_resume_uses_that_runs_checkpoint_and_names_its_weights(tmp_path, monkeypatch, capsys):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+def test_cli_predict_with_resume_uses_that_runs_checkpoint_and_names_its_weights(synthetic, tmp_path, monkeypatch,
+                                                                                  capsys):
+    paths = synthetic(tmp_path / "set")
     monkeypatch.chdir(tmp_path)
     train.main(tiny_run_args(paths, "--epochs", "1", "--val-every", "0"))
     video = os.path.join(paths["root"], data.read_list(paths["val"])[0][0])
@@ -2098,9 +2140,9 @@ def test_cli_predict_with_resume_uses_that_runs_checkpoint_and_names_its_weights
     assert trained.splitlines()[1:3] != bare.splitlines()[1:3]
 
 
-def test_cli_a_finished_run_trained_further_keeps_its_results_and_eval_folders_pair_with_their_runs(tmp_path, monkeypatch,
-                                                                                                  capsys):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+def test_cli_a_finished_run_trained_further_keeps_its_results_and_eval_folders_pair_with_their_runs(
+        synthetic, tmp_path, monkeypatch, capsys):
+    paths = synthetic(tmp_path / "set")
     monkeypatch.chdir(tmp_path)
     train.main(tiny_run_args(paths, "--epochs", "2", "--val-every", "0"))
     run = os.path.join("runs", "vificlip-supervised")
@@ -2136,8 +2178,8 @@ def test_cli_predict_speaks_of_the_file_it_was_given(tmp_path):
         train.main([*base, str(tmp_path / "README.md")])
 
 
-def test_cli_clips_per_second_count_training_not_the_validation(tmp_path, monkeypatch):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+def test_cli_clips_per_second_count_training_not_the_validation(synthetic, tmp_path, monkeypatch):
+    paths = synthetic(tmp_path / "set")
     real = train.evaluate
     monkeypatch.setattr(train, "evaluate", lambda *a, **k: time.sleep(0.5) or real(*a, **k))
     train.main(tiny_run_args(paths, "--epochs", "2", "--val-every", "2", "--out", str(tmp_path / "run")))
@@ -2147,9 +2189,9 @@ def test_cli_clips_per_second_count_training_not_the_validation(tmp_path, monkey
         assert r["clips_per_s"] == pytest.approx(8 / r["seconds"])
 
 
-def test_cli_ctrl_c_ends_in_the_line_to_continue_and_the_run_continues_exactly(tmp_path):
+def test_cli_ctrl_c_ends_in_the_line_to_continue_and_the_run_continues_exactly(synthetic, tmp_path):
     import signal
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    paths = synthetic(tmp_path / "set")
     # 3 epochs of 6 steps (about 2 s) still to go when the first ends: time enough for the signal to land in training
     argv = tiny_run_args(paths, "--epochs", "4", "--steps-per-epoch", "6", "--val-every", "0", "--save-every", "2",
                          "--threads", "1")
@@ -2168,12 +2210,14 @@ def test_cli_ctrl_c_ends_in_the_line_to_continue_and_the_run_continues_exactly(t
                         rf"steps of epoch \d)?; continue with: python train.py --method vificlip --resume "
                         rf"{re.escape(stopped)}", last), last
     train.main(["--method", "vificlip", "--resume", stopped])
-    a, b = (torch.load(os.path.join(run, "last.pt"), weights_only=True)["model"] for run in (tmp_path / "whole", stopped))
+    a, b = (torch.load(os.path.join(run, "last.pt"), weights_only=True)["model"]
+            for run in (tmp_path / "whole", stopped))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_cli_killed_mid_epoch_with_workers_resumes_to_exactly_the_uninterrupted_numbers(tmp_path, monkeypatch):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=4, val_per_class=1, T=12)
+def test_cli_killed_mid_epoch_with_workers_resumes_to_exactly_the_uninterrupted_numbers(synthetic, tmp_path,
+                                                                                         monkeypatch):
+    paths = synthetic(tmp_path / "set", train_per_class=4)
     argv = tiny_run_args(paths, "--epochs", "2", "--workers", "2", "--steps-per-epoch", "6", "--mixup", "0.8",
                          "--save-every", "2")   # and the recipe's colour jitter, grayscale, flips, cutmix
     whole = train.main(argv + ["--out", str(tmp_path / "whole")])
@@ -2199,12 +2243,13 @@ def test_cli_killed_mid_epoch_with_workers_resumes_to_exactly_the_uninterrupted_
     assert len(figures("whole")) == 4 and figures("killed") == figures("whole") and resumed == whole
     epoch1 = train.read_metrics(os.path.join(tmp_path, "killed", "metrics.jsonl"))[0]   # steps 5, 6 after the resume
     assert epoch1["clips_per_s"] * epoch1["seconds"] == pytest.approx(2 * 4, rel=0.05)
-    a, b = (torch.load(os.path.join(tmp_path, run, "last.pt"), weights_only=False)["model"] for run in ("whole", "killed"))
+    a, b = (torch.load(os.path.join(tmp_path, run, "last.pt"), weights_only=False)["model"]
+            for run in ("whole", "killed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_cli_benchmark_reports_model_and_loader_and_which_bounds(tmp_path, capsys):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+def test_cli_benchmark_reports_model_and_loader_and_which_bounds(synthetic, tmp_path, capsys):
+    paths = synthetic(tmp_path / "set")
     train.main(["--method", "vificlip", "--benchmark", "2", "--batch-size", "4", "--frames", "4", "--workers", "0",
                 "--train-list", paths["train"], "--data-root", paths["root"], "--classes", paths["classes"],
                 "--peak-tflops", "1"])
@@ -2233,17 +2278,6 @@ def test_compile_gives_the_eager_logits_and_gradients(tiny_clip_state):
         runs.append((logits.detach(), loss.detach(), [p.grad for p in model.parameters() if p.requires_grad]))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     assert all(torch.equal(a, b) for a, b in zip(runs[0][2], runs[1][2]))
-
-
-def test_cli_predict(tmp_path, capsys):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
-    out = str(tmp_path / "run")
-    train.main(tiny_run_args(paths, "--epochs", "1", "--out", out))
-    capsys.readouterr()
-    video_path = os.path.join(paths["root"], data.read_list(paths["val"])[0][0])
-    train.main(["--method", "vificlip", "--weights", os.path.join(out, "last.pt"), "--predict", video_path])
-    printed = capsys.readouterr().out
-    assert printed.count("%") == 5 and any(w in printed for w in ("moving", "growing", "shrinking"))
 
 
 # =========================================================================================================
@@ -2300,12 +2334,12 @@ def test_the_averaged_gradient_is_the_one_process_gradient_of_the_whole_batch(mo
     the .grad itself equals the gradient of the whole batch's mean loss on one process (a wrong divisor barely
     moves AdamW's weights, but it changes clipping and other optimizers); a parameter that only process 0 used
     counts as zero on process 1; one that neither used keeps .grad None."""
-    import copy
     import threading
     torch.manual_seed(0)
     x, y = torch.randn(8, 4), torch.randn(8, 3)
     models = [torch.nn.ParameterDict(dict(w=torch.nn.Parameter(torch.randn(4, 3)), b=torch.nn.Parameter(torch.randn(3)),
-                                          partial=torch.nn.Parameter(torch.ones(2)), unused=torch.nn.Parameter(torch.ones(2))))]
+                                          partial=torch.nn.Parameter(torch.ones(2)),
+                                          unused=torch.nn.Parameter(torch.ones(2))))]
     models.append(copy.deepcopy(models[0]))   # each process its own copy of the same weights
 
     def loss(m, rank):   # the mean loss of a process's 4 rows; `partial` serves process 0's samples only
@@ -2341,11 +2375,11 @@ def test_the_averaged_gradient_is_the_one_process_gradient_of_the_whole_batch(mo
         assert m["unused"].grad is None
 
 
-def test_torchrun_processes_train_test_and_resume_as_one_process_with_the_whole_batch(tmp_path, monkeypatch):
+def test_torchrun_processes_train_test_and_resume_as_one_process_with_the_whole_batch(synthetic, tmp_path, monkeypatch):
     """b videos on each of P processes = P b videos on one: the same weights (to 1e-5; 3e-8 measured with two),
     the same val and test figures over an odd number of test videos, and a resume under P processes lands where
     the one-process resume does."""
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    paths = synthetic(tmp_path / "set")
     odd = tmp_path / "odd.txt"
     odd.write_text("".join(open(paths["val"]).readlines()[:11]))         # 11 test videos: 6 + 5 on two processes
     P = PROCESSES
@@ -2381,11 +2415,12 @@ def test_torchrun_processes_train_test_and_resume_as_one_process_with_the_whole_
     assert figures("two")[:3] == [pytest.approx(line, abs=1e-5) for line in figures("one")[:3]]
 
 
-def test_torchrun_openvclip_each_process_takes_its_own_alpha_and_the_gradients_are_averaged(tmp_path, monkeypatch):
+def test_torchrun_openvclip_each_process_takes_its_own_alpha_and_the_gradients_are_averaged(synthetic, tmp_path,
+                                                                                            monkeypatch):
     """The interpolated-weight step under P processes: each process draws its own alpha (as each GPU of the
     official runs), and the step equals one process averaging the gradients of the P shares of the batch, each
     taken at its own alpha, then clipping and stepping once."""
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    paths = synthetic(tmp_path / "set")
     monkeypatch.chdir(tmp_path)
     argv = tiny_run_args(paths, "--batch-size", "2", "--steps-per-epoch", "1", "--epochs", "1", "--val-every", "0",
                          "--mixup", "0", "--cutmix", "0", "--iwo-alpha", "0.6", "--no-swa", "--interp-lambda", "0",
@@ -2428,12 +2463,12 @@ def test_torchrun_openvclip_each_process_takes_its_own_alpha_and_the_gradients_a
     assert weight_gap(model.state_dict(), trained) < 1e-5
 
 
-def test_torchrun_a_failing_process_ends_the_run_with_its_message_or_its_bad_video_is_left_out(tmp_path):
+def test_torchrun_a_failing_process_ends_the_run_with_its_message_or_its_bad_video_is_left_out(synthetic, tmp_path):
     """A damaged video in process 1's first batch: process 1 stops with the one-line error naming it, and
     torchrun ends process 0 (waiting for process 1's gradients) at once instead of letting it hang. With
     --skip-bad-videos and one video per batch, process 1's first batch holds nothing: it still counts as a
     micro-batch, so the processes stay in step, and the video is listed and counted once."""
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    paths = synthetic(tmp_path / "set")
     samples = data.read_list(paths["train"])
     path = os.path.join(paths["root"], samples[list(data.EpochSampler(len(samples), 0, 1, PROCESSES))[0]][0])
     damaged_copy(path, path + ".bad.mp4", gop=0)
@@ -2640,11 +2675,13 @@ def test_omniclip_parameter_count_matches_the_docstring_formula(tiny_clip_state)
     assert 12 * (omniclip_pta_params(768, 192, 8) + omniclip_spg_params(768, 192, 3)) == 8_944_128
     D, L = 128, 3                                                # the tiny CLIP, built for 8 frames
     model = omniclip_omni(tiny_clip_state)
-    assert common.count_params(model, trainable=True) == L * (omniclip_pta_params(D, 32, 8) + omniclip_spg_params(D, 32, 3))
-    assert model.describe().startswith(f"{L * (omniclip_pta_params(D, 32, 8) + omniclip_spg_params(D, 32, 3)):,} trainable")
+    trainable = L * (omniclip_pta_params(D, 32, 8) + omniclip_spg_params(D, 32, 3))
+    assert common.count_params(model, trainable=True) == trainable
+    assert model.describe().startswith(f"{trainable:,} trainable")
     model = omniclip_omni(tiny_clip_state, pta_ratio=0.5, pta_layers="1-2", spg_scales="1,2", spg_layers="0")
     assert sorted(model.pta) == ["1", "2"] and sorted(model.spg) == ["0"]
-    assert common.count_params(model, trainable=True) == 2 * omniclip_pta_params(D, 64, 8) + omniclip_spg_params(D, 32, 2)
+    assert common.count_params(model, trainable=True) == (2 * omniclip_pta_params(D, 64, 8)
+                                                          + omniclip_spg_params(D, 32, 2))
     with torch.no_grad():
         assert model(video()).shape == (B, C)
 
@@ -2724,11 +2761,13 @@ def test_xclip_refuses_another_frame_count_in_one_line_for_classes_and_retrieval
 def test_xclip_state_dict_has_the_official_names(tiny_clip_state):
     keys = set(xclip_build(tiny_clip_state).state_dict())
     official = {"visual.conv1.weight", "visual.proj", "visual.transformer.resblocks.2.message_fc.weight",
-                "visual.transformer.resblocks.0.message_ln.bias", "visual.transformer.resblocks.1.message_attn.in_proj_weight",
+                "visual.transformer.resblocks.0.message_ln.bias",
+                "visual.transformer.resblocks.1.message_attn.in_proj_weight",
                 "visual.transformer.resblocks.0.attn.out_proj.weight", "mit.positional_embedding",
                 "mit.resblocks.0.attn.in_proj_weight", "mit.resblocks.0.mlp.c_proj.bias", "prompts_visual_ln.weight",
                 "prompts_visual_proj", "prompts_generator.norm.weight", "prompts_generator.alpha",
-                "prompts_generator.decoder.1.cross_attn.q_proj.weight", "prompts_generator.decoder.0.cross_attn.proj.bias",
+                "prompts_generator.decoder.1.cross_attn.q_proj.weight",
+                "prompts_generator.decoder.0.cross_attn.proj.bias",
                 "prompts_generator.decoder.1.norm3.weight", "prompts_generator.decoder.0.mlp.3.weight",
                 "token_embedding.weight", "positional_embedding", "transformer.resblocks.0.ln_1.weight",
                 "ln_final.bias", "text_projection", "logit_scale"}
@@ -2892,18 +2931,20 @@ def test_xclip_recipe_values():
     assert xclip.RECIPE["lr"] == 8e-6 and xclip.RECIPE["global_batch"] == 256 and xclip.RECIPE["template"] == "{}"
     assert xclip.RECIPE["mean"] == "imagenet" and xclip.RECIPE["betas"] == (0.9, 0.98)
     assert xclip.VARIANTS["few-shot"] == dict(frames=32, lr=2e-6, epochs=50, global_batch=64, official_accum=2)
-    assert (xclip.VARIANTS["zero-shot"]["test_clips"], xclip.VARIANTS["zero-shot"]["test_crops"]) == (1, 1)   # --only_test
+    zero_shot = xclip.VARIANTS["zero-shot"]
+    assert (zero_shot["test_clips"], zero_shot["test_crops"]) == (1, 1)   # --only_test
 
 
-def test_xclip_cli_train_with_checkpointing_then_eval(tmp_path):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=1, val_per_class=1, T=12)
+def test_xclip_cli_train_with_checkpointing_then_eval(synthetic, tmp_path):
+    paths = synthetic(tmp_path / "set", train_per_class=1)
     out = str(tmp_path / "run")
     base = ["--method", "xclip", "--train-list", paths["train"], "--val-list", paths["val"],
             "--data-root", paths["root"], "--classes", paths["classes"], "--model", "tiny", "--frames", "4",
             "--batch-size", "4", "--accum-steps", "1", "--workers", "0", "--steps-per-epoch", "1",
             "--out", out, "--test-clips", "1", "--test-crops", "1"]
     trained = train.main(base + ["--epochs", "1", "--grad-checkpointing"])
-    again = train.main(base[:-6] + ["--out", f"{out}-eval", "--eval-only", "--weights", f"{out}/last.pt"])      # the same weights, reloaded
+    # the same weights, reloaded
+    again = train.main(base[:-6] + ["--out", f"{out}-eval", "--eval-only", "--weights", f"{out}/last.pt"])
     assert again["test"][0] == pytest.approx(trained["test"][0])
 
 
@@ -3320,7 +3361,8 @@ def test_openvclip_lambda_follows_the_model_size(monkeypatch):
     for model, lam in (("ViT-L-14", 0.6), ("ViT-B-16", 0.5), ("ViT-B-32", 0.5)):
         args = train.get_args(["--method", OPENVCLIP_NAME, "--model", model, "--benchmark"])[0]
         assert openvclip.build(None, args)["interp_lambda"] == lam
-    args = train.get_args(["--method", OPENVCLIP_NAME, "--model", "ViT-L-14", "--benchmark", "--interp-lambda", "0.3"])[0]
+    args = train.get_args(["--method", OPENVCLIP_NAME, "--model", "ViT-L-14", "--benchmark",
+                           "--interp-lambda", "0.3"])[0]
     assert openvclip.build(None, args)["interp_lambda"] == 0.3
 
 
@@ -3366,7 +3408,8 @@ def test_openvclip_captions_add_the_caption_loss_to_the_training_loss(tiny_clip_
     paths = ["videos/abseiling/vid_a.mp4", "other/vid_b.avi"]
     with torch.no_grad():
         f = model.frame_embeddings(x)
-        text = model.clip.encode_text(common.tokenize(model.clip, ["a person climbs down a wall", "a dog runs on grass"]))
+        text = model.clip.encode_text(common.tokenize(model.clip, ["a person climbs down a wall",
+                                                                   "a dog runs on grass"]))
         expected = train.soft_cross_entropy(model.logits(f), y) + 0.7 * openvclip.video_caption_loss(
             f.mean(1), text, model.clip.logit_scale)
         torch.testing.assert_close(model.loss(x, y, train.soft_cross_entropy, paths), expected)
@@ -3386,8 +3429,8 @@ def test_openvclip_captions_add_the_caption_loss_to_the_training_loss(tiny_clip_
 # Through train.py
 # ---------------------------------------------------------------------------------------------------------
 
-def test_openvclip_cli_run_averages_and_interpolates_at_the_end(tmp_path):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+def test_openvclip_cli_run_averages_and_interpolates_at_the_end(synthetic, tmp_path):
+    paths = synthetic(tmp_path / "set")
     out = str(tmp_path / "run")
     args = ["--method", OPENVCLIP_NAME, "--train-list", paths["train"], "--val-list", paths["val"], "--data-root",
             paths["root"], "--classes", paths["classes"], "--model", "tiny", "--frames", "4", "--batch-size", "4",
@@ -3403,8 +3446,8 @@ def test_openvclip_cli_run_averages_and_interpolates_at_the_end(tmp_path):
     torch.testing.assert_close(final, 0.5 * theta0 + 0.5 * state["swa_sum"] / 2)
 
 
-def test_openvclip_cli_passes_each_batch_video_paths_for_the_captions(tmp_path, monkeypatch):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+def test_openvclip_cli_passes_each_batch_video_paths_for_the_captions(synthetic, tmp_path, monkeypatch):
+    paths = synthetic(tmp_path / "set")
     listed = {os.path.join(paths["root"], p) for p, _ in data.read_list(paths["train"])}
     captions = tmp_path / "captions.json"
     captions.write_text(json.dumps({p: "a video of a shape" for p in listed}))
@@ -3479,14 +3522,16 @@ def test_readers_of_retrieval_sets_in_their_published_formats(tmp_path):
     msvd.mkdir()
     (msvd / "test_list.txt").write_text("abc_1_5\ndef_2_8\n")
     with open(msvd / "raw-captions.pkl", "wb") as f:
-        pickle.dump({"abc_1_5": [["a", "cat", "plays"], ["the", "cat", "jumps"]], "def_2_8": [["a", "dog"]]}, f, protocol=4)
+        pickle.dump({"abc_1_5": [["a", "cat", "plays"], ["the", "cat", "jumps"]], "def_2_8": [["a", "dog"]]}, f,
+                    protocol=4)
     videos, captions = data.read_captions(str(msvd / "test_list.txt"), str(tmp_path))
     assert videos == [str(tmp_path / "abc_1_5.avi"), str(tmp_path / "def_2_8.avi")]
     assert captions == [("a cat plays", 0), ("the cat jumps", 0), ("a dog", 1)]
     plain = tmp_path / "captions.txt"
     plain.write_text("mine/a b.mp4\tsomeone waves\n\nmine/a b.mp4\ta wave\nvideo7020.mp4\ttalking\n")
     assert data.read_captions(str(plain), str(tmp_path)) == (
-        [str(tmp_path / "mine/a b.mp4"), str(tmp_path / "video7020.mp4")], [("someone waves", 0), ("a wave", 0), ("talking", 1)])
+        [str(tmp_path / "mine/a b.mp4"), str(tmp_path / "video7020.mp4")],
+        [("someone waves", 0), ("a wave", 0), ("talking", 1)])
     bad = [("mine/a b.mp4 someone waves\n", "captions.txt:1: expected 'path<TAB>caption'"),
            ("mine/a b.mp4\t \n", "captions.txt:1: an empty caption"),
            ("video7020.mp4\tok\ngone.mp4\tmissing\n", "captions.txt:2: no video at .*gone.mp4")]
@@ -3611,10 +3656,10 @@ def test_retrieval_pieces_give_the_forward_and_a_class_sentence_scores_as_its_cl
             torch.testing.assert_close(chunked, sim, rtol=1e-5, atol=1e-5)
 
 
-def test_cli_retrieval_embed_and_search_round_trip(tmp_path, monkeypatch, capsys):
+def test_cli_retrieval_embed_and_search_round_trip(synthetic, tmp_path, monkeypatch, capsys):
     """The embedded retrieval set: 96 videos, one caption each that no other shares; --protocol retrieval tests
     it; --embed writes its embeddings; --search finds a video by its caption, as the retrieval test ranks it."""
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    paths = synthetic(tmp_path / "set")
     paths["retrieval"] = data.make_retrieval_set(paths["root"], T=12)
     listed = data.read_captions(paths["retrieval"], paths["root"])
     assert len(listed[0]) == 96 and len({c for c, _ in listed[1]}) == 96
@@ -3635,8 +3680,8 @@ def test_cli_retrieval_embed_and_search_round_trip(tmp_path, monkeypatch, capsys
     assert "the 3 closest of the 96" in capsys.readouterr().out   # the same model (seed) ranks as the test did:
     assert [path for path, _ in found] == [listed[0][i] for i in scored[0][:, 5].topk(3).indices]
     with pytest.raises(SystemExit, match="was made by --method vificlip: add --method vificlip"):
-        train.main(["--method", "xclip", "--search", "a", "--embeddings", os.path.join("runs", "vificlip-retrieval-random-embed",
-                                                                                     "embeddings.pt")])
+        train.main(["--method", "xclip", "--search", "a", "--embeddings",
+                    os.path.join("runs", "vificlip-retrieval-random-embed", "embeddings.pt")])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -3651,7 +3696,8 @@ def test_timm_schedule_leaves_the_warm_up_at_the_micro_batch_where_it_ends():
     args = argparse.Namespace(schedule="timm", official_accum=1, warmup_epochs=1, epochs=4, warmup_start_ratio=0)
     floor = 0.01   # 10 steps an epoch: warm-up 10 micro-batches, 40 in all
     assert train.lr_factor(10, args, 10, floor) == pytest.approx(9 / 10)
-    assert train.lr_factor(11, args, 10, floor) == pytest.approx(floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert train.lr_factor(11, args, 10, floor) == pytest.approx(
+        floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi / 4)))
 
 
 def test_soft_cross_entropy_is_torchs_cross_entropy_and_linear_in_the_target():
@@ -3836,7 +3882,8 @@ def test_mix_by_hand_nothing_to_mix_mixup_of_two_and_cutmix_boxes():
             else:
                 lam = float(torch.distributions.Beta(mixup, mixup).sample())
                 partner = torch.randperm(B)
-                expected = lam * video[:B] + (1 - lam) * video[:B][partner], lam * target[:B] + (1 - lam) * target[:B][partner]
+                expected = (lam * video[:B] + (1 - lam) * video[:B][partner],
+                            lam * target[:B] + (1 - lam) * target[:B][partner])
                 kinds.add(("mixup", B, bool((partner != torch.arange(B)).any())))
             torch.manual_seed(seed)
             got = data.mix(video[:B], target[:B], mixup, cutmix, 0.5)
@@ -4001,12 +4048,12 @@ def test_omniclip_temporal_embedding_resampled_to_more_frames_than_it_has_channe
 # A newcomer's third hour: every line a run prints is true of what it did, every suggestion works as given
 # ---------------------------------------------------------------------------------------------------------
 
-def test_cli_a_run_trained_further_and_stopped_in_its_test_resumes_to_a_test_of_its_new_weights(tmp_path,
+def test_cli_a_run_trained_further_and_stopped_in_its_test_resumes_to_a_test_of_its_new_weights(synthetic, tmp_path,
                                                                                                    monkeypatch):
     """A finished 1-epoch run trained on to 2 epochs, stopped by a real SIGINT as its final test starts, is not
     finished: resumed, it tests its new weights (trained_epochs 2), and its 1-epoch test and result stay."""
     import signal
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    paths = synthetic(tmp_path / "set")
     out = str(tmp_path / "run")
     train.main(tiny_run_args(paths, "--epochs", "1", "--val-every", "0", "--out", out))
     judge = train.judge
@@ -4027,11 +4074,11 @@ def test_cli_a_run_trained_further_and_stopped_in_its_test_resumes_to_a_test_of_
     assert train.main(["--method", "vificlip", "--resume", out]) is None           # now it is finished
 
 
-def test_cli_predict_without_a_run_uses_the_stand_in_and_points_to_a_run(tmp_path, monkeypatch, capsys):
+def test_cli_predict_without_a_run_uses_the_stand_in_and_points_to_a_run(synthetic, tmp_path, monkeypatch, capsys):
     """--predict without weights takes the stand-in CLIP, as --eval-only and --embed do; without classes it
     names the flags that give them; --resume without a name takes the latest run that has a checkpoint, and
     says so; predicting a video of the embedded set itself prints no caution about real videos."""
-    paths = data.make_synthetic(str(tmp_path / "data" / "embedded"), train_per_class=2, val_per_class=1, T=12)
+    paths = synthetic(tmp_path / "data" / "embedded")
     made = []
     monkeypatch.setattr(common, "synthetic_clip", lambda name, cache_dir=None: made.append(name) or
                         common.load_clip(name))
@@ -4055,12 +4102,12 @@ def test_cli_predict_without_a_run_uses_the_stand_in_and_points_to_a_run(tmp_pat
     assert "weights runs/vificlip-supervised/last.pt" in printed and printed.count("%") == 5
 
 
-def test_cli_resume_and_out_messages_agree_with_each_other(tmp_path, monkeypatch, capsys):
+def test_cli_resume_and_out_messages_agree_with_each_other(synthetic, tmp_path, monkeypatch, capsys):
     """An --eval-only or --embed folder is refused for --resume in one line, with the command that runs it again;
     --out naming one is refused without advice to continue it; --eval-only --resume of a run that has no
     checkpoint yet says to train it first. Folders of runs that test no trained run are named after what they
     used (the CLIP, or the weights file), never like a second test of a trained run."""
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    paths = synthetic(tmp_path / "set")
     monkeypatch.chdir(tmp_path)
     train.main(tiny_run_args(paths, "--eval-only"))
     train.main(tiny_run_args(paths, "--embed"))
@@ -4084,10 +4131,10 @@ def test_cli_resume_and_out_messages_agree_with_each_other(tmp_path, monkeypatch
     assert "starting it again" not in capsys.readouterr().out
 
 
-def test_cli_embed_takes_any_test_list_and_says_what_it_wrote(tmp_path, monkeypatch, capsys):
+def test_cli_embed_takes_any_test_list_and_says_what_it_wrote(synthetic, tmp_path, monkeypatch, capsys):
     """--embed of a trained supervised run on a caption list (MSR-VTT's csv), without --protocol retrieval, and
     with it (the README's example): it embeds, and its closing lines name what it wrote, no metrics file."""
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    paths = synthetic(tmp_path / "set")
     monkeypatch.chdir(tmp_path)
     out = os.path.join("runs", "trained")
     train.main(tiny_run_args(paths, "--epochs", "1", "--val-every", "0", "--out", out))
@@ -4127,8 +4174,8 @@ def test_a_checkpoint_pickled_with_protocol_4_or_5_is_refused_in_one_line(tmp_pa
     assert torch.equal(common.load_checkpoint(str(tmp_path / "p2.pt"))["model"]["w"], torch.ones(2))
 
 
-def test_cli_small_truths_plurals_integers_and_what_an_eval_only_run_trains(tmp_path, capsys):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+def test_cli_small_truths_plurals_integers_and_what_an_eval_only_run_trains(synthetic, tmp_path, capsys):
+    paths = synthetic(tmp_path / "set")
     out = str(tmp_path / "run")
     train.main(tiny_run_args(paths, "--eval-only", "--test-clips", "1", "--out", out))
     printed = capsys.readouterr().out
@@ -4143,9 +4190,9 @@ def test_cli_small_truths_plurals_integers_and_what_an_eval_only_run_trains(tmp_
 # train.METHODS.
 # ---------------------------------------------------------------------------------------------------------
 
-def run_contract(name, root):
+def run_contract(name, root, synthetic):
     """Everything a user does with a method, on the tiny CLIP and 12 embedded-style videos -> what each step gave."""
-    paths = data.make_synthetic(str(root / "set"), train_per_class=2, val_per_class=1, T=12)
+    paths = synthetic(root / "set")
     run, straight, got = str(root / "run"), str(root / "straight"), {}
     args = tiny_run_args(paths, "--val-every", "0", "--steps-per-epoch", "1", method=name)
     got["first"] = train.main([*args, "--epochs", "1", "--out", run])["test"][0]
@@ -4156,9 +4203,10 @@ def run_contract(name, root):
     video = os.path.join(paths["root"], data.read_list(paths["val"])[0][0])
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         train.main(["--method", name, "--predict", video, "--weights", os.path.join(run, "last.pt")])
-    got["predicted"] = printed.getvalue()
+    got["predicted"], got["classes"] = printed.getvalue(), data.load_classes(paths["classes"])
     captions = root / "captions.txt"
-    captions.write_text("".join(f"{p}\t{label} clip {k}\n" for k, (p, label) in enumerate(data.read_list(paths["val"]))))
+    captions.write_text("".join(f"{p}\t{label} clip {k}\n"
+                                for k, (p, label) in enumerate(data.read_list(paths["val"]))))
     train.main(["--method", name, "--embed", "--resume", run, "--val-list", str(captions), "--val-root", paths["root"],
                 "--out", str(root / "embed")])
     got["embedded"] = torch.load(str(root / "embed" / "embeddings.pt"), weights_only=True)
@@ -4170,8 +4218,8 @@ def run_contract(name, root):
 
 
 @pytest.fixture(scope="module", params=METHODS)
-def contract(request, tmp_path_factory):
-    return request.param, run_contract(request.param, tmp_path_factory.mktemp(request.param))
+def contract(request, tmp_path_factory, synthetic):
+    return request.param, run_contract(request.param, tmp_path_factory.mktemp(request.param), synthetic)
 
 
 def test_contract_a_run_resumed_trains_to_the_weights_of_an_uninterrupted_one(contract):
@@ -4189,8 +4237,10 @@ def test_contract_eval_only_tests_the_runs_weights_as_the_run_did(contract):
 def test_contract_predict_embed_and_search(contract):
     name, got = contract
     lines = got["predicted"].splitlines()
-    assert re.match(r".* \(2 clips x 1 crop; weights .*last.pt\):$", lines[0]) and len(lines[1:6]) == 5
-    assert all(re.match(r"  +[\d.]+%  \S", line) for line in lines[1:6]), name
+    assert re.match(r".* \(2 clips x 1 crop; weights .*last.pt\):$", lines[0]), name
+    top = [line for line in lines if re.match(r"  +[\d.]+%  \S", line)]
+    assert top == lines[1:6] and len(top) == 5, name                          # the 5 most likely, and only they
+    assert len({line.split("%  ", 1)[1] for line in top} & set(got["classes"])) == 5, name   # of the run's classes
     stored = got["embedded"]
     assert len(stored["paths"]) == 12 and torch.allclose(stored["embeddings"].norm(dim=1), torch.ones(12))
     assert len(got["found"]) == 3 and {p for p, _ in got["found"]} <= set(stored["paths"])
@@ -4200,7 +4250,7 @@ def test_contract_predict_embed_and_search(contract):
         assert f"  {score:6.3f}  {path}  ({listed[os.path.basename(path)]})" in got["searched"], name
 
 
-def test_a_new_method_copied_and_registered_in_one_line_gets_the_contract(tmp_path, monkeypatch):
+def test_a_new_method_copied_and_registered_in_one_line_gets_the_contract(synthetic, tmp_path, monkeypatch):
     """A fifth method: vificlip.py copied as seqclip.py and named once in train.METHODS (as a researcher forks
     it); the same contract passes for it, found through the one list."""
     folder = tmp_path / "fork"
@@ -4208,16 +4258,16 @@ def test_a_new_method_copied_and_registered_in_one_line_gets_the_contract(tmp_pa
     (folder / "seqclip.py").write_text(open(vificlip.__file__).read())
     monkeypatch.syspath_prepend(str(folder))
     monkeypatch.setattr(train, "METHODS", (*train.METHODS, "seqclip"))
-    got = run_contract("seqclip", tmp_path)
+    got = run_contract("seqclip", tmp_path, synthetic)
     assert all(torch.equal(a, b) for a, b in zip(*(w.values() for w in got["weights"])))
     assert got["eval"]["test"][0]["top1"] == got["resumed"]["top1"] and len(got["embedded"]["paths"]) == 12
 
 
-def test_compare_and_method_subsets_tabulate_runs_by_what_differs(tmp_path, monkeypatch, capsys):
+def test_compare_and_method_subsets_tabulate_runs_by_what_differs(synthetic, tmp_path, monkeypatch, capsys):
     """--method a,b trains just those methods and prints the table --compare prints of their folders (plus the
     times); --compare shows the settings in which runs differ (all of them between runs of one method, the
     headline ones between methods), the epochs trained and the results with their standard errors."""
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    paths = synthetic(tmp_path / "set")
     monkeypatch.chdir(tmp_path)
     args = [*tiny_run_args(paths, "--epochs", "1", "--val-every", "0", "--steps-per-epoch", "1")]
     args[1] = "vificlip,xclip"
@@ -4365,10 +4415,10 @@ def test_ablation_omniclip_without_pta_and_spg_is_frozen_clip_frame_averaging(ti
         assert torch.equal(model(x), common.cosine_logits(v, common.encode_text(clip, tokens), clip.logit_scale))
 
 
-def test_gradients_left_on_the_clip_do_not_reach_the_first_step(tmp_path, monkeypatch):
+def test_gradients_left_on_the_clip_do_not_reach_the_first_step(synthetic, tmp_path, monkeypatch):
     """A CLIP handed over with .grad still set (the stand-in pretrained in the same process leaves its last step's)
     trains to the weights of a clean one: each epoch starts from no gradient."""
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=2, val_per_class=1, T=12)
+    paths = synthetic(tmp_path / "set")
     argv = tiny_run_args(paths, "--epochs", "1", "--val-every", "0", "--test-clips", "1")
     train.main([*argv, "--out", str(tmp_path / "clean")])
     load = common.load_clip
@@ -4385,10 +4435,10 @@ def test_gradients_left_on_the_clip_do_not_reach_the_first_step(tmp_path, monkey
     assert all(torch.equal(clean[k], stale[k]) for k in clean)
 
 
-def test_xclip_export_hf_from_the_command_line(tmp_path):
+def test_xclip_export_hf_from_the_command_line(synthetic, tmp_path):
     """--export-hf RUN OUT writes the model --eval-only would test; --weights OUT tests the same model. Other methods
     are refused in one line."""
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=1, val_per_class=1, T=12)
+    paths = synthetic(tmp_path / "set", train_per_class=1)
     run, hf = str(tmp_path / "run"), str(tmp_path / "hf")
     trained = train.main(tiny_run_args(paths, "--quick-gelu", "--epochs", "1", "--val-every", "0", "--out", run,
                                        method="xclip"))
@@ -4401,7 +4451,7 @@ def test_xclip_export_hf_from_the_command_line(tmp_path):
         train.main(["--method", "vificlip", "--export-hf", run, hf])
 
 
-def test_cli_a_model_with_nothing_to_train_is_one_line(tmp_path):
-    paths = data.make_synthetic(str(tmp_path / "set"), train_per_class=1, val_per_class=1, T=12)
+def test_cli_a_model_with_nothing_to_train_is_one_line(synthetic, tmp_path):
+    paths = synthetic(tmp_path / "set", train_per_class=1)
     with pytest.raises(SystemExit, match="--method omniclip: nothing to train with these settings"):
         train.main(tiny_run_args(paths, "--no-pta", "--no-spg", "--out", str(tmp_path / "run"), method="omniclip"))
