@@ -2191,18 +2191,24 @@ def test_cli_clips_per_second_count_training_not_the_validation(synthetic, tmp_p
 
 def test_cli_ctrl_c_ends_in_the_line_to_continue_and_the_run_continues_exactly(synthetic, tmp_path):
     import signal
+    import threading
     paths = synthetic(tmp_path / "set")
     # 3 epochs of 6 steps (about 2 s) still to go when the first ends: time enough for the signal to land in training
     argv = tiny_run_args(paths, "--epochs", "4", "--steps-per-epoch", "6", "--val-every", "0", "--save-every", "2",
                          "--threads", "1")
-    train.main(argv + ["--out", str(tmp_path / "whole")])
     stopped = str(tmp_path / "stopped")
     proc = subprocess.Popen([sys.executable, "-u", os.path.abspath(train.__file__), *argv, "--out", stopped],
                             cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:   # interrupted once its first epoch has a checkpoint
-        if line.startswith("epoch 1/4"):
-            proc.send_signal(signal.SIGINT)
-            break
+
+    def ctrl_c_after_the_first_epoch():   # interrupted once its first epoch has a checkpoint
+        for line in proc.stdout:
+            if line.startswith("epoch 1/4"):
+                proc.send_signal(signal.SIGINT)
+                break
+    watcher = threading.Thread(target=ctrl_c_after_the_first_epoch)
+    watcher.start()
+    train.main(argv + ["--out", str(tmp_path / "whole")])   # the uninterrupted run, while the process starts
+    watcher.join()
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
