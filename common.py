@@ -21,6 +21,7 @@ offline failures), the offline stand-in for a pretrained CLIP (synthetic_clip), 
 Shapes: B videos, T frames, N patches, D width, E joint embedding, C classes, L text tokens.
 """
 import collections
+import functools
 import json
 import logging
 import math
@@ -278,7 +279,7 @@ def load_clip(name="tiny", pretrained=None, quick_gelu=None, cache_dir=None):
                                       cache_dir=cache_dir)
     finally:
         logging.disable(logging.NOTSET)
-    clip.tokenizer = open_clip.get_tokenizer(name)
+    clip.tokenizer = tokenizer(name)
     clip.quick_gelu = bool(quick_gelu)
     return clip
 
@@ -313,6 +314,13 @@ def resolve_pretrained(name, pretrained=None, quick_gelu=None, cache_dir=None):
     if quick_gelu is None:
         quick_gelu = pretrained is not None and "openai" in os.path.basename(pretrained).lower()
     return pretrained, quick_gelu
+
+
+@functools.lru_cache(maxsize=None)
+def tokenizer(name):
+    """open_clip's tokenizer of an architecture, read once (its 49,408-word vocabulary) and shared: it keeps no state
+    but a cache of words it has split."""
+    return open_clip.get_tokenizer(name)
 
 
 # ---- An offline stand-in for a pretrained CLIP --------------------------------------------------------------
