@@ -103,9 +103,10 @@ def encode_frames(visual, x):
 def encode_text(clip, tokens, embeds=None):
     """(C, L) token ids -> (C, E) text embeddings: the causal text transformer, read at the end-of-text token
     (the highest id in CLIP's vocabulary, hence argmax). `embeds` (C, L, W) replaces the token embeddings,
-    for methods that learn some of them (prompt learning)."""
+    for methods that learn some of them (prompt learning). L may stop short of the context length, as in
+    open_clip's TextTransformer: causal attention never lets a token see the padding after it."""
     x = clip.token_embedding(tokens) if embeds is None else embeds      # (C, L, W)
-    x = x + clip.positional_embedding.to(x.dtype)
+    x = x + clip.positional_embedding[:x.shape[1]].to(x.dtype)
     for blk in clip.transformer.resblocks:
         x = block(blk, x, causal=True)
     x = clip.ln_final(x)
@@ -325,12 +326,18 @@ def tokenizer(name):
 
 # ---- An offline stand-in for a pretrained CLIP --------------------------------------------------------------
 
-def synthetic_path(name="tiny", cache_dir=None, steps=300, batch=256, seed=0):
-    """Where synthetic_clip caches the stand-in CLIP, named after what it was trained with."""
-    return os.path.join(cache_dir or "data", f"synthetic-{name}-s{steps}-b{batch}-seed{seed}.pt")
+STEPS, BATCH = 300, 256   # the stand-in's schedule: optimizer steps, and image-caption pairs in each
 
 
-def synthetic_clip(name="tiny", cache_dir=None, steps=300, batch=256, lr=1e-3, seed=0):
+def synthetic_path(name="tiny", cache_dir=None, steps=STEPS, batch=BATCH, seed=0):
+    """Where synthetic_clip caches the stand-in CLIP, named after what it was trained with: the schedule, the
+    seed and a version that goes up whenever anything else of its training changes, so that an older file is
+    never taken for this stand-in (v2: each distinct caption encoded once and fused AdamW, the same training
+    rounded otherwise)."""
+    return os.path.join(cache_dir or "data", f"synthetic-{name}-v2-s{steps}-b{batch}-seed{seed}.pt")
+
+
+def synthetic_clip(name="tiny", cache_dir=None, steps=STEPS, batch=BATCH, lr=1e-3, seed=0):
     """A CLIP pretrained here, once, on a CPU, on still images of coloured shapes and their
     captions ("a red circle", "a photo of a small blue square on the left."), drawn by data.py in the style of
     the embedded videos. Like OpenAI's CLIP it learns what things look like and their names, and never sees
@@ -339,6 +346,7 @@ def synthetic_clip(name="tiny", cache_dir=None, steps=300, batch=256, lr=1e-3, s
 
     The loss is CLIP's symmetric InfoNCE; captions repeat within a batch (there are a few hundred distinct
     ones), so every image whose caption equals caption j counts as a positive of j instead of a negative.
+    Each distinct caption goes through the text tower once, up to the longest one's end-of-text token.
     """
     path = synthetic_path(name, cache_dir, steps, batch, seed)
     with torch.random.fork_rng():   # a fixed initialisation, without touching the caller's random state
@@ -351,7 +359,7 @@ def synthetic_clip(name="tiny", cache_dir=None, steps=300, batch=256, lr=1e-3, s
     from tqdm import tqdm
     size = clip.visual.image_size[0]
     mean, std = torch.tensor(data.CLIP_MEAN)[:, None, None], torch.tensor(data.CLIP_STD)[:, None, None]
-    optimizer = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98), fused=True)
     warmup = max(1, steps // 10)
     clip.train()
     print(f"pretraining the stand-in CLIP ({name}) on synthetic image-caption pairs, once: {steps} steps of {batch}")
@@ -362,9 +370,13 @@ def synthetic_clip(name="tiny", cache_dir=None, steps=300, batch=256, lr=1e-3, s
         images, captions = data.synthetic_stills(batch, [seed, step])                 # uint8 (batch, 64, 64, 3)
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255         # (batch, 3, 64, 64)
         x = (F.interpolate(x, size=(size, size), mode="bilinear", antialias=True) - mean) / std
-        tokens = tokenize(clip, captions)                                      # (batch, L)
-        logits = cosine_logits(encode_frames(clip.visual, x), encode_text(clip, tokens), clip.logit_scale)
-        same = (tokens[:, None] == tokens[None]).all(-1).float()               # (batch, batch) equal captions
+        distinct = sorted(set(captions))                                       # K captions, each once
+        index = torch.tensor([distinct.index(c) for c in captions])            # (batch,) each image's caption
+        tokens = tokenize(clip, distinct)                                      # (K, L)
+        tokens = tokens[:, :int(tokens.argmax(-1).max()) + 1]                  # (K, L') up to the last end of text
+        text = encode_text(clip, tokens)[index]                                # (batch, E)
+        logits = cosine_logits(encode_frames(clip.visual, x), text, clip.logit_scale)
+        same = (index[:, None] == index[None]).float()                         # (batch, batch) equal captions
         target = same / same.sum(1, keepdim=True)
         loss = -((target * logits.log_softmax(1)).sum(1).mean()            # images -> captions
                  + (target * logits.t().log_softmax(1)).sum(1).mean()) / 2  # captions -> images
@@ -374,6 +386,7 @@ def synthetic_clip(name="tiny", cache_dir=None, steps=300, batch=256, lr=1e-3, s
         with torch.no_grad():
             clip.logit_scale.clamp_(0, math.log(100))   # CLIP's clamp of the temperature
         bar.set_postfix(loss=f"{loss.item():.3f}")
+    optimizer.zero_grad(set_to_none=True)   # the stand-in is handed over without its last step's gradients
     clip.eval()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     torch.save(clip.state_dict(), f"{path}.tmp")

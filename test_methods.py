@@ -101,6 +101,8 @@ def test_pieces_equal_open_clip_encoders(tiny_clip_state):
     with torch.no_grad():
         torch.testing.assert_close(common.encode_frames(clip.visual, x), clip.encode_image(x), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(common.encode_text(clip, tokens), clip.encode_text(tokens), atol=1e-5, rtol=1e-5)
+        short = tokens[:, :int(tokens.argmax(-1).max()) + 1]   # cut after the last end of text, as the stand-in's
+        torch.testing.assert_close(common.encode_text(clip, short), clip.encode_text(tokens), atol=1e-5, rtol=1e-5)
 
 
 def test_attention_with_separate_keys_matches_torch():
@@ -1604,7 +1606,7 @@ def test_synthetic_clip_is_trained_once_and_cached(tmp_path, monkeypatch):
     torch.manual_seed(123)
     before = torch.rand(())
     torch.manual_seed(123)
-    clip = common.synthetic_clip("tiny", str(tmp_path), steps=3, batch=16)   # the real thing: 300 x 256
+    clip = common.synthetic_clip("tiny", str(tmp_path), steps=3, batch=16)   # the real thing: STEPS x BATCH
     assert torch.rand(()) == before   # the caller's random state is untouched
     files = os.listdir(tmp_path)
     assert len(files) == 1 and files[0].startswith("synthetic-tiny")
