@@ -4141,6 +4141,8 @@ def test_cli_embed_takes_any_test_list_and_says_what_it_wrote(synthetic, tmp_pat
     with open("msrvtt.csv", "w") as f:
         f.write("key,vid_key,video_id,sentence\n" + "".join(f"ret{i},msr{i},{os.path.splitext(p)[0]},clip {i}\n"
                                                              for i, p in enumerate(videos)))
+    config = json.load(open(os.path.join(out, "config.json")))   # as a run on the embedded set: its --val-list wins
+    json.dump(dict(config, embedded=True), open(os.path.join(out, "config.json"), "w"))
     for extra in ([], ["--protocol", "retrieval"]):
         capsys.readouterr()
         train.main(["--method", "vificlip", "--embed", "--resume", out, "--val-list", "msrvtt.csv", "--val-root",
@@ -4151,6 +4153,7 @@ def test_cli_embed_takes_any_test_list_and_says_what_it_wrote(synthetic, tmp_pat
         folder = printed.split("run folder")[1].split()[0]
         assert f"embeddings  {folder}/embeddings.pt (3 videos)" in printed
         assert len(torch.load(os.path.join(folder, "embeddings.pt"), weights_only=True)["paths"]) == 3
+    assert not os.path.exists(os.path.join("data", "embedded"))
 
 
 def test_cli_offline_weights_fail_before_the_embedded_set_is_made(tmp_path, monkeypatch):

@@ -1408,10 +1408,10 @@ def resumed_run(args):
             raise SystemExit(f"{'--embed' if args.embed else '--eval-only'} --resume {folder}: it has no checkpoint "
                              f"yet (no epoch ended); train it first: --method {args.method} --resume {folder}")
         print(f"{folder} stopped before its first checkpoint: starting it again from the beginning, in that folder")
+    data_given = {"train_list", "val_list"} & set(args.explicit)   # then not the embedded set, whatever the run's
     for key, value in saved.items():
-        key = RENAMED.get(key, key)
-        if key in vars(args) and key not in args.explicit and key not in RUN_CONTROL:
-            setattr(args, key, value)
+        if (key := RENAMED.get(key, key)) in vars(args) and key not in (*args.explicit, *RUN_CONTROL):
+            setattr(args, key, value if key != "embedded" else value and not data_given)
     return folder
 
 
