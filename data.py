@@ -1,5 +1,4 @@
-"""
-Video data, in the order a clip is made: the dataset, which frames, decoding, the transforms (and the colour,
+"""Video data, in the order a clip is made: the dataset, which frames, decoding, the transforms (and the colour,
 normalisation and mixup train.py applies to whole batches). Below the divider, the tool: the datasets' files, the
 protocols, the loader, the decoder's fall-backs, and a synthetic set made in seconds. Nothing here knows models.
 

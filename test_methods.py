@@ -4265,6 +4265,26 @@ def test_a_new_method_copied_and_registered_in_one_line_gets_the_contract(synthe
     assert got["eval"]["test"][0]["top1"] == got["resumed"]["top1"] and len(got["embedded"]["paths"]) == 12
 
 
+@pytest.mark.parametrize("name,recipe", [(m, r) for m in METHODS
+                                         for r in (None, *getattr(importlib.import_module(m), "VARIANTS", {}))])
+def test_the_demo_names_the_recipe_values_it_replaced_and_flags_that_give_them_back(name, recipe):
+    """The flags printed at a demo run's start, given to it, train with the recipe's values: each one parses, and
+    every value a flag can give back is the recipe's again (the global batch through accumulation)."""
+    argv = ["--method", name, *(["--recipe", recipe] if recipe else [])]
+    demo = train.get_args(argv)[0]
+    replaced = demo.demo_replaced
+    assert replaced.get("model") is not None and replaced["model"] != "tiny"
+    flags, unflagged = train.restore_flags(replaced, demo.micro_batch)
+    again = train.get_args([*argv, *flags.split()])[0]
+    for key, value in replaced.items():
+        if key == "global_batch":
+            assert again.micro_batch * again.accum_steps == value, (name, recipe)
+        elif key in unflagged:
+            assert value is None or key in ("official_accum", "flip"), (name, recipe, key)
+        else:
+            assert getattr(again, key) == value, (name, recipe, key)
+
+
 def test_compare_and_method_subsets_tabulate_runs_by_what_differs(synthetic, tmp_path, monkeypatch, capsys):
     """--method a,b trains just those methods and prints the table --compare prints of their folders (plus the
     times); --compare shows the settings in which runs differ (all of them between runs of one method, the

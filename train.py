@@ -1299,6 +1299,17 @@ def begin(args):
     return args
 
 
+def restore_flags(replaced, micro_batch):
+    """The flags that give back the recipe's values the embedded demo replaced -> (flags, the settings no flag gives
+    back: official_accum, flip, and those the recipe leaves to the method's build or to the user, None)."""
+    batch = replaced.get("micro_batch", micro_batch)
+    made = dict(micro_batch=f"--batch-size {batch}",   # the global batch comes back through accumulation
+                global_batch=f"--accum-steps {replaced.get('global_batch', 0) // batch}")
+    flags = {k: made.get(k, f"--{k.replace('_', '-')} {v}") for k, v in replaced.items()
+             if v is not None and k not in ("official_accum", "flip")}
+    return " ".join(flags.values()), [k for k in replaced if k not in flags]
+
+
 def prepare(args):
     """Place the run (place_run) and generate the embedded set if it is used; -> False when there is nothing to do."""
     try:
@@ -1321,14 +1332,10 @@ def prepare(args):
         write_config(args)
     if args.embedded:   # the synthetic set; zero-shot trains on 8 of its classes and tests on the 4 held out
         if replaced := getattr(args, "demo_replaced", None):   # what it replaced, and the flags that give it back
-            batch = replaced.get("micro_batch", args.micro_batch)
-            flags = {k: f"--{k.replace('_', '-')} {'none' if v is None else v}" for k, v in replaced.items()}
-            flags.update(micro_batch=f"--batch-size {batch}", official_accum="", flip="")
-            if "global_batch" in replaced:   # reached by accumulation
-                flags["global_batch"] = f"--accum-steps {replaced['global_batch'] // batch}"
+            flags, unflagged = restore_flags(replaced, args.micro_batch)
             print(f"the embedded demo replaces the recipe's {', '.join(f'{k} {v}' for k, v in replaced.items())}; to "
-                  f"train with them: {' '.join(f for f in flags.values() if f)}" + (" (official_accum and flip have no "
-                  "flag: EMBEDDED in train.py)" if {"official_accum", "flip"} & set(replaced) else ""))
+                  f"train with them: {flags}" + (f" ({', '.join(unflagged)}: no flag gives these back; EMBEDDED "
+                                                 "in train.py and the method file sets them)" if unflagged else ""))
         try:   # first, that the CLIP's weights can be had (offline, a tag not yet downloaded cannot)
             common.resolve_pretrained(args.model, args.pretrained, args.quick_gelu)
         except (ValueError, RuntimeError) as e:
