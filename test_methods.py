@@ -2191,7 +2191,8 @@ def test_cli_ctrl_c_ends_in_the_line_to_continue_and_the_run_continues_exactly(s
                          "--threads", "1")
     stopped = str(tmp_path / "stopped")
     proc = subprocess.Popen([sys.executable, "-u", os.path.abspath(train.__file__), *argv, "--out", stopped],
-                            cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))   # as from a terminal
 
     def ctrl_c_after_the_first_epoch():   # interrupted once its first epoch has a checkpoint
         for line in proc.stdout:
@@ -4062,8 +4063,12 @@ def test_cli_a_run_trained_further_and_stopped_in_its_test_resumes_to_a_test_of_
         return judge(*args, **kwargs)
 
     monkeypatch.setattr(train, "judge", ctrl_c)
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)   # even in a job run ignoring SIGINT
     with pytest.raises(SystemExit) as stopped:
-        train.cli(["--method", "vificlip", "--resume", out, "--epochs", "2"])
+        try:
+            train.cli(["--method", "vificlip", "--resume", out, "--epochs", "2"])
+        finally:
+            signal.signal(signal.SIGINT, ignored)
     assert stopped.value.code == 130
     monkeypatch.setattr(train, "judge", judge)
     assert train.main(["--method", "vificlip", "--resume", out]) is not None      # not "finished": tested now
