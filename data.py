@@ -981,19 +981,6 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.n // self.world - self.start
 
 
-class ShardSampler(torch.utils.data.Sampler):
-    """Evaluation under torchrun: process `rank` of `world` takes videos rank, rank + world, ..., none repeated."""
-
-    def __init__(self, n, rank, world):
-        self.indices = list(range(rank, n, world))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self):
-        return len(self.indices)
-
-
 class Skipped(tuple):
     """(path, reason) of a video VideoDataset(skip_bad=True) could not decode."""
 

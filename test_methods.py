@@ -2316,7 +2316,7 @@ def weight_gap(a, b):
     return gap
 
 
-def test_epoch_shards_together_hold_the_whole_batch_and_test_shards_each_video_once():
+def test_epoch_shards_together_hold_the_whole_batch_and_test_shards_each_video_once(monkeypatch, tmp_path):
     one = list(data.EpochSampler(23, seed=3))
     shards = [list(data.EpochSampler(23, seed=3, rank=r, world=2)) for r in (0, 1)]
     assert [len(s) for s in shards] == [11, 11]                        # equal counts: every process steps together
@@ -2325,8 +2325,19 @@ def test_epoch_shards_together_hold_the_whole_batch_and_test_shards_each_video_o
     resumed = data.EpochSampler(23, seed=3, rank=1, world=2)
     resumed.set_epoch(0, start=4)
     assert list(resumed) == shards[1][4:]
-    tested = [data.ShardSampler(11, r, 3).indices for r in range(3)]
+    args = train.get_args(["--method", "vificlip", "--model", "tiny", "--train-list", "t.txt", "--size", "32"])[0]
+    videos, tested = [(str(tmp_path / f"{i}.mp4"), 0) for i in range(11)], []
+    for path, _ in videos:
+        open(path, "w").close()
+    for rank in range(3):   # a test's loader on each of 3 processes
+        monkeypatch.setattr(train, "RANK", rank)
+        monkeypatch.setattr(train, "WORLD", 3)
+        loader = train.make_loader(args, torch.device("cpu"), videos, views=True)
+        tested.append(list(loader.sampler))
     assert sorted(sum(tested, [])) == list(range(11))                  # nothing padded, nothing twice
+    monkeypatch.setattr(train, "WORLD", 1)
+    monkeypatch.setattr(train, "RANK", 0)
+    assert list(train.make_loader(args, torch.device("cpu"), videos).sampler) == list(range(11))   # all, in order
 
 
 def test_the_averaged_gradient_is_the_one_process_gradient_of_the_whole_batch(monkeypatch):

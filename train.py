@@ -327,9 +327,9 @@ def make_loader(args, device, samples, train=False, views=False, with_index=Fals
                                         args.clips_per_video if train else 1))
     # Order and augmentation follow from (seed, epoch, video) alone, the workers' seeds from the loader's own
     # generator (not mixup's global one): a resumed run, with any number of workers, sees the clips of an
-    # uninterrupted one. Under torchrun each process reads its shard: of each epoch's order, or of the videos.
-    sampler = data.EpochSampler(len(dataset), args.seed, RANK, WORLD) if train else \
-        data.ShardSampler(len(dataset), RANK, WORLD) if WORLD > 1 else None
+    # uninterrupted one. Under torchrun each process reads its shard: of each epoch's order, or of the videos (a
+    # test: videos RANK, RANK + WORLD, ..., none repeated; in_video_order puts them back together).
+    sampler = data.EpochSampler(len(dataset), args.seed, RANK, WORLD) if train else range(RANK, len(dataset), WORLD)
     return torch.utils.data.DataLoader(dataset, batch, sampler=sampler, drop_last=train, num_workers=args.workers,
                                        collate_fn=data.collate, pin_memory=device.type == "cuda",
                                        persistent_workers=args.workers > 0, generator=torch.Generator(),
