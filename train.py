@@ -1334,8 +1334,8 @@ def prepare(args):
         if replaced := getattr(args, "demo_replaced", None):   # what it replaced, and the flags that give it back
             flags, unflagged = restore_flags(replaced, args.micro_batch)
             print(f"the embedded demo replaces the recipe's {', '.join(f'{k} {v}' for k, v in replaced.items())}; to "
-                  f"train with them: {flags}" + (f" ({', '.join(unflagged)}: no flag gives these back; EMBEDDED "
-                                                 "in train.py and the method file sets them)" if unflagged else ""))
+                  f"train with them: {flags}" + (f" ({', '.join(unflagged)}: no flag gives these back: see EMBEDDED "
+                                                 "in train.py or in the method's file)" if unflagged else ""))
         try:   # first, that the CLIP's weights can be had (offline, a tag not yet downloaded cannot)
             common.resolve_pretrained(args.model, args.pretrained, args.quick_gelu)
         except (ValueError, RuntimeError) as e:
