@@ -1304,7 +1304,7 @@ def restore_flags(replaced, micro_batch):
     back: official_accum, flip, and those the recipe leaves to the method's build or to the user, None)."""
     batch = replaced.get("micro_batch", micro_batch)
     made = dict(micro_batch=f"--batch-size {batch}",   # the global batch comes back through accumulation
-                global_batch=f"--accum-steps {replaced.get('global_batch', 0) // batch}")
+                global_batch=f"--accum-steps {max(1, replaced.get('global_batch', 0) // batch)}")
     flags = {k: made.get(k, f"--{k.replace('_', '-')} {v}") for k, v in replaced.items()
              if v is not None and k not in ("official_accum", "flip")}
     return " ".join(flags.values()), [k for k in replaced if k not in flags]
