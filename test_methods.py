@@ -1271,6 +1271,7 @@ def test_data_kinetics(tmp_path):
     write_text(str(tmp_path / "k400" / "train.csv"), KINETICS_CSV)
     root = tmp_path / "videos"
     touch_files(str(root), "abseiling/aaaaaaaaaaa_000014_000024.mp4", "-bbbbbbbbbb_000000_000010.mkv",
+          "-bbbbbbbbbb_000000_000010.jpg",   # a thumbnail of the same name is no video
           "zumba/nested/ddddddddddd_000005_000015.webm")  # ccccccccccc is missing (a dead YouTube video)
     with pytest.warns(UserWarning, match=r"1 of 4 .*ccccccccccc_000100_000110"):
         samples, names = data.read_dataset(str(tmp_path / "k400" / "train.csv"), str(root))
@@ -3831,8 +3832,8 @@ def test_fused_softmax_views_are_probabilities_and_the_standard_error_by_hand():
     fused = train.fuse(logits, "softmax")
     torch.testing.assert_close(fused, logits.softmax(-1).mean(1))
     torch.testing.assert_close(fused.sum(-1), torch.ones(2))                    # --predict prints them as %
-    assert train.standard_error(torch.tensor([True, False, False, False])) == pytest.approx(100 * math.sqrt(3 / 64))
-    assert train.standard_error(torch.tensor([True] * 9 + [False])) == pytest.approx(100 * math.sqrt(0.09 / 10))
+    assert train.standard_error(25.0, 4) == pytest.approx(100 * math.sqrt(3 / 64))
+    assert train.standard_error(90.0, 10) == pytest.approx(100 * math.sqrt(0.09 / 10))
 
 
 def test_summary_line_says_when_figures_are_averaged_over_shot_seeds_and_equal_accuracies_keep_their_mean():
@@ -4320,11 +4321,15 @@ def test_compare_and_method_subsets_tabulate_runs_by_what_differs(synthetic, tmp
     capsys.readouterr()
     compared = train.main(["--compare", "runs/*"])   # the same table, without the times
     assert [compared[0], *compared[2:]] == [r.rsplit(" | ", 2)[0] + " |" for r in [table[0], *table[2:-1]]]
+    again = train.main([*args, "--resume"])   # both finished: nothing to train, each still its own row
+    assert [row.split(" | ")[0] for row in again[2:]] == [row.split(" | ")[0] for row in table[2:]]
+    with pytest.raises(SystemExit, match="--method vificlip,xclip trains and tests each method in turn; --predict"):
+        train.get_args([*args, "--predict", "clip.mp4"])
     args[1] = "vificlip"
     train.main([*args, "--lr", "2e-3", "--seed", "1"])
     os.makedirs(os.path.join("runs", "stopped"))   # a run stopped before its first result
     config = json.load(open(os.path.join("runs", "vificlip-supervised", "config.json")))
-    json.dump(dict(config, lr=5e-3), open(os.path.join("runs", "stopped", "config.json"), "w"))
+    json.dump(dict(config, lr=5e-3, epochs=7), open(os.path.join("runs", "stopped", "config.json"), "w"))
     table = train.main(["--compare", "runs/vificlip-*", "runs/stopped"])
     assert table[0].startswith("| run | method | protocol | lr | seed |")
     assert [row.split(" | ")[3:5] for row in table[2:]] == [["0.001", "0"], ["0.002", "1"], ["0.005", "0"]]

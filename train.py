@@ -359,7 +359,8 @@ def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None, st
     C = probs.shape[1]
     top = probs.topk(min(5, C), dim=1).indices
     hit = top[:, 0] == labels
-    result = dict(videos=len(labels), classes=C, top1=100 * hit.float().mean().item(), top1_se=standard_error(hit),
+    top1 = 100 * hit.float().mean().item()
+    result = dict(videos=len(labels), classes=C, top1=top1, top1_se=standard_error(top1, len(hit)),
                   **({"skipped": skipped} if skipped else {}),
                   top5=100 * (top == labels[:, None]).any(1).float().mean().item())
     per_class = [hit[labels == c].float().mean().item() for c in labels.unique()]
@@ -368,7 +369,8 @@ def evaluate(model, loader, device, autocast, twins, desc="eval", skips=None, st
     has = twin >= 0
     if has.any():
         beats = probs[has].gather(1, labels[has, None]) > probs[has].gather(1, twin[has, None])   # (n, 1)
-        result.update(twins=100 * beats.float().mean().item(), twins_se=standard_error(beats))
+        twins = 100 * beats.float().mean().item()
+        result.update(twins=twins, twins_se=standard_error(twins, len(beats)))
     return result
 
 
@@ -378,11 +380,11 @@ def fuse(logits, fusion):
     return logits.softmax(-1).mean(1) if fusion == "softmax" else logits.sum(1)
 
 
-def standard_error(hits):
-    """The standard error of an accuracy over n videos, in points: 100 sqrt(p (1 - p) / n). Two of them either
-    side of a figure is roughly where a rerun on other videos of the same kind would land."""
-    p = hits.float().mean().item()
-    return 100 * math.sqrt(p * (1 - p) / hits.numel())
+def standard_error(percent, n):
+    """The standard error of an accuracy (in %) over n videos, in points: 100 sqrt(p (1 - p) / n). Two of them
+    either side of a figure is roughly where a rerun on other videos of the same kind would land."""
+    p = percent / 100
+    return 100 * math.sqrt(p * (1 - p) / n)
 
 
 def judge(args, model, loader, names, device, autocast, desc, skips):
@@ -531,7 +533,7 @@ def main(argv=None):
     args, method = get_args(argv)
     if args.compare:
         return compare(args.compare)
-    if args.method in ("all", *(m for m in [args.method] if "," in m)):
+    if args.method == "all" or "," in args.method:
         return run_all(argv, METHODS if args.method == "all" else args.method.split(","))
     start_processes(args)
     if args.predict or args.benchmark is not None or args.search or args.export_hf:
@@ -570,7 +572,7 @@ RUN_CONTROL = ("resume", "eval_only", "overwrite", "out", "explicit", "run", "ar
 RENAMED = dict(step_batch="micro_batch", batch_size="global_batch", schedule_accum="official_accum")
 # Settings in which two runs may differ without learning differently: where they are, what ran them, how fast.
 BOOKKEEPING = (*RUN_CONTROL, "command", "resumed", "started", "versions", "method", "protocol", "embedded",
-               "threads", "device", "compile", "loader_timeout", "save_every", "embedded_dir")
+               "threads", "device", "compile", "loader_timeout", "save_every", "embedded_dir", "demo_replaced")
 # Between runs of different methods, only these: their recipes differ in everything else by design.
 HEADLINE = ("model", "pretrained", "frames", "epochs", "lr", "global_batch", "weight_decay", "seed", "shots",
             "clips_per_video", "eval_only")
@@ -723,6 +725,9 @@ def get_args(argv=None):
     if sum(map(bool, modes)) > 1:
         raise SystemExit("--eval-only, --predict, --benchmark, --embed, --search and --export-hf are different runs: "
                          "give one")
+    if any(modes[1:3] + modes[4:]) and (args.method == "all" or "," in args.method):
+        raise SystemExit(f"--method {args.method} trains and tests each method in turn; --predict, --benchmark, "
+                         f"--search and --export-hf take one method")
     if args.export_hf:   # the model --eval-only would test: RUN's weights, and a run's own settings
         if args.weights:
             raise SystemExit("--export-hf RUN OUT exports the weights of RUN: leave --weights out")
@@ -1233,7 +1238,7 @@ def share_weights(model):
 # ---- Run folders: each run writes into a folder of its own, never into another run's; --method all, --compare --
 def saved_args(args):
     """The resolved settings, as config.json and the checkpoints keep them."""
-    return {k: v for k, v in vars(args).items() if k not in ("explicit", "own")}
+    return {k: v for k, v in vars(args).items() if k not in ("explicit", "own", "demo_replaced")}
 
 
 def append_metrics(path, record):
@@ -1289,19 +1294,18 @@ def begin(args):
     args, ready = gather((args, ready))[0]   # rank 0's
     if WORLD > 1:
         args.device = device   # this process's own GPU
+    global RUN
+    RUN = args   # what a Ctrl-C says it stopped, and where --method all finds the run (a finished one too)
     if not ready:
         return None
     if not os.path.isdir(args.out):
         raise SystemExit(f"process {RANK} cannot see the run folder {args.out} that process 0 made: under torchrun "
                          f"on several machines, put the run (--out) and the videos on a filesystem all of them share")
-    global RUN
-    RUN = args   # what a Ctrl-C says it stopped
     return args
 
 
 def restore_flags(replaced, micro_batch):
-    """The flags that give back the recipe's values the embedded demo replaced -> (flags, the settings no flag gives
-    back: official_accum, flip, and those the recipe leaves to the method's build or to the user, None)."""
+    """The flags giving back the recipe values the demo replaced -> (flags, the settings no flag gives back)."""
     batch = replaced.get("micro_batch", micro_batch)
     made = dict(micro_batch=f"--batch-size {batch}",   # the global batch comes back through accumulation
                 global_batch=f"--accum-steps {max(1, replaced.get('global_batch', 0) // batch)}")
@@ -1484,8 +1488,9 @@ def compare(patterns, extra=None, total=None):
     if not configs:
         raise SystemExit(f"--compare {' '.join(patterns)}: no run folder (with a config.json) there")
     one_method = len({c.get("method") for c in configs.values()}) == 1
-    keys = sorted({k for c in configs.values() for k in c if k not in BOOKKEEPING and (one_method or k in HEADLINE)
-                   and len({json.dumps(c.get(k), sort_keys=True) for c in configs.values()}) > 1})
+    differ = lambda k: len({json.dumps(c.get(k), sort_keys=True) for c in configs.values()}) > 1
+    keys = sorted({k for c in configs.values() for k in c if k not in (*BOOKKEEPING, "epochs") and differ(k) and
+                   (one_method or k in HEADLINE)})   # "epochs": the column of those trained
     rows = []
     for f in configs:
         result = next((r for r in reversed(read_metrics(os.path.join(f, "metrics.jsonl"))) if "result" in r), None)
@@ -1503,11 +1508,10 @@ def compare(patterns, extra=None, total=None):
 
 def result_cells(r):
     """A result line as cells: top-1, twins or R@1, R@5 (± standard error); base, novel, HM; or a mean (± std)."""
-    se = lambda p, n: 100 * math.sqrt(p / 100 * (1 - p / 100) / n)   # an accuracy's, in points
     if r is None:
         return {"result": "none yet"}
     if "t2v_r1" in r:
-        return {f"{way} R@{k}": f"{r[f'{way}_r{k}']:.1f} ± {se(r[f'{way}_r{k}'], r[n]):.1f}"
+        return {f"{way} R@{k}": f"{r[f'{way}_r{k}']:.1f} ± {standard_error(r[f'{way}_r{k}'], r[n]):.1f}"
                 for way, n in (("t2v", "captions"), ("v2t", "videos")) for k in (1, 5)}
     if "hm" in r:
         return {k: f"{r[k]:.1f}" for k in ("base", "novel", "hm")}
