@@ -423,9 +423,9 @@ def load_checkpoint(path, what="checkpoint"):
             warnings.filterwarnings("ignore", "Detected pickle protocol")   # said in the one line below, if it fails
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if _pickle_protocol(path) >= 4:   # torch.save(..., pickle_protocol=4 or 5): its FRAME opcode is refused
+        if (protocol := _pickle_protocol(path)) >= 4:   # pickle_protocol=4 or 5: safe loading refuses its FRAME opcode
             raise CheckpointError(
-                f"{path}: written with pickle protocol {_pickle_protocol(path)}, which PyTorch's safe loader cannot "
+                f"{path}: written with pickle protocol {protocol}, which PyTorch's safe loader cannot "
                 f"read as data. If you trust the file, load it once yourself (torch.load(FILE, weights_only=False)) "
                 f"and torch.save it again with the default protocol, then give that file") from None
         try:   # what the file names besides what the safe loader and STAND_INS admit, read without running it

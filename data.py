@@ -441,7 +441,8 @@ def _hue(x, f):
     h = torch.where(top == r, bc - gc, torch.where(top == g, 2.0 + rc - bc, 4.0 + gc - rc))
     h = (h / 6.0 + 1.0).fmod(1.0).add_(f.float().flatten(1)[..., None]).remainder_(1.0)   # (N,H,W)
     h6 = h * 6
-    i, frac = h6.floor(), h6 - h6.floor()
+    i = h6.floor()
+    frac = h6 - i
     v, p = top, ((1.0 - s) * top).clamp_(0, 1)
     q, t = ((1.0 - s * frac) * top).clamp_(0, 1), ((s * frac + 1.0 - s) * top).clamp_(0, 1)
     vpqt = torch.stack((v, p, q, t), -3)                                              # (N,4,H,W)
@@ -594,12 +595,14 @@ def _existing(*paths):
 
 
 def _files_by_stem(root):
-    """{file name without extension: [its paths]} of every file under root, in sorted order (one copy wins)."""
+    """{file name without extension: [its paths]} of every video file under root (a thumbnail or .json of the same
+    name is no video), in sorted order (one copy wins)."""
     found = {}
     for folder, subfolders, files in os.walk(root or os.curdir):
         subfolders.sort()
-        for file in sorted(files):
-            found.setdefault(os.path.splitext(file)[0], []).append(os.path.join(folder, file))
+        for stem, ext in sorted(map(os.path.splitext, files)):
+            if ext.lower() in _VIDEO_TYPES:
+                found.setdefault(stem, []).append(os.path.join(folder, stem + ext))
     return found
 
 
@@ -780,7 +783,7 @@ def read_captions(path, root=""):
         for n, vid in _lines(path):
             if not isinstance(captions, dict) or not isinstance(captions.get(vid), list):
                 raise DataError(f"{path}:{n}: raw-captions.pkl beside it holds no list of captions for {vid!r}")
-            videos = [video for video in found.get(vid, []) if os.path.splitext(video)[1].lower() in _VIDEO_TYPES]
+            videos = found.get(vid, [])
             if len(videos) > 1:
                 raise DataError(f"{path}:{n}: two videos for {vid!r} under {root or '.'}: {videos[0]} and "
                                 f"{videos[1]}; keep one")
@@ -961,7 +964,7 @@ def class_ids(wanted, names, source):
     return [names.index(n) for n in wanted]
 
 
-# ---- the loader: training order, shards, and the videos that could not be decoded -----------------------------------
+# ---- the loader: training order (each process its shard), and the videos that could not be decoded ---------------
 class EpochSampler(torch.utils.data.Sampler):
     """The training order, keys epoch * n + i: a permutation drawn from (seed, epoch) alone, so a resumed run can
     start part way (`start`). Process `rank` of `world` takes every world-th, n // world, as DistributedSampler."""
