@@ -135,7 +135,7 @@ class Model(nn.Module):
         freeze(clip.visual, clip.logit_scale, frozen=False)
         # theta0 (CLIP's trainable weights, for IWO and the test-time interpolation) and the SWA running sum, as
         # flat fp32 buffers so that checkpoints and --resume carry them.
-        theta0 = torch.cat([p.detach().float().flatten() for p in self.trainable()])
+        theta0 = self.flat()
         self.register_buffer("theta0", theta0)
         self.register_buffer("swa_sum", torch.zeros_like(theta0))
         # the weights training reached, kept when the last epoch replaces them by theta_test (zeros until then)
@@ -206,6 +206,10 @@ class Model(nn.Module):
     def trainable(self):
         return [p for p in self.parameters() if p.requires_grad]
 
+    def flat(self):
+        """The trainable parameters as one flat fp32 vector, in the buffers' layout."""
+        return torch.cat([p.detach().float().flatten() for p in self.trainable()])
+
     def unflatten(self, flat):
         """A flat buffer -> views shaped like the trainable parameters, in the same order."""
         params = self.trainable()
@@ -223,7 +227,7 @@ class Model(nn.Module):
                 s.add_(p)
             self.swa_count += 1
         if epoch + 1 == epochs:
-            self.trained.copy_(torch.cat([p.detach().float().flatten() for p in self.trainable()]))
+            self.trained.copy_(self.flat())
             if self.swa and self.swa_count > 0:
                 self.set_weights(self.swa_sum / self.swa_count)
             self.interpolate_to_clip(self.interp_lambda)
@@ -375,9 +379,9 @@ def add_args(parser):
 #  2. IWO interpolates only the trainable weights (visual tower, logit_scale); the text tower is frozen, so its
 #     interpolation is the identity. Both passes add into .grad (autograd accumulates), which equals the
 #     official "copy the gradients, restore, add them back" without the gradient copy. The passes run one after
-#     the other, so activations are never held twice; the extra memory is theta0 and the SWA sum (buffers), and
-#     during the step a copy of theta, freed once restored after the first pass, and the first pass's gradients,
-#     alive through the second (as the official gradient copy is).
+#     the other, so activations are never held twice; the extra memory is three buffers the size of theta (theta0,
+#     the SWA sum, `trained`), and during the step a copy of theta, freed once restored after the first pass, and
+#     the first pass's gradients, alive through the second (as the official gradient copy is).
 #  3. One alpha per micro-batch (each train_step call), as the official code draws one per GPU in every
 #     iteration: with the default micro-batch of 8 videos, the official 8 per GPU, an optimizer step of the
 #     recipe's 64 videos averages the gradients of 8 alphas, as the official DDP step does.

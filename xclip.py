@@ -304,7 +304,7 @@ def build(clip, args):
 
 # =========================================================================================================
 # What makes X-CLIP a tool: the official recipe and its variants, the embedded demo's setting, the flags, where
-# we differ from the official code and why, and loading the released checkpoints.
+# we differ from the official code and why, loading the released checkpoints, and the Hugging Face format.
 # =========================================================================================================
 
 # Fully-supervised Kinetics-400, ViT-B/16 with 8 frames: configs/k400/16_8.yaml over the defaults of
